@@ -1,0 +1,73 @@
+//! Fixed guest-physical addresses used when building an x86_64 guest.
+//!
+//! Low memory (below 1 MiB) holds the small boot structures; the kernel and
+//! initramfs go above 1 MiB; the 32-bit MMIO hole below 4 GiB is left for the
+//! interrupt controllers and device BARs, and RAM that does not fit below the
+//! hole continues at 4 GiB.
+
+/// Global descriptor table used for the boot vCPU state.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Maximum number of GDT entries we write.
+pub const BOOT_GDT_MAX: usize = 4;
+/// Interrupt descriptor table (empty) loaded at boot.
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH `hvm_start_info` structure.
+pub const PVH_INFO_START: u64 = 0x6000;
+/// PVH module list (one entry per initramfs).
+pub const MODLIST_START: u64 = 0x6040;
+/// PVH e820-style memory map entries.
+pub const MEMMAP_START: u64 = 0x6100;
+/// Most memory map entries we describe to the guest.
+pub const MEMMAP_MAX_ENTRIES: usize = 128;
+/// Linux `boot_params` ("zero page") for the 64-bit boot protocol.
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Boot stack top for the 64-bit entry.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Level-4 page map of the identity page tables.
+pub const PML4_START: u64 = 0x9000;
+/// Page directory pointer table of the identity page tables.
+pub const PDPTE_START: u64 = 0xa000;
+/// First page directory of the identity page tables (four follow, 4 GiB).
+pub const PDE_START: u64 = 0xb000;
+/// Kernel command line.
+pub const CMDLINE_START: u64 = 0x20000;
+/// Largest command line we accept, including the terminating NUL.
+pub const CMDLINE_MAX_SIZE: usize = 4096;
+/// Start of the extended BIOS data area; RAM below it is reported usable.
+pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables (RSDP first) live in the BIOS read-only area.
+pub const ACPI_START: u64 = 0xe0000;
+/// End of the BIOS area reserved for the tables.
+pub const ACPI_END: u64 = 0x100000;
+/// First byte of "high" RAM, where kernels are loaded.
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+
+/// Start of the 32-bit MMIO hole (PCI BARs, IOAPIC, LAPIC).
+pub const MEM_32BIT_GAP_START: u64 = 0xc000_0000;
+/// Size of the 32-bit MMIO hole.
+pub const MEM_32BIT_GAP_SIZE: u64 = 0x4000_0000;
+/// Where RAM continues above the hole.
+pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
+
+/// IOAPIC MMIO base.
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+/// Local APIC MMIO base.
+pub const APIC_START: u64 = 0xfee0_0000;
+/// KVM's TSS placement (three pages) inside the hole, out of the way of RAM.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+/// KVM's identity map page for real mode emulation, just below the TSS.
+pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+/// Legacy COM1 port base and its ISA interrupt line.
+pub const COM1_PORT: u16 = 0x3f8;
+/// Interrupt line of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// i8042 controller command/status port.
+pub const I8042_PORT: u16 = 0x60;
+/// CMOS/RTC index/data ports.
+pub const CMOS_PORT: u16 = 0x70;
+/// ACPI fixed-hardware replacement: sleep control/status and reset registers
+/// (one byte port, as FADT describes it).
+pub const ACPI_PM_PORT: u16 = 0x3c0;
+/// ACPI PM timer (24-bit, 3.579545 MHz), read through FADT's X_PM_TMR_BLK.
+pub const ACPI_PM_TIMER_PORT: u16 = 0x608;

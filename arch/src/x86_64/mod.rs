@@ -1,0 +1,3 @@
+//! x86_64 guest setup.
+
+pub mod layout;

@@ -1,0 +1,10 @@
+//! Emulated platform devices and the buses that route guest accesses to them.
+//!
+//! Only the legacy parts a guest needs live here (16550 serial, i8042 reset,
+//! CMOS RTC, ACPI power management); paravirtual devices are in
+//! `virtio-devices`.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError, SharedDevice};

@@ -1,0 +1,1 @@
+//! Command-line parsing into a [`crate::config::VmConfig`].
