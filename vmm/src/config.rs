@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Everything needed to build and boot one VM.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// vCPU topology and CPUID tweaks.
@@ -25,6 +25,18 @@ pub struct VmConfig {
     /// virtio-console output (off until the virtio issue lands).
     #[serde(default = "ConsoleConfig::default_console")]
     pub console: ConsoleConfig,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            cpus: CpusConfig::default(),
+            memory: MemoryConfig::default(),
+            payload: PayloadConfig::default(),
+            serial: ConsoleConfig::default_serial(),
+            console: ConsoleConfig::default_console(),
+        }
+    }
 }
 
 /// `--cpus boot=N,max=M,features=...`.
@@ -100,10 +112,12 @@ pub struct ConsoleConfig {
 }
 
 impl ConsoleConfig {
-    fn default_serial() -> Self {
+    /// Serial default: present, output discarded (as Cloud Hypervisor).
+    pub fn default_serial() -> Self {
         Self { mode: ConsoleOutputMode::Null, file: None }
     }
-    fn default_console() -> Self {
+    /// virtio-console default: absent.
+    pub fn default_console() -> Self {
         Self { mode: ConsoleOutputMode::Off, file: None }
     }
 }
