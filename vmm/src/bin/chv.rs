@@ -1,1 +1,68 @@
-fn main() {}
+//! `chv`: boot a VM from the command line.
+//!
+//! Exit codes: 0 when the guest powers off or chv is stopped by SIGINT/SIGTERM,
+//! 1 for bad options or anything that stops the VM with an error.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use vmm::cli::{self, CliError};
+
+fn init_logging(cli: &cli::Cli) -> Result<(), String> {
+    let level = match cli.verbosity {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(level).format(|buf, record| {
+        writeln!(buf, "chv: {}: {}", record.level().as_str().to_lowercase(), record.args())
+    });
+    if let Some(path) = &cli.log_file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("--log-file: cannot open {}: {e}", path.display()))?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    builder.init();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(CliError::Display(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("chv: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = init_logging(&cli) {
+        eprintln!("chv: error: {e}");
+        return ExitCode::FAILURE;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        vmm::terminal::restore();
+        eprintln!("chv: internal error: {info}");
+    }));
+    let Some(config) = cli.vm else {
+        eprintln!("chv: error: --kernel: no payload given (the REST API is not available yet)");
+        return ExitCode::FAILURE;
+    };
+    match vmm::run(&config) {
+        Ok(exit) => {
+            log::info!("VM ended: {exit:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chv: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

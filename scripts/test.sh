@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the tiny test guest under real KVM, and the
+# real Linux boots of the guest kit (found or built by find-guest-kit.sh).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export CHV_GUEST_DIR=${CHV_GUEST_DIR:-$(scripts/find-guest-kit.sh)}
+cargo build -p vmm --bin chv
+export CHV_BIN="$repo/target/debug/chv"
+cargo test --workspace -- --test-threads="${CHV_TEST_THREADS:-2}"

@@ -1,0 +1,166 @@
+//! One thread per vCPU: runs `KVM_RUN` and routes each exit to the buses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use devices::Bus;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::eventfd::EventFd;
+
+/// KVM_SYSTEM_EVENT types (from the KVM API documentation).
+const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const KVM_SYSTEM_EVENT_RESET: u32 = 2;
+const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// Why a vCPU thread stopped running the guest on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The guest asked to power off.
+    PowerOff,
+    /// The guest reset the machine (triple fault or a reset request).
+    Reset,
+    /// The vCPU hit something chv cannot continue from.
+    Error(String),
+}
+
+/// What the vCPU threads share with the VM that started them.
+#[derive(Clone)]
+pub struct VcpuContext {
+    /// Port I/O bus.
+    pub io_bus: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio_bus: Arc<Bus>,
+    /// Set when the VMM wants every vCPU thread to return.
+    pub stop: Arc<AtomicBool>,
+    /// Where vCPU threads report why they stopped.
+    pub events: Sender<VcpuEvent>,
+    /// Written after every event so the VMM's epoll loop wakes up.
+    pub event_fd: Arc<EventFd>,
+}
+
+impl VcpuContext {
+    fn report(&self, event: VcpuEvent) {
+        // The receiver lives as long as the VM; a failed send means the VM is
+        // already being torn down, which is what the event asks for anyway.
+        let _ = self.events.send(event);
+        if let Err(e) = self.event_fd.write(1) {
+            log::error!("cannot wake the VMM loop: {e}");
+        }
+    }
+}
+
+/// Handle to a running vCPU thread.
+pub struct VcpuHandle {
+    /// The thread running the vCPU.
+    pub thread: JoinHandle<()>,
+}
+
+/// Signal used to kick a vCPU thread out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the no-op handler for [`kick_signal`]; its only purpose is to
+/// make `KVM_RUN` return `EINTR`.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+}
+
+/// Starts a thread that runs `vcpu` until the guest stops it or `ctx.stop`.
+pub fn spawn(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            if let Some(event) = run_loop(id, &mut vcpu, &ctx) {
+                ctx.report(event);
+            }
+        })?;
+    Ok(VcpuHandle { thread })
+}
+
+fn run_loop(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<VcpuEvent> {
+    loop {
+        if ctx.stop.load(Ordering::Acquire) {
+            return None;
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                ctx.io_bus.read(u64::from(port), data);
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                ctx.io_bus.write(u64::from(port), data);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !ctx.mmio_bus.read(addr, data) {
+                    log::debug!("vcpu{id}: unhandled MMIO read at {addr:#x}");
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if !ctx.mmio_bus.write(addr, data) {
+                    log::debug!("vcpu{id}: unhandled MMIO write at {addr:#x}");
+                }
+            }
+            Ok(VcpuExit::Shutdown) => {
+                log::info!("vcpu{id}: triple fault or shutdown, resetting the VM");
+                return Some(VcpuEvent::Reset);
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                return Some(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => VcpuEvent::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => VcpuEvent::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => VcpuEvent::Error(format!("vcpu{id}: guest crashed")),
+                    other => VcpuEvent::Error(format!("vcpu{id}: unknown system event {other}")),
+                });
+            }
+            Ok(VcpuExit::Hlt) => {
+                // With the in-kernel irqchip HLT is handled by KVM; seeing it
+                // here means the vCPU has nothing left to do.
+                log::debug!("vcpu{id}: HLT exit");
+            }
+            Ok(VcpuExit::InternalError) => return Some(internal_error(id, vcpu)),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Some(VcpuEvent::Error(format!(
+                    "vcpu{id}: KVM failed to enter the guest (hardware reason {reason:#x}, host cpu {cpu})"
+                )));
+            }
+            Ok(other) => {
+                return Some(VcpuEvent::Error(format!(
+                    "vcpu{id}: unexpected KVM exit {other:?}"
+                )));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+            }
+            Err(e) => {
+                return Some(VcpuEvent::Error(format!("vcpu{id}: KVM_RUN failed: {e}")));
+            }
+        }
+    }
+}
+
+fn internal_error(id: u8, vcpu: &mut VcpuFd) -> VcpuEvent {
+    // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, so the `internal`
+    // member of the exit union is the one it filled in.
+    let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+    let rip = vcpu
+        .get_regs()
+        .map(|r| format!("{:#x}", r.rip))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    let mut msg = format!(
+        "vcpu{id}: KVM internal error (suberror {suberror}{}) at guest RIP {rip}",
+        if suberror == 1 { ": emulation failure" } else { "" }
+    );
+    if arch::cpuid::is_pvm_host() {
+        msg.push_str(&format!(
+            ". This host's KVM is PVM (kvm_pvm): guest kernel code runs through KVM's \
+             instruction emulator, which cannot execute {}; use a guest kernel that avoids \
+             them (see scripts/guest-kit)",
+            arch::cpuid::PVM_UNSUPPORTED_INSTRUCTIONS.join(", ")
+        ));
+    }
+    VcpuEvent::Error(msg)
+}
