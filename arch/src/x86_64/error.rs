@@ -21,6 +21,9 @@ pub enum BootError {
     /// The ELF headers are malformed.
     #[error("malformed ELF kernel: {0}")]
     BadElf(&'static str),
+    /// The bzImage setup header is unusable.
+    #[error("malformed bzImage: {0}")]
+    BadBzImage(&'static str),
     /// linux-loader refused the ELF kernel.
     #[error("cannot load the ELF kernel: {0}")]
     ElfLoad(#[source] linux_loader::loader::Error),
