@@ -21,8 +21,8 @@ use crate::config::{
     ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
     PayloadConfig, VmConfig, MAX_MEMORY_SIZE, MAX_VCPUS, MEMORY_ALIGNMENT,
 };
-pub use options::{OptionError, SizeError};
 use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
+pub use options::{OptionError, SizeError};
 
 /// What the command line asks chv to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +102,7 @@ pub enum CliError {
 #[derive(Debug, Parser)]
 #[command(
     name = "chv",
+    bin_name = "chv",
     version,
     about = "chv: a lightweight KVM virtual machine monitor (Cloud Hypervisor syntax)",
     after_help = "Example:\n  chv --kernel vmlinux --initramfs initramfs.cpio \\\n      \
@@ -162,7 +163,7 @@ struct Args {
     #[arg(long, value_name = "SOCKET")]
     api_socket: Option<String>,
 
-    /// System call filtering of the VMM: true|false|log (default true).
+    /// System call filtering of the VMM: true|false|log.
     #[arg(long, value_name = "MODE", default_value = "true")]
     seccomp: String,
 }
@@ -177,13 +178,15 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = Args::try_parse_from(args).map_err(clap_error)?;
+    let mut args = Args::try_parse_from(args).map_err(clap_error)?;
     let log_file = args
         .log_file
+        .take()
         .map(|path| non_empty_path("--log-file", path))
         .transpose()?;
     let api_socket = args
         .api_socket
+        .take()
         .map(|raw| {
             check_api_socket(&raw).map_err(|source| CliError::Option {
                 option: "--api-socket",
@@ -193,12 +196,346 @@ where
         })
         .transpose()?;
     let seccomp = parse_seccomp(&args.seccomp)?;
+    let verbosity = args.verbosity;
     let vm = build_vm(args)?;
     Ok(Cli {
         vm,
         log_file,
-        verbosity: args_verbosity_placeholder(),
+        verbosity,
         api_socket,
         seccomp,
     })
+}
+
+/// Turns a clap error into [`CliError`]: help/version text verbatim, any
+/// real error as its first line without the `error: ` prefix.
+fn clap_error(err: clap::Error) -> CliError {
+    match err.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => CliError::Display(err.to_string()),
+        _ => {
+            let text = err.to_string();
+            let line = text.lines().next().unwrap_or_default();
+            CliError::Usage(line.strip_prefix("error: ").unwrap_or(line).to_owned())
+        }
+    }
+}
+
+/// Builds the VM configuration from the VM options, or `None` when no
+/// `--kernel` was given (then no other VM option may be given either).
+fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
+    let option_error = |option| move |source| CliError::Option { option, source };
+    let cpus = args
+        .cpus
+        .as_deref()
+        .map(parse_cpus)
+        .transpose()
+        .map_err(option_error("--cpus"))?;
+    let memory = args
+        .memory
+        .as_deref()
+        .map(parse_memory)
+        .transpose()
+        .map_err(option_error("--memory"))?;
+    let serial = args
+        .serial
+        .as_deref()
+        .map(parse_console)
+        .transpose()
+        .map_err(option_error("--serial"))?;
+    let console = args
+        .console
+        .as_deref()
+        .map(parse_console)
+        .transpose()
+        .map_err(option_error("--console"))?;
+    let initramfs = args
+        .initramfs
+        .map(|path| non_empty_path("--initramfs", path))
+        .transpose()?;
+
+    let Some(kernel) = args.kernel else {
+        let given = [
+            ("--initramfs", initramfs.is_some()),
+            ("--cmdline", args.cmdline.is_some()),
+            ("--cpus", cpus.is_some()),
+            ("--memory", memory.is_some()),
+            ("--serial", serial.is_some()),
+            ("--console", console.is_some()),
+        ];
+        return match given.iter().find(|(_, present)| *present) {
+            Some((option, _)) => Err(CliError::RequiresKernel { option }),
+            None => Ok(None),
+        };
+    };
+    let config = VmConfig {
+        cpus: cpus.unwrap_or_default(),
+        memory: memory.unwrap_or_default(),
+        payload: PayloadConfig {
+            kernel: Some(non_empty_path("--kernel", kernel)?),
+            initramfs,
+            cmdline: args.cmdline,
+        },
+        serial: serial.unwrap_or_else(ConsoleConfig::default_serial),
+        console: console.unwrap_or_else(ConsoleConfig::default_console),
+    };
+    config.validate().map_err(|source| CliError::Config {
+        option: config_error_option(&source),
+        source,
+    })?;
+    Ok(Some(config))
+}
+
+/// The command-line option a validation failure stems from.
+fn config_error_option(err: &ConfigError) -> &'static str {
+    match err {
+        ConfigError::BootVcpus(_) | ConfigError::MaxVcpus { .. } | ConfigError::EmptyFeature => {
+            "--cpus"
+        }
+        ConfigError::MemoryZero
+        | ConfigError::MemoryUnaligned(_)
+        | ConfigError::MemoryTooLarge(_) => "--memory",
+        ConfigError::CmdlineNul => "--cmdline",
+        ConfigError::EmptyPath("payload.initramfs") => "--initramfs",
+        ConfigError::ConsoleFileMissing("serial") | ConfigError::EmptyPath("serial") => "--serial",
+        ConfigError::ConsoleFileMissing(_) | ConfigError::EmptyPath("console") => "--console",
+        ConfigError::KernelMissing | ConfigError::EmptyPath(_) => "--kernel",
+    }
+}
+
+/// Rejects an empty path argument.
+fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliError> {
+    if path.is_empty() {
+        return Err(CliError::EmptyPath { option });
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// Keys accepted by `--cpus`, for error messages.
+const CPUS_KEYS: &str = "boot, max or features";
+
+/// Parses `--cpus boot=N,max=M,features=[a,b]`.
+fn parse_cpus(value: &str) -> Result<CpusConfig, OptionError> {
+    let mut boot = None;
+    let mut max = None;
+    let mut features = CpuFeatures::default();
+    for item in split_options(value)? {
+        match item.key.as_str() {
+            "boot" => boot = Some(vcpu_count(&item, 1)?),
+            "max" => max = Some(item),
+            "features" => features.keep = parse_features(&item)?,
+            "topology" | "kvm_hyperv" | "max_phys_bits" | "affinity" | "nested"
+            | "core_scheduling" => return Err(OptionError::Unsupported(item.key)),
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: CPUS_KEYS,
+                })
+            }
+        }
+    }
+    let boot_vcpus = boot.unwrap_or(1);
+    let max_vcpus = match max {
+        Some(item) => vcpu_count(&item, boot_vcpus)?,
+        None => boot_vcpus,
+    };
+    Ok(CpusConfig {
+        boot_vcpus,
+        max_vcpus,
+        features,
+    })
+}
+
+/// Parses a vCPU count that must lie in `min..=MAX_VCPUS`.
+fn vcpu_count(item: &OptionItem, min: u8) -> Result<u8, OptionError> {
+    let value = item.value()?;
+    let count = parse_u64(&item.key, value)?;
+    match u8::try_from(count) {
+        Ok(count) if (min..=MAX_VCPUS).contains(&count) => Ok(count),
+        _ if min == 1 => Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("must be between 1 and {MAX_VCPUS}"),
+        )),
+        _ => Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("must be between boot ({min}) and {MAX_VCPUS}"),
+        )),
+    }
+}
+
+/// Parses `features=[a,b]` or `features=a` into lower-case, de-duplicated
+/// names. Whether a name is known is decided by the CPUID code.
+fn parse_features(item: &OptionItem) -> Result<Vec<String>, OptionError> {
+    let value = item.value()?;
+    let mut names: Vec<String> = Vec::new();
+    for name in parse_list(&item.key, value)? {
+        let valid = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid {
+            return Err(OptionError::invalid(
+                &item.key,
+                value,
+                format!("invalid feature name '{name}'"),
+            ));
+        }
+        let name = name.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Keys accepted by `--memory`, for error messages.
+const MEMORY_KEYS: &str = "size, shared=off or hugepages=off";
+
+/// Parses `--memory size=SIZE[,shared=off][,hugepages=off]`.
+fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
+    let mut config = MemoryConfig::default();
+    for item in split_options(value)? {
+        match item.key.as_str() {
+            "size" => config.size = memory_size(&item)?,
+            "shared" | "hugepages" => {
+                if parse_toggle(&item.key, item.value()?)? {
+                    return Err(OptionError::Unsupported(format!("{}=on", item.key)));
+                }
+            }
+            "mergeable" | "hotplug_method" | "hotplug_size" | "hotplugged_size"
+            | "hugepage_size" | "prefault" | "thp" | "zones" => {
+                return Err(OptionError::Unsupported(item.key))
+            }
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: MEMORY_KEYS,
+                })
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// Parses and range-checks `size=`.
+fn memory_size(item: &OptionItem) -> Result<u64, OptionError> {
+    let value = item.value()?;
+    let size =
+        parse_size(value).map_err(|e| OptionError::invalid(&item.key, value, e.to_string()))?;
+    let problem = if size == 0 {
+        "must not be zero"
+    } else if size & (MEMORY_ALIGNMENT - 1) != 0 {
+        "must be a multiple of 4 KiB"
+    } else if size > MAX_MEMORY_SIZE {
+        "must not exceed 1 TiB"
+    } else {
+        return Ok(size);
+    };
+    Err(OptionError::invalid(&item.key, value, problem))
+}
+
+/// What `--serial`/`--console` accept, for error messages.
+const CONSOLE_MODES: &str = "off, null, tty or file=PATH";
+
+/// Parses `--serial`/`--console`: `off`, `null`, `tty` or `file=PATH`
+/// (plus Cloud Hypervisor's `iommu=off`).
+fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
+    let mut chosen: Option<(String, ConsoleOutputMode)> = None;
+    let mut file = None;
+    for item in split_options(value)? {
+        let mode = match item.key.as_str() {
+            "off" => ConsoleOutputMode::Off,
+            "null" => ConsoleOutputMode::Null,
+            "tty" => ConsoleOutputMode::Tty,
+            "file" => {
+                file = Some(PathBuf::from(item.non_empty_value()?));
+                ConsoleOutputMode::File
+            }
+            "iommu" => {
+                if parse_toggle(&item.key, item.value()?)? {
+                    return Err(OptionError::Unsupported("iommu=on".into()));
+                }
+                continue;
+            }
+            "pty" | "socket" => return Err(OptionError::Unsupported(item.key)),
+            _ if item.value.is_none() => {
+                return Err(OptionError::UnknownValue {
+                    value: item.key,
+                    expected: CONSOLE_MODES,
+                })
+            }
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: CONSOLE_MODES,
+                })
+            }
+        };
+        if let (Some(value), false) = (&item.value, mode == ConsoleOutputMode::File) {
+            return Err(OptionError::invalid(&item.key, value, "takes no value"));
+        }
+        if let Some((previous, _)) = chosen {
+            return Err(OptionError::Conflict(previous, item.key));
+        }
+        chosen = Some((item.key, mode));
+    }
+    let (_, mode) = chosen.ok_or(OptionError::Missing(
+        "output mode (off, null, tty or file=PATH)",
+    ))?;
+    Ok(ConsoleConfig { mode, file })
+}
+
+/// Checks `--api-socket`: a bare path, `path=PATH` or `fd=N`.
+fn check_api_socket(value: &str) -> Result<(), OptionError> {
+    if value.is_empty() {
+        return Err(OptionError::Empty);
+    }
+    if !value.starts_with("path=") && !value.starts_with("fd=") {
+        return Ok(());
+    }
+    let mut seen: Option<String> = None;
+    for item in split_options(value)? {
+        match item.key.as_str() {
+            "path" => {
+                item.non_empty_value()?;
+            }
+            "fd" => {
+                let fd = parse_u64(&item.key, item.value()?)?;
+                if fd > i32::MAX as u64 {
+                    return Err(OptionError::invalid(
+                        &item.key,
+                        item.value()?,
+                        "not a valid fd",
+                    ));
+                }
+            }
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: "path or fd",
+                })
+            }
+        }
+        if let Some(previous) = seen {
+            return Err(OptionError::Conflict(previous, item.key));
+        }
+        seen = Some(item.key);
+    }
+    Ok(())
+}
+
+/// Parses `--seccomp true|false|log`.
+fn parse_seccomp(value: &str) -> Result<SeccompMode, CliError> {
+    match value {
+        "true" => Ok(SeccompMode::Enabled),
+        "log" => Ok(SeccompMode::Log),
+        "false" => Ok(SeccompMode::Disabled),
+        _ => Err(CliError::Option {
+            option: "--seccomp",
+            source: OptionError::UnknownValue {
+                value: value.to_owned(),
+                expected: "true, false or log",
+            },
+        }),
+    }
 }

@@ -114,11 +114,17 @@ pub struct ConsoleConfig {
 impl ConsoleConfig {
     /// Serial default: present, output discarded (as Cloud Hypervisor).
     pub fn default_serial() -> Self {
-        Self { mode: ConsoleOutputMode::Null, file: None }
+        Self {
+            mode: ConsoleOutputMode::Null,
+            file: None,
+        }
     }
     /// virtio-console default: absent.
     pub fn default_console() -> Self {
-        Self { mode: ConsoleOutputMode::Off, file: None }
+        Self {
+            mode: ConsoleOutputMode::Off,
+            file: None,
+        }
     }
 }
 
@@ -139,7 +145,7 @@ pub enum ConsoleOutputMode {
 /// Cloud Hypervisor).
 pub const MAX_VCPUS: u8 = 254;
 
-/// Guest RAM must be a whole number of these (4 KiB pages).
+/// Guest RAM must be a whole number of these (4 KiB pages; a power of two).
 pub const MEMORY_ALIGNMENT: u64 = 4 << 10;
 
 /// Upper bound on guest RAM accepted by the configuration (1 TiB).
@@ -226,7 +232,7 @@ impl MemoryConfig {
         if self.size == 0 {
             return Err(ConfigError::MemoryZero);
         }
-        if self.size % MEMORY_ALIGNMENT != 0 {
+        if self.size & (MEMORY_ALIGNMENT - 1) != 0 {
             return Err(ConfigError::MemoryUnaligned(self.size));
         }
         if self.size > MAX_MEMORY_SIZE {
@@ -294,7 +300,10 @@ mod validate_tests {
     #[test]
     fn default_with_kernel_is_valid() {
         assert_eq!(booting().validate(), Ok(()));
-        assert_eq!(VmConfig::default().validate(), Err(ConfigError::KernelMissing));
+        assert_eq!(
+            VmConfig::default().validate(),
+            Err(ConfigError::KernelMissing)
+        );
     }
 
     #[test]
@@ -323,7 +332,10 @@ mod validate_tests {
         for (size, expected) in [
             (0, Err(ConfigError::MemoryZero)),
             (4097, Err(ConfigError::MemoryUnaligned(4097))),
-            (MAX_MEMORY_SIZE + 4096, Err(ConfigError::MemoryTooLarge(MAX_MEMORY_SIZE + 4096))),
+            (
+                MAX_MEMORY_SIZE + 4096,
+                Err(ConfigError::MemoryTooLarge(MAX_MEMORY_SIZE + 4096)),
+            ),
             (MAX_MEMORY_SIZE, Ok(())),
             (4096, Ok(())),
         ] {
@@ -336,16 +348,25 @@ mod validate_tests {
     fn payload_and_consoles() {
         let mut config = booting();
         config.payload.kernel = Some(PathBuf::new());
-        assert_eq!(config.validate(), Err(ConfigError::EmptyPath("payload.kernel")));
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::EmptyPath("payload.kernel"))
+        );
         config = booting();
         config.payload.initramfs = Some(PathBuf::new());
-        assert_eq!(config.validate(), Err(ConfigError::EmptyPath("payload.initramfs")));
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::EmptyPath("payload.initramfs"))
+        );
         config = booting();
         config.payload.cmdline = Some("a\0b".into());
         assert_eq!(config.validate(), Err(ConfigError::CmdlineNul));
         config = booting();
         config.serial.mode = ConsoleOutputMode::File;
-        assert_eq!(config.validate(), Err(ConfigError::ConsoleFileMissing("serial")));
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ConsoleFileMissing("serial"))
+        );
         config.serial.file = Some(PathBuf::from("/tmp/serial.log"));
         assert_eq!(config.validate(), Ok(()));
         config.console = ConsoleConfig {

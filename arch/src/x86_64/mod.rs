@@ -1,3 +1,20 @@
 //! x86_64 guest setup.
 
+pub mod acpi;
+pub mod boot;
+pub mod cpuid;
+pub mod error;
 pub mod layout;
+pub mod memory;
+pub mod regs;
+
+pub use boot::{
+    configure_system, load_initramfs, load_initramfs_above, load_kernel, BootProtocol,
+    InitramfsInfo, KernelEntry,
+};
+pub use cpuid::{
+    is_pvm_host, validate_feature_names, vcpu_cpuid, CpuidPolicy, PVM_UNSUPPORTED_INSTRUCTIONS,
+};
+pub use error::{BootError, CpuidError, RegsError};
+pub use memory::{e820_map, ram_regions, E820Entry, E820Kind};
+pub use regs::configure_vcpu;

@@ -33,6 +33,14 @@ pub enum OptionError {
         /// Human-readable list of accepted keys.
         expected: &'static str,
     },
+    /// A bare word (or whole value) that is not one of the accepted ones.
+    #[error("invalid value '{value}' (expected {expected})")]
+    UnknownValue {
+        /// The value as written.
+        value: String,
+        /// Human-readable list of accepted values.
+        expected: &'static str,
+    },
     /// A key Cloud Hypervisor knows but chv does not implement.
     #[error("'{0}' is not supported by chv")]
     Unsupported(String),
@@ -183,7 +191,11 @@ pub fn parse_list(key: &str, value: &str) -> Result<Vec<String>, OptionError> {
         None => value,
     };
     if inner.contains(['[', ']']) {
-        return Err(OptionError::invalid(key, value, "nested lists are not allowed"));
+        return Err(OptionError::invalid(
+            key,
+            value,
+            "nested lists are not allowed",
+        ));
     }
     if inner.trim().is_empty() {
         return Ok(Vec::new());
@@ -306,9 +318,18 @@ mod tests {
     #[test]
     fn rejects_malformed_strings() {
         assert_eq!(split_options(""), Err(OptionError::Empty));
-        assert!(matches!(split_options("a=1,,b=2"), Err(OptionError::EmptyItem(_))));
-        assert!(matches!(split_options("a=1,"), Err(OptionError::EmptyItem(_))));
-        assert!(matches!(split_options("=1"), Err(OptionError::EmptyItem(_))));
+        assert!(matches!(
+            split_options("a=1,,b=2"),
+            Err(OptionError::EmptyItem(_))
+        ));
+        assert!(matches!(
+            split_options("a=1,"),
+            Err(OptionError::EmptyItem(_))
+        ));
+        assert!(matches!(
+            split_options("=1"),
+            Err(OptionError::EmptyItem(_))
+        ));
         assert!(matches!(
             split_options("f=[a,b"),
             Err(OptionError::UnbalancedBrackets(_))
@@ -371,8 +392,14 @@ mod tests {
         assert_eq!(parse_size("M"), Err(SizeError::NoNumber));
         assert_eq!(parse_size("-1M"), Err(SizeError::NoNumber));
         assert_eq!(parse_size("12Q"), Err(SizeError::InvalidSuffix("Q".into())));
-        assert_eq!(parse_size("1MB"), Err(SizeError::InvalidSuffix("MB".into())));
-        assert_eq!(parse_size("1 M"), Err(SizeError::InvalidSuffix(" M".into())));
+        assert_eq!(
+            parse_size("1MB"),
+            Err(SizeError::InvalidSuffix("MB".into()))
+        );
+        assert_eq!(
+            parse_size("1 M"),
+            Err(SizeError::InvalidSuffix(" M".into()))
+        );
         assert_eq!(parse_size("16777216T"), Err(SizeError::Overflow));
         assert_eq!(parse_size("99999999999999999999"), Err(SizeError::Overflow));
         assert_eq!(

@@ -212,10 +212,7 @@ fn load_bzimage(
 /// Loads an initramfs page-aligned as high as possible in low RAM (above
 /// HIGH_RAM_START). Prefer [`load_initramfs_above`] with the kernel's end so
 /// the two can never overlap.
-pub fn load_initramfs(
-    mem: &GuestMemoryMmap,
-    file: &mut File,
-) -> Result<InitramfsInfo, BootError> {
+pub fn load_initramfs(mem: &GuestMemoryMmap, file: &mut File) -> Result<InitramfsInfo, BootError> {
     load_initramfs_above(mem, file, GuestAddress(HIGH_RAM_START))
 }
 

@@ -125,11 +125,8 @@ pub(crate) mod test_util {
         pub fn new(bytes: &[u8]) -> Self {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "chv-arch-test-{}-{}",
-                std::process::id(),
-                n
-            ));
+            let path =
+                std::env::temp_dir().join(format!("chv-arch-test-{}-{}", std::process::id(), n));
             let mut f = File::create(&path).unwrap();
             f.write_all(bytes).unwrap();
             TempFile { path }
@@ -157,7 +154,8 @@ mod tests {
         let mem = guest_mem(1 << 20);
         assert_eq!(write_cmdline(&mem, "console=ttyS0 -- echo hi").unwrap(), 24);
         let mut buf = [0u8; 25];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&buf, b"console=ttyS0 -- echo hi\0");
     }
 

@@ -1,0 +1,473 @@
+//! ACPI tables (RSDP, XSDT, FADT, DSDT, MADT) that describe the guest's
+//! hardware to the kernel.
+//!
+//! The platform is "hardware-reduced" ACPI: there are no PM1 event/control
+//! blocks, no SCI and no GPEs. Power-off and reset go through the FADT's
+//! sleep-control and reset registers, both a single I/O byte at
+//! [`layout::ACPI_PM_PORT`]. The DSDT is kept tiny because the guest kernel
+//! interprets AML very slowly here.
+//!
+//! Interrupt routing: KVM's in-kernel irqchip starts with identity GSI
+//! routing (GSI n drives IOAPIC pin n and, below 16, PIC pin n) and its PIT
+//! raises GSI 0. The MADT therefore carries **no** ISA IRQ 0 → GSI 2
+//! override: that override would make Linux program IOAPIC pin 2 for the
+//! timer while KVM raises pin 0. No IRQ 9 (SCI) override is needed either,
+//! since a hardware-reduced platform has no SCI. Should the VMM ever install
+//! QEMU-style routing (GSI 0 → pin 2), [`ISA_IRQ_OVERRIDES`] is the single
+//! place to describe it.
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+
+use super::layout;
+
+/// OEM id written into every table header.
+const OEM_ID: [u8; 6] = *b"CHVVMM";
+/// OEM revision written into every table header.
+const OEM_REVISION: u32 = 1;
+/// Alignment of each table after the RSDP.
+const TABLE_ALIGN: u64 = 16;
+
+/// FADT IA-PC boot architecture flag: no VGA hardware (ACPI 6.5, 5.2.9.3).
+/// The "8042" and "legacy devices" bits stay clear so Linux skips probing
+/// PS/2; the i8042 reset port still works for `reboot=k`.
+const IAPC_BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+/// Value the guest writes to the reset register to reset the machine.
+pub const ACPI_RESET_VALUE: u8 = 1;
+/// CMOS index of the RTC century byte, advertised in the FADT so the guest
+/// reads the full year from the RTC.
+pub const CMOS_CENTURY_REGISTER: u8 = 0x32;
+/// `SLP_TYPx` value of the `\_S5_` (soft-off) package in the DSDT.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+
+/// MADT flag: dual 8259 PICs are present. KVM_CREATE_IRQCHIP does emulate
+/// them, so this is truthful; it tells the OS to mask the 8259s before it
+/// switches to the IOAPIC (Linux 6.1 probes the PIC anyway, newer kernels
+/// skip the probe when this flag is set).
+const MADT_PCAT_COMPAT: u32 = 1;
+/// MADT local APIC flag: processor enabled.
+const MADT_LAPIC_ENABLED: u32 = 1;
+/// MADT structure types (ACPI 6.5, table 5.21).
+const MADT_TYPE_LOCAL_APIC: u8 = 0;
+const MADT_TYPE_IOAPIC: u8 = 1;
+const MADT_TYPE_INT_SRC_OVERRIDE: u8 = 2;
+const MADT_TYPE_LOCAL_APIC_NMI: u8 = 4;
+/// Byte length of the MADT header (standard header + local APIC address + flags).
+const MADT_HEADER_LEN: usize = 44;
+/// Byte lengths of the MADT entries we emit.
+const MADT_LOCAL_APIC_LEN: usize = 8;
+const MADT_IOAPIC_LEN: usize = 12;
+const MADT_INT_SRC_OVERRIDE_LEN: usize = 10;
+const MADT_LOCAL_APIC_NMI_LEN: usize = 6;
+/// ACPI processor UID meaning "all processors" in a local APIC NMI entry.
+const ALL_PROCESSORS: u8 = 0xff;
+/// MPS INTI flags: polarity and trigger mode conform to the bus (ISA: edge, high).
+const MPS_INTI_CONFORMS: u16 = 0;
+
+/// ISA interrupt source overrides as `(isa_irq, gsi, mps_inti_flags)`.
+///
+/// Empty: KVM's default routing is the identity, which is also what the OS
+/// assumes for ISA IRQs without an override (see the module docs).
+const ISA_IRQ_OVERRIDES: &[(u8, u32, u16)] = &[];
+
+/// Errors from building the ACPI tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// A guest needs at least one vCPU to describe.
+    #[error("cannot build ACPI tables for zero vCPUs")]
+    NoCpus,
+    /// The tables do not fit in the reserved guest range.
+    #[error("ACPI tables need {needed:#x} bytes but only {available:#x} are reserved")]
+    TooLarge {
+        /// Bytes the tables would occupy (from the start of the range).
+        needed: u64,
+        /// Bytes reserved for them.
+        available: u64,
+    },
+    /// Writing a table into guest memory failed (range not backed by RAM).
+    #[error("writing the {table} table to guest memory: {source}")]
+    GuestMemory {
+        /// Signature of the table being written.
+        table: &'static str,
+        /// The underlying memory error.
+        #[source]
+        source: GuestMemoryError,
+    },
+}
+
+/// Writes RSDP, XSDT, FADT, DSDT and MADT for `num_cpus` vCPUs into guest
+/// memory starting at `layout::ACPI_START`; returns the RSDP address.
+///
+/// The RSDP sits at the (16-byte aligned) start of the BIOS area so a guest
+/// that scans for it finds it too; PVH guests get its address from the VMM.
+pub fn create_acpi_tables(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<GuestAddress, AcpiError> {
+    write_tables(mem, num_cpus, layout::ACPI_START, layout::ACPI_END)
+}
+
+/// Hands out consecutive aligned addresses inside `[start, end)`.
+struct Placer {
+    next: u64,
+    start: u64,
+    end: u64,
+}
+
+impl Placer {
+    /// Reserves `len` bytes at the next aligned address.
+    fn place(&mut self, len: usize) -> Result<GuestAddress, AcpiError> {
+        let addr = self.next.checked_next_multiple_of(TABLE_ALIGN);
+        let after = addr.and_then(|a| a.checked_add(len as u64));
+        match (addr, after) {
+            (Some(addr), Some(after)) if after <= self.end => {
+                self.next = after;
+                Ok(GuestAddress(addr))
+            }
+            _ => Err(AcpiError::TooLarge {
+                needed: after.map_or(u64::MAX, |a| a.saturating_sub(self.start)),
+                available: self.end.saturating_sub(self.start),
+            }),
+        }
+    }
+}
+
+/// Builds all tables and writes them into `[start, end)`.
+fn write_tables(
+    mem: &GuestMemoryMmap,
+    num_cpus: u8,
+    start: u64,
+    end: u64,
+) -> Result<GuestAddress, AcpiError> {
+    if num_cpus == 0 {
+        return Err(AcpiError::NoCpus);
+    }
+    let mut placer = Placer {
+        next: start,
+        start,
+        end,
+    };
+    let rsdp_addr = placer.place(Rsdp::len())?;
+
+    let dsdt = create_dsdt();
+    let dsdt_addr = placer.place(dsdt.len())?;
+
+    let fadt = to_bytes(&create_fadt(dsdt_addr.0));
+    let fadt_addr = placer.place(fadt.len())?;
+
+    let madt = create_madt(num_cpus);
+    let madt_addr = placer.place(madt.len())?;
+
+    let mut xsdt = XSDT::new(OEM_ID, *b"CHVXSDT ", OEM_REVISION);
+    xsdt.add_entry(fadt_addr.0);
+    xsdt.add_entry(madt_addr.0);
+    let xsdt = to_bytes(&xsdt);
+    let xsdt_addr = placer.place(xsdt.len())?;
+
+    let rsdp = to_bytes(&Rsdp::new(OEM_ID, xsdt_addr.0));
+
+    write(mem, "DSDT", dsdt.as_slice(), dsdt_addr)?;
+    write(mem, "FACP", &fadt, fadt_addr)?;
+    write(mem, "APIC", madt.as_slice(), madt_addr)?;
+    write(mem, "XSDT", &xsdt, xsdt_addr)?;
+    write(mem, "RSDP", &rsdp, rsdp_addr)?;
+    Ok(rsdp_addr)
+}
+
+/// Serializes any table from the `acpi_tables` crate.
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// Copies one table into guest memory.
+fn write(
+    mem: &GuestMemoryMmap,
+    table: &'static str,
+    bytes: &[u8],
+    addr: GuestAddress,
+) -> Result<(), AcpiError> {
+    mem.write_slice(bytes, addr)
+        .map_err(|source| AcpiError::GuestMemory { table, source })
+}
+
+/// DSDT holding only `\_S5_`, which is what Linux needs to offer power-off.
+fn create_dsdt() -> Sdt {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
+    let s5_type = ACPI_S5_SLEEP_TYPE;
+    // Package {SLP_TYPa, SLP_TYPb, reserved, reserved}.
+    let s5 = aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&s5_type, &s5_type, &0u8, &0u8]),
+    );
+    dsdt.append_slice(&to_bytes(&s5));
+    dsdt
+}
+
+/// A one-byte system-I/O register description.
+fn io_byte_register(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        port.into(),
+    )
+}
+
+/// Revision 6 FADT for a hardware-reduced platform.
+fn create_fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
+    let mut fadt = FADTBuilder::new(OEM_ID, *b"CHVFACP ", OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup);
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH_VGA_NOT_PRESENT.into();
+    fadt.century = CMOS_CENTURY_REGISTER;
+    fadt.reset_reg = io_byte_register(layout::ACPI_PM_PORT);
+    fadt.reset_value = ACPI_RESET_VALUE;
+    fadt.sleep_control_reg = io_byte_register(layout::ACPI_PM_PORT);
+    fadt.sleep_status_reg = io_byte_register(layout::ACPI_PM_PORT);
+    // 24-bit PM timer (TMR_VAL_EXT clear): a cheap, exit-only clock source
+    // Linux can calibrate against and use as its TSC watchdog.
+    fadt.pm_tmr_len = 4;
+    fadt.x_pm_tmr_blk = GAS::new(
+        AddressSpace::SystemIo,
+        32,
+        0,
+        AccessSize::DwordAccess,
+        layout::ACPI_PM_TIMER_PORT.into(),
+    );
+    fadt.finalize()
+}
+
+/// MADT: one local APIC per vCPU, the IOAPIC, overrides and the LINT1 NMI.
+fn create_madt(num_cpus: u8) -> Sdt {
+    let mut madt = Sdt::new(
+        *b"APIC",
+        MADT_HEADER_LEN as u32,
+        // Revision 5 matches ACPI 6.x; nothing we emit depends on it.
+        5,
+        OEM_ID,
+        *b"CHVMADT ",
+        OEM_REVISION,
+    );
+    // Both addresses are below 4 GiB by construction of the layout.
+    madt.write_u32(36, layout::APIC_START as u32);
+    madt.write_u32(40, MADT_PCAT_COMPAT);
+
+    for id in 0..num_cpus {
+        let mut e = [0u8; MADT_LOCAL_APIC_LEN];
+        e[0] = MADT_TYPE_LOCAL_APIC;
+        e[1] = MADT_LOCAL_APIC_LEN as u8;
+        e[2] = id; // ACPI processor UID
+        e[3] = id; // APIC ID
+        e[4..8].copy_from_slice(&MADT_LAPIC_ENABLED.to_le_bytes());
+        madt.append_slice(&e);
+    }
+
+    let mut ioapic = [0u8; MADT_IOAPIC_LEN];
+    ioapic[0] = MADT_TYPE_IOAPIC;
+    ioapic[1] = MADT_IOAPIC_LEN as u8;
+    // An id distinct from every local APIC id.
+    ioapic[2] = num_cpus;
+    ioapic[4..8].copy_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
+    ioapic[8..12].copy_from_slice(&0u32.to_le_bytes()); // GSI base
+    madt.append_slice(&ioapic);
+
+    for &(irq, gsi, flags) in ISA_IRQ_OVERRIDES {
+        let mut e = [0u8; MADT_INT_SRC_OVERRIDE_LEN];
+        e[0] = MADT_TYPE_INT_SRC_OVERRIDE;
+        e[1] = MADT_INT_SRC_OVERRIDE_LEN as u8;
+        e[2] = 0; // bus: ISA
+        e[3] = irq;
+        e[4..8].copy_from_slice(&gsi.to_le_bytes());
+        e[8..10].copy_from_slice(&flags.to_le_bytes());
+        madt.append_slice(&e);
+    }
+
+    let mut nmi = [0u8; MADT_LOCAL_APIC_NMI_LEN];
+    nmi[0] = MADT_TYPE_LOCAL_APIC_NMI;
+    nmi[1] = MADT_LOCAL_APIC_NMI_LEN as u8;
+    nmi[2] = ALL_PROCESSORS;
+    nmi[3..5].copy_from_slice(&MPS_INTI_CONFORMS.to_le_bytes());
+    nmi[5] = 1; // LINT1
+    madt.append_slice(&nmi);
+    madt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest_mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn read_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    /// Reads a whole SDT, checking its length field and checksum.
+    fn read_table(mem: &GuestMemoryMmap, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+        let header = read_bytes(mem, addr, 36);
+        assert_eq!(&header[0..4], sig, "signature at {addr:#x}");
+        let len = u32_at(&header, 4) as usize;
+        assert!(len >= 36);
+        let t = read_bytes(mem, addr, len);
+        assert_eq!(sum(&t), 0, "checksum of {}", String::from_utf8_lossy(sig));
+        assert!(addr >= layout::ACPI_START && addr + len as u64 <= layout::ACPI_END);
+        t
+    }
+
+    /// Follows RSDP → XSDT and returns (FADT, MADT) bytes.
+    fn walk(mem: &GuestMemoryMmap, rsdp_addr: GuestAddress) -> (Vec<u8>, Vec<u8>) {
+        assert_eq!(rsdp_addr.0, layout::ACPI_START);
+        let rsdp = read_bytes(mem, rsdp_addr.0, 36);
+        assert_eq!(&rsdp[0..8], b"RSD PTR ");
+        assert_eq!(sum(&rsdp[0..20]), 0);
+        assert_eq!(sum(&rsdp), 0);
+        assert_eq!(rsdp[15], 2, "ACPI 2.0+ RSDP");
+        assert_eq!(u32_at(&rsdp, 20), 36);
+        let xsdt = read_table(mem, u64_at(&rsdp, 24), b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 2 * 8);
+        let fadt = read_table(mem, u64_at(&xsdt, 36), b"FACP");
+        let madt = read_table(mem, u64_at(&xsdt, 44), b"APIC");
+        (fadt, madt)
+    }
+
+    #[test]
+    fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, 1).unwrap();
+        let (fadt, _) = walk(&mem, rsdp);
+        assert_eq!(fadt.len(), 276);
+        assert_eq!(fadt[8], 6, "FADT revision");
+        let flags = u32_at(&fadt, 112);
+        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        assert_eq!(flags & (1 << 8), 0, "TMR_VAL_EXT must be clear");
+        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]), 1 << 2);
+        assert_eq!(fadt[108], 0x32, "RTC century register");
+        // RESET_REG: system I/O, 8 bits, at the PM port; RESET_VALUE 1.
+        let pm_byte_gas = [1u8, 8, 0, 1];
+        assert_eq!(&fadt[116..120], &pm_byte_gas);
+        assert_eq!(u64_at(&fadt, 120), u64::from(layout::ACPI_PM_PORT));
+        assert_eq!(fadt[128], ACPI_RESET_VALUE);
+        // SLEEP_CONTROL_REG and SLEEP_STATUS_REG.
+        for off in [244, 256] {
+            assert_eq!(&fadt[off..off + 4], &pm_byte_gas);
+            assert_eq!(u64_at(&fadt, off + 4), u64::from(layout::ACPI_PM_PORT));
+        }
+        // X_PM_TMR_BLK: system I/O, 32 bits, dword access.
+        assert_eq!(&fadt[208..212], &[1, 32, 0, 3]);
+        assert_eq!(u64_at(&fadt, 212), u64::from(layout::ACPI_PM_TIMER_PORT));
+        // 32-bit DSDT pointer unused; X_DSDT lands on the DSDT.
+        assert_eq!(u32_at(&fadt, 40), 0);
+        let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let aml = &dsdt[36..];
+        let s5 = aml.windows(4).position(|w| w == b"_S5_").unwrap();
+        // NameOp just before it, then PackageOp with 4 elements: BytePrefix 5, 5, Zero, Zero.
+        assert_eq!(aml[s5 - 1], 0x08);
+        assert_eq!(&aml[s5 + 4..], &[0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0]);
+    }
+
+    fn check_madt(num_cpus: u8) {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, num_cpus).unwrap();
+        let (_, madt) = walk(&mem, rsdp);
+        assert_eq!(u32_at(&madt, 36), layout::APIC_START as u32);
+        assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
+        let mut lapics = Vec::new();
+        let (mut ioapics, mut nmis) = (0, 0);
+        let mut off = MADT_HEADER_LEN;
+        while off < madt.len() {
+            let (ty, len) = (madt[off], madt[off + 1] as usize);
+            assert!(len >= 2 && off + len <= madt.len(), "entry overruns MADT");
+            let e = &madt[off..off + len];
+            match ty {
+                0 => {
+                    assert_eq!(len, 8);
+                    assert_eq!(e[2], e[3], "uid == apic id");
+                    assert_eq!(u32_at(e, 4), 1, "enabled");
+                    lapics.push(e[3]);
+                }
+                1 => {
+                    assert_eq!(len, 12);
+                    assert_eq!(e[2], num_cpus);
+                    assert_eq!(u32_at(e, 4), layout::IOAPIC_START as u32);
+                    assert_eq!(u32_at(e, 8), 0);
+                    ioapics += 1;
+                }
+                4 => {
+                    assert_eq!(e, &[4, 6, 0xff, 0, 0, 1]);
+                    nmis += 1;
+                }
+                other => panic!("unexpected MADT entry type {other}"),
+            }
+            off += len;
+        }
+        assert_eq!(off, madt.len());
+        assert_eq!(lapics, (0..num_cpus).collect::<Vec<_>>());
+        assert_eq!((ioapics, nmis), (1, 1));
+    }
+
+    #[test]
+    fn madt_has_one_local_apic_per_vcpu() {
+        for n in [1, 2, 16, 255] {
+            check_madt(n);
+        }
+    }
+
+    #[test]
+    fn rejects_zero_cpus() {
+        let mem = guest_mem();
+        assert!(matches!(
+            create_acpi_tables(&mem, 0),
+            Err(AcpiError::NoCpus)
+        ));
+    }
+
+    #[test]
+    fn overflowing_the_reserved_range_is_an_error() {
+        let mem = guest_mem();
+        let start = layout::ACPI_START;
+        // Enough for one vCPU but not for 255.
+        write_tables(&mem, 1, start, start + 0x400).unwrap();
+        let err = write_tables(&mem, 255, start, start + 0x400).unwrap_err();
+        match err {
+            AcpiError::TooLarge { needed, available } => {
+                assert_eq!(available, 0x400);
+                assert!(needed > available);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A range at the very top of the address space must not wrap.
+        assert!(write_tables(&mem, 1, u64::MAX - 8, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn unbacked_memory_is_an_error() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        assert!(matches!(
+            create_acpi_tables(&mem, 1),
+            Err(AcpiError::GuestMemory { .. })
+        ));
+    }
+}

@@ -1,0 +1,444 @@
+//! Guest CPUID: per-vCPU topology (APIC ids, x2APIC levels) and hiding of
+//! the CPU features this host's PVM instruction emulator cannot execute.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+
+use super::error::CpuidError;
+
+/// True when the host KVM is PVM (`/sys/module/kvm_pvm` exists).
+pub fn is_pvm_host() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Instructions this PVM host's emulator is known not to handle (for error
+/// messages).
+pub const PVM_UNSUPPORTED_INSTRUCTIONS: &[&str] =
+    &["XSAVE/XRSTOR", "CMPXCHG16B", "POPCNT", "INT3", "FWAIT"];
+
+/// Which CPU features to hide from the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuidPolicy {
+    /// Hide the features the PVM emulator cannot run.
+    pub hide_pvm_unsupported: bool,
+    /// Feature names to expose anyway ("xsave", "cx16", ... or "all").
+    pub keep: Vec<String>,
+}
+
+/// A CPUID register.
+#[derive(Clone, Copy)]
+enum Reg {
+    Eax,
+    Ebx,
+    Ecx,
+    Edx,
+}
+
+/// One feature bit: leaf, subleaf, register, bit number.
+type Bit = (u32, u32, Reg, u8);
+
+/// A hideable feature and every CPUID bit that depends on it.
+struct Feature {
+    name: &'static str,
+    bits: &'static [Bit],
+    /// Also blank the XSAVE state leaf 0xD.
+    clears_xsave_leaf: bool,
+}
+
+/// Features hidden by `hide_pvm_unsupported`. XSAVE takes the AVX family
+/// with it: those need XSAVE-managed state.
+const FEATURES: &[Feature] = &[
+    Feature {
+        name: "xsave",
+        bits: &[
+            (1, 0, Reg::Ecx, 26),           // XSAVE
+            (1, 0, Reg::Ecx, 27),           // OSXSAVE
+            (1, 0, Reg::Ecx, 28),           // AVX
+            (1, 0, Reg::Ecx, 12),           // FMA
+            (1, 0, Reg::Ecx, 29),           // F16C
+            (7, 0, Reg::Ebx, 5),            // AVX2
+            (7, 0, Reg::Ebx, 16),           // AVX512F
+            (7, 0, Reg::Ebx, 17),           // AVX512DQ
+            (7, 0, Reg::Ebx, 21),           // AVX512IFMA
+            (7, 0, Reg::Ebx, 26),           // AVX512PF
+            (7, 0, Reg::Ebx, 27),           // AVX512ER
+            (7, 0, Reg::Ebx, 28),           // AVX512CD
+            (7, 0, Reg::Ebx, 30),           // AVX512BW
+            (7, 0, Reg::Ebx, 31),           // AVX512VL
+            (7, 0, Reg::Ecx, 1),            // AVX512VBMI
+            (7, 0, Reg::Ecx, 6),            // AVX512VBMI2
+            (7, 0, Reg::Ecx, 9),            // VAES
+            (7, 0, Reg::Ecx, 10),           // VPCLMULQDQ
+            (7, 0, Reg::Ecx, 11),           // AVX512VNNI
+            (7, 0, Reg::Ecx, 12),           // AVX512BITALG
+            (7, 0, Reg::Ecx, 14),           // AVX512VPOPCNTDQ
+            (7, 0, Reg::Edx, 2),            // AVX512_4VNNIW
+            (7, 0, Reg::Edx, 3),            // AVX512_4FMAPS
+            (7, 0, Reg::Edx, 8),            // AVX512_VP2INTERSECT
+            (7, 0, Reg::Edx, 22),           // AMX_BF16
+            (7, 0, Reg::Edx, 23),           // AVX512_FP16
+            (7, 0, Reg::Edx, 24),           // AMX_TILE
+            (7, 0, Reg::Edx, 25),           // AMX_INT8
+            (7, 1, Reg::Eax, 4),            // AVX_VNNI
+            (7, 1, Reg::Eax, 5),            // AVX512_BF16
+            (0x8000_0001, 0, Reg::Ecx, 11), // XOP
+            (0x8000_0001, 0, Reg::Ecx, 16), // FMA4
+        ],
+        clears_xsave_leaf: true,
+    },
+    Feature {
+        name: "cx16",
+        bits: &[(1, 0, Reg::Ecx, 13)],
+        clears_xsave_leaf: false,
+    },
+    Feature {
+        name: "popcnt",
+        bits: &[(1, 0, Reg::Ecx, 23)],
+        clears_xsave_leaf: false,
+    },
+    Feature {
+        name: "fsgsbase",
+        bits: &[(7, 0, Reg::Ebx, 0)],
+        clears_xsave_leaf: false,
+    },
+    Feature {
+        name: "rdpid",
+        bits: &[(7, 0, Reg::Ecx, 22)],
+        clears_xsave_leaf: false,
+    },
+    Feature {
+        name: "pcid",
+        bits: &[(1, 0, Reg::Ecx, 17)],
+        clears_xsave_leaf: false,
+    },
+    Feature {
+        name: "invpcid",
+        bits: &[(7, 0, Reg::Ebx, 10)],
+        clears_xsave_leaf: false,
+    },
+    Feature {
+        name: "smap",
+        bits: &[(7, 0, Reg::Ebx, 20)],
+        clears_xsave_leaf: false,
+    },
+];
+
+/// The name that keeps every feature.
+const KEEP_ALL: &str = "all";
+
+/// Leaf 1 ECX: running under a hypervisor.
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 EDX: more than one logical processor per package.
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+/// x2APIC topology level types (leaf 0xB/0x1F ECX bits 15:8).
+const LEVEL_SMT: u32 = 1;
+const LEVEL_CORE: u32 = 2;
+
+/// Validates `keep` names (error names the unknown feature).
+pub fn validate_feature_names(names: &[String]) -> Result<(), CpuidError> {
+    for name in names {
+        if name != KEEP_ALL && !FEATURES.iter().any(|f| f.name == name) {
+            let mut known: Vec<&str> = FEATURES.iter().map(|f| f.name).collect();
+            known.push(KEEP_ALL);
+            return Err(CpuidError::UnknownFeature {
+                name: name.clone(),
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The features `policy` hides.
+fn hidden_features(policy: &CpuidPolicy) -> Vec<&'static Feature> {
+    if !policy.hide_pvm_unsupported || policy.keep.iter().any(|k| k == KEEP_ALL) {
+        return Vec::new();
+    }
+    FEATURES
+        .iter()
+        .filter(|f| !policy.keep.iter().any(|k| k == f.name))
+        .collect()
+}
+
+/// Mutable access to one register of an entry.
+fn reg_mut(entry: &mut kvm_cpuid_entry2, reg: Reg) -> &mut u32 {
+    match reg {
+        Reg::Eax => &mut entry.eax,
+        Reg::Ebx => &mut entry.ebx,
+        Reg::Ecx => &mut entry.ecx,
+        Reg::Edx => &mut entry.edx,
+    }
+}
+
+/// Bits of an x2APIC id needed to number `count` items.
+fn id_bits(count: u8) -> u32 {
+    match count {
+        0 | 1 => 0,
+        n => u32::BITS - u32::from(n - 1).leading_zeros(),
+    }
+}
+
+/// Leaf 0xB/0x1F subleaves: SMT level (one thread per core), core level
+/// (`num_vcpus` cores) and the terminating invalid level.
+fn topology_entries(leaf: u32, apic_id: u8, num_vcpus: u8) -> [kvm_cpuid_entry2; 3] {
+    let entry = |index: u32, eax: u32, ebx: u32, ecx: u32| kvm_cpuid_entry2 {
+        function: leaf,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax,
+        ebx,
+        ecx,
+        edx: u32::from(apic_id),
+        ..Default::default()
+    };
+    [
+        entry(0, 0, 1, LEVEL_SMT << 8),
+        entry(
+            1,
+            id_bits(num_vcpus),
+            u32::from(num_vcpus),
+            (LEVEL_CORE << 8) | 1,
+        ),
+        entry(2, 0, 0, 2),
+    ]
+}
+
+/// Per-vCPU CPUID from KVM_GET_SUPPORTED_CPUID: APIC id and topology for
+/// `vcpu_id` of `num_vcpus` (one socket, one thread per core), the
+/// hypervisor bit, KVM's own leaves kept, and the PVM-unsupported features
+/// hidden as `policy` says (logged once, for vCPU 0).
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    vcpu_id: u8,
+    num_vcpus: u8,
+    policy: &CpuidPolicy,
+) -> Result<CpuId, CpuidError> {
+    if num_vcpus == 0 || vcpu_id >= num_vcpus {
+        return Err(CpuidError::BadVcpuId { vcpu_id, num_vcpus });
+    }
+    validate_feature_names(&policy.keep)?;
+    let hidden = hidden_features(policy);
+    let blank_xsave_leaf = hidden.iter().any(|f| f.clears_xsave_leaf);
+    let src = supported.as_slice();
+    let max_basic = src.iter().find(|e| e.function == 0).map_or(0, |e| e.eax);
+    let has_leaf_1f = src.iter().any(|e| e.function == 0x1f);
+    let apic_id = u32::from(vcpu_id);
+    let count = u32::from(num_vcpus);
+
+    let mut entries: Vec<kvm_cpuid_entry2> = src
+        .iter()
+        .filter(|e| e.function != 0xb && e.function != 0x1f)
+        .copied()
+        .collect();
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0xffff) | (count << 16) | (apic_id << 24);
+                e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if num_vcpus > 1 {
+                    e.edx |= LEAF1_EDX_HTT;
+                }
+            }
+            4 if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
+            }
+            0xd if blank_xsave_leaf => {
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
+            _ => {}
+        }
+        for f in &hidden {
+            for &(leaf, subleaf, reg, bit) in f.bits {
+                if e.function == leaf && e.index == subleaf {
+                    *reg_mut(e, reg) &= !(1u32 << bit);
+                }
+            }
+        }
+    }
+    if max_basic >= 0xb {
+        entries.extend(topology_entries(0xb, vcpu_id, num_vcpus));
+    }
+    if max_basic >= 0x1f && has_leaf_1f {
+        entries.extend(topology_entries(0x1f, vcpu_id, num_vcpus));
+    }
+
+    if vcpu_id == 0 && !hidden.is_empty() {
+        let names: Vec<&str> = hidden.iter().map(|f| f.name).collect();
+        log::info!(
+            "hiding CPU features the PVM instruction emulator cannot run: {} (re-expose with the keep list)",
+            names.join(", ")
+        );
+    }
+    CpuId::from_entries(&entries).map_err(|e| CpuidError::Table(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    /// A synthetic "supported" table with every feature bit set.
+    fn fake_supported() -> CpuId {
+        CpuId::from_entries(&[
+            entry(0, 0, [0x1f, 0, 0, 0]),
+            entry(1, 0, [0x806f8, 0x0010_0800, !0, !0]),
+            entry(4, 0, [0x121, 0, 0, 0]),
+            entry(4, 3, [0x163, 0, 0, 0]),
+            entry(7, 0, [0, !0, !0, !0]),
+            entry(7, 1, [!0, 0, 0, 0]),
+            entry(0xb, 0, [1, 2, 0x100, 9]),
+            entry(0xd, 0, [7, 0x340, 0x340, 0]),
+            entry(0x1f, 0, [1, 2, 0x100, 9]),
+            entry(
+                0x4000_0000,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
+        ])
+        .unwrap()
+    }
+
+    fn find(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    fn hide(keep: &[&str]) -> CpuidPolicy {
+        CpuidPolicy {
+            hide_pvm_unsupported: true,
+            keep: keep.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn topology_per_vcpu() {
+        let c = vcpu_cpuid(&fake_supported(), 2, 3, &CpuidPolicy::default()).unwrap();
+        let l1 = find(&c, 1, 0);
+        assert_eq!(l1.ebx >> 24, 2);
+        assert_eq!((l1.ebx >> 16) & 0xff, 3);
+        assert_eq!(l1.ebx & 0xffff, 0x0800);
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        for leaf in [0xb, 0x1f] {
+            let smt = find(&c, leaf, 0);
+            let core = find(&c, leaf, 1);
+            let end = find(&c, leaf, 2);
+            assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
+            assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2));
+            assert_eq!((end.ebx, (end.ecx >> 8) & 0xff, end.edx), (0, 0, 2));
+        }
+        assert_eq!(find(&c, 4, 0).eax >> 26, 2);
+        assert_eq!((find(&c, 4, 0).eax >> 14) & 0xfff, 0);
+        assert_eq!((find(&c, 4, 3).eax >> 14) & 0xfff, 2);
+        // KVM's signature leaf survives untouched.
+        assert_eq!(find(&c, 0x4000_0000, 0).ebx, 0x4b4d_564b);
+    }
+
+    #[test]
+    fn hiding_clears_features_and_xsave_leaf() {
+        let c = vcpu_cpuid(&fake_supported(), 0, 1, &hide(&[])).unwrap();
+        let l1 = find(&c, 1, 0);
+        for bit in [26, 27, 28, 13, 23, 17, 12, 29] {
+            assert_eq!(l1.ecx & (1 << bit), 0, "leaf 1 ecx bit {bit}");
+        }
+        let l7 = find(&c, 7, 0);
+        for bit in [0, 5, 10, 20, 16] {
+            assert_eq!(l7.ebx & (1 << bit), 0, "leaf 7 ebx bit {bit}");
+        }
+        assert_eq!(l7.ecx & (1 << 22), 0);
+        assert_eq!(find(&c, 7, 1).eax & (1 << 4), 0);
+        let d = find(&c, 0xd, 0);
+        assert_eq!((d.eax, d.ebx, d.ecx, d.edx), (0, 0, 0, 0));
+        // Unrelated bits stay.
+        assert_ne!(l1.ecx & 1, 0);
+        assert_ne!(l7.ebx & (1 << 9), 0);
+    }
+
+    #[test]
+    fn keep_re_exposes_features() {
+        let c = vcpu_cpuid(&fake_supported(), 0, 1, &hide(&["xsave", "popcnt"])).unwrap();
+        let l1 = find(&c, 1, 0);
+        assert_ne!(l1.ecx & (1 << 26), 0);
+        assert_ne!(l1.ecx & (1 << 23), 0);
+        assert_eq!(l1.ecx & (1 << 13), 0);
+        assert_eq!(find(&c, 0xd, 0).eax, 7);
+        let c = vcpu_cpuid(&fake_supported(), 0, 1, &hide(&["all"])).unwrap();
+        assert_eq!(find(&c, 7, 0).ebx, !0);
+    }
+
+    #[test]
+    fn bad_names_and_ids_are_rejected() {
+        let err = validate_feature_names(&["xsave".into(), "avx9".into()]).unwrap_err();
+        assert!(err.to_string().contains("avx9"));
+        assert!(matches!(
+            vcpu_cpuid(&fake_supported(), 0, 1, &hide(&["bogus"])),
+            Err(CpuidError::UnknownFeature { .. })
+        ));
+        assert!(matches!(
+            vcpu_cpuid(&fake_supported(), 1, 1, &CpuidPolicy::default()),
+            Err(CpuidError::BadVcpuId { .. })
+        ));
+    }
+
+    #[test]
+    fn id_bits_values() {
+        assert_eq!([1, 2, 3, 4, 5, 8, 9].map(id_bits), [0, 1, 2, 2, 3, 3, 4]);
+    }
+
+    fn host_supported() -> Option<CpuId> {
+        if !std::path::Path::new("/dev/kvm").exists() {
+            println!("note: /dev/kvm absent, skipping");
+            return None;
+        }
+        let kvm = kvm_ioctls::Kvm::new().unwrap();
+        Some(
+            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn real_kvm_apic_ids() {
+        let Some(supported) = host_supported() else {
+            return;
+        };
+        for id in 0..4u8 {
+            let c = vcpu_cpuid(&supported, id, 4, &CpuidPolicy::default()).unwrap();
+            assert_eq!(find(&c, 1, 0).ebx >> 24, u32::from(id));
+            assert_eq!(find(&c, 0xb, 0).edx, u32::from(id));
+            assert_eq!(find(&c, 0xb, 1).ebx, 4);
+        }
+    }
+
+    #[test]
+    fn real_kvm_hiding() {
+        let Some(supported) = host_supported() else {
+            return;
+        };
+        let c = vcpu_cpuid(&supported, 0, 1, &hide(&[])).unwrap();
+        let ecx = find(&c, 1, 0).ecx;
+        assert_eq!(ecx & ((1 << 26) | (1 << 13) | (1 << 23)), 0);
+        let host_ecx = find(&supported, 1, 0).ecx;
+        let c = vcpu_cpuid(&supported, 0, 1, &hide(&["xsave", "cx16", "popcnt"])).unwrap();
+        let kept = find(&c, 1, 0).ecx;
+        for bit in [26, 13, 23] {
+            assert_eq!(kept & (1 << bit), host_ecx & (1 << bit), "bit {bit}");
+        }
+    }
+}

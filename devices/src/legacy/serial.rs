@@ -1,0 +1,182 @@
+//! 16550A UART (COM1) backed by `vm_superio::Serial`.
+//!
+//! Guest output goes to an optional host sink; host input is queued into the
+//! receive FIFO. The interrupt line is an [`EventFd`] the VMM registers as a
+//! KVM irqfd (IRQ 4 for COM1).
+
+use std::io::Write;
+
+use vm_superio::serial::{Error as SerialError, NoEvents};
+use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::EventFdTrigger;
+use crate::bus::BusDevice;
+
+/// Number of byte registers a 16550 decodes.
+const UART_REGISTERS: u64 = 8;
+
+/// Host output sink type.
+type Sink = Box<dyn Write + Send>;
+
+/// A 16550A serial port on the port-I/O bus.
+pub struct SerialDevice {
+    serial: Serial<EventFdTrigger, NoEvents, Sink>,
+}
+
+impl SerialDevice {
+    /// Creates a UART that raises `interrupt` and writes guest output to
+    /// `out` (`None` discards it). Every byte is flushed as it is written.
+    pub fn new(interrupt: EventFd, out: Option<Box<dyn Write + Send>>) -> Self {
+        let out = out.unwrap_or_else(|| Box::new(std::io::sink()));
+        Self {
+            serial: Serial::new(EventFdTrigger(interrupt), out),
+        }
+    }
+
+    /// Pushes host input towards the guest. Bytes that do not fit in the
+    /// 64-byte receive FIFO are dropped (logged at debug level).
+    pub fn enqueue_input(&mut self, bytes: &[u8]) {
+        match self.serial.enqueue_raw_bytes(bytes) {
+            Ok(n) if n < bytes.len() => {
+                log::debug!(
+                    "serial: receive FIFO full, dropped {} bytes",
+                    bytes.len() - n
+                );
+            }
+            Ok(_) => {}
+            Err(SerialError::FullFifo) => {
+                log::debug!("serial: receive FIFO full, dropped {} bytes", bytes.len());
+            }
+            Err(e) => log::warn!("serial: queueing input: {e}"),
+        }
+    }
+
+    /// Free space in the receive FIFO, so callers can avoid dropping input.
+    pub fn input_capacity(&self) -> usize {
+        self.serial.fifo_capacity()
+    }
+}
+
+/// Returns the register index for a meaningful (1-byte, in-range) access.
+fn register(offset: u64, len: usize) -> Option<u8> {
+    (len == 1 && offset < UART_REGISTERS).then_some(offset as u8)
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        match register(offset, data.len()) {
+            Some(reg) => data[0] = self.serial.read(reg),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        let Some(reg) = register(offset, data.len()) else {
+            return;
+        };
+        if let Err(e) = self.serial.write(reg, data[0]) {
+            // Output sink gone or interrupt failed: the guest keeps running.
+            log::debug!("serial: write to register {reg}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    const THR: u64 = 0;
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+    const LSR: u64 = 5;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn evt() -> EventFd {
+        EventFd::new(libc::EFD_NONBLOCK).unwrap()
+    }
+
+    fn read1(dev: &mut SerialDevice, offset: u64) -> u8 {
+        let mut b = [0u8];
+        dev.read(0x3f8, offset, &mut b);
+        b[0]
+    }
+
+    #[test]
+    fn thr_write_reaches_sink_and_lsr_shows_empty() {
+        let out = Shared::default();
+        let mut dev = SerialDevice::new(evt(), Some(Box::new(out.clone())));
+        for b in b"hi\n" {
+            dev.write(0x3f8, THR, &[*b]);
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        let lsr = read1(&mut dev, LSR);
+        assert_ne!(lsr & 0x20, 0, "THR empty");
+        assert_ne!(lsr & 0x40, 0, "transmitter idle");
+        assert_eq!(lsr & 0x01, 0, "no data ready");
+    }
+
+    #[test]
+    fn input_sets_data_ready_and_raises_irq_when_enabled() {
+        let irq = evt();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), None);
+        // Interrupts disabled: data is queued but no interrupt fires.
+        dev.enqueue_input(b"a");
+        assert_ne!(read1(&mut dev, LSR) & 0x01, 0);
+        assert!(irq.read().is_err(), "no interrupt while IER is 0");
+        // Enabling the RX interrupt with data pending asserts it.
+        dev.write(0x3f8, IER, &[0x01]);
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read1(&mut dev, IIR) & 0x0f, 0x04, "RX data available");
+        assert_eq!(read1(&mut dev, THR), b'a');
+        assert_eq!(read1(&mut dev, LSR) & 0x01, 0);
+        // New input with IER set raises it directly.
+        dev.enqueue_input(b"b");
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read1(&mut dev, THR), b'b');
+    }
+
+    #[test]
+    fn fifo_overflow_is_dropped_quietly() {
+        let mut dev = SerialDevice::new(evt(), None);
+        let cap = dev.input_capacity();
+        dev.enqueue_input(&vec![b'x'; cap + 10]);
+        assert_eq!(dev.input_capacity(), 0);
+        dev.enqueue_input(b"more");
+        for _ in 0..cap {
+            assert_eq!(read1(&mut dev, THR), b'x');
+        }
+        assert_eq!(read1(&mut dev, LSR) & 0x01, 0);
+    }
+
+    #[test]
+    fn hostile_accesses_do_not_panic() {
+        let out = Shared::default();
+        let mut dev = SerialDevice::new(evt(), Some(Box::new(out.clone())));
+        let mut wide = [0u8; 8];
+        dev.read(0x3f8, 0, &mut wide);
+        assert_eq!(wide, [0xff; 8]);
+        let mut one = [0u8; 1];
+        dev.read(0x3f8, 8, &mut one);
+        assert_eq!(one, [0xff]);
+        dev.read(0x3f8, u64::MAX, &mut one);
+        dev.read(0x3f8, 0, &mut []);
+        dev.write(0x3f8, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        dev.write(0x3f8, 0, &[]);
+        dev.write(0x3f8, 256, b"z");
+        dev.write(0x3f8, u64::MAX, b"z");
+        assert!(out.0.lock().unwrap().is_empty());
+    }
+}
