@@ -3,6 +3,10 @@
 //! process whose console output is captured so tests can wait for marker
 //! lines and assert on exact output.
 //!
+//! Run: `cargo test -p chv-tests` (all), `--test testguest` (fast, ~1 min),
+//! `--test linux_boot -- --nocapture` (three Linux boots, ~4 min; prints
+//! boot times).
+//!
 //! Environment knobs:
 //! - `CHV_BIN`: the `chv` binary to test (otherwise `cargo build -p vmm --bin
 //!   chv` is run once per test binary and `<target>/debug/chv` is used; set
@@ -13,6 +17,7 @@
 //!   (without it, a missing kit fails those tests).
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -417,13 +422,24 @@ impl Chv {
         }
     }
 
-    /// Asserts that stderr shows no Rust panic.
+    /// Asserts that chv did not panic or crash: no panic text on stderr
+    /// (Rust's "panicked", chv's panic hook "internal error") and, if it
+    /// exited, not by SIGABRT/SIGSEGV/SIGBUS/SIGILL.
     pub fn assert_no_panic(&self) {
         let err = self.stderr();
-        self.check(
-            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-            "chv panicked",
-        );
+        for text in ["panicked", "internal error", "RUST_BACKTRACE"] {
+            self.check(
+                !err.contains(text),
+                &format!("chv stderr contains {text:?}"),
+            );
+        }
+        let crash = self
+            .status
+            .and_then(|st| st.signal())
+            .filter(|sig| [libc::SIGABRT, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL].contains(sig));
+        if let Some(sig) = crash {
+            self.fail(&format!("chv crashed with signal {sig}"));
+        }
     }
 
     /// Console lines (stdout split on '\n', trailing '\r' removed).

@@ -14,7 +14,7 @@ use devices::legacy::{AcpiPmDevice, AcpiPmTimer, Cmos, I8042Device, SerialDevice
 use devices::Bus;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};

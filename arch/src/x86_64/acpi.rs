@@ -194,7 +194,10 @@ fn write(
         .map_err(|source| AcpiError::GuestMemory { table, source })
 }
 
-/// DSDT holding only `\_S5_`, which is what Linux needs to offer power-off.
+/// DSDT: `\_S5_` (so Linux offers power-off) and the two legacy devices a
+/// hardware-reduced platform must describe for Linux to use them: COM1 (its
+/// IRQ is only mapped when a PNP0501 device names it) and the CMOS RTC.
+/// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
 fn create_dsdt() -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
     let s5_type = ACPI_S5_SLEEP_TYPE;
@@ -204,6 +207,21 @@ fn create_dsdt() -> Sdt {
         &aml::Package::new(vec![&s5_type, &s5_type, &0u8, &0u8]),
     );
     dsdt.append_slice(&to_bytes(&s5));
+
+    let com1_io = aml::IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, layout::COM1_IRQ);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let com1_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let com1_crs = aml::Name::new("_CRS".into(), &com1_crs);
+    let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_crs]);
+    let rtc_io = aml::IO::new(layout::CMOS_PORT, layout::CMOS_PORT, 1, 2);
+    let rtc_crs = aml::ResourceTemplate::new(vec![&rtc_io]);
+    let rtc_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
+    let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
+    let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc]);
+    dsdt.append_slice(&to_bytes(&sb));
     dsdt
 }
 
