@@ -141,12 +141,14 @@ fn control_loop(vm: &Vm, signals: &std::fs::File, tty_input: bool) -> Result<VmE
                 TOKEN_EXIT => return Ok(VmExit::PowerOff),
                 TOKEN_RESET => return Ok(VmExit::Reset),
                 TOKEN_VCPU => {
-                    for event in vm.take_vcpu_events() {
-                        match event {
-                            VcpuEvent::PowerOff => return Ok(VmExit::PowerOff),
-                            VcpuEvent::Reset => return Ok(VmExit::Reset),
-                            VcpuEvent::Error(msg) => return Err(VmmError::Guest(msg)),
-                        }
+                    // The first event decides; the others are vCPUs that
+                    // stopped for the same reason.
+                    if let Some(event) = vm.take_vcpu_events().into_iter().next() {
+                        return match event {
+                            VcpuEvent::PowerOff => Ok(VmExit::PowerOff),
+                            VcpuEvent::Reset => Ok(VmExit::Reset),
+                            VcpuEvent::Error(msg) => Err(VmmError::Guest(msg)),
+                        };
                     }
                 }
                 TOKEN_SIGNAL => {
