@@ -136,8 +136,10 @@ mod tests {
     #[test]
     fn routes_by_range_and_offset() {
         let bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(10))), 0x100, 0x10).unwrap();
-        bus.insert(Arc::new(Mutex::new(Echo(50))), 0x110, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(10))), 0x100, 0x10)
+            .unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(50))), 0x110, 0x10)
+            .unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x105, &mut b));
         assert_eq!(b[0], 15);
@@ -156,10 +158,22 @@ mod tests {
         let bus = Bus::new();
         let d = || Arc::new(Mutex::new(Echo(0))) as SharedDevice;
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert!(matches!(bus.insert(d(), 0x10f, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0xf0, 0x11), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(d(), 0x200, 0), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(d(), 0x10f, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0xf0, 0x11),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), 0x200, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(BusError::InvalidRange { .. })
+        ));
         bus.insert(d(), 0xf0, 0x10).unwrap();
         bus.remove(0x100).unwrap();
         assert_eq!(bus.remove(0x100).err(), Some(BusError::NotFound(0x100)));

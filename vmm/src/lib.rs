@@ -120,14 +120,19 @@ fn control_loop(vm: &Vm, signals: &std::fs::File, tty_input: bool) -> Result<VmE
     let epoll = Epoll::new().map_err(VmmError::ControlLoop)?;
     let add = |fd: i32, token: u64| {
         epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
             .map_err(VmmError::ControlLoop)
     };
-    add(vm.exit_evt.as_raw_fd(), TOKEN_EXIT)?;
-    add(vm.reset_evt.as_raw_fd(), TOKEN_RESET)?;
+    add(vm.exit_evt.eventfd().as_raw_fd(), TOKEN_EXIT)?;
+    add(vm.reset_evt.eventfd().as_raw_fd(), TOKEN_RESET)?;
     add(vm.vcpu_event_fd.as_raw_fd(), TOKEN_VCPU)?;
     add(signals.as_raw_fd(), TOKEN_SIGNAL)?;
-    let mut stdin_open = tty_input && vm.serial.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
+    let mut stdin_open =
+        tty_input && vm.serial.is_some() && add(libc::STDIN_FILENO, TOKEN_STDIN).is_ok();
 
     let mut events = vec![EpollEvent::default(); 8];
     loop {
@@ -162,7 +167,9 @@ fn control_loop(vm: &Vm, signals: &std::fs::File, tty_input: bool) -> Result<VmE
                     // Read the descriptor directly: std's buffered stdin could
                     // keep bytes that epoll would then never report again.
                     // SAFETY: `buf` is a valid writable buffer of the given length.
-                    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+                    let n = unsafe {
+                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                    };
                     match usize::try_from(n) {
                         Ok(0) | Err(_) => {
                             let _ = epoll.ctl(

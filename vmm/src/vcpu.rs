@@ -5,6 +5,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use devices::legacy::GuestStopEvent;
 use devices::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -38,6 +39,9 @@ pub struct VcpuContext {
     pub events: Sender<VcpuEvent>,
     /// Written after every event so the VMM's epoll loop wakes up.
     pub event_fd: Arc<EventFd>,
+    /// Guest power-off and reset requests: once one is raised, no vCPU
+    /// re-enters the guest.
+    pub guest_stops: [GuestStopEvent; 2],
 }
 
 impl VcpuContext {
@@ -84,7 +88,7 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu
 
 fn run_loop(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<VcpuEvent> {
     loop {
-        if ctx.stop.load(Ordering::Acquire) {
+        if ctx.stop.load(Ordering::Acquire) || ctx.guest_stops.iter().any(|e| e.is_raised()) {
             return None;
         }
         match vcpu.run() {
@@ -152,7 +156,11 @@ fn internal_error(id: u8, vcpu: &mut VcpuFd) -> VcpuEvent {
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let mut msg = format!(
         "vcpu{id}: KVM internal error (suberror {suberror}{}) at guest RIP {rip}",
-        if suberror == 1 { ": emulation failure" } else { "" }
+        if suberror == 1 {
+            ": emulation failure"
+        } else {
+            ""
+        }
     );
     if arch::cpuid::is_pvm_host() {
         msg.push_str(&format!(

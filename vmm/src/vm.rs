@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arch::layout;
-use devices::legacy::{AcpiPmDevice, AcpiPmTimer, Cmos, I8042Device, SerialDevice};
+use devices::legacy::{AcpiPmDevice, AcpiPmTimer, Cmos, GuestStopEvent, I8042Device, SerialDevice};
 use devices::Bus;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -45,10 +45,10 @@ pub struct Vm {
     events: Receiver<VcpuEvent>,
     /// Written by vCPU threads whenever they post a [`VcpuEvent`].
     pub vcpu_event_fd: Arc<EventFd>,
-    /// Written by devices when the guest powers off.
-    pub exit_evt: EventFd,
-    /// Written by devices when the guest requests a reset.
-    pub reset_evt: EventFd,
+    /// Raised by devices when the guest powers off.
+    pub exit_evt: GuestStopEvent,
+    /// Raised by devices when the guest requests a reset.
+    pub reset_evt: GuestStopEvent,
     /// The COM1 device, for feeding host input to the guest.
     pub serial: Option<Arc<Mutex<SerialDevice>>>,
 }
@@ -65,7 +65,9 @@ fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write +
                 .create(true)
                 .append(true)
                 .open(path)
-                .map_err(|e| VmmError::Config(format!("--{what}: cannot open {}: {e}", path.display())))?;
+                .map_err(|e| {
+                    VmmError::Config(format!("--{what}: cannot open {}: {e}", path.display()))
+                })?;
             Some(Box::new(f))
         }
     })
@@ -73,9 +75,13 @@ fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write +
 
 fn open_payload(path: &std::path::Path, what: &str) -> Result<File, VmmError> {
     if path.is_dir() {
-        return Err(VmmError::Config(format!("--{what}: {} is a directory", path.display())));
+        return Err(VmmError::Config(format!(
+            "--{what}: {} is a directory",
+            path.display()
+        )));
     }
-    File::open(path).map_err(|e| VmmError::Config(format!("--{what}: cannot open {}: {e}", path.display())))
+    File::open(path)
+        .map_err(|e| VmmError::Config(format!("--{what}: cannot open {}: {e}", path.display())))
 }
 
 fn eventfd() -> Result<EventFd, VmmError> {
@@ -104,7 +110,9 @@ impl Vm {
         }
         let num_vcpus = config.cpus.boot_vcpus;
         if num_vcpus == 0 {
-            return Err(VmmError::Config("--cpus: boot=0: at least one vCPU is needed".into()));
+            return Err(VmmError::Config(
+                "--cpus: boot=0: at least one vCPU is needed".into(),
+            ));
         }
         arch::cpuid::validate_feature_names(&config.cpus.features.keep)
             .map_err(|e| VmmError::Config(format!("--cpus: features: {e}")))?;
@@ -139,19 +147,28 @@ impl Vm {
         let rsdp = arch::acpi::create_acpi_tables(&memory, num_vcpus)
             .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
         let cmdline = payload.cmdline.as_deref().unwrap_or("");
-        arch::boot::configure_system(&memory, &kernel, cmdline, initramfs.as_ref(), Some(rsdp), ram_size)
-            .map_err(|e| VmmError::Boot(e.to_string()))?;
+        arch::boot::configure_system(
+            &memory,
+            &kernel,
+            cmdline,
+            initramfs.as_ref(),
+            Some(rsdp),
+            ram_size,
+        )
+        .map_err(|e| VmmError::Boot(e.to_string()))?;
 
         // Devices.
-        let exit_evt = eventfd()?;
-        let reset_evt = eventfd()?;
+        let exit_evt = GuestStopEvent::new().map_err(VmmError::EventFd)?;
+        let reset_evt = GuestStopEvent::new().map_err(VmmError::EventFd)?;
         let io_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
         let serial = if config.serial.mode == ConsoleOutputMode::Off {
             None
         } else {
             let irq = eventfd()?;
-            vm_fd.register_irqfd(&irq, layout::COM1_IRQ).map_err(VmmError::Kvm)?;
+            vm_fd
+                .register_irqfd(&irq, layout::COM1_IRQ)
+                .map_err(VmmError::Kvm)?;
             let out = open_output(&config.serial, "serial")?;
             let dev = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
             io_bus
@@ -161,23 +178,35 @@ impl Vm {
         };
         let below_4g = ram_size.min(layout::MEM_32BIT_GAP_START);
         let above_4g = ram_size - below_4g;
-        let clone = |e: &EventFd| e.try_clone().map_err(VmmError::EventFd);
         let legacy: [(devices::SharedDevice, u16, u64); 4] = [
             (
-                Arc::new(Mutex::new(I8042Device::new(clone(&reset_evt)?))),
+                Arc::new(Mutex::new(I8042Device::new(reset_evt.clone()))),
                 layout::I8042_PORT,
                 5,
             ),
-            (Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))), layout::CMOS_PORT, 2),
             (
-                Arc::new(Mutex::new(AcpiPmDevice::new(clone(&exit_evt)?, clone(&reset_evt)?))),
+                Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
+                layout::CMOS_PORT,
+                2,
+            ),
+            (
+                Arc::new(Mutex::new(AcpiPmDevice::new(
+                    exit_evt.clone(),
+                    reset_evt.clone(),
+                ))),
                 layout::ACPI_PM_PORT,
                 1,
             ),
-            (Arc::new(Mutex::new(AcpiPmTimer::new())), layout::ACPI_PM_TIMER_PORT, 4),
+            (
+                Arc::new(Mutex::new(AcpiPmTimer::new())),
+                layout::ACPI_PM_TIMER_PORT,
+                4,
+            ),
         ];
         for (dev, port, len) in legacy {
-            io_bus.insert(dev, u64::from(port), len).map_err(VmmError::Bus)?;
+            io_bus
+                .insert(dev, u64::from(port), len)
+                .map_err(VmmError::Bus)?;
         }
 
         // vCPUs.
@@ -197,6 +226,7 @@ impl Vm {
             stop: stop.clone(),
             events: tx,
             event_fd: vcpu_event_fd.clone(),
+            guest_stops: [exit_evt.clone(), reset_evt.clone()],
         };
         let mut fds = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {
@@ -204,7 +234,11 @@ impl Vm {
             let cpuid = arch::cpuid::vcpu_cpuid(&supported, id, num_vcpus, &policy)
                 .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
             let boot = (id == 0).then_some((&memory, &kernel));
-            arch::regs::configure_vcpu(&vcpu, &cpuid, boot).map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
+            arch::regs::configure_vcpu(&vcpu, &cpuid, boot)
+                .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
+            if id == 0 {
+                warn_reexposed_features(&vcpu, &policy);
+            }
             fds.push(vcpu);
         }
         let mut vcpus = Vec::with_capacity(fds.len());
@@ -258,9 +292,32 @@ impl Drop for Vm {
     }
 }
 
+/// Warns when the host put back CPU features chv hid (PVM merges the host's
+/// leaf-1 bits into the guest CPUID): the guest kernel must then avoid those
+/// instructions itself, as the guest kit's kernel does.
+fn warn_reexposed_features(vcpu: &kvm_ioctls::VcpuFd, policy: &arch::cpuid::CpuidPolicy) {
+    if !policy.hide_pvm_unsupported {
+        return;
+    }
+    match vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES) {
+        Ok(effective) => {
+            let back = arch::cpuid::reexposed_features(&effective, policy);
+            if !back.is_empty() {
+                log::warn!(
+                    "this host's KVM re-exposes CPU features chv hid from the guest: {}; \
+                     the guest kernel must avoid them itself",
+                    back.join(", ")
+                );
+            }
+        }
+        Err(e) => log::debug!("cannot read back the vCPU CPUID: {e}"),
+    }
+}
+
 fn create_memory(vm_fd: &VmFd, ram_size: u64) -> Result<GuestMemoryMmap, VmmError> {
     let regions = arch::memory::ram_regions(ram_size);
-    let memory = GuestMemoryMmap::from_ranges(&regions).map_err(|e| VmmError::Memory(e.to_string()))?;
+    let memory =
+        GuestMemoryMmap::from_ranges(&regions).map_err(|e| VmmError::Memory(e.to_string()))?;
     for (slot, region) in memory.iter().enumerate() {
         let host = memory
             .get_host_address(region.start_addr())

@@ -276,6 +276,28 @@ pub fn vcpu_cpuid(
     CpuId::from_entries(&entries).map_err(|e| CpuidError::Table(e.to_string()))
 }
 
+/// Names of the features `policy` hides whose main CPUID bit is nonetheless
+/// set in `effective` (what KVM reports back after KVM_SET_CPUID2).
+///
+/// PVM hosts merge the host's own leaf-1 bits into the guest's CPUID, so a
+/// feature chv clears can come back; the VMM warns about those.
+pub fn reexposed_features(effective: &CpuId, policy: &CpuidPolicy) -> Vec<&'static str> {
+    hidden_features(policy)
+        .into_iter()
+        .filter(|f| {
+            f.bits.first().is_some_and(|&(leaf, subleaf, reg, bit)| {
+                effective.as_slice().iter().any(|e| {
+                    let mut e = *e;
+                    e.function == leaf
+                        && e.index == subleaf
+                        && *reg_mut(&mut e, reg) & (1 << bit) != 0
+                })
+            })
+        })
+        .map(|f| f.name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +462,22 @@ mod tests {
         for bit in [26, 13, 23] {
             assert_eq!(kept & (1 << bit), host_ecx & (1 << bit), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn reexposed_features_names_hidden_bits_still_set() {
+        let policy = hide(&["cx16"]);
+        // Everything set: every hidden feature is re-exposed, kept ones are not listed.
+        let names = reexposed_features(&fake_supported(), &policy);
+        assert!(names.contains(&"xsave") && names.contains(&"popcnt"));
+        assert!(!names.contains(&"cx16"));
+        // The table chv builds has them clear.
+        let built = vcpu_cpuid(&fake_supported(), 0, 1, &policy).unwrap();
+        assert!(reexposed_features(&built, &policy).is_empty());
+        let none = CpuidPolicy {
+            hide_pvm_unsupported: false,
+            keep: vec![],
+        };
+        assert!(reexposed_features(&fake_supported(), &none).is_empty());
     }
 }

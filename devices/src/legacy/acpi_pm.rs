@@ -3,9 +3,7 @@
 
 use std::time::Instant;
 
-use vmm_sys_util::eventfd::EventFd;
-
-use super::signal;
+use super::GuestStopEvent;
 use crate::bus::BusDevice;
 
 /// Value the FADT's RESET_VALUE tells the guest to write for a reset.
@@ -32,14 +30,14 @@ const PM_TIMER_LEN: usize = 4;
 /// written to the status alias) are ignored. Reads return 0, i.e. WAK_STS
 /// clear.
 pub struct AcpiPmDevice {
-    exit_evt: EventFd,
-    reset_evt: EventFd,
+    exit_evt: GuestStopEvent,
+    reset_evt: GuestStopEvent,
 }
 
 impl AcpiPmDevice {
     /// Creates the register; `exit_evt` is signalled on S5 (power off) and
     /// `reset_evt` on a reset request.
-    pub fn new(exit_evt: EventFd, reset_evt: EventFd) -> Self {
+    pub fn new(exit_evt: GuestStopEvent, reset_evt: GuestStopEvent) -> Self {
         Self {
             exit_evt,
             reset_evt,
@@ -63,10 +61,10 @@ impl BusDevice for AcpiPmDevice {
         let slp_typ = (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
         if value & SLP_EN != 0 && slp_typ == SLP_TYP_S5 {
             log::info!("acpi-pm: guest requested power off (S5)");
-            signal(&self.exit_evt, "ACPI power-off");
+            self.exit_evt.raise("ACPI power-off");
         } else if value == RESET_VALUE {
             log::info!("acpi-pm: guest requested reset");
-            signal(&self.reset_evt, "ACPI reset");
+            self.reset_evt.raise("ACPI reset");
         } else {
             log::debug!("acpi-pm: ignoring write {value:#x}");
         }
@@ -125,14 +123,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn evt() -> EventFd {
-        EventFd::new(libc::EFD_NONBLOCK).unwrap()
+    struct Evt(GuestStopEvent);
+    impl Evt {
+        fn read(&self) -> std::io::Result<u64> {
+            let v = self.0.eventfd().read()?;
+            assert!(self.0.is_raised());
+            Ok(v)
+        }
     }
 
-    fn setup() -> (AcpiPmDevice, EventFd, EventFd) {
-        let (exit, reset) = (evt(), evt());
-        let dev = AcpiPmDevice::new(exit.try_clone().unwrap(), reset.try_clone().unwrap());
-        (dev, exit, reset)
+    fn setup() -> (AcpiPmDevice, Evt, Evt) {
+        let (exit, reset) = (
+            GuestStopEvent::new().unwrap(),
+            GuestStopEvent::new().unwrap(),
+        );
+        let dev = AcpiPmDevice::new(exit.clone(), reset.clone());
+        (dev, Evt(exit), Evt(reset))
     }
 
     #[test]

@@ -4,9 +4,7 @@
 //! offset 4 the command/status port. Reads always return 0: status "output
 //! buffer empty, input buffer empty", so a guest polling it never waits.
 
-use vmm_sys_util::eventfd::EventFd;
-
-use super::EventFdTrigger;
+use super::GuestStopEvent;
 use crate::bus::BusDevice;
 
 /// Ports 0x60..=0x64 as seen from the device's base.
@@ -14,15 +12,15 @@ const I8042_RANGE: u64 = 5;
 
 /// An i8042 that turns the guest's CPU-reset command (0xFE) into a VMM event.
 pub struct I8042Device {
-    inner: vm_superio::I8042Device<EventFdTrigger>,
+    inner: vm_superio::I8042Device<GuestStopEvent>,
 }
 
 impl I8042Device {
     /// Creates the controller; `reset_evt` is signalled when the guest
     /// writes 0xFE to the command port.
-    pub fn new(reset_evt: EventFd) -> Self {
+    pub fn new(reset_evt: GuestStopEvent) -> Self {
         Self {
-            inner: vm_superio::I8042Device::new(EventFdTrigger(reset_evt)),
+            inner: vm_superio::I8042Device::new(reset_evt),
         }
     }
 }
@@ -51,16 +49,17 @@ impl BusDevice for I8042Device {
 mod tests {
     use super::*;
 
-    fn setup() -> (I8042Device, EventFd) {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        (I8042Device::new(evt.try_clone().unwrap()), evt)
+    fn setup() -> (I8042Device, GuestStopEvent) {
+        let evt = GuestStopEvent::new().unwrap();
+        (I8042Device::new(evt.clone()), evt)
     }
 
     #[test]
     fn reset_command_signals_reset() {
         let (mut dev, evt) = setup();
         dev.write(0x60, 4, &[0xfe]);
-        assert_eq!(evt.read().unwrap(), 1);
+        assert!(evt.is_raised());
+        assert_eq!(evt.eventfd().read().unwrap(), 1);
     }
 
     #[test]
@@ -73,7 +72,8 @@ mod tests {
         dev.write(0x60, 4, &[0xfe, 0]); // wrong size
         dev.write(0x60, 5, &[0xfe]); // out of range
         dev.write(0x60, u64::MAX, &[0xfe]);
-        assert!(evt.read().is_err());
+        assert!(!evt.is_raised());
+        assert!(evt.eventfd().read().is_err());
     }
 
     #[test]

@@ -17,7 +17,12 @@ fn init_logging(cli: &cli::Cli) -> Result<(), String> {
     };
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level).format(|buf, record| {
-        writeln!(buf, "chv: {}: {}", record.level().as_str().to_lowercase(), record.args())
+        writeln!(
+            buf,
+            "chv: {}: {}",
+            record.level().as_str().to_lowercase(),
+            record.args()
+        )
     });
     if let Some(path) = &cli.log_file {
         let file = std::fs::OpenOptions::new()
