@@ -6,5 +6,6 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod pci;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

@@ -1,0 +1,81 @@
+//! The interface every virtio device implements, whatever its transport.
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest memory as devices see it (atomic so it can grow with hotplug).
+pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
+
+/// Which interrupt a device raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VirtioInterruptType {
+    /// The device configuration changed.
+    Config,
+    /// Queue `n` has new used buffers.
+    Queue(u16),
+}
+
+/// How a device notifies the driver; the transport implements it (ISR bit +
+/// MSI-X vector for virtio-pci).
+pub trait VirtioInterrupt: Send + Sync {
+    /// Raises `kind`. Errors mean the notification was lost; devices log them.
+    fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()>;
+}
+
+/// One activated queue: its index, the queue state the driver set up and
+/// the eventfd the transport signals when the driver notifies it.
+pub struct ActivatedQueue {
+    /// Queue index within the device.
+    pub index: u16,
+    /// Queue configured by the driver (addresses, size, ready).
+    pub queue: Queue,
+    /// Kicked on every driver notification for this queue.
+    pub notify: EventFd,
+}
+
+/// Why a device could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver did not set up the queues this device needs.
+    #[error("queue setup invalid: {0}")]
+    BadQueues(String),
+    /// The worker thread or its resources could not be created.
+    #[error("cannot start worker: {0}")]
+    Worker(std::io::Error),
+    /// Anything else specific to the device.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A virtio device model: what it offers the driver, its config space, and
+/// starting/stopping the worker that serves its queues.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 = block, 3 = console, 4 = entropy, …).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver (VIRTIO_F_VERSION_1 included).
+    fn features(&self) -> u64;
+    /// Features the driver accepted (a subset of [`Self::features`]).
+    fn ack_features(&mut self, features: u64);
+    /// Reads the device-specific config space; out-of-range bytes read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific config space; read-only fields ignore it.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts serving `queues` (a worker thread under its own seccomp
+    /// filter). Called once the driver sets DRIVER_OK.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError>;
+    /// Stops the worker and returns the device to its pre-activation state
+    /// (driver reset). Returns false if the device cannot be reset.
+    fn reset(&mut self) -> bool;
+    /// Short name for logs and thread names ("virtio-blk", …).
+    fn name(&self) -> &str;
+}
