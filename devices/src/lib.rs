@@ -7,5 +7,6 @@
 pub mod bus;
 pub mod legacy;
 pub mod pci;
+pub mod seccomp;
 
 pub use bus::{Bus, BusDevice, BusError, SharedDevice};

@@ -1,9 +1,15 @@
 //! virtio devices and their transport.
 //!
 //! `device` is the interface between a device model and its transport;
-//! `transport` holds virtio-pci; each device has its own folder.
+//! `transport` holds virtio-pci; `worker` the thread that serves a device's
+//! queues; each device has its own folder (`block`, `console`, `rng`).
 
+pub mod block;
+pub mod console;
 pub mod device;
+pub mod rng;
+pub mod transport;
+pub mod worker;
 
 pub use device::{
     ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt, VirtioInterruptType,

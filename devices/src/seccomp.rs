@@ -1,0 +1,1 @@
+//! Per-thread seccomp filters: building them from allow-lists and installing them.

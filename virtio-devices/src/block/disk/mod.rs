@@ -1,0 +1,1 @@
+//! Disk image formats behind virtio-blk: raw files and qcow2.

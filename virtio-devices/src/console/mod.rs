@@ -1,0 +1,1 @@
+//! virtio-console: a hvc console on a host tty or file.

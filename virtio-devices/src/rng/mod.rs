@@ -1,0 +1,1 @@
+//! virtio-rng: entropy from a host source.

@@ -1,0 +1,2 @@
+//! virtio transports: how a driver finds and drives a device.
+pub mod pci;

@@ -1,0 +1,1 @@
+//! The modern (virtio 1.x) virtio-pci transport.

@@ -1,0 +1,1 @@
+//! The worker thread that serves a device's queues.
