@@ -126,13 +126,14 @@ prepare_source() {
 			die "patch $(basename "$p") does not apply to $(make -s -C "$KSRC" kernelversion)"
 	done
 	# Guard: each change must really be in the tree.
-	grep -q 'chv guest kit' "$KSRC/arch/x86/kernel/alternative.c" &&
-		grep -q 'chv_clear_emulator_unsafe_caps();' "$KSRC/arch/x86/kernel/cpu/common.c" &&
-		grep -q 'chv_pvm_syscall_from_pf(regs, address)' "$KSRC/arch/x86/mm/fault.c" &&
-		grep -q 'chv_pvm_syscall_from_pf(struct' "$KSRC/arch/x86/entry/common.c" &&
-		grep -q 'chv guest kit' "$KSRC/arch/x86/kernel/fpu/core.c" &&
-		! grep -q 'fwait\\n' "$KSRC/arch/x86/kernel/fpu/core.c" ||
+	if ! grep -q 'chv guest kit' "$KSRC/arch/x86/kernel/alternative.c" ||
+		! grep -q 'chv_clear_emulator_unsafe_caps();' "$KSRC/arch/x86/kernel/cpu/common.c" ||
+		! grep -q 'chv_pvm_syscall_from_pf(regs, address)' "$KSRC/arch/x86/mm/fault.c" ||
+		! grep -q 'chv_pvm_syscall_from_pf(struct' "$KSRC/arch/x86/entry/common.c" ||
+		! grep -q 'chv guest kit' "$KSRC/arch/x86/kernel/fpu/core.c" ||
+		grep -q 'fwait\\n' "$KSRC/arch/x86/kernel/fpu/core.c"; then
 		die "patched source is missing one of our changes"
+	fi
 	printf '%s\n' "$key" >"$KSRC/.chv-source-key"
 }
 
