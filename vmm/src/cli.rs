@@ -277,6 +277,8 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         },
         serial: serial.unwrap_or_else(ConsoleConfig::default_serial),
         console: console.unwrap_or_else(ConsoleConfig::default_console),
+        disks: None,
+        rng: None,
     };
     config.validate().map_err(|source| CliError::Config {
         option: config_error_option(&source),

@@ -22,9 +22,68 @@ pub struct VmConfig {
     /// Legacy 16550 serial port output.
     #[serde(default = "ConsoleConfig::default_serial")]
     pub serial: ConsoleConfig,
-    /// virtio-console output (off until the virtio issue lands).
+    /// virtio-console output.
     #[serde(default = "ConsoleConfig::default_console")]
     pub console: ConsoleConfig,
+    /// virtio-blk disks, in PCI slot order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskConfig>>,
+    /// virtio-rng entropy device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngConfig>,
+}
+
+/// `--disk path=…,readonly=on,direct=on,…` (Cloud Hypervisor's `DiskConfig`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Host image file (raw or qcow2).
+    pub path: Option<PathBuf>,
+    /// Expose the disk read-only (VIRTIO_BLK_F_RO) and open the image read-only.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Open the image with O_DIRECT (bypass the host page cache).
+    #[serde(default)]
+    pub direct: bool,
+    /// Number of request queues.
+    #[serde(default = "default_disk_num_queues")]
+    pub num_queues: usize,
+    /// Size of each request queue.
+    #[serde(default = "default_disk_queue_size")]
+    pub queue_size: u16,
+    /// Serial number returned by VIRTIO_BLK_T_GET_ID (at most 20 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Device identifier (for hot-unplug and counters); generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Image format ("raw" or "qcow2"); detected from the file when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<String>,
+}
+
+/// Default number of virtio-blk queues (as Cloud Hypervisor).
+pub fn default_disk_num_queues() -> usize {
+    1
+}
+
+/// Default virtio-blk queue size (as Cloud Hypervisor).
+pub fn default_disk_queue_size() -> u16 {
+    128
+}
+
+/// `--rng src=PATH` (Cloud Hypervisor's `RngConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    /// Host entropy source.
+    pub src: PathBuf,
+}
+
+impl Default for RngConfig {
+    fn default() -> Self {
+        Self { src: PathBuf::from("/dev/urandom") }
+    }
 }
 
 impl Default for VmConfig {
@@ -35,6 +94,8 @@ impl Default for VmConfig {
             payload: PayloadConfig::default(),
             serial: ConsoleConfig::default_serial(),
             console: ConsoleConfig::default_console(),
+            disks: None,
+            rng: None,
         }
     }
 }
