@@ -1,1 +1,491 @@
 //! The worker thread that serves a device's queues.
+//!
+//! Each activated device gets one thread. It first runs the VMM-supplied
+//! [`ThreadSetup`] hook (typically installing the thread's seccomp filter),
+//! then waits with epoll on the queues' notify eventfds, a kill eventfd and
+//! any device-specific fds, and dispatches them to a [`QueueHandler`].
+//! A handler error (guest broke the ring) stops that queue only; the VMM
+//! never panics on guest data.
+
+pub mod chain;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use log::{error, warn};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemory as GuestMemoryT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::{
+    ActivateError, ActivatedQueue, GuestMemory, VirtioInterrupt, VirtioInterruptType,
+};
+
+/// Hook the VMM gives a device, run first thing on each worker thread it
+/// starts (e.g. `|| devices::seccomp::apply_current_thread(&filter)`). It is
+/// shared and reusable because a device may be reset and re-activated.
+pub type ThreadSetup = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Why a worker could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// epoll or eventfd setup failed.
+    #[error("worker event setup: {0}")]
+    Event(std::io::Error),
+    /// The OS refused to create the thread.
+    #[error("cannot spawn worker thread: {0}")]
+    Spawn(std::io::Error),
+    /// The thread setup hook (seccomp) failed.
+    #[error("worker thread setup failed: {0}")]
+    Setup(String),
+    /// The thread panicked; its handler state is lost.
+    #[error("worker thread panicked")]
+    Panicked,
+}
+
+/// A failed [`spawn_worker`]: the error and, when it could be recovered,
+/// the handler (so the device keeps its disk/output for a later retry).
+pub struct SpawnError<H> {
+    /// What went wrong.
+    pub error: WorkerError,
+    /// The handler, if the thread gave it back.
+    pub handler: Option<H>,
+}
+
+impl<H> std::fmt::Debug for SpawnError<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpawnError({:?})", self.error)
+    }
+}
+
+/// An error a handler reports: the queue cannot be served any more.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Ring access failed (bad addresses or indices written by the guest).
+    #[error("queue error: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    /// Anything else that makes the queue or fd unusable.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Device-specific logic the worker thread drives.
+pub trait QueueHandler: Send + 'static {
+    /// Called once on the worker thread before waiting, e.g. to process
+    /// buffers already posted or input already buffered.
+    fn start(&mut self) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    /// The driver notified queue `index` (or it must be re-examined).
+    fn handle_queue(&mut self, index: u16) -> Result<(), HandlerError>;
+    /// Extra fds to poll for input; their position is the id passed to
+    /// [`Self::handle_fd`]. Queried once at spawn.
+    fn extra_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// Whether fd `id` should be polled right now (false e.g. while an
+    /// input buffer is full, or after EOF). Queried after every event.
+    fn fd_wanted(&self, _id: usize) -> bool {
+        true
+    }
+    /// Extra fd `id` is readable (or hung up).
+    fn handle_fd(&mut self, _id: usize) -> Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+const KILL_TOKEN: u64 = u64::MAX;
+const FD_TOKEN_BASE: u64 = 1 << 32;
+
+/// A running worker thread; stop it with [`WorkerHandle::stop`]. Dropping
+/// the handle also stops and joins the thread.
+pub struct WorkerHandle<H: QueueHandler> {
+    kill: EventFd,
+    thread: Option<JoinHandle<H>>,
+    broken: Arc<AtomicBool>,
+}
+
+impl<H: QueueHandler> WorkerHandle<H> {
+    /// True once a handler error stopped a queue (the device needs reset).
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Asks the thread to exit, joins it and returns the handler (which
+    /// owns the queues and device state).
+    pub fn stop(mut self) -> Result<H, WorkerError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<H, WorkerError> {
+        let thread = self.thread.take().ok_or(WorkerError::Panicked)?;
+        if let Err(e) = self.kill.write(1) {
+            // Without the kill event the join below would hang forever.
+            error!("cannot signal worker to stop: {e}");
+            return Err(WorkerError::Event(e));
+        }
+        thread.join().map_err(|_| WorkerError::Panicked)
+    }
+}
+
+impl<H: QueueHandler> Drop for WorkerHandle<H> {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop_inner();
+        }
+    }
+}
+
+/// Starts a worker thread called `name` serving `notifies` (queue index and
+/// its notify eventfd) with `handler`. Runs `setup` first on the thread and
+/// reports its failure here (the thread then exits without serving).
+pub fn spawn_worker<H: QueueHandler>(
+    name: &str,
+    setup: Option<ThreadSetup>,
+    notifies: Vec<(u16, EventFd)>,
+    handler: H,
+) -> Result<WorkerHandle<H>, SpawnError<H>> {
+    let fail = |error, handler| SpawnError { error, handler };
+    let kill = match EventFd::new(EFD_NONBLOCK) {
+        Ok(k) => k,
+        Err(e) => return Err(fail(WorkerError::Event(e), Some(handler))),
+    };
+    let kill_thread = match kill.try_clone() {
+        Ok(k) => k,
+        Err(e) => return Err(fail(WorkerError::Event(e), Some(handler))),
+    };
+    let broken = Arc::new(AtomicBool::new(false));
+    let broken_thread = broken.clone();
+    let (tx, rx) = mpsc::sync_channel::<Result<(), String>>(1);
+    let spawned = std::thread::Builder::new()
+        .name(name.chars().take(15).collect())
+        .spawn(move || {
+            let mut handler = handler;
+            if let Some(setup) = setup {
+                if let Err(e) = setup() {
+                    let _ = tx.send(Err(e));
+                    return handler;
+                }
+            }
+            let mut lp = match EventLoop::new(&kill_thread, &notifies, &handler) {
+                Ok(lp) => lp,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("epoll: {e}")));
+                    return handler;
+                }
+            };
+            let _ = tx.send(Ok(()));
+            lp.run(&mut handler, &broken_thread);
+            handler
+        });
+    let thread = match spawned {
+        Ok(t) => t,
+        // The closure (and the handler in it) is gone with the error.
+        Err(e) => return Err(fail(WorkerError::Spawn(e), None)),
+    };
+    match rx.recv() {
+        Ok(Ok(())) => Ok(WorkerHandle {
+            kill,
+            thread: Some(thread),
+            broken,
+        }),
+        Ok(Err(msg)) => Err(fail(WorkerError::Setup(msg), thread.join().ok())),
+        Err(_) => Err(fail(WorkerError::Panicked, None)),
+    }
+}
+
+/// The epoll state of one worker thread.
+struct EventLoop<'a> {
+    epoll: Epoll,
+    notifies: &'a [(u16, EventFd)],
+    queue_live: Vec<bool>,
+    fds: Vec<RawFd>,
+    fd_registered: Vec<bool>,
+    fd_dead: Vec<bool>,
+}
+
+impl<'a> EventLoop<'a> {
+    fn new<H: QueueHandler>(
+        kill: &EventFd,
+        notifies: &'a [(u16, EventFd)],
+        handler: &H,
+    ) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            kill.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, KILL_TOKEN),
+        )?;
+        for (pos, (_, fd)) in notifies.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, pos as u64),
+            )?;
+        }
+        let fds = handler.extra_fds();
+        let n = fds.len();
+        Ok(EventLoop {
+            epoll,
+            notifies,
+            queue_live: vec![true; notifies.len()],
+            fds,
+            fd_registered: vec![false; n],
+            fd_dead: vec![false; n],
+        })
+    }
+
+    /// Registers/unregisters the extra fds as the handler wants them.
+    fn sync_fds<H: QueueHandler>(&mut self, handler: &H) {
+        for id in 0..self.fds.len() {
+            let want = !self.fd_dead[id] && handler.fd_wanted(id);
+            if want == self.fd_registered[id] {
+                continue;
+            }
+            let (op, ev) = if want {
+                (ControlOperation::Add, EventSet::IN)
+            } else {
+                (ControlOperation::Delete, EventSet::empty())
+            };
+            let token = FD_TOKEN_BASE + id as u64;
+            match self.epoll.ctl(op, self.fds[id], EpollEvent::new(ev, token)) {
+                Ok(()) => self.fd_registered[id] = want,
+                Err(e) => {
+                    // Regular files cannot be polled (EPERM): give up on them.
+                    warn!("cannot poll input fd {}: {e}", self.fds[id]);
+                    self.fd_dead[id] = true;
+                    self.fd_registered[id] = false;
+                }
+            }
+        }
+    }
+
+    fn run<H: QueueHandler>(&mut self, handler: &mut H, broken: &AtomicBool) {
+        if let Err(e) = handler.start() {
+            error!("worker start: {e}; device needs reset");
+            broken.store(true, Ordering::Release);
+            self.queue_live.iter_mut().for_each(|l| *l = false);
+        }
+        let mut events = vec![EpollEvent::default(); self.notifies.len() + self.fds.len() + 1];
+        loop {
+            self.sync_fds(handler);
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    error!("worker epoll_wait failed: {e}; stopping");
+                    broken.store(true, Ordering::Release);
+                    return;
+                }
+            };
+            if events[..n].iter().any(|ev| ev.data() == KILL_TOKEN) {
+                return;
+            }
+            for ev in &events[..n] {
+                let token = ev.data();
+                if token >= FD_TOKEN_BASE {
+                    let id = (token - FD_TOKEN_BASE) as usize;
+                    if id < self.fds.len() && self.fd_registered[id] {
+                        if let Err(e) = handler.handle_fd(id) {
+                            warn!("input fd {id}: {e}; no longer polled");
+                            self.fd_dead[id] = true;
+                        }
+                    }
+                } else {
+                    self.dispatch_queue(token as usize, handler, broken);
+                }
+            }
+        }
+    }
+
+    fn dispatch_queue<H: QueueHandler>(&mut self, pos: usize, handler: &mut H, b: &AtomicBool) {
+        let Some((index, fd)) = self.notifies.get(pos) else {
+            return;
+        };
+        // Clear the counter; a spurious wakeup (EAGAIN) is harmless.
+        let _ = fd.read();
+        if !self.queue_live[pos] {
+            return;
+        }
+        if let Err(e) = handler.handle_queue(*index) {
+            error!("queue {index}: {e}; queue stopped until device reset");
+            b.store(true, Ordering::Release);
+            self.queue_live[pos] = false;
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                fd.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+}
+
+/// Signals queue `index` used buffers if the driver wants to be notified
+/// (honours EVENT_IDX). Interrupt errors are logged, not fatal.
+pub fn notify_queue<M: GuestMemoryT>(
+    queue: &mut Queue,
+    mem: &M,
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+) -> Result<(), HandlerError> {
+    if queue.needs_notification(mem)? {
+        if let Err(e) = interrupt.trigger(VirtioInterruptType::Queue(index)) {
+            warn!("queue {index}: interrupt lost: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Pops and completes every available chain of `queue` with `process`
+/// (which returns the used length), re-checking after re-enabling
+/// notifications so no kick is missed, then notifies the driver.
+pub fn drain_queue<M, F>(
+    queue: &mut Queue,
+    mem: &M,
+    interrupt: &dyn VirtioInterrupt,
+    index: u16,
+    mut process: F,
+) -> Result<(), HandlerError>
+where
+    M: GuestMemoryT,
+    F: FnMut(virtio_queue::DescriptorChain<&M>) -> u32,
+{
+    let mut added = false;
+    loop {
+        queue.disable_notification(mem)?;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let len = process(chain);
+            queue.add_used(mem, head, len)?;
+            added = true;
+        }
+        if !queue.enable_notification(mem)? {
+            break;
+        }
+    }
+    if added {
+        notify_queue(queue, mem, interrupt, index)?;
+    }
+    Ok(())
+}
+
+/// A device's queues split for its worker: `queues[i]` is queue `i` if the
+/// driver activated it, and the notify eventfds go to [`spawn_worker`].
+pub type PreparedQueues = (Vec<Option<Queue>>, Vec<(u16, EventFd)>);
+
+/// Checks the driver's queues for a device with `num` queues (index in
+/// range, no duplicates, rings inside guest memory, at least one) and
+/// applies the negotiated EVENT_IDX setting.
+pub fn prepare_queues(
+    queues: Vec<ActivatedQueue>,
+    num: usize,
+    mem: &GuestMemory,
+    event_idx: bool,
+) -> Result<PreparedQueues, ActivateError> {
+    if queues.is_empty() {
+        return Err(ActivateError::BadQueues("no queue activated".into()));
+    }
+    let guard = mem.memory();
+    let mut slots: Vec<Option<Queue>> = (0..num).map(|_| None).collect();
+    let mut notifies = Vec::with_capacity(queues.len());
+    for aq in queues {
+        let idx = usize::from(aq.index);
+        let slot = slots
+            .get_mut(idx)
+            .ok_or_else(|| ActivateError::BadQueues(format!("no queue {idx}")))?;
+        if slot.is_some() {
+            return Err(ActivateError::BadQueues(format!("queue {idx} given twice")));
+        }
+        let mut queue = aq.queue;
+        if !queue.is_valid(&*guard) {
+            return Err(ActivateError::BadQueues(format!(
+                "queue {idx} is not ready or its rings are outside guest memory"
+            )));
+        }
+        queue.set_event_idx(event_idx);
+        *slot = Some(queue);
+        notifies.push((aq.index, aq.notify));
+    }
+    Ok((slots, notifies))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Recorder {
+        seen: Arc<Mutex<Vec<u16>>>,
+        fail_on: Option<u16>,
+    }
+
+    impl QueueHandler for Recorder {
+        fn handle_queue(&mut self, index: u16) -> Result<(), HandlerError> {
+            self.seen.lock().unwrap().push(index);
+            if self.fail_on == Some(index) {
+                return Err(HandlerError::Other("bad".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn wait_for(seen: &Mutex<Vec<u16>>, n: usize) {
+        for _ in 0..500 {
+            if seen.lock().unwrap().len() >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("timeout waiting for {n} events");
+    }
+
+    #[test]
+    fn dispatches_and_stops() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let q0 = EventFd::new(EFD_NONBLOCK).unwrap();
+        let q3 = EventFd::new(EFD_NONBLOCK).unwrap();
+        let (k0, k3) = (q0.try_clone().unwrap(), q3.try_clone().unwrap());
+        let setup_ran = Arc::new(AtomicBool::new(false));
+        let flag = setup_ran.clone();
+        let setup: ThreadSetup = Arc::new(move || {
+            flag.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let h = Recorder {
+            seen: seen.clone(),
+            fail_on: Some(3),
+        };
+        let w = spawn_worker("test", Some(setup), vec![(0, q0), (3, q3)], h).unwrap();
+        assert!(setup_ran.load(Ordering::SeqCst));
+        k0.write(1).unwrap();
+        wait_for(&seen, 1);
+        k3.write(1).unwrap();
+        wait_for(&seen, 2);
+        // Queue 3 failed: it is no longer dispatched, queue 0 still is.
+        k3.write(1).unwrap();
+        k0.write(1).unwrap();
+        wait_for(&seen, 3);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(w.is_broken());
+        let h = w.stop().unwrap();
+        assert_eq!(*h.seen.lock().unwrap(), vec![0, 3, 0]);
+    }
+
+    #[test]
+    fn setup_failure_returns_handler() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let setup: ThreadSetup = Arc::new(|| Err("no seccomp".into()));
+        let h = Recorder {
+            seen,
+            fail_on: None,
+        };
+        let err = spawn_worker("test", Some(setup), vec![], h).err().unwrap();
+        assert!(matches!(err.error, WorkerError::Setup(ref m) if m == "no seccomp"));
+        assert!(err.handler.is_some());
+    }
+}

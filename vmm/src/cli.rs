@@ -6,6 +6,7 @@
 //! line naming the option and the problem, e.g.
 //! `--cpus: boot=0: must be between 1 and 254`.
 
+mod device_options;
 mod options;
 #[cfg(test)]
 mod tests;
@@ -21,6 +22,7 @@ use crate::config::{
     ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
     PayloadConfig, VmConfig, MAX_MEMORY_SIZE, MAX_VCPUS, MEMORY_ALIGNMENT,
 };
+use device_options::{parse_disk, parse_rng};
 use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
 
@@ -41,17 +43,7 @@ pub struct Cli {
     pub seccomp: SeccompMode,
 }
 
-/// `--seccomp true|false|log`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SeccompMode {
-    /// Filters installed; a forbidden system call kills the VMM (`true`).
-    #[default]
-    Enabled,
-    /// Filters installed; forbidden system calls are only logged (`log`).
-    Log,
-    /// No filters (`false`).
-    Disabled,
-}
+pub use devices::seccomp::SeccompMode;
 
 /// Why [`parse_args`] did not produce a [`Cli`].
 ///
@@ -148,8 +140,36 @@ struct Args {
     serial: Option<String>,
 
     /// virtio console (hvc0): off|null|tty|file=<path> (default off)
-    #[arg(long, value_name = "MODE")]
+    ///
+    /// Same modes as --serial. Cloud Hypervisor's default is tty; chv's
+    /// is off, so a plain boot has one console (the serial port).
+    #[arg(long, value_name = "MODE", verbatim_doc_comment)]
     console: Option<String>,
+
+    /// virtio-blk disks; one flag may take several, and may be repeated:
+    /// path=<image>[,readonly=on|off][,direct=on|off][,num_queues=<n>]
+    /// [,queue_size=<n>][,serial=<s>][,id=<id>][,image_type=raw|qcow2]
+    ///
+    /// path: raw or qcow2 image (required).
+    /// readonly: read-only disk (default off). direct: O_DIRECT (default off).
+    /// num_queues: 1..=16 (default 1). queue_size: power of two, 2..=1024
+    /// (default 128). serial: at most 20 bytes. id: unique device id.
+    /// image_type: default detected from the file. iommu=off is accepted.
+    #[arg(
+        long,
+        value_name = "DISK",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    disk: Vec<String>,
+
+    /// virtio-rng entropy device: src=<path> (default src=/dev/urandom)
+    ///
+    /// Cloud Hypervisor always adds one; chv adds it only when --rng is
+    /// given, since every PCI device costs guest boot time on PVM hosts.
+    #[arg(long, value_name = "RNG", verbatim_doc_comment)]
+    rng: Option<String>,
 
     /// Write log messages to this file instead of stderr.
     #[arg(long, value_name = "PATH", value_parser = clap::value_parser!(OsString))]
@@ -248,6 +268,18 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(parse_console)
         .transpose()
         .map_err(option_error("--console"))?;
+    let disks = args
+        .disk
+        .iter()
+        .map(|value| parse_disk(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--disk"))?;
+    let rng = args
+        .rng
+        .as_deref()
+        .map(parse_rng)
+        .transpose()
+        .map_err(option_error("--rng"))?;
     let initramfs = args
         .initramfs
         .map(|path| non_empty_path("--initramfs", path))
@@ -261,6 +293,8 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--memory", memory.is_some()),
             ("--serial", serial.is_some()),
             ("--console", console.is_some()),
+            ("--disk", !disks.is_empty()),
+            ("--rng", rng.is_some()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -277,8 +311,8 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         },
         serial: serial.unwrap_or_else(ConsoleConfig::default_serial),
         console: console.unwrap_or_else(ConsoleConfig::default_console),
-        disks: None,
-        rng: None,
+        disks: (!disks.is_empty()).then_some(disks),
+        rng,
     };
     config.validate().map_err(|source| CliError::Config {
         option: config_error_option(&source),
@@ -300,6 +334,14 @@ fn config_error_option(err: &ConfigError) -> &'static str {
         ConfigError::EmptyPath("payload.initramfs") => "--initramfs",
         ConfigError::ConsoleFileMissing("serial") | ConfigError::EmptyPath("serial") => "--serial",
         ConfigError::ConsoleFileMissing(_) | ConfigError::EmptyPath("console") => "--console",
+        ConfigError::DiskPath(_)
+        | ConfigError::DiskNumQueues { .. }
+        | ConfigError::DiskQueueSize { .. }
+        | ConfigError::DiskSerialTooLong { .. }
+        | ConfigError::DiskImageType { .. }
+        | ConfigError::DiskId { .. }
+        | ConfigError::DuplicateId { .. } => "--disk",
+        ConfigError::EmptyPath("rng.src") => "--rng",
         ConfigError::KernelMissing | ConfigError::EmptyPath(_) => "--kernel",
     }
 }

@@ -82,7 +82,9 @@ pub struct RngConfig {
 
 impl Default for RngConfig {
     fn default() -> Self {
-        Self { src: PathBuf::from("/dev/urandom") }
+        Self {
+            src: PathBuf::from("/dev/urandom"),
+        }
     }
 }
 
@@ -212,6 +214,21 @@ pub const MEMORY_ALIGNMENT: u64 = 4 << 10;
 /// Upper bound on guest RAM accepted by the configuration (1 TiB).
 pub const MAX_MEMORY_SIZE: u64 = 1 << 40;
 
+/// Most request queues one virtio-blk disk may have.
+pub const MAX_DISK_QUEUES: usize = 16;
+
+/// Largest virtio-blk queue size (queue sizes are powers of two from 2).
+pub const MAX_DISK_QUEUE_SIZE: u16 = 1024;
+
+/// Longest disk serial: the size of the VIRTIO_BLK_T_GET_ID reply.
+pub const MAX_DISK_SERIAL_BYTES: usize = 20;
+
+/// Image formats chv can open, as spelled in `image_type`.
+pub const DISK_IMAGE_TYPES: [&str; 2] = ["raw", "qcow2"];
+
+/// Device ids starting with this are reserved for the ids chv generates.
+pub const RESERVED_ID_PREFIX: &str = "__";
+
 /// Why a [`VmConfig`] is not usable, whichever front end (CLI or API) built
 /// it. Messages name the configuration field concerned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -252,6 +269,59 @@ pub enum ConfigError {
     /// A console in `File` mode without a file.
     #[error("{0}: mode File needs a file path")]
     ConsoleFileMissing(&'static str),
+    /// A disk without a path, or with an empty one.
+    #[error("disks[{0}].path: missing or empty")]
+    DiskPath(usize),
+    /// A disk queue count outside `1..=MAX_DISK_QUEUES`.
+    #[error("disks[{index}].num_queues={value}: must be between 1 and {MAX_DISK_QUEUES}")]
+    DiskNumQueues {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The configured count.
+        value: usize,
+    },
+    /// A disk queue size that is not a power of two in `2..=MAX_DISK_QUEUE_SIZE`.
+    #[error(
+        "disks[{index}].queue_size={value}: must be a power of two between 2 and {MAX_DISK_QUEUE_SIZE}"
+    )]
+    DiskQueueSize {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The configured size.
+        value: u16,
+    },
+    /// A disk serial longer than `MAX_DISK_SERIAL_BYTES`.
+    #[error("disks[{index}].serial: {len} bytes, at most {MAX_DISK_SERIAL_BYTES} allowed")]
+    DiskSerialTooLong {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// Length of the serial in bytes.
+        len: usize,
+    },
+    /// An `image_type` other than those in `DISK_IMAGE_TYPES`.
+    #[error("disks[{index}].image_type={value}: must be raw or qcow2")]
+    DiskImageType {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The configured type.
+        value: String,
+    },
+    /// A device id that is empty or uses the reserved `__` prefix.
+    #[error("disks[{index}].id='{id}': must be non-empty and not start with '__'")]
+    DiskId {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The configured id.
+        id: String,
+    },
+    /// Two devices with the same id.
+    #[error("disks[{index}].id={id}: used by more than one disk")]
+    DuplicateId {
+        /// Position of the second disk using the id.
+        index: usize,
+        /// The id given twice.
+        id: String,
+    },
 }
 
 impl VmConfig {
@@ -264,7 +334,95 @@ impl VmConfig {
         self.memory.validate()?;
         self.payload.validate()?;
         self.serial.validate("serial")?;
-        self.console.validate("console")
+        self.console.validate("console")?;
+        let disks = self.disks.as_deref().unwrap_or_default();
+        for (index, disk) in disks.iter().enumerate() {
+            disk.validate(index)?;
+            let id = disk.id.as_ref();
+            if id.is_some() && disks[..index].iter().any(|other| other.id.as_ref() == id) {
+                return Err(ConfigError::DuplicateId {
+                    index,
+                    id: id.cloned().unwrap_or_default(),
+                });
+            }
+        }
+        if let Some(rng) = &self.rng {
+            rng.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl DiskConfig {
+    /// Checks one disk; `index` is its position in `VmConfig::disks`, used
+    /// in error messages. Whether the image exists is checked on open.
+    pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        if self
+            .path
+            .as_ref()
+            .is_none_or(|path| path.as_os_str().is_empty())
+        {
+            return Err(ConfigError::DiskPath(index));
+        }
+        if !(1..=MAX_DISK_QUEUES).contains(&self.num_queues) {
+            return Err(ConfigError::DiskNumQueues {
+                index,
+                value: self.num_queues,
+            });
+        }
+        if !valid_disk_queue_size(self.queue_size) {
+            return Err(ConfigError::DiskQueueSize {
+                index,
+                value: self.queue_size,
+            });
+        }
+        if let Some(serial) = &self.serial {
+            if serial.len() > MAX_DISK_SERIAL_BYTES {
+                return Err(ConfigError::DiskSerialTooLong {
+                    index,
+                    len: serial.len(),
+                });
+            }
+        }
+        if let Some(image_type) = &self.image_type {
+            if !DISK_IMAGE_TYPES.contains(&image_type.as_str()) {
+                return Err(ConfigError::DiskImageType {
+                    index,
+                    value: image_type.clone(),
+                });
+            }
+        }
+        if let Some(id) = &self.id {
+            if !valid_device_id(id) {
+                return Err(ConfigError::DiskId {
+                    index,
+                    id: id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `size` is a usable virtio-blk queue size: a power of two in
+/// `2..=MAX_DISK_QUEUE_SIZE`.
+pub fn valid_disk_queue_size(size: u16) -> bool {
+    size.is_power_of_two() && (2..=MAX_DISK_QUEUE_SIZE).contains(&size)
+}
+
+/// Whether a user-given device id is acceptable: non-empty and outside the
+/// `RESERVED_ID_PREFIX` namespace chv uses for the ids it generates.
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty() && !id.starts_with(RESERVED_ID_PREFIX)
+}
+
+impl RngConfig {
+    /// Checks that the entropy source path is not empty.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.src.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("rng.src"));
+        }
+        Ok(())
     }
 }
 
@@ -435,5 +593,147 @@ mod validate_tests {
             file: Some(PathBuf::new()),
         };
         assert_eq!(config.validate(), Err(ConfigError::EmptyPath("console")));
+    }
+
+    fn disk(path: &str) -> DiskConfig {
+        DiskConfig {
+            path: Some(PathBuf::from(path)),
+            num_queues: default_disk_num_queues(),
+            queue_size: default_disk_queue_size(),
+            ..DiskConfig::default()
+        }
+    }
+
+    fn with_disk(disk: DiskConfig) -> Result<(), ConfigError> {
+        VmConfig {
+            disks: Some(vec![self::disk("/a.img"), disk]),
+            ..booting()
+        }
+        .validate()
+    }
+
+    #[test]
+    fn disk_limits() {
+        assert_eq!(with_disk(disk("/b.img")), Ok(()));
+        assert_eq!(
+            with_disk(DiskConfig::default()),
+            Err(ConfigError::DiskPath(1))
+        );
+        assert_eq!(with_disk(disk("")), Err(ConfigError::DiskPath(1)));
+        for (value, ok) in [(0, false), (1, true), (16, true), (17, false)] {
+            let result = with_disk(DiskConfig {
+                num_queues: value,
+                ..disk("/b")
+            });
+            let expected = Err(ConfigError::DiskNumQueues { index: 1, value });
+            assert_eq!(result.is_ok(), ok, "num_queues {value}");
+            assert!(ok || result == expected, "num_queues {value}");
+        }
+        for (value, ok) in [
+            (0, false),
+            (1, false),
+            (2, true),
+            (3, false),
+            (256, true),
+            (1024, true),
+            (2048, false),
+            (1000, false),
+        ] {
+            let result = with_disk(DiskConfig {
+                queue_size: value,
+                ..disk("/b")
+            });
+            let expected = Err(ConfigError::DiskQueueSize { index: 1, value });
+            assert_eq!(result.is_ok(), ok, "queue_size {value}");
+            assert!(ok || result == expected, "queue_size {value}");
+        }
+    }
+
+    #[test]
+    fn disk_strings() {
+        let serial = |s: &str| {
+            with_disk(DiskConfig {
+                serial: Some(s.into()),
+                ..disk("/b")
+            })
+        };
+        assert_eq!(serial("12345678901234567890"), Ok(()));
+        assert_eq!(
+            serial("123456789012345678901"),
+            Err(ConfigError::DiskSerialTooLong { index: 1, len: 21 })
+        );
+        // Bytes, not characters: 10 two-byte characters fit, 11 do not.
+        assert_eq!(serial(&"é".repeat(10)), Ok(()));
+        assert!(serial(&"é".repeat(11)).is_err());
+        let image = |t: &str| {
+            with_disk(DiskConfig {
+                image_type: Some(t.into()),
+                ..disk("/b")
+            })
+        };
+        assert_eq!(image("raw"), Ok(()));
+        assert_eq!(image("qcow2"), Ok(()));
+        assert_eq!(
+            image("vmdk"),
+            Err(ConfigError::DiskImageType {
+                index: 1,
+                value: "vmdk".into()
+            })
+        );
+        let id = |id: &str| {
+            with_disk(DiskConfig {
+                id: Some(id.into()),
+                ..disk("/b")
+            })
+        };
+        assert_eq!(id("data"), Ok(()));
+        assert_eq!(id("_disk0"), Ok(()));
+        for bad in ["", "__rng"] {
+            assert_eq!(
+                id(bad),
+                Err(ConfigError::DiskId {
+                    index: 1,
+                    id: bad.into()
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_disk_ids() {
+        let named = |path: &str, id: &str| DiskConfig {
+            id: Some(id.into()),
+            ..disk(path)
+        };
+        let mut config = VmConfig {
+            disks: Some(vec![named("/a", "x"), disk("/b"), named("/c", "y")]),
+            ..booting()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        config.disks = Some(vec![named("/a", "x"), disk("/b"), named("/c", "x")]);
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::DuplicateId {
+                index: 2,
+                id: "x".into()
+            })
+        );
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "disks[2].id=x: used by more than one disk"
+        );
+    }
+
+    #[test]
+    fn rng_source() {
+        let mut config = VmConfig {
+            rng: Some(RngConfig::default()),
+            ..booting()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        config.rng = Some(RngConfig {
+            src: PathBuf::new(),
+        });
+        assert_eq!(config.validate(), Err(ConfigError::EmptyPath("rng.src")));
     }
 }

@@ -1,5 +1,5 @@
-//! ACPI tables (RSDP, XSDT, FADT, DSDT, MADT) that describe the guest's
-//! hardware to the kernel.
+//! ACPI tables (RSDP, XSDT, FADT, DSDT, MADT, MCFG) that describe the
+//! guest's hardware to the kernel.
 //!
 //! The platform is "hardware-reduced" ACPI: there are no PM1 event/control
 //! blocks, no SCI and no GPEs. Power-off and reset go through the FADT's
@@ -18,6 +18,7 @@
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -100,7 +101,7 @@ pub enum AcpiError {
     },
 }
 
-/// Writes RSDP, XSDT, FADT, DSDT and MADT for `num_cpus` vCPUs into guest
+/// Writes RSDP, XSDT, FADT, DSDT, MADT and MCFG for `num_cpus` vCPUs into guest
 /// memory starting at `layout::ACPI_START`; returns the RSDP address.
 ///
 /// The RSDP sits at the (16-byte aligned) start of the BIOS area so a guest
@@ -160,9 +161,13 @@ fn write_tables(
     let madt = create_madt(num_cpus);
     let madt_addr = placer.place(madt.len())?;
 
+    let mcfg = create_mcfg();
+    let mcfg_addr = placer.place(mcfg.len())?;
+
     let mut xsdt = XSDT::new(OEM_ID, *b"CHVXSDT ", OEM_REVISION);
     xsdt.add_entry(fadt_addr.0);
     xsdt.add_entry(madt_addr.0);
+    xsdt.add_entry(mcfg_addr.0);
     let xsdt = to_bytes(&xsdt);
     let xsdt_addr = placer.place(xsdt.len())?;
 
@@ -171,6 +176,7 @@ fn write_tables(
     write(mem, "DSDT", dsdt.as_slice(), dsdt_addr)?;
     write(mem, "FACP", &fadt, fadt_addr)?;
     write(mem, "APIC", madt.as_slice(), madt_addr)?;
+    write(mem, "MCFG", &mcfg, mcfg_addr)?;
     write(mem, "XSDT", &xsdt, xsdt_addr)?;
     write(mem, "RSDP", &rsdp, rsdp_addr)?;
     Ok(rsdp_addr)
@@ -220,9 +226,78 @@ fn create_dsdt() -> Sdt {
     let rtc_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
     let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc]);
+    let pci = pci_devices_aml();
+    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pci]);
     dsdt.append_slice(&to_bytes(&sb));
     dsdt
+}
+
+/// Raw AML bytes, so already-built objects can sit in a `Vec<&dyn Aml>`.
+struct RawAml(Vec<u8>);
+
+impl Aml for RawAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// MCFG: one ECAM allocation, segment 0, bus 0 only.
+fn create_mcfg() -> Vec<u8> {
+    let mut mcfg = MCFG::new(OEM_ID, *b"CHVMCFG ", OEM_REVISION);
+    mcfg.add_ecam(layout::PCI_MMCONFIG_START, 0, 0, 0);
+    to_bytes(&mcfg)
+}
+
+/// `PCI0`, the PCIe host bridge (segment 0, bus 0) with its resource
+/// windows, and `MBRD`, a motherboard resource reserving the ECAM range
+/// (Linux only trusts an MCFG region that is reserved, in e820 or here).
+/// No `_PRT`: PCI devices here use MSI-X only.
+fn pci_devices_aml() -> RawAml {
+    let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
+    let cfg_io = aml::IO::new(
+        layout::PCI_CONFIG_IO_PORT,
+        layout::PCI_CONFIG_IO_PORT,
+        1,
+        layout::PCI_CONFIG_IO_PORT_SIZE as u8,
+    );
+    let io_window = aml::AddressSpace::<u16>::new_io(layout::PCI_IO_WINDOW_START, 0xffff, None);
+    let mmio32 = aml::AddressSpace::<u32>::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        layout::PCI_MMIO32_START as u32,
+        (layout::PCI_MMIO32_END - 1) as u32,
+        None,
+    );
+    let mmio64 = aml::AddressSpace::<u64>::new_memory(
+        aml::AddressSpaceCacheable::NotCacheable,
+        true,
+        layout::PCI_MMIO64_START,
+        layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE - 1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_io, &io_window, &mmio32, &mmio64]);
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
+    let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
+    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let pci0 = aml::Device::new("PCI0".into(), vec![&hid, &cid, &seg, &bbn, &uid, &crs]);
+
+    let ecam = aml::Memory32Fixed::new(
+        true,
+        layout::PCI_MMCONFIG_START as u32,
+        layout::PCI_MMCONFIG_SIZE as u32,
+    );
+    let mbrd_crs = aml::ResourceTemplate::new(vec![&ecam]);
+    let mbrd_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
+    let mbrd_uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let mbrd_crs = aml::Name::new("_CRS".into(), &mbrd_crs);
+    let mbrd = aml::Device::new("MBRD".into(), vec![&mbrd_hid, &mbrd_uid, &mbrd_crs]);
+
+    let mut bytes = to_bytes(&pci0);
+    mbrd.to_aml_bytes(&mut bytes);
+    RawAml(bytes)
 }
 
 /// A one-byte system-I/O register description.
@@ -356,6 +431,12 @@ mod tests {
 
     /// Follows RSDP → XSDT and returns (FADT, MADT) bytes.
     fn walk(mem: &GuestMemoryMmap, rsdp_addr: GuestAddress) -> (Vec<u8>, Vec<u8>) {
+        let (fadt, madt, _) = walk_all(mem, rsdp_addr);
+        (fadt, madt)
+    }
+
+    /// Follows RSDP → XSDT and returns (FADT, MADT, MCFG) bytes.
+    fn walk_all(mem: &GuestMemoryMmap, rsdp_addr: GuestAddress) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         assert_eq!(rsdp_addr.0, layout::ACPI_START);
         let rsdp = read_bytes(mem, rsdp_addr.0, 36);
         assert_eq!(&rsdp[0..8], b"RSD PTR ");
@@ -364,10 +445,107 @@ mod tests {
         assert_eq!(rsdp[15], 2, "ACPI 2.0+ RSDP");
         assert_eq!(u32_at(&rsdp, 20), 36);
         let xsdt = read_table(mem, u64_at(&rsdp, 24), b"XSDT");
-        assert_eq!(xsdt.len(), 36 + 2 * 8);
+        assert_eq!(xsdt.len(), 36 + 3 * 8);
         let fadt = read_table(mem, u64_at(&xsdt, 36), b"FACP");
         let madt = read_table(mem, u64_at(&xsdt, 44), b"APIC");
-        (fadt, madt)
+        let mcfg = read_table(mem, u64_at(&xsdt, 52), b"MCFG");
+        (fadt, madt, mcfg)
+    }
+
+    #[test]
+    fn mcfg_describes_bus0_ecam() {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, 1).unwrap();
+        let (_, _, mcfg) = walk_all(&mem, rsdp);
+        // Header + 8 reserved bytes + one 16-byte allocation.
+        assert_eq!(mcfg.len(), 36 + 8 + 16);
+        assert_eq!(u64_at(&mcfg, 44), layout::PCI_MMCONFIG_START);
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0], "segment 0, buses 0..=0");
+    }
+
+    /// Offset of `needle` in `hay`, which must occur exactly once.
+    fn find_once(hay: &[u8], needle: &[u8]) -> usize {
+        let hits: Vec<usize> = hay
+            .windows(needle.len())
+            .enumerate()
+            .filter(|(_, w)| *w == needle)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(hits.len(), 1, "{needle:02x?} occurs {} times", hits.len());
+        hits[0]
+    }
+
+    #[test]
+    fn dsdt_has_pci_host_bridge_and_ecam_reservation() {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, 1).unwrap();
+        let (fadt, _) = walk(&mem, rsdp);
+        let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let aml = &dsdt[36..];
+        let pci0 = find_once(aml, b"PCI0");
+        let mbrd = find_once(aml, b"MBRD");
+        assert!(pci0 < mbrd);
+        // _HID PNP0A08 and _CID PNP0A03 (compressed EISA IDs, DWordPrefix).
+        let hid = find_once(aml, &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x08]);
+        let cid = find_once(aml, &[b'_', b'C', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0a, 0x03]);
+        assert!(pci0 < hid && hid < cid && cid < mbrd);
+        for name in [b"_SEG", b"_BBN"] {
+            let at = find_once(aml, name);
+            assert_eq!(aml[at + 4], 0x00, "ZeroOp");
+        }
+        find_once(aml, &[b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x0c, 0x02]);
+        // Bus numbers 0..=0 (word descriptor, type 2).
+        find_once(aml, &[0x88, 0x0d, 0x00, 0x02, 0x0c, 0x00, 0, 0, 0, 0, 0, 0]);
+        // IO 0xcf8, length 8.
+        find_once(aml, &[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]);
+        // IO window 0x0d00..=0xffff.
+        find_once(
+            aml,
+            &[
+                0x88, 0x0d, 0x00, 0x01, 0x0c, 0x03, 0, 0, 0x00, 0x0d, 0xff, 0xff,
+            ],
+        );
+        // 32-bit window.
+        let mut d = vec![0x87, 0x17, 0x00, 0x00, 0x0c, 0x01, 0, 0, 0, 0];
+        d.extend_from_slice(&(layout::PCI_MMIO32_START as u32).to_le_bytes());
+        d.extend_from_slice(&((layout::PCI_MMIO32_END - 1) as u32).to_le_bytes());
+        find_once(aml, &d);
+        // 64-bit window.
+        let mut q = vec![0x8a, 0x2b, 0x00, 0x00, 0x0c, 0x01];
+        q.extend_from_slice(&0u64.to_le_bytes());
+        q.extend_from_slice(&layout::PCI_MMIO64_START.to_le_bytes());
+        q.extend_from_slice(
+            &(layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE - 1).to_le_bytes(),
+        );
+        find_once(aml, &q);
+        // ECAM reserved as a fixed 32-bit memory range.
+        let mut m = vec![0x86, 0x09, 0x00, 0x01];
+        m.extend_from_slice(&(layout::PCI_MMCONFIG_START as u32).to_le_bytes());
+        m.extend_from_slice(&(layout::PCI_MMCONFIG_SIZE as u32).to_le_bytes());
+        find_once(aml, &m);
+        // Keep the DSDT small: guests interpret it slowly.
+        assert!(dsdt.len() < 512, "DSDT is {} bytes", dsdt.len());
+    }
+
+    #[test]
+    fn pci_windows_avoid_fixed_ranges() {
+        let ranges = [
+            (layout::PCI_MMIO32_START, layout::PCI_MMIO32_END),
+            (
+                layout::PCI_MMCONFIG_START,
+                layout::PCI_MMCONFIG_START + layout::PCI_MMCONFIG_SIZE,
+            ),
+        ];
+        for (s, e) in ranges {
+            assert!(s >= layout::MEM_32BIT_GAP_START);
+            assert!(e <= layout::IOAPIC_START && e <= layout::KVM_IDENTITY_MAP_ADDRESS);
+        }
+        assert!(layout::PCI_MMIO32_END <= layout::PCI_MMCONFIG_START);
+        // 63 GiB of RAM (the largest the fixed 64-bit window allows) ends
+        // at or below it.
+        let ram = 63u64 << 30;
+        let high_end = layout::RAM_64BIT_START + (ram - layout::MEM_32BIT_GAP_START);
+        assert!(high_end <= layout::PCI_MMIO64_START);
     }
 
     #[test]
@@ -403,7 +581,10 @@ mod tests {
         let s5 = aml.windows(4).position(|w| w == b"_S5_").unwrap();
         // NameOp just before it, then PackageOp with 4 elements: BytePrefix 5, 5, Zero, Zero.
         assert_eq!(aml[s5 - 1], 0x08);
-        assert_eq!(&aml[s5 + 4..], &[0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0]);
+        assert_eq!(
+            &aml[s5 + 4..s5 + 13],
+            &[0x12, 0x08, 0x04, 0x0a, 5, 0x0a, 5, 0, 0]
+        );
     }
 
     fn check_madt(num_cpus: u8) {

@@ -71,3 +71,29 @@ pub const CMOS_PORT: u16 = 0x70;
 pub const ACPI_PM_PORT: u16 = 0x3c0;
 /// ACPI PM timer (24-bit, 3.579545 MHz), read through FADT's X_PM_TMR_BLK.
 pub const ACPI_PM_TIMER_PORT: u16 = 0x608;
+
+// PCI. Bus 0 only; all windows stay clear of the IOAPIC (0xfec0_0000),
+// the LAPIC (0xfee0_0000) and KVM's TSS/identity map (0xfffb_c000..).
+
+/// ECAM (MMCONFIG) base for PCI segment 0, described by the MCFG table.
+pub const PCI_MMCONFIG_START: u64 = 0xe000_0000;
+/// ECAM size: 1 MiB covers bus 0 (32 devices × 8 functions × 4 KiB).
+pub const PCI_MMCONFIG_SIZE: u64 = 0x10_0000;
+/// Start of the 32-bit PCI MMIO window (BARs below 4 GiB).
+pub const PCI_MMIO32_START: u64 = MEM_32BIT_GAP_START;
+/// End (exclusive) of the 32-bit PCI MMIO window: ECAM follows it.
+pub const PCI_MMIO32_END: u64 = PCI_MMCONFIG_START;
+/// Start of the 64-bit PCI MMIO window: a fixed 64 GiB base, so the ACPI
+/// tables do not depend on the RAM size. RAM above 4 GiB ends at
+/// `4 GiB + (ram - 3 GiB)`, so guests with up to 63 GiB of RAM fit below
+/// it; the VMM must refuse larger memory sizes (or move this window).
+pub const PCI_MMIO64_START: u64 = 0x10_0000_0000;
+/// Size of the 64-bit PCI MMIO window (64 GiB, ending at 128 GiB, within
+/// the 39-bit physical address width of common hosts).
+pub const PCI_MMIO64_SIZE: u64 = 0x10_0000_0000;
+/// The legacy PCI configuration ports 0xCF8..=0xCFF (mechanism #1).
+pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
+/// Number of configuration ports.
+pub const PCI_CONFIG_IO_PORT_SIZE: u16 = 8;
+/// Start of the I/O port window forwarded to PCI (up to 0xffff).
+pub const PCI_IO_WINDOW_START: u16 = 0x0d00;

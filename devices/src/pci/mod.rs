@@ -7,6 +7,19 @@
 
 use std::sync::{Arc, Mutex};
 
+pub mod allocator;
+pub mod bus;
+pub mod configuration;
+pub mod msix;
+
+pub use allocator::{AddressAllocator, AllocatorError, PciBarAllocator};
+pub use bus::{
+    AssignedBar, BarReprogramCallback, PciBarRegion, PciBus, PciBusError, PciConfigIo,
+    PciConfigMmio, PciDeviceInfo, PciHostBridge,
+};
+pub use configuration::{ConfigError, PciConfiguration, PciHeaderIds};
+pub use msix::{MsixError, MsixTable};
+
 /// A BAR the device asks for when it is added to the bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BarRequest {
@@ -50,6 +63,16 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]);
     /// Guest write inside BAR `index` at `offset`.
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]);
+    /// BARs the device needs; [`PciBus::add_device`] allocates and maps
+    /// them. Default: none.
+    fn bar_requests(&self) -> Vec<BarRequest> {
+        Vec::new()
+    }
+    /// Programs BAR `index` to its initial address (called by
+    /// [`PciBus::add_device`] with a size-aligned address). Default: no-op.
+    fn set_bar_base(&mut self, index: u8, base: u64) {
+        let _ = (index, base);
+    }
 }
 
 /// Shared handle to a PCI device.

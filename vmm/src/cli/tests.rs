@@ -1,6 +1,7 @@
 //! Tests of [`super::parse_args`] on accepted and rejected command lines.
 
 use super::*;
+use crate::config::{DiskConfig, RngConfig};
 
 /// Parses `chv --kernel /vmlinux <extra...>`.
 fn with_kernel(extra: &[&str]) -> Result<Cli, CliError> {
@@ -42,6 +43,9 @@ fn defaults_with_only_a_kernel() {
     assert_eq!(vm.memory, MemoryConfig::default());
     assert_eq!(vm.serial, ConsoleConfig::default_serial());
     assert_eq!(vm.console, ConsoleConfig::default_console());
+    assert_eq!(vm.console.mode, ConsoleOutputMode::Off);
+    assert_eq!(vm.disks, None);
+    assert_eq!(vm.rng, None);
 }
 
 #[test]
@@ -60,6 +64,9 @@ fn vm_options_without_kernel_name_kernel() {
         ("--cpus", "boot=2"),
         ("--memory", "size=1G"),
         ("--serial", "tty"),
+        ("--console", "tty"),
+        ("--disk", "path=/disk.img"),
+        ("--rng", "src=/dev/random"),
     ] {
         let err = parse_args(["chv", option, value]).unwrap_err();
         assert_eq!(err, CliError::RequiresKernel { option });
@@ -352,6 +359,8 @@ fn help_and_version_are_display() {
                 assert!(text.contains("--cpus"), "{text}");
                 assert!(text.contains("--memory"), "{text}");
                 assert!(text.contains("--serial"), "{text}");
+                assert!(text.contains("--disk"), "{text}");
+                assert!(text.contains("--rng"), "{text}");
             }
             other => panic!("{flag}: {other:?}"),
         }
@@ -404,4 +413,272 @@ fn validation_errors_map_to_options() {
         "--console"
     );
     assert_eq!(config_error_option(&ConfigError::KernelMissing), "--kernel");
+}
+
+/// The disks of an accepted command line.
+fn disks(extra: &[&str]) -> Vec<DiskConfig> {
+    vm(extra).disks.expect("--disk given, so disks")
+}
+
+/// A disk with chv's defaults and this path.
+fn plain_disk(path: &str) -> DiskConfig {
+    DiskConfig {
+        path: Some(PathBuf::from(path)),
+        num_queues: 1,
+        queue_size: 128,
+        ..DiskConfig::default()
+    }
+}
+
+#[test]
+fn disk_defaults_and_all_keys() {
+    assert_eq!(
+        disks(&["--disk", "path=/a.img"]),
+        vec![plain_disk("/a.img")]
+    );
+    let all = disks(&[
+        "--disk",
+        "path=/b.qcow2,readonly=on,direct=on,num_queues=4,queue_size=256,\
+         serial=ABC123,id=data,image_type=qcow2,iommu=off",
+    ]);
+    assert_eq!(
+        all,
+        vec![DiskConfig {
+            path: Some(PathBuf::from("/b.qcow2")),
+            readonly: true,
+            direct: true,
+            num_queues: 4,
+            queue_size: 256,
+            serial: Some("ABC123".into()),
+            id: Some("data".into()),
+            image_type: Some("qcow2".into()),
+        }]
+    );
+    let off = &disks(&["--disk", "readonly=off,direct=false,path=/c,image_type=raw"])[0];
+    assert!(!off.readonly && !off.direct);
+    assert_eq!(off.image_type.as_deref(), Some("raw"));
+    // Limits themselves are accepted; quotes protect commas in paths.
+    let edge = &disks(&[
+        "--disk",
+        "path=\"/x,y.img\",num_queues=16,queue_size=1024,serial=12345678901234567890",
+    ])[0];
+    assert_eq!(edge.path, Some(PathBuf::from("/x,y.img")));
+    assert_eq!((edge.num_queues, edge.queue_size), (16, 1024));
+    assert_eq!(disks(&["--disk", "path=/d,queue_size=2"])[0].queue_size, 2);
+    assert_eq!(disks(&["--disk", "path=/d,num_queues=1"])[0].num_queues, 1);
+}
+
+#[test]
+fn several_disks() {
+    let expected = vec![plain_disk("/a"), plain_disk("/b"), plain_disk("/c")];
+    // Several values after one flag (Cloud Hypervisor style) ...
+    assert_eq!(
+        disks(&["--disk", "path=/a", "path=/b", "path=/c"]),
+        expected
+    );
+    // ... repeated flags ...
+    assert_eq!(
+        disks(&["--disk", "path=/a", "--disk", "path=/b", "--disk=path=/c"]),
+        expected
+    );
+    // ... and both mixed, with other options in between; order is kept.
+    let vm = vm(&[
+        "--disk", "path=/a", "path=/b", "--cpus", "boot=2", "--disk", "path=/c",
+    ]);
+    assert_eq!(vm.disks, Some(expected));
+    assert_eq!(vm.cpus.boot_vcpus, 2);
+    let named = disks(&["--disk", "path=/a,id=x", "path=/b,id=y"]);
+    assert_eq!(named[1].id.as_deref(), Some("y"));
+}
+
+#[test]
+fn disk_rejected() {
+    for (value, message) in [
+        (
+            "path=/a,queue_size=100",
+            "queue_size=100: must be a power of two between 2 and 1024",
+        ),
+        (
+            "path=/a,queue_size=1",
+            "queue_size=1: must be a power of two between 2 and 1024",
+        ),
+        (
+            "path=/a,queue_size=2048",
+            "queue_size=2048: must be a power of two between 2 and 1024",
+        ),
+        (
+            "path=/a,queue_size=65536",
+            "queue_size=65536: must be a power of two between 2 and 1024",
+        ),
+        (
+            "path=/a,queue_size=0",
+            "queue_size=0: must be a power of two between 2 and 1024",
+        ),
+        (
+            "path=/a,queue_size=big",
+            "queue_size=big: not a non-negative decimal number",
+        ),
+        (
+            "path=/a,num_queues=0",
+            "num_queues=0: must be between 1 and 16",
+        ),
+        (
+            "path=/a,num_queues=17",
+            "num_queues=17: must be between 1 and 16",
+        ),
+        (
+            "path=/a,serial=123456789012345678901",
+            "serial=123456789012345678901: 21 bytes, at most 20 allowed",
+        ),
+        ("path=/a,serial=", "serial=: empty value"),
+        (
+            "path=/a,image_type=vmdk",
+            "image_type=vmdk: expected raw or qcow2",
+        ),
+        ("path=/a,image_type=", "image_type=: expected raw or qcow2"),
+        (
+            "path=/a,image_type=vhdx",
+            "'image_type=vhdx' is not supported by chv",
+        ),
+        ("path=", "path=: empty value"),
+        ("path", "'path' needs a value (path=...)"),
+        ("readonly=on", "missing path (path=...)"),
+        ("path=/a,readonly=yes", "readonly=yes: expected on or off"),
+        ("path=/a,direct", "'direct' needs a value (direct=...)"),
+        ("path=/a,id=", "id=: empty value"),
+        (
+            "path=/a,id=__rng",
+            "id=__rng: ids starting with '__' are reserved for chv",
+        ),
+        ("path=/a,path=/b", "'path' given more than once"),
+        ("", "empty value"),
+        (
+            "path=/a,cache=none",
+            "unknown option 'cache' (expected path, readonly, direct, num_queues, \
+             queue_size, serial, id, image_type or iommu=off)",
+        ),
+        (
+            "/disk.img",
+            "unknown option '/disk.img' (expected path, readonly, direct, num_queues, \
+             queue_size, serial, id, image_type or iommu=off)",
+        ),
+        ("path=/a,iommu=on", "'iommu=on' is not supported by chv"),
+    ] {
+        assert_eq!(
+            error(&["--disk", value]),
+            format!("--disk: {message}"),
+            "{value}"
+        );
+    }
+}
+
+#[test]
+fn disk_unsupported_cloud_hypervisor_keys() {
+    for key in [
+        "vhost_user",
+        "socket",
+        "vhost_socket",
+        "rate_limit_group",
+        "bw_size",
+        "bw_one_time_burst",
+        "bw_refill_time",
+        "ops_size",
+        "ops_one_time_burst",
+        "ops_refill_time",
+        "pci_segment",
+        "queue_affinity",
+        "backing_files",
+        "sparse",
+    ] {
+        assert_eq!(
+            error(&["--disk", &format!("path=/a,{key}=1")]),
+            format!("--disk: '{key}' is not supported by chv")
+        );
+    }
+}
+
+#[test]
+fn disk_errors_in_later_disks() {
+    // One bad disk among several, in one flag or in a repeated flag.
+    assert_eq!(
+        error(&["--disk", "path=/a", "path=/b,queue_size=3"]),
+        "--disk: queue_size=3: must be a power of two between 2 and 1024"
+    );
+    assert_eq!(
+        error(&["--disk", "path=/a", "--disk", "path=/b,bogus=1"]),
+        "--disk: unknown option 'bogus' (expected path, readonly, direct, num_queues, \
+         queue_size, serial, id, image_type or iommu=off)"
+    );
+    // Duplicate ids across disks, in both spellings.
+    assert_eq!(
+        error(&["--disk", "path=/a,id=data", "path=/b,id=data"]),
+        "--disk: disks[1].id=data: used by more than one disk"
+    );
+    assert_eq!(
+        error(&[
+            "--disk",
+            "path=/a,id=x",
+            "--disk",
+            "path=/b",
+            "--disk",
+            "path=/c,id=x"
+        ]),
+        "--disk: disks[2].id=x: used by more than one disk"
+    );
+    // A flag without any value is a usage error.
+    assert!(matches!(with_kernel(&["--disk"]), Err(CliError::Usage(_))));
+}
+
+#[test]
+fn rng_accepted_and_rejected() {
+    assert_eq!(
+        vm(&["--rng", "src=/dev/hwrng"]).rng,
+        Some(RngConfig {
+            src: PathBuf::from("/dev/hwrng")
+        })
+    );
+    assert_eq!(vm(&["--rng", "iommu=off"]).rng, Some(RngConfig::default()));
+    assert_eq!(RngConfig::default().src, PathBuf::from("/dev/urandom"));
+    assert_eq!(error(&["--rng", "src="]), "--rng: src=: empty value");
+    assert_eq!(error(&["--rng", ""]), "--rng: empty value");
+    assert_eq!(
+        error(&["--rng", "src=/a,iommu=on"]),
+        "--rng: 'iommu=on' is not supported by chv"
+    );
+    assert_eq!(
+        error(&["--rng", "size=4"]),
+        "--rng: unknown option 'size' (expected src or iommu=off)"
+    );
+    assert!(matches!(
+        with_kernel(&["--rng", "src=/a", "--rng", "src=/b"]),
+        Err(CliError::Usage(_))
+    ));
+}
+
+#[test]
+fn console_modes_for_virtio_console() {
+    let console = |value: &str| vm(&["--console", value]).console;
+    assert_eq!(console("tty").mode, ConsoleOutputMode::Tty);
+    assert_eq!(console("null").mode, ConsoleOutputMode::Null);
+    assert_eq!(console("off").mode, ConsoleOutputMode::Off);
+    assert_eq!(
+        console("file=/tmp/hvc.log").file,
+        Some(PathBuf::from("/tmp/hvc.log"))
+    );
+}
+
+#[test]
+fn device_validation_errors_map_to_options() {
+    assert_eq!(config_error_option(&ConfigError::DiskPath(0)), "--disk");
+    assert_eq!(
+        config_error_option(&ConfigError::DuplicateId {
+            index: 1,
+            id: "x".into()
+        }),
+        "--disk"
+    );
+    assert_eq!(
+        config_error_option(&ConfigError::EmptyPath("rng.src")),
+        "--rng"
+    );
 }

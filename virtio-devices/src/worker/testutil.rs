@@ -1,0 +1,178 @@
+//! Test harness: guest memory, driver-side mock queues and a recording
+//! interrupt, to drive devices in-process.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::device::{ActivatedQueue, GuestMemory, VirtioInterrupt, VirtioInterruptType};
+
+/// Size of the test guest memory.
+pub const MEM_SIZE: u64 = 0x100_0000;
+/// First address free for data buffers.
+pub const DATA: u64 = 0x10_0000;
+
+/// Records every interrupt raised.
+#[derive(Default)]
+pub struct TestInterrupt {
+    pub seen: Mutex<Vec<VirtioInterruptType>>,
+}
+
+impl VirtioInterrupt for TestInterrupt {
+    fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()> {
+        self.seen.lock().unwrap().push(kind);
+        Ok(())
+    }
+}
+
+/// One queue seen from the driver side.
+pub struct TestQueue {
+    pub mock: MockSplitQueue<'static, GuestMemoryMmap>,
+    pub kick: EventFd,
+    next_desc: u16,
+    size: u16,
+}
+
+impl TestQueue {
+    /// Adds a chain of `(addr, len, device_writable)` buffers; returns its head.
+    pub fn add_chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+        let n = bufs.len() as u16;
+        if self.next_desc + n > self.size {
+            self.next_desc = 0;
+        }
+        let head = self.next_desc;
+        let descs: Vec<RawDescriptor> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, write))| {
+                let i = i as u16;
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                if i + 1 < n {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, head + i + 1))
+            })
+            .collect();
+        self.mock.add_desc_chains(&descs, head).unwrap();
+        self.next_desc += n;
+        head
+    }
+
+    /// Stores raw descriptors at table index `at` without publishing them.
+    pub fn store_raw(&self, at: u16, desc: SplitDescriptor) {
+        self.mock
+            .desc_table()
+            .store(at, RawDescriptor::from(desc))
+            .unwrap();
+    }
+
+    /// Publishes descriptor `head` in the available ring.
+    pub fn publish(&self, head: u16) {
+        let avail = self.mock.avail();
+        let idx = avail.idx().load();
+        avail
+            .ring()
+            .ref_at(usize::from(idx % self.size))
+            .unwrap()
+            .store(head);
+        avail.idx().store(idx.wrapping_add(1));
+    }
+
+    /// Notifies the device.
+    pub fn notify(&self) {
+        self.kick.write(1).unwrap();
+    }
+
+    /// Used ring index.
+    pub fn used_idx(&self) -> u16 {
+        self.mock.used().idx().load()
+    }
+
+    /// Used element `i`: (descriptor head, written length).
+    pub fn used(&self, i: u16) -> (u32, u32) {
+        let e = self
+            .mock
+            .used()
+            .ring()
+            .ref_at(usize::from(i % self.size))
+            .unwrap()
+            .load();
+        (e.id(), e.len())
+    }
+
+    /// Waits (at most 5 s) until the used index reaches `n`.
+    pub fn wait_used(&self, n: u16) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if self.used_idx() == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+}
+
+/// Guest memory (leaked; shared with the atomic view) plus `n` queues of
+/// `size`, and the matching [`ActivatedQueue`]s for the device.
+pub struct TestVm {
+    pub mem: &'static GuestMemoryMmap,
+    pub atomic: GuestMemory,
+    pub interrupt: Arc<TestInterrupt>,
+}
+
+impl TestVm {
+    /// New guest memory.
+    pub fn new() -> Self {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        TestVm {
+            mem: Box::leak(Box::new(mem)),
+            atomic,
+            interrupt: Arc::new(TestInterrupt::default()),
+        }
+    }
+
+    /// Fresh driver queues (rings zeroed) for `n` queues of `size`.
+    pub fn queues(&self, n: u16, size: u16) -> (Vec<TestQueue>, Vec<ActivatedQueue>) {
+        let mut tq = Vec::new();
+        let mut aq = Vec::new();
+        for i in 0..n {
+            let base = 0x1000 + u64::from(i) * 0x1_0000;
+            self.mem.write_slice(&[0u8; 0x1_0000], GuestAddress(base)).unwrap();
+            let mock = MockSplitQueue::create(self.mem, GuestAddress(base), size);
+            let queue: Queue = mock.create_queue().unwrap();
+            let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+            tq.push(TestQueue {
+                mock,
+                kick: notify.try_clone().unwrap(),
+                next_desc: 0,
+                size,
+            });
+            aq.push(ActivatedQueue {
+                index: i,
+                queue,
+                notify,
+            });
+        }
+        (tq, aq)
+    }
+
+    /// Reads `len` bytes of guest memory at `addr`.
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    /// Writes `data` at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+    }
+}
