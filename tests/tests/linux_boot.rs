@@ -9,7 +9,9 @@
 //!   command exits 0, the guest powers off through ACPI and chv exits 0;
 //! - 2 vCPUs: `nproc` prints exactly `2` (the AP came up), chv exits 0;
 //! - reboot: `reboot -f` from the guest restarts the kernel (the
-//!   `Linux version` banner appears a second time after `GUEST-READY`).
+//!   `Linux version` banner appears a second time after `GUEST-READY`);
+//! - bzImage: the same kernel as a bzImage, entered through the Linux boot
+//!   protocol's 64-bit entry with a zero page (slow: it decompresses itself).
 //!
 //! A missing guest kit fails these tests unless `CHV_SKIP_LINUX=1`.
 
@@ -136,4 +138,32 @@ fn linux_reboot_restarts_the_kernel() {
     chv.check(running, "chv exited instead of rebooting");
     chv.kill();
     chv.assert_no_panic();
+}
+
+#[test]
+fn linux_bzimage_boots_through_the_64bit_entry() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    // The kit's bzImage decompresses itself in the guest (gzip in the shared
+    // kit, lz4 when built by scripts/guest-kit), which is slow under this
+    // host's emulation: allow for it.
+    let bzimage = kit.kernel.with_file_name("bzImage");
+    assert!(bzimage.is_file(), "no bzImage beside {}", kit.kernel.display());
+    let mut args = linux_args(&kit, 1, "console=ttyS0 quiet panic=-1 -- cat /proc/cmdline");
+    args[1] = bzimage.display().to_string();
+    let mut chv = Chv::spawn(&args);
+    chv.expect("GUEST-READY", ABORT, Duration::from_secs(420));
+    eprintln!("bzImage: GUEST-READY after {:.1?}", chv.elapsed());
+    chv.expect("GUEST-POWEROFF", ABORT, Duration::from_secs(120));
+    let st = chv.expect_exit(Duration::from_secs(60));
+    chv.assert_no_panic();
+    chv.check(st.code() == Some(0), &format!("chv exit status {st}, want 0"));
+    // The command line reached the kernel through the zero page.
+    chv.check(
+        chv.lines().iter().any(|l| l.contains("quiet panic=-1 -- cat /proc/cmdline")),
+        "guest /proc/cmdline does not show the command line chv passed",
+    );
+    chv.check(chv.stdout().contains("GUEST-CMD-EXIT=0"), "guest command failed");
 }

@@ -74,19 +74,9 @@ impl HostFile {
         &self.file
     }
 
-    /// Whether I/O must be aligned.
-    pub(crate) fn direct(&self) -> bool {
-        self.direct
-    }
-
     /// Current length of the host file.
     pub(crate) fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
-    }
-
-    /// Changes the length of the host file.
-    pub(crate) fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
     }
 
     /// fsync: data and metadata.
@@ -105,9 +95,9 @@ impl HostFile {
     }
 
     fn is_aligned(&self, ptr: *const u8, len: usize, offset: u64) -> bool {
-        (ptr as usize) % (ALIGNMENT as usize) == 0
-            && (len as u64) % ALIGNMENT == 0
-            && offset % ALIGNMENT == 0
+        (ptr as usize).is_multiple_of(ALIGNMENT as usize)
+            && (len as u64).is_multiple_of(ALIGNMENT)
+            && offset.is_multiple_of(ALIGNMENT)
     }
 
     /// Fills `buf` from `offset`; bytes past the end of the file are zeros.

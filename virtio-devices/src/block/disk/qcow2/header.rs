@@ -99,7 +99,7 @@ fn check_table(
     cluster_size: u64,
     file_len: u64,
 ) -> Result<(), DiskError> {
-    if offset % cluster_size != 0 {
+    if !offset.is_multiple_of(cluster_size) {
         return Err(corrupt(format!(
             "{what} offset {offset:#x} is not cluster aligned"
         )));
@@ -171,7 +171,11 @@ impl Header {
             h.refcount_order = be32(head, 96);
             h.header_length = be32(head, 100);
             let hl = u64::from(h.header_length);
-            if hl < V3_HEADER_LEN as u64 || hl % 8 != 0 || hl > cluster_size || hl > file_len {
+            if hl < V3_HEADER_LEN as u64
+                || !hl.is_multiple_of(8)
+                || hl > cluster_size
+                || hl > file_len
+            {
                 return Err(corrupt(format!("bad header_length {hl}")));
             }
             if hl > V3_HEADER_LEN as u64 {

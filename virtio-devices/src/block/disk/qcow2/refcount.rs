@@ -77,7 +77,7 @@ impl Refcounts {
         let entries = (u64::from(header.refcount_table_clusters) * cs / 8) as usize;
         let table = read_u64s(file, header.refcount_table_offset, entries)?;
         for (i, &e) in table.iter().enumerate() {
-            if e & !OFFSET_MASK != 0 || e % cs != 0 {
+            if e & !OFFSET_MASK != 0 || !e.is_multiple_of(cs) {
                 return Err(corrupt(format!(
                     "refcount table entry {i} ({e:#x}) is invalid"
                 )));
