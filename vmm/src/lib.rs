@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod interrupt;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

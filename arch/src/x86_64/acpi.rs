@@ -528,27 +528,6 @@ mod tests {
     }
 
     #[test]
-    fn pci_windows_avoid_fixed_ranges() {
-        let ranges = [
-            (layout::PCI_MMIO32_START, layout::PCI_MMIO32_END),
-            (
-                layout::PCI_MMCONFIG_START,
-                layout::PCI_MMCONFIG_START + layout::PCI_MMCONFIG_SIZE,
-            ),
-        ];
-        for (s, e) in ranges {
-            assert!(s >= layout::MEM_32BIT_GAP_START);
-            assert!(e <= layout::IOAPIC_START && e <= layout::KVM_IDENTITY_MAP_ADDRESS);
-        }
-        assert!(layout::PCI_MMIO32_END <= layout::PCI_MMCONFIG_START);
-        // 63 GiB of RAM (the largest the fixed 64-bit window allows) ends
-        // at or below it.
-        let ram = 63u64 << 30;
-        let high_end = layout::RAM_64BIT_START + (ram - layout::MEM_32BIT_GAP_START);
-        assert!(high_end <= layout::PCI_MMIO64_START);
-    }
-
-    #[test]
     fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
         let mem = guest_mem();
         let rsdp = create_acpi_tables(&mem, 1).unwrap();

@@ -97,3 +97,10 @@ pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_IO_PORT_SIZE: u16 = 8;
 /// Start of the I/O port window forwarded to PCI (up to 0xffff).
 pub const PCI_IO_WINDOW_START: u16 = 0x0d00;
+
+// The PCI windows stay inside the 32-bit hole, in order, below the IOAPIC,
+// and the 64-bit window starts above the RAM of a 63 GiB guest.
+const _: () = assert!(PCI_MMIO32_START >= MEM_32BIT_GAP_START);
+const _: () = assert!(PCI_MMIO32_END <= PCI_MMCONFIG_START);
+const _: () = assert!(PCI_MMCONFIG_START + PCI_MMCONFIG_SIZE <= IOAPIC_START);
+const _: () = assert!(RAM_64BIT_START + ((63 << 30) - MEM_32BIT_GAP_START) <= PCI_MMIO64_START);

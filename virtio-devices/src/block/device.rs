@@ -231,8 +231,7 @@ impl VirtioDevice for VirtioBlock {
             return Err(ActivateError::Device("already active".into()));
         }
         let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let (slots, notifies) =
-            prepare_queues(queues, self.queue_sizes.len(), &mem, event_idx)?;
+        let (slots, notifies) = prepare_queues(queues, self.queue_sizes.len(), &mem, event_idx)?;
         let disk = self
             .disk
             .take()

@@ -125,7 +125,7 @@ fn execute<M: GuestMemoryT>(
     match kind {
         VIRTIO_BLK_T_IN => {
             // Data must be device-writable only, in whole sectors.
-            if data_r != 0 || data_w % SECTOR_SIZE != 0 {
+            if data_r != 0 || !data_w.is_multiple_of(SECTOR_SIZE) {
                 return bad(ctx, "IN with misdirected or partial-sector data");
             }
             let Some(offset) = byte_range(sector, data_w, ctx.capacity) else {
@@ -137,7 +137,7 @@ fn execute<M: GuestMemoryT>(
             if ctx.readonly {
                 return bad(ctx, "write to a read-only disk");
             }
-            if data_w != 0 || data_r % SECTOR_SIZE != 0 {
+            if data_w != 0 || !data_r.is_multiple_of(SECTOR_SIZE) {
                 return bad(ctx, "OUT with misdirected or partial-sector data");
             }
             let Some(offset) = byte_range(sector, data_r, ctx.capacity) else {
@@ -257,7 +257,7 @@ fn discard<M: GuestMemoryT>(
     zeroes: bool,
     data_r: u64,
 ) -> Outcome {
-    if data_r == 0 || data_r % SEGMENT_LEN != 0 {
+    if data_r == 0 || !data_r.is_multiple_of(SEGMENT_LEN) {
         return bad(ctx, "discard segments malformed");
     }
     let count = data_r / SEGMENT_LEN;

@@ -55,14 +55,18 @@ impl QueueHandler for BlockHandler {
             counters: &self.counters,
             name,
         };
-        drain_queue(queue, mem, &*self.interrupt, index, |chain| {
-            match ChainBuffers::parse(chain) {
+        drain_queue(
+            queue,
+            mem,
+            &*self.interrupt,
+            index,
+            |chain| match ChainBuffers::parse(chain) {
                 Ok(bufs) => process(mem, &bufs, &mut ctx),
                 Err(e) => {
                     warn!("{name}: dropping request: {e}");
                     0
                 }
-            }
-        })
+            },
+        )
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use log::{error, warn};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 

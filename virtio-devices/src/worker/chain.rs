@@ -71,10 +71,7 @@ impl ChainBuffers {
                 Permissions::Read
             };
             if len > 0 && !chain.memory().check_range(addr, len as usize, perm) {
-                return Err(ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len,
-                });
+                return Err(ChainError::OutOfMemory { addr: addr.0, len });
             }
             if desc.is_write_only() {
                 bufs.writable.push((addr, len));
@@ -203,8 +200,10 @@ mod tests {
         assert_eq!(b.read_at(&m, 8, &mut buf), Err(ChainError::Bounds));
         b.write_at(&m, 1, b"abcde").unwrap();
         let mut out = [0u8; 4];
-        m.read_slice(&mut out[..2], GuestAddress(0x12_0001)).unwrap();
-        m.read_slice(&mut out[2..], GuestAddress(0x13_0000)).unwrap();
+        m.read_slice(&mut out[..2], GuestAddress(0x12_0001))
+            .unwrap();
+        m.read_slice(&mut out[2..], GuestAddress(0x13_0000))
+            .unwrap();
         assert_eq!(&out, b"abcd");
         assert_eq!(b.write_at(&m, 5, b"xyz"), Err(ChainError::Bounds));
     }

@@ -145,7 +145,9 @@ impl TestVm {
         let mut aq = Vec::new();
         for i in 0..n {
             let base = 0x1000 + u64::from(i) * 0x1_0000;
-            self.mem.write_slice(&[0u8; 0x1_0000], GuestAddress(base)).unwrap();
+            self.mem
+                .write_slice(&[0u8; 0x1_0000], GuestAddress(base))
+                .unwrap();
             let mock = MockSplitQueue::create(self.mem, GuestAddress(base), size);
             let queue: Queue = mock.create_queue().unwrap();
             let notify = EventFd::new(EFD_NONBLOCK).unwrap();

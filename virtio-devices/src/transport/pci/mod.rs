@@ -32,7 +32,11 @@ use devices::pci::{
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use interrupt::VirtioPciInterrupt;
+pub use common_config::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+    STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+};
+pub use interrupt::{VirtioPciInterrupt, ISR_CONFIG, ISR_QUEUE};
 
 use crate::device::{GuestMemory, VirtioDevice};
 
@@ -64,6 +68,8 @@ const DEVICE_CFG_OFFSET: u64 = 0x2000;
 const DEVICE_CFG_SIZE: u64 = 0x1000;
 /// BAR0 offset of the notification region.
 pub const NOTIFY_OFFSET: u64 = 0x3000;
+/// Bytes of BAR0 given to notifications.
+const NOTIFY_SIZE: u64 = 0x1000;
 /// Bytes between two queues' notification addresses.
 pub const NOTIFY_OFF_MULTIPLIER: u32 = 4;
 /// BAR0 offset of the MSI-X table.
@@ -189,14 +195,26 @@ impl VirtioPciDevice {
         config.add_bar(&Self::bar0_request())?;
         let notify_len = num_queues as u32 * NOTIFY_OFF_MULTIPLIER;
         let regions = [
-            (VIRTIO_PCI_CAP_COMMON_CFG, COMMON_CFG_OFFSET, COMMON_CFG_SIZE as u32),
+            (
+                VIRTIO_PCI_CAP_COMMON_CFG,
+                COMMON_CFG_OFFSET,
+                COMMON_CFG_SIZE as u32,
+            ),
             (VIRTIO_PCI_CAP_ISR_CFG, ISR_OFFSET, 1),
-            (VIRTIO_PCI_CAP_DEVICE_CFG, DEVICE_CFG_OFFSET, DEVICE_CFG_SIZE as u32),
+            (
+                VIRTIO_PCI_CAP_DEVICE_CFG,
+                DEVICE_CFG_OFFSET,
+                DEVICE_CFG_SIZE as u32,
+            ),
         ];
         for (cfg_type, offset, len) in regions {
-            config.add_capability(PCI_CAP_ID_VENDOR, &virtio_cap_body(cfg_type, 0, offset, len, 0))?;
+            config.add_capability(
+                PCI_CAP_ID_VENDOR,
+                &virtio_cap_body(cfg_type, 0, offset, len, 0),
+            )?;
         }
-        let mut notify = virtio_cap_body(VIRTIO_PCI_CAP_NOTIFY_CFG, 0, NOTIFY_OFFSET, notify_len, 4);
+        let mut notify =
+            virtio_cap_body(VIRTIO_PCI_CAP_NOTIFY_CFG, 0, NOTIFY_OFFSET, notify_len, 4);
         notify.extend_from_slice(&NOTIFY_OFF_MULTIPLIER.to_le_bytes());
         config.add_capability(PCI_CAP_ID_VENDOR, &notify)?;
         // PCI_CFG: bar, offset, length and the data window are writable.
@@ -297,7 +315,9 @@ impl VirtioPciDevice {
                 .msix()
                 .table_read(offset - MSIX_TABLE_OFFSET, data);
         } else if within(MSIX_PBA_OFFSET, BAR0_SIZE - MSIX_PBA_OFFSET) {
-            self.interrupt.msix().pba_read(offset - MSIX_PBA_OFFSET, data);
+            self.interrupt
+                .msix()
+                .pba_read(offset - MSIX_PBA_OFFSET, data);
         }
     }
 
@@ -311,9 +331,12 @@ impl VirtioPciDevice {
             self.common_write(offset - COMMON_CFG_OFFSET, data);
         } else if within(DEVICE_CFG_OFFSET, DEVICE_CFG_SIZE) {
             self.device.write_config(offset - DEVICE_CFG_OFFSET, data);
-        } else if within(NOTIFY_OFFSET, DEVICE_CFG_SIZE) {
+        } else if within(NOTIFY_OFFSET, NOTIFY_SIZE) {
             let q = (offset - NOTIFY_OFFSET) / u64::from(NOTIFY_OFF_MULTIPLIER);
-            if let Some(evt) = usize::try_from(q).ok().and_then(|q| self.notify_evts.get(q)) {
+            if let Some(evt) = usize::try_from(q)
+                .ok()
+                .and_then(|q| self.notify_evts.get(q))
+            {
                 if let Err(e) = evt.write(1) {
                     log::warn!("{}: queue {q} notification lost: {e}", self.device.name());
                 }
@@ -405,7 +428,10 @@ impl PciDevice for VirtioPciDevice {
 
     fn set_bar_base(&mut self, index: u8, base: u64) {
         if let Err(e) = self.config.set_bar_base(index, base) {
-            log::error!("{}: cannot place BAR {index} at {base:#x}: {e}", self.device.name());
+            log::error!(
+                "{}: cannot place BAR {index} at {base:#x}: {e}",
+                self.device.name()
+            );
         }
     }
 }

@@ -312,7 +312,8 @@ impl Qcow2Disk {
             None => self.l2_table_for_write(l1_idx)?,
         };
         let keep_host = match host {
-            Some(h) if keep && (copied || self.rc.get(&self.file, h)? == 1) => Some(h),
+            // Only v3 can keep a host cluster behind a zero entry.
+            Some(h) if keep && self.v3() && (copied || self.rc.get(&self.file, h)? == 1) => Some(h),
             _ => None,
         };
         let new_entry = match (self.v3(), keep_host) {
@@ -331,6 +332,16 @@ impl Qcow2Disk {
         Ok(())
     }
 
+    /// Whether the guest cluster at `guest` already reads as zeros without
+    /// any data (so a partial zeroing need not allocate it).
+    fn reads_zero(&mut self, guest: u64) -> Result<bool, DiskError> {
+        Ok(match self.lookup(guest)?.1 {
+            L2Entry::Zero { .. } => true,
+            L2Entry::Unallocated => self.backing.is_none(),
+            _ => false,
+        })
+    }
+
     /// Zeroes `[offset, offset + len)`: whole clusters through metadata,
     /// partial ones by writing zeros.
     fn zero_range(&mut self, offset: u64, len: u64, unmap: bool) -> Result<(), DiskError> {
@@ -346,7 +357,7 @@ impl Qcow2Disk {
             let n = (cs - in_cluster).min(end - pos);
             if n == cs {
                 self.zero_cluster(pos, !unmap)?;
-            } else {
+            } else if !self.reads_zero(pos)? {
                 let zeros = vec![0u8; n as usize];
                 self.write_chunk(&zeros, pos)?;
             }

@@ -131,6 +131,7 @@ fn refcount_widths_and_table_growth() {
         let o = format!("cluster_size=512,refcount_bits={bits}");
         let p = create(&dir, &format!("r{bits}.qcow2"), &["-o", &o], "8M");
         let mut model = vec![0u8; 8 << 20];
+        let rt_before = header_u64(&p, 48);
         {
             let mut d = open_disk(&p, &RW).unwrap();
             write_both(d.as_mut(), &mut model, 100, &pattern(3 << 20, 8));
@@ -140,7 +141,50 @@ fn refcount_widths_and_table_growth() {
         }
         check(&p);
         assert_eq!(convert_raw(&p), model, "refcount_bits={bits}");
+        if bits == "64" {
+            assert_ne!(header_u64(&p, 48), rt_before, "refcount table moved");
+        }
     }
+}
+
+fn header_u64(p: &Path, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open(p)
+        .unwrap()
+        .read_exact_at(&mut b, at)
+        .unwrap();
+    u64::from_be_bytes(b)
+}
+
+#[test]
+fn direct_io_small_clusters() {
+    if !have_qemu_img() {
+        return;
+    }
+    let dir = TestDir::new();
+    let p = create(&dir, "direct.qcow2", &["-o", "cluster_size=512"], "2M");
+    let opts = DiskOptions {
+        readonly: false,
+        direct: true,
+    };
+    let mut model = vec![0u8; 2 << 20];
+    {
+        let mut d = match open_disk(&p, &opts) {
+            Ok(d) => d,
+            Err(DiskError::DirectUnsupported(_)) => {
+                println!("skipping: O_DIRECT unsupported here");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        write_both(d.as_mut(), &mut model, 3, &pattern(1500, 18));
+        write_both(d.as_mut(), &mut model, 1 << 20, &pattern(70000, 19));
+        write_both(d.as_mut(), &mut model, (2 << 20) - 10, &pattern(10, 20));
+        d.flush().unwrap();
+        assert_eq!(read_all(d.as_mut()), model);
+    }
+    check(&p);
+    assert_eq!(convert_raw(&p), model);
 }
 
 #[test]
@@ -236,6 +280,10 @@ fn discard_and_write_zeroes_free_clusters() {
             write_both(d.as_mut(), &mut model, (1 << 20) + 10, &pattern(20, 16));
             // Discarding never-written space is a no-op.
             d.discard(12 << 20, 1 << 20).unwrap();
+            d.discard((13 << 20) + 5, 100).unwrap();
+            let len = std::fs::metadata(&p).unwrap().len();
+            d.write_zeroes((14 << 20) + 5, 100, false).unwrap();
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), len, "no allocation");
             assert_eq!(read_all(d.as_mut()), model);
         }
         check(&p);
@@ -257,7 +305,8 @@ fn locking_and_unsupported_features() {
     }
     // Compressed clusters: a clear error, not garbage.
     let raw = dir.path().join("c.raw");
-    std::fs::write(&raw, pattern(1 << 20, 17)).unwrap();
+    // Compressible data, or qemu stores the clusters uncompressed.
+    std::fs::write(&raw, b"chv compressed ".repeat(70000)).unwrap();
     let c = dir.path().join("c.qcow2");
     qemu_img_ok(&[
         "convert",
@@ -341,14 +390,6 @@ fn corrupt_headers_are_errors() {
         return;
     }
     let dir = TestDir::new();
-    let read_u64 = |p: &Path, at: u64| {
-        let mut b = [0u8; 8];
-        std::fs::File::open(p)
-            .unwrap()
-            .read_exact_at(&mut b, at)
-            .unwrap();
-        u64::from_be_bytes(b)
-    };
     let e = expect_corrupt(&dir, "cb.qcow2", 20, &40u32.to_be_bytes());
     assert!(matches!(e.root(), DiskError::Corrupt(_)));
     let e = expect_corrupt(&dir, "ver.qcow2", 4, &7u32.to_be_bytes());
@@ -363,10 +404,10 @@ fn corrupt_headers_are_errors() {
     expect_corrupt(&dir, "rcorder.qcow2", 96, &9u32.to_be_bytes());
     // Refcount table entry pointing past EOF.
     let p = create(&dir, "probe.qcow2", &[], "64M");
-    let rt = read_u64(&p, 48);
+    let rt = header_u64(&p, 48);
     expect_corrupt(&dir, "rtentry.qcow2", rt, &(1u64 << 40).to_be_bytes());
     // L1 entry pointing past EOF, and one with reserved bits.
-    let l1 = read_u64(&p, 40);
+    let l1 = header_u64(&p, 40);
     expect_corrupt(
         &dir,
         "l1entry.qcow2",
