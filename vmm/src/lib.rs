@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod device_manager;
 pub mod interrupt;
 pub mod terminal;
 pub mod vcpu;
@@ -54,6 +55,9 @@ pub enum VmmError {
     /// A vCPU stopped with an error.
     #[error("{0}")]
     Guest(String),
+    /// A device could not be created or plugged in.
+    #[error("device {0}")]
+    Device(String),
 }
 
 const TOKEN_EXIT: u64 = 1;
