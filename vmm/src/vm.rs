@@ -14,10 +14,11 @@ use devices::legacy::{AcpiPmDevice, AcpiPmTimer, Cmos, GuestStopEvent, I8042Devi
 use devices::Bus;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use crate::device_manager::DeviceManager;
 use crate::vcpu::{self, VcpuContext, VcpuEvent, VcpuHandle};
 use crate::VmmError;
 
@@ -38,7 +39,9 @@ pub const MIN_MEMORY: u64 = 16 << 20;
 /// A booted VM: KVM handles, guest memory, the buses and the vCPU threads.
 pub struct Vm {
     _kvm: Kvm,
-    _vm_fd: VmFd,
+    /// Virtio devices on the PCI bus (dropped before the VM fd).
+    pub devices: DeviceManager,
+    _vm_fd: Arc<VmFd>,
     _memory: GuestMemoryMmap,
     vcpus: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
@@ -117,8 +120,13 @@ impl Vm {
         arch::cpuid::validate_feature_names(&config.cpus.features.keep)
             .map_err(|e| VmmError::Config(format!("--cpus: features: {e}")))?;
 
+        if config.serial.mode == ConsoleOutputMode::Tty && config.console.mode == ConsoleOutputMode::Tty {
+            return Err(VmmError::Config(
+                "--console: tty is already used by --serial tty; give one of them off, null or file=".into(),
+            ));
+        }
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
-        let vm_fd = kvm.create_vm().map_err(VmmError::Kvm)?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(VmmError::Kvm)?);
         let memory = create_memory(&vm_fd, ram_size)?;
 
         vm_fd
@@ -208,6 +216,14 @@ impl Vm {
                 .insert(dev, u64::from(port), len)
                 .map_err(VmmError::Bus)?;
         }
+        let mut pci_devices = DeviceManager::new(
+            vm_fd.clone(),
+            GuestMemoryAtomic::new(memory.clone()),
+            &io_bus,
+            mmio_bus.clone(),
+            None,
+        )?;
+        pci_devices.add_configured_devices(config)?;
 
         // vCPUs.
         let supported = kvm
@@ -248,6 +264,7 @@ impl Vm {
 
         Ok(Self {
             _kvm: kvm,
+            devices: pci_devices,
             _vm_fd: vm_fd,
             _memory: memory,
             vcpus,
