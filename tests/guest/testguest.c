@@ -11,10 +11,7 @@
  * The host side (tests/tests/testguest.rs) checks the exact output.
  */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long u64;
+#include "guest.h"
 
 /* Offsets into the Linux boot_params ("zero page"). */
 #define BP_E820_ENTRIES 0x1e8
@@ -29,13 +26,6 @@ typedef unsigned long u64;
 #define ACPI_SLEEP_CTL 0x3c0
 #define I8042_CMD 0x64
 
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
-static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
-static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
-static inline u8 inb(u16 port) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline u16 inw(u16 port) { u16 v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline u32 inl(u16 port) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-
 static void halt_forever(void)
 {
     for (;;)
@@ -44,7 +34,7 @@ static void halt_forever(void)
 
 /* ---- console ---------------------------------------------------------- */
 
-static void putc_com1(char c)
+void putc_com1(char c)
 {
     /* Wait for THR empty (LSR bit 5); bounded so a broken UART cannot hang us. */
     for (u32 i = 0; i < 1000000 && !(inb(COM1 + 5) & 0x20); i++)
@@ -52,13 +42,13 @@ static void putc_com1(char c)
     outb(COM1, (u8)c);
 }
 
-static void puts_(const char *s)
+void puts_(const char *s)
 {
     while (*s)
         putc_com1(*s++);
 }
 
-static void put_dec(u64 v)
+void put_dec(u64 v)
 {
     char buf[21];
     int i = 20;
@@ -85,23 +75,91 @@ static void put_dec_w(u64 v, int width)
     puts_(&buf[i]);
 }
 
-static void put_hex32(u32 v)
+void put_hex32(u32 v)
 {
     static const char digits[] = "0123456789abcdef";
     for (int shift = 28; shift >= 0; shift -= 4)
         putc_com1(digits[(v >> shift) & 0xf]);
 }
 
-static const char *g_name = "?";
+void put_hex8(u8 v)
+{
+    static const char digits[] = "0123456789abcdef";
+    putc_com1(digits[v >> 4]);
+    putc_com1(digits[v & 0xf]);
+}
 
-static void pass(void)
+void put_hex16(u16 v)
+{
+    put_hex8((u8)(v >> 8));
+    put_hex8((u8)v);
+}
+
+void put_hex64(u64 v)
+{
+    put_hex32((u32)(v >> 32));
+    put_hex32((u32)v);
+}
+
+/* gcc may emit calls to these even in freestanding code. */
+void *memset(void *d, int c, u64 n)
+{
+    volatile u8 *p = d;
+    while (n--)
+        *p++ = (u8)c;
+    return d;
+}
+
+void *memcpy(void *d, const void *s, u64 n)
+{
+    volatile u8 *p = d;
+    const u8 *q = s;
+    while (n--)
+        *p++ = *q++;
+    return d;
+}
+
+void *memset_(void *d, int c, u64 n) { return memset(d, c, n); }
+
+static void cpuid(u32 leaf, u32 *a, u32 *b, u32 *c, u32 *d)
+{
+    __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(0));
+}
+
+u64 tsc_per_ms(void)
+{
+    static u64 cached;
+    if (cached)
+        return cached;
+    u32 a, b, c, d;
+    cpuid(0, &a, &b, &c, &d);
+    cached = 3000000; /* assume 3 GHz when CPUID does not say */
+    if (a >= 0x16) {
+        cpuid(0x16, &a, &b, &c, &d);
+        if (a >= 500 && a < 10000)
+            cached = (u64)a * 1000; /* base frequency in MHz */
+    }
+    return cached;
+}
+
+void delay_ms(u32 ms)
+{
+    u64 end = rdtsc() + (u64)ms * tsc_per_ms();
+    while (rdtsc() < end)
+        __asm__ volatile("pause");
+}
+
+const char *g_name = "?";
+static const char *g_cmdline;
+
+void pass(void)
 {
     puts_("TESTGUEST-PASS ");
     puts_(g_name);
     puts_("\n");
 }
 
-static void fail(const char *why)
+void fail(const char *why)
 {
     puts_("TESTGUEST-FAIL ");
     puts_(g_name);
@@ -112,7 +170,7 @@ static void fail(const char *why)
 
 /* ---- command line ------------------------------------------------------ */
 
-static int streq(const char *a, const char *b)
+int streq(const char *a, const char *b)
 {
     while (*a && *a == *b) {
         a++;
@@ -121,8 +179,18 @@ static int streq(const char *a, const char *b)
     return *a == *b;
 }
 
-/* Copy the value of `test=` into out (NUL-terminated); empty when absent. */
-static void find_test_name(const char *cmdline, char *out, int cap)
+/* Does the word at p start with `key=`? Returns the value start or 0. */
+static const char *key_at(const char *p, const char *key)
+{
+    while (*key && *p == *key) {
+        p++;
+        key++;
+    }
+    return (!*key && *p == '=') ? p + 1 : 0;
+}
+
+/* Copy the value of `key=` into out (NUL-terminated); empty when absent. */
+static void find_value(const char *cmdline, const char *key, char *out, int cap)
 {
     const char *p = cmdline;
     out[0] = 0;
@@ -131,9 +199,10 @@ static void find_test_name(const char *cmdline, char *out, int cap)
     while (*p) {
         while (*p == ' ')
             p++;
-        if (p[0] == 't' && p[1] == 'e' && p[2] == 's' && p[3] == 't' && p[4] == '=') {
+        const char *v = key_at(p, key);
+        if (v) {
             int n = 0;
-            p += 5;
+            p = v;
             while (*p && *p != ' ' && n < cap - 1)
                 out[n++] = *p++;
             out[n] = 0;
@@ -143,6 +212,8 @@ static void find_test_name(const char *cmdline, char *out, int cap)
             p++;
     }
 }
+
+void cmdline_value(const char *key, char *out, int cap) { find_value(g_cmdline, key, out, cap); }
 
 /* ---- scenarios --------------------------------------------------------- */
 
@@ -248,7 +319,7 @@ static void test_cmos(void)
     pass();
 }
 
-static void acpi_poweroff(void)
+void acpi_poweroff(void)
 {
     /* SLP_TYP = 5 (S5) in bits 2-4, SLP_EN in bit 5. */
     outb(ACPI_SLEEP_CTL, (5 << 2) | (1 << 5));
@@ -403,11 +474,6 @@ static void test_memsize(const u8 *bp)
     pass();
 }
 
-static void cpuid(u32 leaf, u32 *a, u32 *b, u32 *c, u32 *d)
-{
-    __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(0));
-}
-
 static void put_regchars(u32 r)
 {
     for (int i = 0; i < 4; i++) {
@@ -459,7 +525,8 @@ void guest_main(const u8 *boot_params)
     const char *cmdline = (const char *)(u64) * (const u32 *)(boot_params + BP_CMD_LINE_PTR);
 
     puts_("TESTGUEST-START\n");
-    find_test_name(cmdline, name, sizeof(name));
+    g_cmdline = cmdline;
+    find_value(cmdline, "test", name, sizeof(name));
     g_name = name;
 
     if (streq(name, "serial"))
@@ -482,6 +549,20 @@ void guest_main(const u8 *boot_params)
         test_cpuid();
     else if (streq(name, "triple-fault"))
         test_triple_fault();
+    else if (streq(name, "pci-enum"))
+        test_pci_enum();
+    else if (streq(name, "virtio-blk-rw"))
+        test_virtio_blk_rw();
+    else if (streq(name, "virtio-blk-ro"))
+        test_virtio_blk_ro();
+    else if (streq(name, "virtio-rng"))
+        test_virtio_rng();
+    else if (streq(name, "virtio-console"))
+        test_virtio_console();
+    else if (streq(name, "virtio-msix"))
+        test_virtio_msix();
+    else if (streq(name, "virtio-hostile"))
+        test_virtio_hostile();
     else
         fail("unknown-test");
     puts_("TESTGUEST-END\n");

@@ -1,8 +1,8 @@
 //! One thread per vCPU: runs `KVM_RUN` and routes each exit to the buses.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use devices::legacy::GuestStopEvent;
@@ -26,6 +26,53 @@ pub enum VcpuEvent {
     Error(String),
 }
 
+/// Holds vCPU threads outside `KVM_RUN` while the VM is paused.
+#[derive(Default)]
+pub struct PauseGate {
+    paused: Mutex<bool>,
+    changed: Condvar,
+    parked: AtomicUsize,
+}
+
+impl PauseGate {
+    /// Asks every vCPU to park; the caller then kicks them out of KVM_RUN
+    /// and waits for [`Self::parked`] to reach the vCPU count.
+    pub fn close(&self) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// Lets parked vCPUs run again.
+    pub fn open(&self) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.changed.notify_all();
+    }
+
+    /// How many vCPU threads are parked right now.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    /// Called by a vCPU thread between runs: blocks while the gate is closed
+    /// (or until `stop` is set, which `wake_all` makes it notice).
+    fn wait_while_closed(&self, stop: &AtomicBool) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        while *paused && !stop.load(Ordering::Acquire) {
+            paused = self.changed.wait(paused).unwrap_or_else(|e| e.into_inner());
+        }
+        self.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Wakes parked threads so they re-check the stop flag.
+    pub fn wake_all(&self) {
+        let _guard = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+}
+
 /// What the vCPU threads share with the VM that started them.
 #[derive(Clone)]
 pub struct VcpuContext {
@@ -42,6 +89,8 @@ pub struct VcpuContext {
     /// Guest power-off and reset requests: once one is raised, no vCPU
     /// re-enters the guest.
     pub guest_stops: [GuestStopEvent; 2],
+    /// Closed while the VM is paused.
+    pub pause: Arc<PauseGate>,
 }
 
 impl VcpuContext {
@@ -88,6 +137,7 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu
 
 fn run_loop(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<VcpuEvent> {
     loop {
+        ctx.pause.wait_while_closed(&ctx.stop);
         if ctx.stop.load(Ordering::Acquire) || ctx.guest_stops.iter().any(|e| e.is_raised()) {
             return None;
         }

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
 use crate::device_manager::DeviceManager;
-use crate::vcpu::{self, VcpuContext, VcpuEvent, VcpuHandle};
+use crate::vcpu::{self, PauseGate, VcpuContext, VcpuEvent, VcpuHandle};
 use crate::VmmError;
 
 /// How a VM run ended.
@@ -45,6 +45,7 @@ pub struct Vm {
     _memory: GuestMemoryMmap,
     vcpus: Vec<VcpuHandle>,
     stop: Arc<AtomicBool>,
+    pause: Arc<PauseGate>,
     events: Receiver<VcpuEvent>,
     /// Written by vCPU threads whenever they post a [`VcpuEvent`].
     pub vcpu_event_fd: Arc<EventFd>,
@@ -234,6 +235,7 @@ impl Vm {
             keep: config.cpus.features.keep.clone(),
         };
         let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(PauseGate::default());
         let (tx, events) = channel();
         let vcpu_event_fd = Arc::new(eventfd()?);
         let ctx = VcpuContext {
@@ -243,6 +245,7 @@ impl Vm {
             events: tx,
             event_fd: vcpu_event_fd.clone(),
             guest_stops: [exit_evt.clone(), reset_evt.clone()],
+            pause: pause.clone(),
         };
         let mut fds = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {
@@ -269,6 +272,7 @@ impl Vm {
             _memory: memory,
             vcpus,
             stop,
+            pause,
             events,
             vcpu_event_fd,
             exit_evt,
@@ -283,15 +287,44 @@ impl Vm {
         self.events.try_iter().collect()
     }
 
+    fn kick(handle: &VcpuHandle) {
+        // SAFETY: the pthread handle is alive (the thread has not been
+        // joined) and the kick signal has a handler installed.
+        unsafe { libc::pthread_kill(handle.thread.as_pthread_t(), vcpu::kick_signal()) };
+    }
+
+    /// Stops every vCPU between two guest instructions; returns once all of
+    /// them are parked (or after a timeout, with an error).
+    pub fn pause(&self) -> Result<(), VmmError> {
+        self.pause.close();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let running = || self.vcpus.iter().filter(|h| !h.thread.is_finished()).count();
+        while self.pause.parked() < running() {
+            if Instant::now() > deadline {
+                self.pause.open();
+                return Err(VmmError::Guest("pause: vCPUs did not stop within 5 s".into()));
+            }
+            for h in &self.vcpus {
+                Self::kick(h);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        self.pause.open();
+    }
+
     /// Stops every vCPU thread and waits for them to finish.
     pub fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.pause.wake_all();
         let deadline = Instant::now() + Duration::from_secs(5);
         for handle in self.vcpus.drain(..) {
             while !handle.thread.is_finished() && Instant::now() < deadline {
-                // SAFETY: the pthread handle is alive (the thread has not been
-                // joined) and the kick signal has a handler installed.
-                unsafe { libc::pthread_kill(handle.thread.as_pthread_t(), vcpu::kick_signal()) };
+                Self::kick(&handle);
                 std::thread::sleep(Duration::from_millis(1));
             }
             if handle.thread.is_finished() {

@@ -1,0 +1,316 @@
+//! The system calls each chv thread may make, as seccomp allow-lists.
+//!
+//! The lists were derived by running chv under `strace -f` (test guest
+//! scenarios: power-off, every reset path, triple fault, hostile I/O,
+//! serial to a tty and to a file, log file, stop signals; the Linux guest kit
+//! with 2 vCPUs rebooting repeatedly) plus the error paths read from the
+//! code (internal-error report, panic hook, abort).
+//!
+//! The main thread's filter is installed in [`crate::run`] before the first
+//! boot. A guest reset rebuilds the VM on the main thread, so its list has to
+//! allow everything `Vm::boot` does anyway; installing it before the first
+//! boot means every start exercises that list (a missing call shows up at
+//! once, not at the first guest reboot) and loading the kernel image is
+//! filtered too.
+//!
+//! Filters are inherited and stack: vCPU threads start under the main
+//! thread's filter and add their own, so a vCPU system call must pass both.
+//! [`vmm_thread_rules`] therefore includes [`vcpu_thread_rules`]; a test
+//! checks it.
+
+use std::sync::Arc;
+
+use devices::seccomp::{
+    apply_current_thread, build, common_rules, install_sigsys_handler, virtio_worker_rules,
+    BpfProgram, SeccompError, SeccompMode, ThreadRules,
+};
+use kvm_bindings::{
+    kvm_cpuid2, kvm_fpu, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region, KVMIO,
+};
+
+/// Request numbers of the ioctls chv issues (from the KVM API headers).
+mod nr {
+    use super::*;
+    vmm_sys_util::ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
+    vmm_sys_util::ioctl_io_nr!(KVM_CREATE_VM, KVMIO, 0x01);
+    vmm_sys_util::ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+    vmm_sys_util::ioctl_io_nr!(KVM_GET_VCPU_MMAP_SIZE, KVMIO, 0x04);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_SUPPORTED_CPUID, KVMIO, 0x05, kvm_cpuid2);
+    vmm_sys_util::ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_userspace_memory_region
+    );
+    vmm_sys_util::ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_IDENTITY_MAP_ADDR, KVMIO, 0x48, u64);
+    vmm_sys_util::ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
+    vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
+    vmm_sys_util::ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
+    vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+}
+
+/// KVM ioctls the main thread issues while building a VM (`Vm::boot`).
+fn vm_setup_ioctls() -> Vec<u64> {
+    [
+        nr::KVM_GET_API_VERSION(),
+        nr::KVM_CHECK_EXTENSION(),
+        nr::KVM_CREATE_VM(),
+        nr::KVM_GET_VCPU_MMAP_SIZE(),
+        nr::KVM_GET_SUPPORTED_CPUID(),
+        nr::KVM_SET_USER_MEMORY_REGION(),
+        nr::KVM_SET_TSS_ADDR(),
+        nr::KVM_SET_IDENTITY_MAP_ADDR(),
+        nr::KVM_CREATE_IRQCHIP(),
+        nr::KVM_CREATE_PIT2(),
+        nr::KVM_IRQFD(),
+        nr::KVM_CREATE_VCPU(),
+        nr::KVM_SET_CPUID2(),
+        nr::KVM_GET_CPUID2(),
+        nr::KVM_SET_REGS(),
+        nr::KVM_GET_SREGS(),
+        nr::KVM_SET_SREGS(),
+        nr::KVM_SET_FPU(),
+        nr::KVM_SET_MSRS(),
+        nr::KVM_GET_LAPIC(),
+        nr::KVM_SET_LAPIC(),
+    ]
+    .into_iter()
+    .map(u64::from)
+    .collect()
+}
+
+/// Terminal ioctls: `isatty`/`tcgetattr` (TCGETS), `tcsetattr(TCSANOW)`
+/// when the terminal is restored (TCSETS), window size for consoles.
+fn tty_ioctls() -> Vec<u64> {
+    [libc::TCGETS, libc::TCSETS, libc::TIOCGWINSZ]
+        .into_iter()
+        .map(u64::from)
+        .collect()
+}
+
+/// A vCPU thread after its filter is in place: `KVM_RUN` and the register
+/// read of the internal-error report; device emulation (writes to the
+/// serial output, eventfds and the log); the kick signal's return; thread
+/// exit; and the crash paths (`statx` of `is_pvm_host` in the error report,
+/// TCSETS from the panic hook, `tgkill(SIGABRT)` from abort).
+pub fn vcpu_thread_rules() -> ThreadRules {
+    common_rules("vcpu")
+        .allow(&[libc::SYS_newfstatat, libc::SYS_statx])
+        .allow_ioctls(&[u64::from(nr::KVM_RUN()), u64::from(nr::KVM_GET_REGS())])
+        .allow_ioctls(&[u64::from(libc::TCSETS)])
+        .allow_arg(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])
+        .allow_arg(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])
+}
+
+/// The main (VMM) thread: the control loop (epoll, eventfds, signalfd,
+/// stdin), building a VM again on a guest reset (`/dev/kvm`, payload files,
+/// guest RAM mappings, the KVM VM and vCPU ioctls), starting vCPU threads
+/// (clone3, which then run `rseq`, `set_robust_list`, `PR_SET_NAME` and
+/// install their own filter under this one), kicking them (`tgkill` with the
+/// kick signal), restoring the terminal and exiting.
+///
+/// It includes [`vcpu_thread_rules`] and the virtio worker base list, as
+/// threads started from here inherit this filter.
+pub fn vmm_thread_rules() -> ThreadRules {
+    let kick = crate::vcpu::kick_signal() as u64;
+    common_rules("chv")
+        .allow(&[
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_dup,
+            libc::SYS_epoll_create1,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_wait,
+            libc::SYS_eventfd2,
+            libc::SYS_fstat,
+            libc::SYS_getrandom,
+            libc::SYS_lseek,
+            libc::SYS_newfstatat,
+            libc::SYS_openat,
+            libc::SYS_pread64,
+            libc::SYS_read,
+            libc::SYS_readv,
+            libc::SYS_rseq,
+            libc::SYS_rt_sigaction,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_set_robust_list,
+            libc::SYS_statx,
+        ])
+        .allow_ioctls(&vm_setup_ioctls())
+        .allow_ioctls(&tty_ioctls())
+        .allow_arg(
+            libc::SYS_fcntl,
+            1,
+            &[
+                libc::F_GETFD as u64,
+                libc::F_SETFD as u64,
+                libc::F_GETFL as u64,
+                libc::F_SETFL as u64,
+                libc::F_DUPFD_CLOEXEC as u64,
+            ],
+        )
+        .allow_arg(
+            libc::SYS_prctl,
+            0,
+            &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+        )
+        .allow_arg(
+            libc::SYS_seccomp,
+            0,
+            &[u64::from(libc::SECCOMP_SET_MODE_FILTER)],
+        )
+        .allow_arg(libc::SYS_tgkill, 2, &[kick, libc::SIGABRT as u64])
+        .merge(&vcpu_thread_rules())
+        .merge(&virtio_worker_rules("virtio", &[]))
+}
+
+/// Installs the main thread's filter for `mode` on the calling thread (and
+/// the SIGSYS reporter when filtering is enforced). Call once, from the
+/// thread that runs [`crate::run`], before it starts any other thread.
+pub fn apply_vmm_filter(mode: SeccompMode) -> Result<(), SeccompError> {
+    let Some(filter) = build(&vmm_thread_rules(), mode)? else {
+        return Ok(());
+    };
+    if mode == SeccompMode::Enabled {
+        install_sigsys_handler()?;
+    }
+    apply_current_thread(&filter)
+}
+
+/// The vCPU threads' filter for `mode` (`None` when disabled), built once
+/// and shared by every vCPU thread, which installs it with
+/// [`apply_current_thread`] first thing.
+pub fn vcpu_filter(mode: SeccompMode) -> Result<Option<Arc<BpfProgram>>, SeccompError> {
+    Ok(build(&vcpu_thread_rules(), mode)?.map(Arc::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::seccomp::Args;
+
+    #[test]
+    fn ioctl_numbers_match_the_kvm_headers() {
+        assert_eq!(nr::KVM_RUN(), 0xae80);
+        assert_eq!(nr::KVM_CREATE_VM(), 0xae01);
+        assert_eq!(nr::KVM_GET_REGS(), 0x8090_ae81);
+        assert_eq!(nr::KVM_SET_REGS(), 0x4090_ae82);
+        assert_eq!(nr::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
+        assert_eq!(nr::KVM_GET_SUPPORTED_CPUID(), 0xc008_ae05);
+        assert_eq!(nr::KVM_SET_CPUID2(), 0x4008_ae90);
+        assert_eq!(nr::KVM_IRQFD(), 0x4020_ae76);
+        assert_eq!(nr::KVM_CREATE_PIT2(), 0x4040_ae77);
+        assert_eq!(nr::KVM_SET_LAPIC(), 0x4400_ae8f);
+    }
+
+    /// A vCPU thread runs under both filters, so every call its list allows
+    /// must pass the main thread's list with the same arguments.
+    #[test]
+    fn vmm_list_covers_the_vcpu_list() {
+        let vmm = vmm_thread_rules();
+        let vcpu = vcpu_thread_rules();
+        for nr in vcpu.syscalls() {
+            match (vcpu.get(nr), vmm.get(nr)) {
+                (_, Some(Args::Any)) => {}
+                (Some(Args::OneOf(need)), Some(Args::OneOf(have))) => {
+                    for set in need {
+                        assert!(
+                            have.contains(set),
+                            "syscall {nr}: {set:?} not in the VMM list"
+                        );
+                    }
+                }
+                (need, have) => panic!("syscall {nr}: vCPU {need:?}, VMM {have:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ioctls_are_argument_filtered() {
+        for rules in [vmm_thread_rules(), vcpu_thread_rules()] {
+            let Some(Args::OneOf(sets)) = rules.get(libc::SYS_ioctl) else {
+                panic!("{}: ioctl allowed with any request", rules.name());
+            };
+            let kvm_run = [devices::seccomp::ArgEq {
+                index: 1,
+                value: u64::from(nr::KVM_RUN()),
+            }];
+            assert!(sets.iter().any(|s| s[..] == kvm_run));
+        }
+        let vcpu = vcpu_thread_rules();
+        // vCPU threads neither build VMs nor start threads nor open files.
+        let Some(Args::OneOf(sets)) = vcpu.get(libc::SYS_ioctl) else {
+            unreachable!()
+        };
+        assert!(!sets
+            .iter()
+            .any(|s| s[0].value == u64::from(nr::KVM_CREATE_VM())));
+        for nr in [libc::SYS_clone3, libc::SYS_openat, libc::SYS_execve] {
+            assert!(vcpu.get(nr).is_none(), "vCPU list allows {nr}");
+        }
+    }
+
+    #[test]
+    fn lists_compile_in_every_mode() {
+        for mode in [SeccompMode::Enabled, SeccompMode::Log] {
+            assert!(build(&vmm_thread_rules(), mode).unwrap().is_some());
+            assert!(vcpu_filter(mode).unwrap().is_some());
+        }
+        assert!(vcpu_filter(SeccompMode::Disabled).unwrap().is_none());
+        apply_vmm_filter(SeccompMode::Disabled).unwrap();
+    }
+
+    fn seccomp_status(tid: libc::pid_t) -> String {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A thread under the real vCPU filter (enforcing) can do what a vCPU
+    /// thread does outside `KVM_RUN`: wait on a channel, write an eventfd,
+    /// log to stderr and exit. A missing call would end the test process
+    /// with the SIGSYS report naming it.
+    #[test]
+    fn vcpu_filter_allows_a_vcpu_threads_work() {
+        install_sigsys_handler().unwrap();
+        let filter = vcpu_filter(SeccompMode::Enabled).unwrap().unwrap();
+        let evt = Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let thread_evt = evt.clone();
+        let handle = std::thread::Builder::new()
+            .name("vcpu-test".into())
+            .spawn(move || {
+                apply_current_thread(&filter).unwrap();
+                // SAFETY: gettid has no arguments.
+                let tid = unsafe { libc::gettid() };
+                tid_tx.send(tid).unwrap();
+                go_rx.recv().unwrap();
+                thread_evt.write(1).unwrap();
+                eprintln!("vcpu-test: done");
+            })
+            .unwrap();
+        let tid = tid_rx.recv().unwrap();
+        assert_eq!(seccomp_status(tid), "Seccomp:\t2");
+        go_tx.send(()).unwrap();
+        handle.join().unwrap();
+        assert_eq!(evt.read().unwrap(), 1);
+    }
+}
