@@ -5,6 +5,16 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The guest's sources, compiled and linked in this order.
+const SOURCES: [&str; 6] = [
+    "start.S",
+    "testguest.c",
+    "pci.c",
+    "virtio.c",
+    "virtio_tests.c",
+    "virtio_hostile.c",
+];
+
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
@@ -12,7 +22,7 @@ fn main() {
     let output = out_dir.join("testguest");
     let cc = env::var("CHV_TESTGUEST_CC").unwrap_or_else(|_| "gcc".to_string());
 
-    for f in ["start.S", "testguest.c", "linker.ld"] {
+    for f in SOURCES.iter().chain(["guest.h", "linker.ld"].iter()) {
         println!("cargo:rerun-if-changed=guest/{f}");
     }
     println!("cargo:rerun-if-env-changed=CHV_TESTGUEST_CC");
@@ -39,8 +49,7 @@ fn main() {
         .arg(format!("-Wl,-T,{}", guest.join("linker.ld").display()))
         .arg("-o")
         .arg(&output)
-        .arg(guest.join("start.S"))
-        .arg(guest.join("testguest.c"))
+        .args(SOURCES.iter().map(|f| guest.join(f)))
         .status()
         .unwrap_or_else(|e| panic!("cannot run {cc} to build the test guest: {e}"));
     assert!(

@@ -87,18 +87,13 @@ fn vm_setup_ioctls() -> Vec<u64> {
         nr::KVM_GET_LAPIC(),
         nr::KVM_SET_LAPIC(),
     ]
-    .into_iter()
-    .map(u64::from)
-    .collect()
+    .to_vec()
 }
 
 /// Terminal ioctls: `isatty`/`tcgetattr` (TCGETS), `tcsetattr(TCSANOW)`
 /// when the terminal is restored (TCSETS), window size for consoles.
 fn tty_ioctls() -> Vec<u64> {
-    [libc::TCGETS, libc::TCSETS, libc::TIOCGWINSZ]
-        .into_iter()
-        .map(u64::from)
-        .collect()
+    [libc::TCGETS, libc::TCSETS, libc::TIOCGWINSZ].to_vec()
 }
 
 /// A vCPU thread after its filter is in place: `KVM_RUN` and the register
@@ -109,8 +104,7 @@ fn tty_ioctls() -> Vec<u64> {
 pub fn vcpu_thread_rules() -> ThreadRules {
     common_rules("vcpu")
         .allow(&[libc::SYS_newfstatat, libc::SYS_statx])
-        .allow_ioctls(&[u64::from(nr::KVM_RUN()), u64::from(nr::KVM_GET_REGS())])
-        .allow_ioctls(&[u64::from(libc::TCSETS)])
+        .allow_ioctls(&[nr::KVM_RUN(), nr::KVM_GET_REGS(), libc::TCSETS])
         .allow_arg(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])
         .allow_arg(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])
 }
@@ -247,7 +241,7 @@ mod tests {
             };
             let kvm_run = [devices::seccomp::ArgEq {
                 index: 1,
-                value: u64::from(nr::KVM_RUN()),
+                value: nr::KVM_RUN(),
             }];
             assert!(sets.iter().any(|s| s[..] == kvm_run));
         }
@@ -256,9 +250,7 @@ mod tests {
         let Some(Args::OneOf(sets)) = vcpu.get(libc::SYS_ioctl) else {
             unreachable!()
         };
-        assert!(!sets
-            .iter()
-            .any(|s| s[0].value == u64::from(nr::KVM_CREATE_VM())));
+        assert!(!sets.iter().any(|s| s[0].value == nr::KVM_CREATE_VM()));
         for nr in [libc::SYS_clone3, libc::SYS_openat, libc::SYS_execve] {
             assert!(vcpu.get(nr).is_none(), "vCPU list allows {nr}");
         }
