@@ -257,6 +257,37 @@ mod tests {
         }
     }
 
+    /// openapi/chv.yaml lists exactly the served endpoints, each under its
+    /// method.
+    #[test]
+    fn openapi_spec_matches() {
+        let spec = include_str!("../openapi/chv.yaml");
+        let mut paths: Vec<(&str, &str)> = Vec::new();
+        let mut lines = spec.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(name) = line
+                .strip_prefix("  /")
+                .and_then(|rest| rest.strip_suffix(':'))
+            {
+                let method = lines.peek().map(|m| m.trim()).unwrap_or("");
+                paths.push((name, method));
+            }
+        }
+        for e in Endpoint::ALL {
+            let found = paths.iter().find(|(n, _)| *n == e.name());
+            if e.is_implemented() {
+                let method = format!("{}:", e.allowed_method().as_str().to_lowercase());
+                assert_eq!(found.map(|(_, m)| *m), Some(method.as_str()), "{e}");
+            } else {
+                assert!(found.is_none(), "{e} is not served but in the spec");
+            }
+        }
+        assert_eq!(
+            paths.len(),
+            Endpoint::ALL.iter().filter(|e| e.is_implemented()).count()
+        );
+    }
+
     #[test]
     fn method_tokens() {
         for m in [

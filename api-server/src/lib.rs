@@ -19,7 +19,7 @@ use std::sync::mpsc::Sender;
 
 pub use endpoint::{Endpoint, Method, API_PREFIX};
 pub use listener::listener_from_arg;
-pub use server::{start_server, start_server_with_options, ServerOptions};
+pub use server::{start_server, start_server_with_options, ServerOptions, ThreadSetup};
 
 /// One routed API call, sent from the api thread to the VMM.
 #[derive(Debug)]

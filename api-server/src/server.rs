@@ -26,6 +26,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How often a paused listener (connection limit or accept error) is retried.
 const LISTENER_RETRY_MS: i32 = 100;
 
+/// Work run on the api thread before it serves anything (the VMM installs the
+/// thread's seccomp filter); an `Err` stops the server from starting.
+pub type ThreadSetup = Box<dyn FnOnce() -> Result<(), String> + Send>;
+
 /// Limits and timeouts of the API server.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -67,7 +71,7 @@ pub fn start_server(
     listener: UnixListener,
     tx: Sender<ApiRequest>,
     wake: EventFd,
-    thread_setup: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
+    thread_setup: Option<ThreadSetup>,
 ) -> Result<JoinHandle<()>, ApiError> {
     start_server_with_options(listener, tx, wake, thread_setup, ServerOptions::default())
 }
@@ -77,7 +81,7 @@ pub fn start_server_with_options(
     listener: UnixListener,
     tx: Sender<ApiRequest>,
     wake: EventFd,
-    thread_setup: Option<Box<dyn FnOnce() -> Result<(), String> + Send>>,
+    thread_setup: Option<ThreadSetup>,
     options: ServerOptions,
 ) -> Result<JoinHandle<()>, ApiError> {
     listener.set_nonblocking(true).map_err(ApiError::Io)?;

@@ -12,10 +12,13 @@ use std::time::Duration;
 
 use api_server::{
     listener_from_arg, start_server, start_server_with_options, ApiError, ApiRequest, ApiResponse,
-    Endpoint, ServerOptions,
+    Endpoint, ServerOptions, ThreadSetup,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::tempdir::TempDir;
+
+/// Endpoints and bodies the test VMM received, in order.
+type Seen = Arc<Mutex<Vec<(Endpoint, Vec<u8>)>>>;
 
 /// A running server, its socket and the test VMM.
 struct Harness {
@@ -23,8 +26,7 @@ struct Harness {
     path: PathBuf,
     /// The VMM's end of the wake-up EventFd.
     wake: EventFd,
-    /// Endpoints and bodies the VMM received, in order.
-    seen: Arc<Mutex<Vec<(Endpoint, Vec<u8>)>>>,
+    seen: Seen,
     server: JoinHandle<()>,
     vmm: JoinHandle<()>,
 }
@@ -34,7 +36,7 @@ fn tempdir() -> TempDir {
 }
 
 /// The test VMM: answers by endpoint.
-fn vmm_loop(rx: Receiver<ApiRequest>, seen: Arc<Mutex<Vec<(Endpoint, Vec<u8>)>>>) {
+fn vmm_loop(rx: Receiver<ApiRequest>, seen: Seen) {
     for req in rx {
         seen.lock().unwrap().push((req.endpoint, req.body.clone()));
         let resp = match req.endpoint {
@@ -342,7 +344,9 @@ fn one_mib_garbage_body() {
     let mut writer = c.stream.try_clone().unwrap();
     let w = thread::spawn(move || {
         let head = b"PUT /api/v1/vm.create HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n";
-        let garbage: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7919 % 251) as u8).collect();
+        let garbage: Vec<u8> = (0..1024 * 1024u64)
+            .map(|i| (i * 7919 % 251) as u8)
+            .collect();
         // The server stops reading after the head: this write fails (EPIPE).
         let _ = writer
             .write_all(head)
@@ -357,7 +361,7 @@ fn one_mib_garbage_body() {
     let mut c = Client::connect(&h);
     let mut writer = c.stream.try_clone().unwrap();
     let w = thread::spawn(move || {
-        let garbage: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 256) as u8).collect();
+        let garbage: Vec<u8> = (0..1024 * 1024u64).map(|i| (i * 31 % 256) as u8).collect();
         let _ = writer.write_all(&garbage);
     });
     let r = c.response();
@@ -514,7 +518,7 @@ fn thread_setup_runs_on_the_api_thread() {
     let (tx, _rx) = mpsc::channel();
     let wake = EventFd::new(EFD_NONBLOCK).unwrap();
     let (name_tx, name_rx) = mpsc::channel();
-    let setup: Box<dyn FnOnce() -> Result<(), String> + Send> = Box::new(move || {
+    let setup: ThreadSetup = Box::new(move || {
         name_tx
             .send(thread::current().name().map(str::to_string))
             .unwrap();
@@ -528,8 +532,7 @@ fn thread_setup_runs_on_the_api_thread() {
     let wake = EventFd::new(EFD_NONBLOCK).unwrap();
     let path2 = dir.as_path().join("fail.sock");
     let listener = listener_from_arg(path2.to_str().unwrap()).unwrap();
-    let failing: Box<dyn FnOnce() -> Result<(), String> + Send> =
-        Box::new(|| Err("seccomp refused".to_string()));
+    let failing: ThreadSetup = Box::new(|| Err("seccomp refused".to_string()));
     let err = start_server(listener, tx, wake, Some(failing)).unwrap_err();
     assert!(
         matches!(err, ApiError::ThreadSetup(ref m) if m == "seccomp refused"),

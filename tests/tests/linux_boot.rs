@@ -150,7 +150,11 @@ fn linux_bzimage_boots_through_the_64bit_entry() {
     // kit, lz4 when built by scripts/guest-kit), which is slow under this
     // host's emulation: allow for it.
     let bzimage = kit.kernel.with_file_name("bzImage");
-    assert!(bzimage.is_file(), "no bzImage beside {}", kit.kernel.display());
+    assert!(
+        bzimage.is_file(),
+        "no bzImage beside {}",
+        kit.kernel.display()
+    );
     let mut args = linux_args(&kit, 1, "console=ttyS0 quiet panic=-1 -- cat /proc/cmdline");
     args[1] = bzimage.display().to_string();
     let mut chv = Chv::spawn(&args);
@@ -159,11 +163,19 @@ fn linux_bzimage_boots_through_the_64bit_entry() {
     chv.expect("GUEST-POWEROFF", ABORT, Duration::from_secs(120));
     let st = chv.expect_exit(Duration::from_secs(60));
     chv.assert_no_panic();
-    chv.check(st.code() == Some(0), &format!("chv exit status {st}, want 0"));
+    chv.check(
+        st.code() == Some(0),
+        &format!("chv exit status {st}, want 0"),
+    );
     // The command line reached the kernel through the zero page.
     chv.check(
-        chv.lines().iter().any(|l| l.contains("quiet panic=-1 -- cat /proc/cmdline")),
+        chv.lines()
+            .iter()
+            .any(|l| l.contains("quiet panic=-1 -- cat /proc/cmdline")),
         "guest /proc/cmdline does not show the command line chv passed",
     );
-    chv.check(chv.stdout().contains("GUEST-CMD-EXIT=0"), "guest command failed");
+    chv.check(
+        chv.stdout().contains("GUEST-CMD-EXIT=0"),
+        "guest command failed",
+    );
 }

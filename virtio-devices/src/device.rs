@@ -78,4 +78,9 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) -> bool;
     /// Short name for logs and thread names ("virtio-blk", …).
     fn name(&self) -> &str;
+    /// True once the device stopped serving a queue because of bad guest
+    /// data; the transport reports DEVICE_NEEDS_RESET until a reset.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }

@@ -97,6 +97,10 @@ pub trait QueueHandler: Send + 'static {
     fn handle_fd(&mut self, _id: usize) -> Result<(), HandlerError> {
         Ok(())
     }
+    /// The device just became broken (a queue stopped on bad guest data):
+    /// devices send the driver a configuration-change interrupt so it
+    /// notices DEVICE_NEEDS_RESET (virtio 1.2 §2.1.2).
+    fn on_broken(&mut self) {}
 }
 
 const KILL_TOKEN: u64 = u64::MAX;
@@ -269,6 +273,7 @@ impl<'a> EventLoop<'a> {
         if let Err(e) = handler.start() {
             error!("worker start: {e}; device needs reset");
             broken.store(true, Ordering::Release);
+            handler.on_broken();
             self.queue_live.iter_mut().for_each(|l| *l = false);
         }
         let mut events = vec![EpollEvent::default(); self.notifies.len() + self.fds.len() + 1];
@@ -315,6 +320,7 @@ impl<'a> EventLoop<'a> {
         if let Err(e) = handler.handle_queue(*index) {
             error!("queue {index}: {e}; queue stopped until device reset");
             b.store(true, Ordering::Release);
+            handler.on_broken();
             self.queue_live[pos] = false;
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
@@ -358,14 +364,29 @@ where
     let mut added = false;
     loop {
         queue.disable_notification(mem)?;
+        let mut popped = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let len = process(chain);
             queue.add_used(mem, head, len)?;
             added = true;
+            popped = true;
         }
         if !queue.enable_notification(mem)? {
             break;
+        }
+        if !popped {
+            // The driver published buffers that cannot be popped (an avail
+            // index more than a queue size ahead, a bad head): retrying
+            // would spin forever.
+            return Err(HandlerError::Other(format!(
+                "queue {index}: available ring cannot be consumed (avail index {} vs next {})",
+                queue
+                    .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                    .map(|w| w.0)
+                    .unwrap_or(0),
+                queue.next_avail()
+            )));
         }
     }
     if added {

@@ -57,7 +57,11 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn register_ioeventfds(vm: &VmFd, dev: &VirtioPciDevice, bar0: u64) -> Result<(), kvm_ioctls::Error> {
+fn register_ioeventfds(
+    vm: &VmFd,
+    dev: &VirtioPciDevice,
+    bar0: u64,
+) -> Result<(), kvm_ioctls::Error> {
     for (addr, evt) in dev.ioeventfds(bar0) {
         vm.register_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)?;
     }
@@ -76,7 +80,11 @@ fn move_ioeventfds(vm: &VmFd, dev: &SharedVirtioPci, r: &BarReprogram) {
         }
     }
     if let Err(e) = register_ioeventfds(vm, &dev, r.new_base) {
-        log::warn!("{}: cannot move ioeventfds to {:#x}: {e}; notifications fall back to traps", dev.name(), r.new_base);
+        log::warn!(
+            "{}: cannot move ioeventfds to {:#x}: {e}; notifications fall back to traps",
+            dev.name(),
+            r.new_base
+        );
     }
 }
 
@@ -142,7 +150,10 @@ impl DeviceManager {
                 .path
                 .as_ref()
                 .ok_or_else(|| VmmError::Config(format!("--disk: disk {i} has no path=")))?;
-            let opts = DiskOptions { readonly: disk.readonly, direct: disk.direct };
+            let opts = DiskOptions {
+                readonly: disk.readonly,
+                direct: disk.direct,
+            };
             let image = open_disk_with_format(path, disk.image_type.as_deref(), &opts)
                 .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
@@ -168,20 +179,28 @@ impl DeviceManager {
         if console.mode != ConsoleOutputMode::Off {
             let (output, input): (Option<Box<dyn Write + Send>>, _) = match console.mode {
                 ConsoleOutputMode::Tty => {
-                    let stdin = std::io::stdin()
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .map_err(|e| VmmError::Config(format!("--console: cannot use stdin: {e}")))?;
-                    (Some(Box::new(std::io::stdout())), Some(std::fs::File::from(stdin)))
+                    let stdin = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| {
+                        VmmError::Config(format!("--console: cannot use stdin: {e}"))
+                    })?;
+                    (
+                        Some(Box::new(std::io::stdout())),
+                        Some(std::fs::File::from(stdin)),
+                    )
                 }
                 ConsoleOutputMode::File => {
-                    let path = console
-                        .file
-                        .as_ref()
-                        .ok_or_else(|| VmmError::Config("--console: file mode needs file=PATH".into()))?;
-                    let f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                        VmmError::Config(format!("--console: cannot open {}: {e}", path.display()))
+                    let path = console.file.as_ref().ok_or_else(|| {
+                        VmmError::Config("--console: file mode needs file=PATH".into())
                     })?;
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|e| {
+                            VmmError::Config(format!(
+                                "--console: cannot open {}: {e}",
+                                path.display()
+                            ))
+                        })?;
                     (Some(Box::new(f)), None)
                 }
                 _ => (None, None),
@@ -216,17 +235,24 @@ impl DeviceManager {
         let msi: Arc<dyn MsiInterruptGroup> = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
         );
-        let transport = VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
+        let transport =
+            VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
         let info = lock(&self.pci_bus)
             .add_device(transport.clone(), &mut self.allocator)
             .map_err(|e| err(e.to_string()))?;
         if let Some(bar0) = info.bars.iter().find(|b| b.index == 0) {
-            register_ioeventfds(&self.vm, &lock(&transport), bar0.base).map_err(|e| err(format!("ioeventfd: {e}")))?;
+            register_ioeventfds(&self.vm, &lock(&transport), bar0.base)
+                .map_err(|e| err(format!("ioeventfd: {e}")))?;
         }
         lock(&self.by_slot).insert(info.slot, transport.clone());
         log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
-        self.devices.push(PciDeviceHandle { id, slot: info.slot, device: transport, block_counters });
+        self.devices.push(PciDeviceHandle {
+            id,
+            slot: info.slot,
+            device: transport,
+            block_counters,
+        });
         Ok(info.slot)
     }
 }

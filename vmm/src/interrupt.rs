@@ -66,16 +66,28 @@ impl GsiRouter {
     pub fn new(vm: Arc<VmFd>) -> Self {
         let mut routes = BTreeMap::new();
         for gsi in 0..IOAPIC_PINS {
-            routes.insert((gsi, KVM_IRQCHIP_IOAPIC), irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+            routes.insert(
+                (gsi, KVM_IRQCHIP_IOAPIC),
+                irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi),
+            );
             if gsi < 8 {
-                routes.insert((gsi, KVM_IRQCHIP_PIC_MASTER), irqchip_route(gsi, KVM_IRQCHIP_PIC_MASTER, gsi));
+                routes.insert(
+                    (gsi, KVM_IRQCHIP_PIC_MASTER),
+                    irqchip_route(gsi, KVM_IRQCHIP_PIC_MASTER, gsi),
+                );
             } else if gsi < 16 {
-                routes.insert((gsi, KVM_IRQCHIP_PIC_SLAVE), irqchip_route(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8));
+                routes.insert(
+                    (gsi, KVM_IRQCHIP_PIC_SLAVE),
+                    irqchip_route(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8),
+                );
             }
         }
         Self {
             vm,
-            state: Mutex::new(RouterState { routes, next_gsi: IOAPIC_PINS }),
+            state: Mutex::new(RouterState {
+                routes,
+                next_gsi: IOAPIC_PINS,
+            }),
         }
     }
 
@@ -106,8 +118,8 @@ impl GsiRouter {
 
     fn commit(&self, st: &RouterState) -> Result<(), InterruptError> {
         let entries: Vec<kvm_irq_routing_entry> = st.routes.values().copied().collect();
-        let table =
-            KvmIrqRouting::from_entries(&entries).map_err(|e| InterruptError::Table(format!("{e:?}")))?;
+        let table = KvmIrqRouting::from_entries(&entries)
+            .map_err(|e| InterruptError::Table(format!("{e:?}")))?;
         self.vm.set_gsi_routing(&table)?;
         Ok(())
     }
@@ -134,7 +146,10 @@ impl KvmMsiGroup {
 
     fn vector(&self, vector: u16) -> std::io::Result<&(u32, EventFd)> {
         self.vectors.get(usize::from(vector)).ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("no MSI vector {vector}"))
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no MSI vector {vector}"),
+            )
         })
     }
 }

@@ -121,7 +121,9 @@ impl Vm {
         arch::cpuid::validate_feature_names(&config.cpus.features.keep)
             .map_err(|e| VmmError::Config(format!("--cpus: features: {e}")))?;
 
-        if config.serial.mode == ConsoleOutputMode::Tty && config.console.mode == ConsoleOutputMode::Tty {
+        if config.serial.mode == ConsoleOutputMode::Tty
+            && config.console.mode == ConsoleOutputMode::Tty
+        {
             return Err(VmmError::Config(
                 "--console: tty is already used by --serial tty; give one of them off, null or file=".into(),
             ));
@@ -298,11 +300,18 @@ impl Vm {
     pub fn pause(&self) -> Result<(), VmmError> {
         self.pause.close();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let running = || self.vcpus.iter().filter(|h| !h.thread.is_finished()).count();
+        let running = || {
+            self.vcpus
+                .iter()
+                .filter(|h| !h.thread.is_finished())
+                .count()
+        };
         while self.pause.parked() < running() {
             if Instant::now() > deadline {
                 self.pause.open();
-                return Err(VmmError::Guest("pause: vCPUs did not stop within 5 s".into()));
+                return Err(VmmError::Guest(
+                    "pause: vCPUs did not stop within 5 s".into(),
+                ));
             }
             for h in &self.vcpus {
                 Self::kick(h);

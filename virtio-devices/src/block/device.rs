@@ -281,4 +281,8 @@ impl VirtioDevice for VirtioBlock {
     fn name(&self) -> &str {
         "virtio-blk"
     }
+
+    fn needs_reset(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
 }

@@ -30,6 +30,12 @@ pub(super) struct BlockHandler {
 }
 
 impl QueueHandler for BlockHandler {
+    fn on_broken(&mut self) {
+        if let Err(e) = self.interrupt.trigger(crate::VirtioInterruptType::Config) {
+            log::warn!("config interrupt lost: {e}");
+        }
+    }
+
     fn start(&mut self) -> Result<(), HandlerError> {
         // Serve anything posted before the driver's first kick.
         for i in 0..self.queues.len() {

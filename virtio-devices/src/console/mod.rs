@@ -201,6 +201,10 @@ impl VirtioDevice for VirtioConsole {
     fn name(&self) -> &str {
         "virtio-console"
     }
+
+    fn needs_reset(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
 }
 
 #[cfg(test)]

@@ -183,6 +183,12 @@ impl ConsoleHandler {
 }
 
 impl QueueHandler for ConsoleHandler {
+    fn on_broken(&mut self) {
+        if let Err(e) = self.interrupt.trigger(crate::VirtioInterruptType::Config) {
+            log::warn!("config interrupt lost: {e}");
+        }
+    }
+
     fn start(&mut self) -> Result<(), HandlerError> {
         self.transmit()?;
         self.receive()

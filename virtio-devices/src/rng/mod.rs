@@ -141,6 +141,10 @@ impl VirtioDevice for VirtioRng {
     fn name(&self) -> &str {
         "virtio-rng"
     }
+
+    fn needs_reset(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
 }
 
 /// The worker side: fills request buffers.
@@ -171,6 +175,12 @@ impl RngHandler {
 }
 
 impl QueueHandler for RngHandler {
+    fn on_broken(&mut self) {
+        if let Err(e) = self.interrupt.trigger(crate::VirtioInterruptType::Config) {
+            log::warn!("config interrupt lost: {e}");
+        }
+    }
+
     fn start(&mut self) -> Result<(), HandlerError> {
         self.handle_queue(0)
     }

@@ -61,7 +61,7 @@ impl VirtioPciDevice {
     /// Device status as the driver reads it.
     pub(super) fn status(&self) -> u8 {
         self.device_status
-            | if self.needs_reset {
+            | if self.needs_reset || (self.activated && self.device.needs_reset()) {
                 STATUS_NEEDS_RESET
             } else {
                 0
