@@ -24,8 +24,7 @@ use virtio_devices::transport::pci::{
 };
 use virtio_devices::worker::prepare_queues;
 use virtio_devices::{
-    ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt,
-    VirtioInterruptType,
+    ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
 
 /// Where the VMM puts ECAM, and the BAR windows (as in arch's layout).
@@ -244,6 +243,15 @@ fn build(spec: &DeviceSpec, mem: &GuestMemory) -> Option<Arc<Mutex<VirtioPciDevi
     Some(Arc::new(Mutex::new(dev)))
 }
 
+/// Removes ECAM from the MMIO bus on drop.
+struct Unlink<'a>(&'a Bus);
+
+impl Drop for Unlink<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.remove(ECAM_BASE);
+    }
+}
+
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -261,6 +269,9 @@ fn run(input: Input) {
     if mmio.insert(ecam, ECAM_BASE, ECAM_SIZE).is_err() {
         return;
     }
+    // ECAM holds the PCI bus, which holds the MMIO bus: break the cycle
+    // when this run ends so nothing leaks per iteration.
+    let _unlink = Unlink(&mmio);
     let mut alloc = PciBarAllocator::new(MMIO32.0, MMIO32.1, MMIO64.0, MMIO64.1);
     // (slot, transport) of each device added.
     let mut devs: Vec<(u8, Arc<Mutex<VirtioPciDevice>>)> = Vec::new();

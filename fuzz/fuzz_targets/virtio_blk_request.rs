@@ -202,6 +202,10 @@ fn run(input: Input) {
         // already aborted) or could not be stopped: a real bug either way.
         assert!(dev.reset(), "virtio-blk worker could not be reset");
     }
+    if std::env::var_os("CHV_FUZZ_STATS").is_some() {
+        // Shows whether a corpus reaches request execution at all.
+        eprintln!("blk stats: {:?}", dev.counters().snapshot());
+    }
 }
 
 fuzz_target!(|input: Input| {

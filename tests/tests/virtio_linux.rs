@@ -379,7 +379,8 @@ fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     }
 }
 
-/// `DISK_SIZE` zero bytes with `patterns` placed at their offsets.
+/// The expected guest-visible image: `base` (or `DISK_SIZE` zero bytes) with
+/// `patterns` placed at their offsets.
 fn expected_image(base: Option<Vec<u8>>, patterns: &[(u64, &str)]) -> Vec<u8> {
     let mut img = base.unwrap_or_else(|| vec![0u8; DISK_SIZE as usize]);
     for (off, text) in patterns {

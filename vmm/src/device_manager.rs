@@ -255,4 +255,24 @@ impl DeviceManager {
         });
         Ok(info.slot)
     }
+
+    /// Per-device I/O counters for `vm.counters`, keyed by device id.
+    pub fn counters(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>> {
+        let mut all = std::collections::BTreeMap::new();
+        for dev in &self.devices {
+            if let Some(c) = &dev.block_counters {
+                let s = c.snapshot();
+                let map = std::collections::BTreeMap::from([
+                    ("read_bytes", s.read_bytes),
+                    ("write_bytes", s.write_bytes),
+                    ("read_ops", s.read_ops),
+                    ("write_ops", s.write_ops),
+                ]);
+                all.insert(dev.id.clone(), map);
+            }
+        }
+        all
+    }
 }

@@ -60,6 +60,110 @@ mod nr {
     vmm_sys_util::ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
     vmm_sys_util::ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
     vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
+    vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_SET_GSI_ROUTING,
+        KVMIO,
+        0x6a,
+        kvm_bindings::kvm_irq_routing
+    );
+}
+
+/// KVM ioctls issued while the guest programs its PCI devices, from the vCPU
+/// thread that trapped the access: MSI-X routes and irqfds, and moving
+/// ioeventfds when the guest moves a BAR.
+fn pci_runtime_ioctls() -> Vec<u64> {
+    [
+        nr::KVM_SET_GSI_ROUTING(),
+        nr::KVM_IOEVENTFD(),
+        nr::KVM_IRQFD(),
+    ]
+    .to_vec()
+}
+
+/// What a vCPU thread needs to activate a virtio device when the driver sets
+/// DRIVER_OK: creating the worker's epoll set and kill eventfd, starting its
+/// thread (which installs its own filter under this one, so the worker's
+/// calls must pass here too).
+fn device_activation_rules() -> ThreadRules {
+    virtio_worker_rules("virtio", &[libc::SYS_fstat, libc::SYS_newfstatat])
+        .allow(&[
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_epoll_create1,
+            libc::SYS_eventfd2,
+            libc::SYS_rseq,
+            libc::SYS_set_robust_list,
+            libc::SYS_sched_getaffinity,
+            libc::SYS_getrandom,
+        ])
+        .allow_ioctls(&[libc::TIOCGWINSZ])
+        .allow_arg(
+            libc::SYS_prctl,
+            0,
+            &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+        )
+        .allow_arg(
+            libc::SYS_seccomp,
+            0,
+            &[u64::from(libc::SECCOMP_SET_MODE_FILTER)],
+        )
+}
+
+/// A virtio device worker: the event loop and the I/O its device does
+/// (disk reads/writes/flushes/discards, entropy reads, console writes and
+/// tty input).
+pub fn worker_thread_rules() -> ThreadRules {
+    virtio_worker_rules(
+        "virtio",
+        &[
+            libc::SYS_fstat,
+            libc::SYS_newfstatat,
+            libc::SYS_epoll_create1,
+            libc::SYS_eventfd2,
+        ],
+    )
+    .allow_ioctls(&[libc::TIOCGWINSZ])
+    .allow_arg(libc::SYS_fcntl, 1, &fcntl_commands())
+}
+
+/// fcntl commands chv threads use on their own descriptors (flags and
+/// close-on-exec, duplicating with close-on-exec).
+fn fcntl_commands() -> [u64; 5] {
+    [
+        libc::F_GETFD as u64,
+        libc::F_SETFD as u64,
+        libc::F_GETFL as u64,
+        libc::F_SETFL as u64,
+        libc::F_DUPFD_CLOEXEC as u64,
+    ]
+}
+
+/// The API server thread: accepting clients and exchanging HTTP messages
+/// with them over non-blocking Unix sockets, waking the VMM thread.
+pub fn api_thread_rules() -> ThreadRules {
+    common_rules("api")
+        .allow(&[
+            libc::SYS_accept4,
+            libc::SYS_epoll_ctl,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_wait,
+            libc::SYS_read,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
+        ])
+        .allow_ioctls(&[libc::FIONBIO])
+        .allow_arg(
+            libc::SYS_fcntl,
+            1,
+            &[
+                libc::F_GETFL as u64,
+                libc::F_SETFL as u64,
+                libc::F_GETFD as u64,
+                libc::F_SETFD as u64,
+            ],
+        )
 }
 
 /// KVM ioctls the main thread issues while building a VM (`Vm::boot`).
@@ -105,7 +209,19 @@ pub fn vcpu_thread_rules() -> ThreadRules {
     common_rules("vcpu")
         .allow(&[libc::SYS_newfstatat, libc::SYS_statx])
         .allow_ioctls(&[nr::KVM_RUN(), nr::KVM_GET_REGS(), libc::TCSETS])
-        .allow_arg(libc::SYS_fcntl, 1, &[libc::F_GETFD as u64])
+        .allow_ioctls(&pci_runtime_ioctls())
+        .merge(&device_activation_rules())
+        .allow_arg(
+            libc::SYS_fcntl,
+            1,
+            &[
+                libc::F_GETFD as u64,
+                libc::F_SETFD as u64,
+                libc::F_GETFL as u64,
+                libc::F_SETFL as u64,
+                libc::F_DUPFD_CLOEXEC as u64,
+            ],
+        )
         .allow_arg(libc::SYS_tgkill, 2, &[libc::SIGABRT as u64])
 }
 
@@ -168,8 +284,28 @@ pub fn vmm_thread_rules() -> ThreadRules {
             &[u64::from(libc::SECCOMP_SET_MODE_FILTER)],
         )
         .allow_arg(libc::SYS_tgkill, 2, &[kick, libc::SIGABRT as u64])
+        .allow(&[
+            libc::SYS_flock,
+            libc::SYS_fadvise64,
+            libc::SYS_socket,
+            libc::SYS_bind,
+            libc::SYS_listen,
+            libc::SYS_unlink,
+            libc::SYS_connect,
+        ])
         .merge(&vcpu_thread_rules())
         .merge(&virtio_worker_rules("virtio", &[]))
+        .merge(&api_thread_rules())
+}
+
+/// Builds a filter for `rules` in `mode` and wraps it as a thread-setup
+/// closure, for threads started by other crates (device workers, the API
+/// server) that install it first thing.
+pub fn thread_setup(
+    rules: &ThreadRules,
+    mode: SeccompMode,
+) -> Result<Option<Arc<BpfProgram>>, SeccompError> {
+    Ok(build(rules, mode)?.map(Arc::new))
 }
 
 /// Installs the main thread's filter for `mode` on the calling thread (and

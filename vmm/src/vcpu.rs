@@ -91,6 +91,8 @@ pub struct VcpuContext {
     pub guest_stops: [GuestStopEvent; 2],
     /// Closed while the VM is paused.
     pub pause: Arc<PauseGate>,
+    /// Seccomp filter every vCPU thread installs before running the guest.
+    pub seccomp_filter: Option<Arc<devices::seccomp::BpfProgram>>,
 }
 
 impl VcpuContext {
@@ -128,6 +130,12 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            if let Some(filter) = &ctx.seccomp_filter {
+                if let Err(e) = devices::seccomp::apply_current_thread(filter) {
+                    ctx.report(VcpuEvent::Error(format!("vcpu{id}: {e}")));
+                    return;
+                }
+            }
             if let Some(event) = run_loop(id, &mut vcpu, &ctx) {
                 ctx.report(event);
             }

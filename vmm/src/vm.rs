@@ -18,6 +18,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMem
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
 use crate::vcpu::{self, PauseGate, VcpuContext, VcpuEvent, VcpuHandle};
 use crate::VmmError;
@@ -94,7 +95,8 @@ fn eventfd() -> Result<EventFd, VmmError> {
 
 impl Vm {
     /// Builds the VM described by `config`, loads the payload and starts its vCPUs.
-    pub fn boot(config: &VmConfig) -> Result<Self, VmmError> {
+    /// Each vCPU and device worker thread installs its filter from `filters`.
+    pub fn boot(config: &VmConfig, filters: &ThreadFilters) -> Result<Self, VmmError> {
         let payload = &config.payload;
         let kernel_path = payload
             .kernel
@@ -224,7 +226,11 @@ impl Vm {
             GuestMemoryAtomic::new(memory.clone()),
             &io_bus,
             mmio_bus.clone(),
-            None,
+            filters.worker.clone().map(|f| {
+                Arc::new(move || {
+                    devices::seccomp::apply_current_thread(&f).map_err(|e| e.to_string())
+                }) as virtio_devices::worker::ThreadSetup
+            }),
         )?;
         pci_devices.add_configured_devices(config)?;
 
@@ -248,6 +254,7 @@ impl Vm {
             event_fd: vcpu_event_fd.clone(),
             guest_stops: [exit_evt.clone(), reset_evt.clone()],
             pause: pause.clone(),
+            seccomp_filter: filters.vcpu.clone(),
         };
         let mut fds = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {

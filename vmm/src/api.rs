@@ -1,0 +1,225 @@
+//! Answers REST API requests (Cloud Hypervisor's endpoints and JSON bodies)
+//! on the VMM thread.
+
+use api_server::{ApiResponse, Endpoint};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DiskConfig, VmConfig};
+use crate::control_loop::{Next, VmState, Vmm};
+use crate::vm::VmExit;
+
+/// `vmm.ping`'s answer.
+#[derive(Serialize)]
+struct VmmPingResponse {
+    build_version: &'static str,
+    version: &'static str,
+    pid: u32,
+    features: Vec<&'static str>,
+}
+
+/// `vm.info`'s answer.
+#[derive(Serialize)]
+struct VmInfo<'a> {
+    config: &'a VmConfig,
+    state: &'static str,
+    memory_actual_size: u64,
+}
+
+/// `vm.remove-device`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmRemoveDevice {
+    id: String,
+}
+
+fn json<T: Serialize>(value: &T) -> ApiResponse {
+    match serde_json::to_string(value) {
+        Ok(s) => ApiResponse::ok_json(s),
+        Err(e) => ApiResponse::error(500, format!("cannot encode response: {e}")),
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ApiResponse> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiResponse::error(400, format!("invalid {what} body: {e}")))
+}
+
+fn done() -> (ApiResponse, Next) {
+    (ApiResponse::no_content(), Next::Continue)
+}
+
+impl Vmm {
+    /// Handles one request; returns the response and what the control loop
+    /// must do next.
+    pub(crate) fn handle_api(&mut self, endpoint: Endpoint, body: &[u8]) -> (ApiResponse, Next) {
+        match self.dispatch(endpoint, body) {
+            Ok(r) => r,
+            Err(resp) => (resp, Next::Continue),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<(ApiResponse, Next), ApiResponse> {
+        match endpoint {
+            Endpoint::VmmPing => Ok((
+                json(&VmmPingResponse {
+                    build_version: env!("CARGO_PKG_VERSION"),
+                    version: env!("CARGO_PKG_VERSION"),
+                    pid: std::process::id(),
+                    features: vec![],
+                }),
+                Next::Continue,
+            )),
+            Endpoint::VmmShutdown => {
+                self.shutdown_vm();
+                Ok((ApiResponse::no_content(), Next::Exit(VmExit::Stopped)))
+            }
+            Endpoint::VmCreate => {
+                if self.config.is_some() {
+                    return Err(ApiResponse::error(
+                        400,
+                        "a VM is already created (vm.delete it first)",
+                    ));
+                }
+                let config: VmConfig = parse(body, "VmConfig")?;
+                config
+                    .validate()
+                    .map_err(|e| ApiResponse::error(400, format!("invalid VmConfig: {e}")))?;
+                self.config = Some(config);
+                self.state = VmState::Created;
+                Ok(done())
+            }
+            Endpoint::VmBoot => {
+                if self.config.is_none() {
+                    return Err(ApiResponse::error(
+                        404,
+                        "no VM is created (vm.create first)",
+                    ));
+                }
+                if self.vm.is_some() {
+                    return Err(ApiResponse::error(409, "the VM is already booted"));
+                }
+                self.boot()
+                    .map_err(|e| ApiResponse::error(500, format!("cannot boot the VM: {e}")))?;
+                Ok((ApiResponse::no_content(), Next::Rearm))
+            }
+            Endpoint::VmInfo => {
+                let config = self
+                    .config
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                Ok((
+                    json(&VmInfo {
+                        config,
+                        state: self.state.name(),
+                        memory_actual_size: config.memory.size,
+                    }),
+                    Next::Continue,
+                ))
+            }
+            Endpoint::VmCounters => {
+                let vm = self
+                    .vm
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "the VM is not booted"))?;
+                Ok((json(&vm.devices.counters()), Next::Continue))
+            }
+            Endpoint::VmPause => {
+                let vm = self
+                    .vm
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "the VM is not booted"))?;
+                if self.state != VmState::Running {
+                    return Err(ApiResponse::error(405, "the VM is not running"));
+                }
+                vm.pause()
+                    .map_err(|e| ApiResponse::error(500, e.to_string()))?;
+                self.state = VmState::Paused;
+                Ok(done())
+            }
+            Endpoint::VmResume => {
+                let vm = self
+                    .vm
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "the VM is not booted"))?;
+                if self.state != VmState::Paused {
+                    return Err(ApiResponse::error(405, "the VM is not paused"));
+                }
+                vm.resume();
+                self.state = VmState::Running;
+                Ok(done())
+            }
+            Endpoint::VmShutdown => {
+                if self.vm.is_none() {
+                    return Err(ApiResponse::error(404, "the VM is not booted"));
+                }
+                self.shutdown_vm();
+                Ok((ApiResponse::no_content(), Next::Rearm))
+            }
+            Endpoint::VmReboot => {
+                if self.vm.is_none() {
+                    return Err(ApiResponse::error(404, "the VM is not booted"));
+                }
+                self.shutdown_vm();
+                self.boot()
+                    .map_err(|e| ApiResponse::error(500, format!("cannot reboot the VM: {e}")))?;
+                Ok((ApiResponse::no_content(), Next::Rearm))
+            }
+            Endpoint::VmDelete => {
+                self.shutdown_vm();
+                self.config = None;
+                Ok((ApiResponse::no_content(), Next::Rearm))
+            }
+            Endpoint::VmAddDisk => {
+                let disk: DiskConfig = parse(body, "DiskConfig")?;
+                let config = self
+                    .config
+                    .as_mut()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                if self.vm.is_some() {
+                    return Err(ApiResponse::error(
+                        500,
+                        "disk hotplug into a running VM is not supported yet; add disks before vm.boot",
+                    ));
+                }
+                let mut candidate = config.clone();
+                candidate.disks.get_or_insert_with(Vec::new).push(disk);
+                candidate
+                    .validate()
+                    .map_err(|e| ApiResponse::error(400, format!("invalid DiskConfig: {e}")))?;
+                *config = candidate;
+                Ok(done())
+            }
+            Endpoint::VmRemoveDevice => {
+                let req: VmRemoveDevice = parse(body, "VmRemoveDevice")?;
+                let config = self
+                    .config
+                    .as_mut()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                if self.vm.is_some() {
+                    return Err(ApiResponse::error(
+                        500,
+                        "device unplug from a running VM is not supported yet",
+                    ));
+                }
+                let disks = config.disks.get_or_insert_with(Vec::new);
+                let before = disks.len();
+                disks.retain(|d| d.id.as_deref() != Some(req.id.as_str()));
+                if disks.len() == before {
+                    return Err(ApiResponse::error(
+                        404,
+                        format!("no device with id {}", req.id),
+                    ));
+                }
+                Ok(done())
+            }
+            other => Err(ApiResponse::error(
+                501,
+                format!("{} is not implemented by chv yet", other.name()),
+            )),
+        }
+    }
+}
