@@ -583,3 +583,12 @@ fn parse_seccomp(value: &str) -> Result<SeccompMode, CliError> {
         }),
     }
 }
+
+/// Parses one `--disk` value (`path=…,readonly=on,…`) into a [`DiskConfig`],
+/// for clients such as `chv-remote add-disk`.
+pub fn parse_disk_option(value: &str) -> Result<crate::config::DiskConfig, CliError> {
+    parse_disk(value).map_err(|source| CliError::Option {
+        option: "--disk",
+        source,
+    })
+}

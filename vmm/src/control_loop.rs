@@ -317,6 +317,11 @@ impl Vmm {
             let (response, after) = self.handle_api(req.endpoint, &req.body);
             // The API thread may have given up waiting; nothing to do then.
             let _ = req.respond.send(response);
+            if matches!(after, Next::Exit(_)) {
+                // Give the API thread a moment to write the answer before
+                // the process exits under it.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             if !matches!(after, Next::Continue) {
                 next = after;
             }

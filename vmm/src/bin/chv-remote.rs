@@ -1,0 +1,164 @@
+//! `chv-remote`: drive a running chv through its REST API socket, in the
+//! style of Cloud Hypervisor's `ch-remote`.
+//!
+//! Prints the response body (JSON) on success; on an error status prints
+//! the server's message on stderr and exits 1.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "chv-remote",
+    version,
+    about = "Control a running chv through its API socket"
+)]
+struct Args {
+    /// Path of chv's API socket (as given to `chv --api-socket`).
+    #[arg(long = "api-socket", value_name = "PATH")]
+    api_socket: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// VMM version and pid.
+    Ping,
+    /// VM configuration and state.
+    Info,
+    /// Create a VM from a JSON VmConfig file (`-` for stdin).
+    Create { file: String },
+    /// Boot the created VM.
+    Boot,
+    /// Pause the VM's vCPUs.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Shut the VM down (the VMM keeps running).
+    Shutdown,
+    /// Reboot the VM.
+    Reboot,
+    /// Delete the VM configuration.
+    Delete,
+    /// Press the VM's power button.
+    PowerButton,
+    /// Per-device I/O counters.
+    Counters,
+    /// Add a disk: `path=IMG[,readonly=on,…]` (the `--disk` syntax).
+    AddDisk { disk: String },
+    /// Remove the device with this id.
+    RemoveDevice { id: String },
+    /// Change the number of vCPUs.
+    Resize {
+        #[arg(long)]
+        cpus: u8,
+    },
+    /// Stop the VMM process.
+    ShutdownVmm,
+}
+
+/// Sends one request and returns (status, body).
+fn request(
+    socket: &str,
+    method: &str,
+    endpoint: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("--api-socket: cannot connect to {socket}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .map_err(|e| e.to_string())?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("sending request: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading response: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, payload) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("malformed response: {head:?}"))?;
+    Ok((status, payload.to_string()))
+}
+
+fn run(args: Args) -> Result<String, String> {
+    let s = args.api_socket.as_str();
+    let put = |endpoint: &str, body: Option<String>| request(s, "PUT", endpoint, body.as_deref());
+    let (status, body) = match args.command {
+        Command::Ping => request(s, "GET", "vmm.ping", None)?,
+        Command::Info => request(s, "GET", "vm.info", None)?,
+        Command::Counters => request(s, "GET", "vm.counters", None)?,
+        Command::Create { file } => {
+            let text = if file == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut t)
+                    .map_err(|e| format!("stdin: {e}"))?;
+                t
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| format!("create: cannot read {file}: {e}"))?
+            };
+            put("vm.create", Some(text))?
+        }
+        Command::Boot => put("vm.boot", None)?,
+        Command::Pause => put("vm.pause", None)?,
+        Command::Resume => put("vm.resume", None)?,
+        Command::Shutdown => put("vm.shutdown", None)?,
+        Command::Reboot => put("vm.reboot", None)?,
+        Command::Delete => put("vm.delete", None)?,
+        Command::PowerButton => put("vm.power-button", None)?,
+        Command::ShutdownVmm => put("vmm.shutdown", None)?,
+        Command::AddDisk { disk } => {
+            let cfg = vmm::cli::parse_disk_option(&disk).map_err(|e| e.to_string())?;
+            put(
+                "vm.add-disk",
+                Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
+            )?
+        }
+        Command::RemoveDevice { id } => put(
+            "vm.remove-device",
+            Some(serde_json::json!({ "id": id }).to_string()),
+        )?,
+        Command::Resize { cpus } => put(
+            "vm.resize",
+            Some(serde_json::json!({ "desired_vcpus": cpus }).to_string()),
+        )?,
+    };
+    if (200..300).contains(&status) {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {}", body.trim()))
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(body) => {
+            if !body.is_empty() {
+                println!("{body}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chv-remote: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
