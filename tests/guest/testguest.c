@@ -519,6 +519,18 @@ static void test_triple_fault(void)
     fail("survived-triple-fault");
 }
 
+/* Prints `TICK <n>` about every 20 ms, forever: the API tests watch the
+ * console grow, stop while the VM is paused and start over after a reboot. */
+static void test_ticker(void)
+{
+    for (u64 n = 0;; n++) {
+        puts_("TICK ");
+        put_dec(n);
+        puts_("\n");
+        delay_ms(20);
+    }
+}
+
 void guest_main(const u8 *boot_params)
 {
     static char name[64];
@@ -549,6 +561,8 @@ void guest_main(const u8 *boot_params)
         test_cpuid();
     else if (streq(name, "triple-fault"))
         test_triple_fault();
+    else if (streq(name, "ticker"))
+        test_ticker();
     else if (streq(name, "pci-enum"))
         test_pci_enum();
     else if (streq(name, "virtio-blk-rw"))

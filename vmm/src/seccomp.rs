@@ -86,7 +86,7 @@ fn pci_runtime_ioctls() -> Vec<u64> {
 /// thread (which installs its own filter under this one, so the worker's
 /// calls must pass here too).
 fn device_activation_rules() -> ThreadRules {
-    virtio_worker_rules("virtio", &[libc::SYS_fstat, libc::SYS_newfstatat])
+    worker_thread_rules()
         .allow(&[
             libc::SYS_clone,
             libc::SYS_clone3,
