@@ -4,6 +4,7 @@
 //! CMOS RTC, ACPI power management); paravirtual devices are in
 //! `virtio-devices`.
 
+pub mod acpi;
 pub mod bus;
 pub mod legacy;
 pub mod pci;

@@ -7,6 +7,7 @@
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod net;
 pub mod rng;
 pub mod transport;
 pub mod worker;

@@ -174,24 +174,33 @@ impl Vmm {
                 Ok((ApiResponse::no_content(), Next::Rearm))
             }
             Endpoint::VmAddDisk => {
-                let disk: DiskConfig = parse(body, "DiskConfig")?;
+                let mut disk: DiskConfig = parse(body, "DiskConfig")?;
                 let config = self
                     .config
                     .as_mut()
                     .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-                if self.vm.is_some() {
-                    return Err(ApiResponse::error(
-                        500,
-                        "disk hotplug into a running VM is not supported yet; add disks before vm.boot",
-                    ));
-                }
                 let mut candidate = config.clone();
-                candidate.disks.get_or_insert_with(Vec::new).push(disk);
+                candidate
+                    .disks
+                    .get_or_insert_with(Vec::new)
+                    .push(disk.clone());
                 candidate
                     .validate()
                     .map_err(|e| ApiResponse::error(400, format!("invalid DiskConfig: {e}")))?;
-                *config = candidate;
-                Ok(done())
+                let Some(vm) = self.vm.as_mut() else {
+                    // Not booted: the disk is plugged at boot.
+                    *config = candidate;
+                    return Ok(done());
+                };
+                use crate::device_manager::HotplugError;
+                let info = vm.devices.hotplug_disk(&mut disk).map_err(|e| match e {
+                    HotplugError::DuplicateId(_) => ApiResponse::error(400, e.to_string()),
+                    _ => ApiResponse::error(500, format!("cannot hot-add the disk: {e}")),
+                })?;
+                // Record the disk with the id it got, so vm.info, a reboot
+                // and vm.remove-device see the same device.
+                config.disks.get_or_insert_with(Vec::new).push(disk);
+                Ok((json(&info), Next::Continue))
             }
             Endpoint::VmRemoveDevice => {
                 let req: VmRemoveDevice = parse(body, "VmRemoveDevice")?;
@@ -199,21 +208,50 @@ impl Vmm {
                     .config
                     .as_mut()
                     .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-                if self.vm.is_some() {
-                    return Err(ApiResponse::error(
-                        500,
-                        "device unplug from a running VM is not supported yet",
-                    ));
+                if let Some(vm) = self.vm.as_mut() {
+                    use crate::device_manager::HotplugError;
+                    vm.devices.request_unplug(&req.id).map_err(|e| match e {
+                        HotplugError::NotFound(_) => ApiResponse::error(404, e.to_string()),
+                        HotplugError::NotRemovable(_) => ApiResponse::error(400, e.to_string()),
+                        _ => ApiResponse::error(500, format!("cannot unplug: {e}")),
+                    })?;
                 }
+                // Disks without an id are known by their position
+                // (`_disk<i>`), as when they were plugged at boot.
                 let disks = config.disks.get_or_insert_with(Vec::new);
-                let before = disks.len();
-                disks.retain(|d| d.id.as_deref() != Some(req.id.as_str()));
-                if disks.len() == before {
-                    return Err(ApiResponse::error(
-                        404,
-                        format!("no device with id {}", req.id),
-                    ));
+                let at = disks
+                    .iter()
+                    .position(|d| d.id.as_deref() == Some(req.id.as_str()))
+                    .or_else(|| {
+                        disks
+                            .iter()
+                            .enumerate()
+                            .position(|(i, d)| d.id.is_none() && format!("_disk{i}") == req.id)
+                    });
+                match at {
+                    Some(i) => {
+                        disks.remove(i);
+                    }
+                    None if self.vm.is_some() => {
+                        log::warn!("{}: unplugged, but not found in the VM config", req.id);
+                    }
+                    None => {
+                        return Err(ApiResponse::error(
+                            404,
+                            format!("no device with id {}", req.id),
+                        ))
+                    }
                 }
+                Ok(done())
+            }
+            Endpoint::VmPowerButton => {
+                let vm = self
+                    .vm
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "the VM is not booted"))?;
+                vm.devices.power_button().map_err(|e| {
+                    ApiResponse::error(500, format!("cannot press the power button: {e}"))
+                })?;
                 Ok(done())
             }
             other => Err(ApiResponse::error(

@@ -22,7 +22,7 @@ use crate::config::{
     ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
     PayloadConfig, VmConfig, MAX_MEMORY_SIZE, MAX_VCPUS, MEMORY_ALIGNMENT,
 };
-use device_options::{parse_disk, parse_rng};
+use device_options::{parse_disk, parse_net, parse_rng};
 use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
 
@@ -164,6 +164,29 @@ struct Args {
     )]
     disk: Vec<String>,
 
+    /// virtio-net devices over taps; one flag may take several, and may be
+    /// repeated: [tap=<name>|fd=<fd>|fd=[<fd>,...]][,mac=<mac>][,ip=<ipv4>]
+    /// [,mask=<ipv4>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>]
+    /// [,offload_tso=on|off][,offload_csum=on|off]
+    ///
+    /// tap: interface to open, created if missing (default vmtap<N>).
+    /// fd: already opened tap queue(s), one per RX/TX pair.
+    /// mac: guest MAC (default random, locally administered).
+    /// ip, mask: IPv4 address/netmask of the host side of the tap.
+    /// mtu: offered to the guest and set on the tap (68..=65535).
+    /// num_queues: even, 2..=32 (default 2); more than 2 is multi-queue.
+    /// queue_size: power of two, 2..=4096 (default 256).
+    /// offload_tso, offload_csum: default on. iommu=off and offload_ufo=off
+    /// are accepted.
+    #[arg(
+        long,
+        value_name = "NET",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    net: Vec<String>,
+
     /// virtio-rng entropy device: src=<path> (default src=/dev/urandom)
     ///
     /// Cloud Hypervisor always adds one; chv adds it only when --rng is
@@ -280,6 +303,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(parse_rng)
         .transpose()
         .map_err(option_error("--rng"))?;
+    let nets = args
+        .net
+        .iter()
+        .map(|value| parse_net(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--net"))?;
     let initramfs = args
         .initramfs
         .map(|path| non_empty_path("--initramfs", path))
@@ -295,6 +324,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--console", console.is_some()),
             ("--disk", !disks.is_empty()),
             ("--rng", rng.is_some()),
+            ("--net", !nets.is_empty()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -313,6 +343,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         console: console.unwrap_or_else(ConsoleConfig::default_console),
         disks: (!disks.is_empty()).then_some(disks),
         rng,
+        net: (!nets.is_empty()).then_some(nets),
     };
     config.validate().map_err(|source| CliError::Config {
         option: config_error_option(&source),
@@ -342,6 +373,15 @@ fn config_error_option(err: &ConfigError) -> &'static str {
         | ConfigError::DiskId { .. }
         | ConfigError::DuplicateId { .. } => "--disk",
         ConfigError::EmptyPath("rng.src") => "--rng",
+        ConfigError::NetNumQueues { .. }
+        | ConfigError::NetQueueSize { .. }
+        | ConfigError::NetMac { .. }
+        | ConfigError::NetMtu { .. }
+        | ConfigError::NetTapName { .. }
+        | ConfigError::NetTapAndFds(_)
+        | ConfigError::NetFds { .. }
+        | ConfigError::NetId { .. }
+        | ConfigError::NetDuplicateId { .. } => "--net",
         ConfigError::KernelMissing | ConfigError::EmptyPath(_) => "--kernel",
     }
 }

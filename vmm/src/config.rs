@@ -3,6 +3,7 @@
 //! Field names and JSON shapes follow Cloud Hypervisor's `VmConfig` so
 //! existing clients can send the same bodies.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,9 @@ pub struct VmConfig {
     /// virtio-rng entropy device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngConfig>,
+    /// virtio-net devices over tap interfaces, in PCI slot order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<NetConfig>>,
 }
 
 /// `--disk path=…,readonly=on,direct=on,…` (Cloud Hypervisor's `DiskConfig`).
@@ -88,6 +92,169 @@ impl Default for RngConfig {
     }
 }
 
+/// `--net tap=…,mac=…,ip=…` (Cloud Hypervisor's `NetConfig`, without
+/// vhost-user and rate limiting).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Tap interface to open or create; `vmtap%d` (kernel-chosen number)
+    /// when neither `tap` nor `fds` is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// IPv4 address set on the host side of the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// Netmask for `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<Ipv4Addr>,
+    /// Guest MAC (`12:34:56:78:9a:bc`); random locally administered when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// MTU offered to the guest and set on the tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// Total RX+TX queues (even; > 2 enables multi-queue).
+    #[serde(default = "default_net_num_queues")]
+    pub num_queues: usize,
+    /// Size of each queue.
+    #[serde(default = "default_net_queue_size")]
+    pub queue_size: u16,
+    /// Device identifier; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Already opened tap queue fds (one per queue pair) instead of `tap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
+    /// Offer TCP segmentation offload (effective with `offload_csum`).
+    #[serde(default = "default_true")]
+    pub offload_tso: bool,
+    /// Offer checksum offload.
+    #[serde(default = "default_true")]
+    pub offload_csum: bool,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            tap: None,
+            ip: None,
+            mask: None,
+            mac: None,
+            mtu: None,
+            num_queues: default_net_num_queues(),
+            queue_size: default_net_queue_size(),
+            id: None,
+            fds: None,
+            offload_tso: true,
+            offload_csum: true,
+        }
+    }
+}
+
+/// Default number of virtio-net queues: one RX/TX pair (as Cloud
+/// Hypervisor).
+pub fn default_net_num_queues() -> usize {
+    2
+}
+
+/// Default virtio-net queue size (as Cloud Hypervisor).
+pub fn default_net_queue_size() -> u16 {
+    256
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Most queues (RX + TX) one net device may have: 16 pairs.
+pub const MAX_NET_QUEUES: usize = 32;
+
+/// Largest virtio-net queue size.
+pub const MAX_NET_QUEUE_SIZE: u16 = 4096;
+
+/// Smallest MTU a guest driver accepts (the IPv4 minimum).
+pub const MIN_NET_MTU: u16 = 68;
+
+impl NetConfig {
+    /// Checks one net device; `index` is its position in `VmConfig::net`.
+    /// Whether the tap or fds can be opened is checked by the VMM.
+    pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        let q = self.num_queues;
+        if !(2..=MAX_NET_QUEUES).contains(&q) || !q.is_multiple_of(2) {
+            return Err(ConfigError::NetNumQueues { index, value: q });
+        }
+        let size = self.queue_size;
+        if !size.is_power_of_two() || !(2..=MAX_NET_QUEUE_SIZE).contains(&size) {
+            return Err(ConfigError::NetQueueSize { index, value: size });
+        }
+        if let Some(mac) = &self.mac {
+            check_mac(mac).map_err(|reason| ConfigError::NetMac {
+                index,
+                value: mac.clone(),
+                reason,
+            })?;
+        }
+        if let Some(mtu) = self.mtu {
+            if mtu < MIN_NET_MTU {
+                return Err(ConfigError::NetMtu { index, value: mtu });
+            }
+        }
+        if let Some(name) = &self.tap {
+            if !valid_tap_name(name) {
+                return Err(ConfigError::NetTapName {
+                    index,
+                    name: name.clone(),
+                });
+            }
+            if self.fds.is_some() {
+                return Err(ConfigError::NetTapAndFds(index));
+            }
+        }
+        if let Some(fds) = &self.fds {
+            if fds.len() * 2 != q || fds.iter().any(|&fd| fd < 0) {
+                return Err(ConfigError::NetFds {
+                    index,
+                    fds: fds.len(),
+                    num_queues: q,
+                });
+            }
+        }
+        if let Some(id) = &self.id {
+            if !valid_device_id(id) {
+                return Err(ConfigError::NetId {
+                    index,
+                    id: id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a Linux interface: 1 to 15 bytes, no `/`,
+/// whitespace or NUL (a `%d` pattern is allowed).
+pub fn valid_tap_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0')
+}
+
+/// Checks a MAC string: six hex bytes, unicast, not all zero.
+pub fn check_mac(mac: &str) -> Result<(), String> {
+    let parsed: virtio_devices::net::MacAddr = mac.parse().map_err(|_| {
+        "not a MAC address (expected six hex bytes like 12:34:56:78:9a:bc)".to_string()
+    })?;
+    if parsed.0[0] & 1 != 0 {
+        return Err("multicast address; the guest NIC needs a unicast one".into());
+    }
+    if parsed.0 == [0; 6] {
+        return Err("all-zero address".into());
+    }
+    Ok(())
+}
+
 impl Default for VmConfig {
     fn default() -> Self {
         Self {
@@ -98,6 +265,7 @@ impl Default for VmConfig {
             console: ConsoleConfig::default_console(),
             disks: None,
             rng: None,
+            net: None,
         }
     }
 }
@@ -322,6 +490,81 @@ pub enum ConfigError {
         /// The id given twice.
         id: String,
     },
+    /// A net queue count that is odd or outside `2..=MAX_NET_QUEUES`.
+    #[error(
+        "net[{index}].num_queues={value}: must be an even number between 2 and {MAX_NET_QUEUES}"
+    )]
+    NetNumQueues {
+        /// Position of the device in `net`.
+        index: usize,
+        /// The configured count.
+        value: usize,
+    },
+    /// A net queue size that is not a power of two in `2..=MAX_NET_QUEUE_SIZE`.
+    #[error(
+        "net[{index}].queue_size={value}: must be a power of two between 2 and {MAX_NET_QUEUE_SIZE}"
+    )]
+    NetQueueSize {
+        /// Position of the device in `net`.
+        index: usize,
+        /// The configured size.
+        value: u16,
+    },
+    /// A MAC address that does not parse or is multicast/all-zero.
+    #[error("net[{index}].mac={value}: {reason}")]
+    NetMac {
+        /// Position of the device in `net`.
+        index: usize,
+        /// The configured MAC.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An MTU below `MIN_NET_MTU`.
+    #[error("net[{index}].mtu={value}: must be between {MIN_NET_MTU} and 65535")]
+    NetMtu {
+        /// Position of the device in `net`.
+        index: usize,
+        /// The configured MTU.
+        value: u16,
+    },
+    /// A tap name that is empty or longer than 15 bytes.
+    #[error("net[{index}].tap='{name}': must be 1 to 15 bytes without '/' or spaces")]
+    NetTapName {
+        /// Position of the device in `net`.
+        index: usize,
+        /// The configured name.
+        name: String,
+    },
+    /// Both a tap name and tap fds.
+    #[error("net[{0}]: tap and fds cannot be combined")]
+    NetTapAndFds(usize),
+    /// A number of tap fds other than one per queue pair, or a negative fd.
+    #[error("net[{index}].fds: {fds} fds for num_queues={num_queues} (one valid fd per RX/TX pair needed)")]
+    NetFds {
+        /// Position of the device in `net`.
+        index: usize,
+        /// Number of fds given.
+        fds: usize,
+        /// The configured queue count.
+        num_queues: usize,
+    },
+    /// A device id that is empty or uses the reserved `__` prefix.
+    #[error("net[{index}].id='{id}': must be non-empty and not start with '__'")]
+    NetId {
+        /// Position of the device in `net`.
+        index: usize,
+        /// The configured id.
+        id: String,
+    },
+    /// A net id already used by another net device or a disk.
+    #[error("net[{index}].id={id}: used by more than one device")]
+    NetDuplicateId {
+        /// Position of the net device.
+        index: usize,
+        /// The id given twice.
+        id: String,
+    },
 }
 
 impl VmConfig {
@@ -348,6 +591,19 @@ impl VmConfig {
         }
         if let Some(rng) = &self.rng {
             rng.validate()?;
+        }
+        let nets = self.net.as_deref().unwrap_or_default();
+        for (index, net) in nets.iter().enumerate() {
+            net.validate(index)?;
+            let Some(id) = &net.id else { continue };
+            let clash = nets[..index].iter().any(|o| o.id.as_ref() == Some(id))
+                || disks.iter().any(|d| d.id.as_ref() == Some(id));
+            if clash {
+                return Err(ConfigError::NetDuplicateId {
+                    index,
+                    id: id.clone(),
+                });
+            }
         }
         Ok(())
     }

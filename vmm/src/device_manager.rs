@@ -1,6 +1,16 @@
 //! Builds the PCI bus and the virtio devices a [`VmConfig`] asks for, and
 //! wires each one to KVM: BARs on the MMIO bus, ioeventfds for queue
 //! notifications, MSI-X vectors through irqfds.
+//!
+//! It also owns the ACPI Generic Event Device and the PCI hotplug
+//! controller, so disks can be added to and removed from a running guest:
+//! [`DeviceManager::hotplug_disk`] plugs a disk into a free slot, marks the
+//! slot in `PCIU` and raises the GED interrupt; the guest's AML notifies
+//! Linux, which scans the slot. [`DeviceManager::request_unplug`] marks the
+//! slot in `PCID` and raises the GED; once the guest released the device it
+//! writes the slot to `B0EJ`, and the eject handler — on that vCPU thread —
+//! resets the device (stopping its worker), unmaps its BAR, unregisters its
+//! ioeventfds and drops it (which unregisters its MSI irqfds).
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -8,9 +18,14 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
+use arch::acpi::hotplug::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON};
 use arch::layout;
+use devices::acpi::{
+    GedDevice, GedEvents, PciHotplugController, PciHotplugState, GED_PCI_HOTPLUG, GED_POWER_BUTTON,
+    GED_REGISTER_SIZE, PCI_HOTPLUG_REGISTER_SIZE,
+};
 use devices::pci::{
-    BarReprogram, MsiInterruptGroup, PciBarAllocator, PciBus, PciConfigIo, PciConfigMmio,
+    BarReprogram, MsiInterruptGroup, PciBarAllocator, PciBus, PciConfigIo, PciConfigMmio, PciDevice,
 };
 use devices::Bus;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
@@ -21,12 +36,54 @@ use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
 use virtio_devices::worker::ThreadSetup;
 use virtio_devices::{GuestMemory, VirtioDevice};
+use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{ConsoleOutputMode, VmConfig};
+use crate::config::{ConsoleOutputMode, DiskConfig, VmConfig};
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
 
 type SharedVirtioPci = Arc<Mutex<VirtioPciDevice>>;
+
+// The AML (arch) and the register blocks (devices) must agree.
+const _: () = assert!(GED_EVENT_PCI_HOTPLUG == GED_PCI_HOTPLUG);
+const _: () = assert!(GED_EVENT_POWER_BUTTON == GED_POWER_BUTTON);
+const _: () = assert!(layout::GED_PORT_SIZE as u64 == GED_REGISTER_SIZE);
+const _: () = assert!(layout::PCI_HOTPLUG_PORT_SIZE as u64 == PCI_HOTPLUG_REGISTER_SIZE);
+
+/// BAR0 offset of `device_status` in the virtio-pci common configuration
+/// (byte 20 of `struct virtio_pci_common_cfg`, virtio 1.2 §4.1.4.3, which
+/// our transport puts at BAR0 offset 0). Writing 0 resets the device.
+const VIRTIO_PCI_DEVICE_STATUS: u64 = 0x14;
+
+/// Where a hot-added device landed (Cloud Hypervisor's `PciDeviceInfo`,
+/// the body of `vm.add-disk`'s answer).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PciDeviceInfo {
+    /// Device id.
+    pub id: String,
+    /// PCI address, `0000:00:SS.0`.
+    pub bdf: String,
+}
+
+/// Why a hotplug request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// Another device already uses this id.
+    #[error("a device with id {0} already exists")]
+    DuplicateId(String),
+    /// No device has this id.
+    #[error("no device with id {0}")]
+    NotFound(String),
+    /// Only disks can be unplugged.
+    #[error("device {0} cannot be unplugged (only disks can)")]
+    NotRemovable(String),
+    /// The disk or its slot could not be set up.
+    #[error("{0}")]
+    Device(#[from] VmmError),
+    /// The guest could not be told (GED interrupt or hotplug register).
+    #[error("cannot notify the guest: {0}")]
+    Notify(String),
+}
 
 /// A device on the PCI bus, as the VMM tracks it.
 pub struct PciDeviceHandle {
@@ -40,7 +97,11 @@ pub struct PciDeviceHandle {
     pub block_counters: Option<Arc<BlockCounters>>,
 }
 
-/// The VM's PCI bus and the virtio devices on it.
+/// Devices in the order they were added; shared with the eject handler.
+type DeviceList = Arc<Mutex<Vec<PciDeviceHandle>>>;
+
+/// The VM's PCI bus, the virtio devices on it, and the ACPI devices that
+/// announce hotplug and power-button events.
 pub struct DeviceManager {
     vm: Arc<VmFd>,
     router: Arc<GsiRouter>,
@@ -49,8 +110,9 @@ pub struct DeviceManager {
     allocator: PciBarAllocator,
     by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
     thread_setup: Option<ThreadSetup>,
-    /// Devices in the order they were added.
-    pub devices: Vec<PciDeviceHandle>,
+    devices: DeviceList,
+    ged: GedEvents,
+    hotplug: PciHotplugState,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -88,9 +150,52 @@ fn move_ioeventfds(vm: &VmFd, dev: &SharedVirtioPci, r: &BarReprogram) {
     }
 }
 
+/// Runs on the vCPU thread that wrote `B0EJ` for `slot`: stops the device
+/// and takes it off the bus and out of KVM. Everything here must pass the
+/// vCPU seccomp filter (ioeventfd/irqfd ioctls, joining the worker thread,
+/// closing the disk image).
+fn eject_slot(
+    vm: &VmFd,
+    pci_bus: &Mutex<PciBus>,
+    by_slot: &Mutex<HashMap<u8, SharedVirtioPci>>,
+    devices: &Mutex<Vec<PciDeviceHandle>>,
+    slot: u8,
+) {
+    let handle = {
+        let mut devs = lock(devices);
+        let at = devs.iter().position(|d| d.slot == slot);
+        at.map(|i| devs.remove(i))
+    };
+    let Some(handle) = handle else {
+        log::warn!("PCI slot {slot}: eject of an empty slot");
+        return;
+    };
+    lock(by_slot).remove(&slot);
+    let on_bus = lock(pci_bus).remove_device(slot);
+    {
+        let mut dev = lock(&handle.device);
+        if let Some(bar0) = dev.bar0_base() {
+            for (addr, evt) in dev.ioeventfds(bar0) {
+                if let Err(e) = vm.unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch)
+                {
+                    log::debug!("{}: unregister ioeventfd at {addr:#x}: {e}", handle.id);
+                }
+            }
+        }
+        // A driver reset: stops the worker thread (joined here).
+        dev.bar_write(0, VIRTIO_PCI_DEVICE_STATUS, &[0]);
+    }
+    log::info!("{}: ejected from PCI slot {slot}", handle.id);
+    // The last references: dropping the transport closes the image and
+    // unregisters the MSI irqfds.
+    drop(on_bus);
+    drop(handle);
+}
+
 impl DeviceManager {
     /// Creates the PCI root bus and its config-space access paths (0xCF8
-    /// ports and ECAM).
+    /// ports and ECAM), the Generic Event Device (interrupting the guest
+    /// on [`layout::GED_IRQ`]) and the PCI hotplug controller.
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
@@ -130,6 +235,36 @@ impl DeviceManager {
             layout::PCI_MMIO64_START,
             layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
         );
+        let devices: DeviceList = Arc::default();
+
+        let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&ged_irq, layout::GED_IRQ)
+            .map_err(VmmError::Kvm)?;
+        let ged = GedDevice::new(ged_irq);
+        let ged_events = ged.events();
+        io_bus
+            .insert(
+                Arc::new(Mutex::new(ged)),
+                u64::from(layout::GED_PORT),
+                u64::from(layout::GED_PORT_SIZE),
+            )
+            .map_err(VmmError::Bus)?;
+        let hotplug = PciHotplugState::new();
+        let on_eject = {
+            let (vm, pci_bus) = (vm.clone(), pci_bus.clone());
+            let (by_slot, devices) = (by_slot.clone(), devices.clone());
+            Box::new(move |slot| eject_slot(&vm, &pci_bus, &by_slot, &devices, slot))
+        };
+        io_bus
+            .insert(
+                Arc::new(Mutex::new(PciHotplugController::new(
+                    hotplug.clone(),
+                    on_eject,
+                ))),
+                u64::from(layout::PCI_HOTPLUG_PORT),
+                u64::from(layout::PCI_HOTPLUG_PORT_SIZE),
+            )
+            .map_err(VmmError::Bus)?;
         Ok(Self {
             vm,
             router,
@@ -138,42 +273,53 @@ impl DeviceManager {
             allocator,
             by_slot,
             thread_setup,
-            devices: Vec::new(),
+            devices,
+            ged: ged_events,
+            hotplug,
         })
+    }
+
+    /// Opens `disk`'s image and builds its virtio-blk device with id `id`.
+    fn build_disk(
+        &self,
+        disk: &DiskConfig,
+        id: &str,
+    ) -> Result<(Box<dyn VirtioDevice>, Arc<BlockCounters>), VmmError> {
+        let path = disk
+            .path
+            .as_ref()
+            .ok_or_else(|| VmmError::Config(format!("--disk: disk {id} has no path=")))?;
+        let opts = DiskOptions {
+            readonly: disk.readonly,
+            direct: disk.direct,
+        };
+        let image = open_disk_with_format(path, disk.image_type.as_deref(), &opts)
+            .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
+        let mut blk = VirtioBlock::new(
+            image,
+            BlockOptions {
+                readonly: disk.readonly,
+                serial: disk.serial.clone(),
+                num_queues: u16::try_from(disk.num_queues).unwrap_or(u16::MAX),
+                queue_size: disk.queue_size,
+                id: id.to_string(),
+            },
+        )
+        .map_err(|e| VmmError::Config(format!("--disk: {e}")))?;
+        let counters = blk.counters();
+        if let Some(s) = &self.thread_setup {
+            blk.set_thread_setup(s.clone());
+        }
+        Ok((Box::new(blk), counters))
     }
 
     /// Adds every device `config` lists: disks first (so the first disk is
     /// /dev/vda), then the console and the rng.
     pub fn add_configured_devices(&mut self, config: &VmConfig) -> Result<(), VmmError> {
         for (i, disk) in config.disks.iter().flatten().enumerate() {
-            let path = disk
-                .path
-                .as_ref()
-                .ok_or_else(|| VmmError::Config(format!("--disk: disk {i} has no path=")))?;
-            let opts = DiskOptions {
-                readonly: disk.readonly,
-                direct: disk.direct,
-            };
-            let image = open_disk_with_format(path, disk.image_type.as_deref(), &opts)
-                .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
-            let blk = VirtioBlock::new(
-                image,
-                BlockOptions {
-                    readonly: disk.readonly,
-                    serial: disk.serial.clone(),
-                    num_queues: u16::try_from(disk.num_queues).unwrap_or(u16::MAX),
-                    queue_size: disk.queue_size,
-                    id: id.clone(),
-                },
-            )
-            .map_err(|e| VmmError::Config(format!("--disk: {e}")))?;
-            let counters = blk.counters();
-            let mut blk = blk;
-            if let Some(s) = &self.thread_setup {
-                blk.set_thread_setup(s.clone());
-            }
-            self.add_virtio(id, Box::new(blk), Some(counters))?;
+            let (blk, counters) = self.build_disk(disk, &id)?;
+            self.add_virtio(id, blk, Some(counters))?;
         }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
@@ -242,12 +388,23 @@ impl DeviceManager {
             .add_device(transport.clone(), &mut self.allocator)
             .map_err(|e| err(e.to_string()))?;
         if let Some(bar0) = info.bars.iter().find(|b| b.index == 0) {
-            register_ioeventfds(&self.vm, &lock(&transport), bar0.base)
-                .map_err(|e| err(format!("ioeventfd: {e}")))?;
+            let registered = register_ioeventfds(&self.vm, &lock(&transport), bar0.base);
+            if let Err(e) = registered {
+                // Leave no half-plugged device behind (matters for hotplug).
+                let dev = lock(&transport);
+                for (addr, evt) in dev.ioeventfds(bar0.base) {
+                    let _ =
+                        self.vm
+                            .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch);
+                }
+                drop(dev);
+                lock(&self.pci_bus).remove_device(info.slot);
+                return Err(err(format!("ioeventfd: {e}")));
+            }
         }
         lock(&self.by_slot).insert(info.slot, transport.clone());
         log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
-        self.devices.push(PciDeviceHandle {
+        lock(&self.devices).push(PciDeviceHandle {
             id,
             slot: info.slot,
             device: transport,
@@ -261,7 +418,7 @@ impl DeviceManager {
         &self,
     ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<&'static str, u64>> {
         let mut all = std::collections::BTreeMap::new();
-        for dev in &self.devices {
+        for dev in lock(&self.devices).iter() {
             if let Some(c) = &dev.block_counters {
                 let s = c.snapshot();
                 let map = std::collections::BTreeMap::from([
@@ -274,5 +431,97 @@ impl DeviceManager {
             }
         }
         all
+    }
+}
+
+impl DeviceManager {
+    /// Whether a device uses `id`.
+    fn has_id(&self, id: &str) -> bool {
+        lock(&self.devices).iter().any(|d| d.id == id)
+    }
+
+    /// An id for a disk without one: `_disk<N>` with the smallest unused N.
+    fn unused_disk_id(&self) -> String {
+        (0..)
+            .map(|n| format!("_disk{n}"))
+            .find(|id| !self.has_id(id))
+            .unwrap_or_default()
+    }
+
+    /// Plugs a virtio device into a free slot of the running guest: as a
+    /// cold-plugged device (BAR, MSI-X irqfds, ioeventfds), then marks the
+    /// slot in `PCIU` and raises the GED so the guest scans it.
+    pub fn hotplug_virtio(
+        &mut self,
+        id: String,
+        device: Box<dyn VirtioDevice>,
+        block_counters: Option<Arc<BlockCounters>>,
+    ) -> Result<PciDeviceInfo, HotplugError> {
+        if self.has_id(&id) {
+            return Err(HotplugError::DuplicateId(id));
+        }
+        let slot = self.add_virtio(id.clone(), device, block_counters)?;
+        self.hotplug
+            .slot_added(slot)
+            .map_err(|e| HotplugError::Notify(e.to_string()))?;
+        self.ged
+            .raise(GED_PCI_HOTPLUG)
+            .map_err(|e| HotplugError::Notify(e.to_string()))?;
+        Ok(PciDeviceInfo {
+            id,
+            bdf: format!("0000:00:{slot:02x}.0"),
+        })
+    }
+
+    /// Hot-adds `disk` (`vm.add-disk` on a running VM); gives it an id
+    /// first when it has none, so the caller can record it in the config.
+    pub fn hotplug_disk(&mut self, disk: &mut DiskConfig) -> Result<PciDeviceInfo, HotplugError> {
+        let id = match &disk.id {
+            Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
+            Some(id) => id.clone(),
+            None => self.unused_disk_id(),
+        };
+        let (blk, counters) = self.build_disk(disk, &id)?;
+        let info = self.hotplug_virtio(id.clone(), blk, Some(counters))?;
+        disk.id = Some(id);
+        Ok(info)
+    }
+
+    /// Asks the guest to release disk `id` (`vm.remove-device`): marks its
+    /// slot in `PCID` and raises the GED. The device goes away when the
+    /// guest ejects the slot; returns the slot.
+    pub fn request_unplug(&mut self, id: &str) -> Result<u8, HotplugError> {
+        let slot = {
+            let devs = lock(&self.devices);
+            let dev = devs
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
+            if dev.block_counters.is_none() {
+                return Err(HotplugError::NotRemovable(id.to_string()));
+            }
+            dev.slot
+        };
+        self.hotplug
+            .request_eject(slot)
+            .map_err(|e| HotplugError::Notify(e.to_string()))?;
+        self.ged
+            .raise(GED_PCI_HOTPLUG)
+            .map_err(|e| HotplugError::Notify(e.to_string()))?;
+        log::info!("{id}: asked the guest to eject PCI slot {slot}");
+        Ok(slot)
+    }
+
+    /// Presses the ACPI power button (`vm.power-button`).
+    pub fn power_button(&self) -> std::io::Result<()> {
+        self.ged.raise(GED_POWER_BUTTON)
+    }
+
+    /// Ids and slots of the devices on the bus, in the order they were added.
+    pub fn device_slots(&self) -> Vec<(String, u8)> {
+        lock(&self.devices)
+            .iter()
+            .map(|d| (d.id.clone(), d.slot))
+            .collect()
     }
 }

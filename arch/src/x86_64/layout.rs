@@ -72,6 +72,22 @@ pub const ACPI_PM_PORT: u16 = 0x3c0;
 /// ACPI PM timer (24-bit, 3.579545 MHz), read through FADT's X_PM_TMR_BLK.
 pub const ACPI_PM_TIMER_PORT: u16 = 0x608;
 
+// ACPI Generic Event Device and PCI hotplug (see `acpi.rs`): port-I/O
+// register blocks below the PCI I/O window, away from every legacy port.
+
+/// IOAPIC input (GSI) of the ACPI Generic Event Device: ISA IRQ 5, free on
+/// this platform, edge-triggered and active-high (the ISA default, so no
+/// MADT override is needed). The VMM raises it through a KVM irqfd.
+pub const GED_IRQ: u32 = 5;
+/// The GED's event register (32 bits, read-to-clear), read by its `_EVT`.
+pub const GED_PORT: u16 = 0x0b00;
+/// Bytes of the GED register block.
+pub const GED_PORT_SIZE: u16 = 4;
+/// The PCI hotplug registers `PCIU` (+0), `PCID` (+4) and `B0EJ` (+8).
+pub const PCI_HOTPLUG_PORT: u16 = 0x0b10;
+/// Bytes of the PCI hotplug register block.
+pub const PCI_HOTPLUG_PORT_SIZE: u16 = 12;
+
 // PCI. Bus 0 only; all windows stay clear of the IOAPIC (0xfec0_0000),
 // the LAPIC (0xfee0_0000) and KVM's TSS/identity map (0xfffb_c000..).
 
@@ -104,3 +120,8 @@ const _: () = assert!(PCI_MMIO32_START >= MEM_32BIT_GAP_START);
 const _: () = assert!(PCI_MMIO32_END <= PCI_MMCONFIG_START);
 const _: () = assert!(PCI_MMCONFIG_START + PCI_MMCONFIG_SIZE <= IOAPIC_START);
 const _: () = assert!(RAM_64BIT_START + ((63 << 30) - MEM_32BIT_GAP_START) <= PCI_MMIO64_START);
+// The GED and hotplug blocks sit between the PM timer and the PCI I/O window.
+const _: () = assert!(ACPI_PM_TIMER_PORT as u32 + 4 <= GED_PORT as u32);
+const _: () = assert!(GED_PORT as u32 + GED_PORT_SIZE as u32 <= PCI_HOTPLUG_PORT as u32);
+const _: () =
+    assert!(PCI_HOTPLUG_PORT as u32 + PCI_HOTPLUG_PORT_SIZE as u32 <= PCI_IO_WINDOW_START as u32);

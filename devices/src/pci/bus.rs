@@ -228,6 +228,30 @@ impl PciBus {
         })
     }
 
+    /// Takes the device out of `slot` and unmaps its BARs from the MMIO bus
+    /// (hot-unplug). The host bridge in slot 0 stays; `None` when the slot
+    /// is empty or out of range. BAR address space is not reused.
+    pub fn remove_device(&mut self, slot: u8) -> Option<SharedPciDevice> {
+        if slot == 0 {
+            return None;
+        }
+        let device = self.slots.get_mut(usize::from(slot))?.take()?;
+        let bars: Vec<(u8, u8)> = self
+            .mapped
+            .keys()
+            .filter(|(s, _)| *s == slot)
+            .copied()
+            .collect();
+        for key in bars {
+            if let Some(base) = self.mapped.remove(&key) {
+                if let Err(e) = self.mmio_bus.remove(base) {
+                    log::warn!("PCI {slot:02x}: BAR {} not mapped at {base:#x}: {e}", key.1);
+                }
+            }
+        }
+        Some(device)
+    }
+
     /// The device at `bus:dev.func`, if any (bus 0, function 0 only).
     fn device(&self, bus: u8, dev: u8, func: u8) -> Option<SharedPciDevice> {
         if bus != 0 || func != 0 {

@@ -282,3 +282,30 @@ fn add_device_with_unmappable_bar_fails_cleanly() {
     assert_eq!(info.slot, 1);
     assert_eq!(info.bars[0].base, 0xc000_0000);
 }
+
+#[test]
+fn remove_device_unmaps_its_moved_bar_and_frees_the_slot() {
+    let s = setup();
+    let mut bus = s.bus.lock().unwrap();
+    // The guest moves BAR 0; removal unmaps it where it is now.
+    bus.config_write(0, 1, 0, 0x10, &0xd000_0000u32.to_le_bytes());
+    bus.config_write(0, 1, 0, 0x14, &[0; 4]);
+    let mut d = [0u8; 1];
+    assert!(s.mmio.read(0xd000_0010, &mut d));
+    assert!(bus.remove_device(0).is_none(), "host bridge stays");
+    assert!(bus.remove_device(40).is_none());
+    let removed = bus.remove_device(1).expect("device in slot 1");
+    assert!(Arc::ptr_eq(&removed, &(s.dev.clone() as SharedPciDevice)));
+    assert!(!s.mmio.read(0xd000_0010, &mut d));
+    assert!(!s.mmio.read(BASE64, &mut d));
+    assert!(bus.remove_device(1).is_none());
+    let mut id = [0u8; 2];
+    bus.config_read(0, 1, 0, 0, &mut id);
+    assert_eq!(id, [0xff, 0xff], "empty slot");
+    // The slot is reused by the next device.
+    let mut alloc = PciBarAllocator::new(0xc000_0000, 0xe000_0000, BASE64 + 0x4000, BASE64 << 1);
+    let info = bus
+        .add_device(Arc::new(Mutex::new(TestDev::new())), &mut alloc)
+        .unwrap();
+    assert_eq!(info.slot, 1);
+}

@@ -22,7 +22,7 @@ pub const VNET_HDR_LEN: usize = 12;
 /// at activation (on the thread activating the device) and queue
 /// attach/detach when the driver changes the number of queue pairs (on the
 /// worker). The VMM's seccomp filters must allow these.
-pub const TAP_RUNTIME_IOCTLS: [u64; 2] = [libc::TUNSETOFFLOAD as u64, libc::TUNSETQUEUE as u64];
+pub const TAP_RUNTIME_IOCTLS: [u64; 2] = [libc::TUNSETOFFLOAD, libc::TUNSETQUEUE];
 
 /// Why a tap could not be opened or configured.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ fn ifreq_name(req: &libc::ifreq) -> String {
 }
 
 /// Issues `ioctl(fd, request, req)`.
-fn ioctl_ifreq(fd: RawFd, request: u64, req: &mut libc::ifreq) -> io::Result<()> {
+fn ioctl_ifreq(fd: RawFd, request: libc::c_ulong, req: &mut libc::ifreq) -> io::Result<()> {
     // SAFETY: every request used here takes a pointer to an ifreq, which
     // lives for the whole call; the kernel writes at most sizeof(ifreq).
     let ret = unsafe { libc::ioctl(fd, request as _, req as *mut libc::ifreq) };
@@ -101,7 +101,7 @@ fn ioctl_ifreq(fd: RawFd, request: u64, req: &mut libc::ifreq) -> io::Result<()>
 }
 
 /// Issues `ioctl(fd, request, value)` for requests taking an integer.
-fn ioctl_int(fd: RawFd, request: u64, value: libc::c_ulong) -> io::Result<()> {
+fn ioctl_int(fd: RawFd, request: libc::c_ulong, value: libc::c_ulong) -> io::Result<()> {
     // SAFETY: the requests used here take their argument by value; no
     // memory is shared with the kernel.
     let ret = unsafe { libc::ioctl(fd, request as _, value) };
@@ -112,7 +112,7 @@ fn ioctl_int(fd: RawFd, request: u64, value: libc::c_ulong) -> io::Result<()> {
 }
 
 /// Issues `ioctl(fd, request, &value)` for requests taking an int pointer.
-fn ioctl_int_ptr(fd: RawFd, request: u64, value: &libc::c_int) -> io::Result<()> {
+fn ioctl_int_ptr(fd: RawFd, request: libc::c_ulong, value: &libc::c_int) -> io::Result<()> {
     // SAFETY: `value` outlives the call and the kernel only reads an int.
     let ret = unsafe { libc::ioctl(fd, request as _, value as *const libc::c_int) };
     if ret < 0 {
@@ -151,7 +151,7 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(TUN_PATH)
             .map_err(TapError::OpenTun)?;
-        ioctl_ifreq(file.as_raw_fd(), libc::TUNSETIFF as u64, &mut req).map_err(|source| {
+        ioctl_ifreq(file.as_raw_fd(), libc::TUNSETIFF, &mut req).map_err(|source| {
             TapError::Ioctl {
                 name: name.to_string(),
                 op: "TUNSETIFF",
@@ -184,7 +184,7 @@ impl Tap {
         let file = File::from(owned);
         // SAFETY: ifreq is plain data; all-zero is valid.
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        ioctl_ifreq(file.as_raw_fd(), libc::TUNGETIFF as u64, &mut req)
+        ioctl_ifreq(file.as_raw_fd(), libc::TUNGETIFF, &mut req)
             .map_err(|_| TapError::NotVnetTap(fd))?;
         // SAFETY: TUNGETIFF filled the flags member of the union.
         let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags }) & 0xffff;
@@ -195,7 +195,8 @@ impl Tap {
         // SAFETY: F_GETFL/F_SETFL take integers only.
         let fl = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         // SAFETY: as above.
-        if fl < 0 || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0
+        if fl < 0
+            || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0
         {
             return Err(fd_err(io::Error::last_os_error()));
         }
@@ -217,7 +218,7 @@ impl Tap {
 
     fn set_vnet_hdr_len(&self) -> Result<(), TapError> {
         let len = VNET_HDR_LEN as libc::c_int;
-        ioctl_int_ptr(self.file.as_raw_fd(), libc::TUNSETVNETHDRSZ as u64, &len)
+        ioctl_int_ptr(self.file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len)
             .map_err(self.ioctl_error("TUNSETVNETHDRSZ"))
     }
 
@@ -232,7 +233,7 @@ impl Tap {
     pub fn set_offload(&self, flags: u32) -> Result<(), TapError> {
         ioctl_int(
             self.file.as_raw_fd(),
-            libc::TUNSETOFFLOAD as u64,
+            libc::TUNSETOFFLOAD,
             libc::c_ulong::from(flags),
         )
         .map_err(self.ioctl_error("TUNSETOFFLOAD"))
@@ -248,7 +249,7 @@ impl Tap {
             libc::IFF_DETACH_QUEUE
         };
         req.ifr_ifru.ifru_flags = flag as libc::c_short;
-        ioctl_ifreq(self.file.as_raw_fd(), libc::TUNSETQUEUE as u64, &mut req)
+        ioctl_ifreq(self.file.as_raw_fd(), libc::TUNSETQUEUE, &mut req)
             .map_err(self.ioctl_error("TUNSETQUEUE"))
     }
 

@@ -1,5 +1,6 @@
-//! Parsing of the virtio device options `--disk` and `--rng` (Cloud
-//! Hypervisor syntax) into [`DiskConfig`] and [`RngConfig`].
+//! Parsing of the virtio device options `--disk`, `--rng` and `--net`
+//! (Cloud Hypervisor syntax) into [`DiskConfig`], [`RngConfig`] and
+//! [`NetConfig`].
 //!
 //! Values are range-checked here so that errors name the key as written;
 //! [`crate::config::VmConfig::validate`] repeats the checks for API clients
@@ -7,11 +8,12 @@
 
 use std::path::PathBuf;
 
-use super::options::{parse_toggle, parse_u64, split_options, OptionError, OptionItem};
+use super::options::{parse_list, parse_toggle, parse_u64, split_options, OptionError, OptionItem};
 use crate::config::{
-    default_disk_num_queues, default_disk_queue_size, valid_device_id, valid_disk_queue_size,
-    DiskConfig, RngConfig, DISK_IMAGE_TYPES, MAX_DISK_QUEUES, MAX_DISK_QUEUE_SIZE,
-    MAX_DISK_SERIAL_BYTES,
+    check_mac, default_disk_num_queues, default_disk_queue_size, valid_device_id,
+    valid_disk_queue_size, valid_tap_name, DiskConfig, NetConfig, RngConfig, DISK_IMAGE_TYPES,
+    MAX_DISK_QUEUES, MAX_DISK_QUEUE_SIZE, MAX_DISK_SERIAL_BYTES, MAX_NET_QUEUES,
+    MAX_NET_QUEUE_SIZE, MIN_NET_MTU,
 };
 
 /// Keys accepted by `--disk`, for error messages.
@@ -178,4 +180,173 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
         }
     }
     Ok(rng)
+}
+
+/// Keys accepted by `--net`, for error messages.
+const NET_KEYS: &str = "tap, fd, mac, ip, mask, mtu, num_queues, queue_size, id, offload_tso, \
+                        offload_csum, offload_ufo=off or iommu=off";
+
+/// `--net` keys Cloud Hypervisor knows that chv does not implement.
+const NET_UNSUPPORTED: [&str; 11] = [
+    "vhost_user",
+    "socket",
+    "vhost_mode",
+    "host_mac",
+    "bw_size",
+    "bw_one_time_burst",
+    "bw_refill_time",
+    "ops_size",
+    "ops_one_time_burst",
+    "ops_refill_time",
+    "pci_segment",
+];
+
+/// Parses one `--net` value, e.g. `tap=tap0,mac=12:34:56:78:9a:bc`.
+///
+/// Defaults as in Cloud Hypervisor: one queue pair of 256 entries, TSO and
+/// checksum offload on, a random MAC chosen by the device. With `fd=` and
+/// no `num_queues`, the queue count follows the number of fds.
+pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
+    let mut net = NetConfig::default();
+    let mut queues_given = false;
+    for item in split_options(value)? {
+        match item.key.as_str() {
+            "tap" => net.tap = Some(tap_name(&item)?),
+            "fd" => net.fds = Some(tap_fds(&item)?),
+            "mac" => net.mac = Some(mac(&item)?),
+            "ip" => net.ip = Some(ipv4(&item)?),
+            "mask" => net.mask = Some(ipv4(&item)?),
+            "mtu" => net.mtu = Some(mtu(&item)?),
+            "num_queues" => {
+                net.num_queues = net_num_queues(&item)?;
+                queues_given = true;
+            }
+            "queue_size" => net.queue_size = net_queue_size(&item)?,
+            "id" => net.id = Some(device_id(&item)?),
+            "offload_tso" => net.offload_tso = parse_toggle(&item.key, item.value()?)?,
+            "offload_csum" => net.offload_csum = parse_toggle(&item.key, item.value()?)?,
+            "offload_ufo" => {
+                if parse_toggle(&item.key, item.value()?)? {
+                    return Err(OptionError::Unsupported("offload_ufo=on".into()));
+                }
+            }
+            "iommu" => reject_iommu_on(&item)?,
+            key if NET_UNSUPPORTED.contains(&key) => {
+                return Err(OptionError::Unsupported(item.key))
+            }
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: NET_KEYS,
+                })
+            }
+        }
+    }
+    if net.tap.is_some() && net.fds.is_some() {
+        return Err(OptionError::Conflict("tap".into(), "fd".into()));
+    }
+    if let Some(fds) = &net.fds {
+        if !queues_given {
+            net.num_queues = fds.len() * 2;
+        }
+        if fds.len() * 2 != net.num_queues {
+            return Err(OptionError::invalid(
+                "fd",
+                &format!("{fds:?}"),
+                format!(
+                    "{} fds for num_queues={} (one fd per RX/TX queue pair)",
+                    fds.len(),
+                    net.num_queues
+                ),
+            ));
+        }
+    }
+    Ok(net)
+}
+
+/// Parses `tap=NAME` (a Linux interface name, `%d` pattern allowed).
+fn tap_name(item: &OptionItem) -> Result<String, OptionError> {
+    let value = item.non_empty_value()?;
+    if !valid_tap_name(value) {
+        return Err(OptionError::invalid(
+            &item.key,
+            value,
+            "interface names are 1 to 15 bytes without '/', ':' or spaces",
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// Parses `fd=N` or `fd=[N,M,...]`.
+fn tap_fds(item: &OptionItem) -> Result<Vec<i32>, OptionError> {
+    let value = item.non_empty_value()?;
+    let fds = parse_list(&item.key, value)?
+        .iter()
+        .map(|fd| match parse_u64(&item.key, fd) {
+            Ok(n) if n <= i32::MAX as u64 => Ok(n as i32),
+            _ => Err(OptionError::invalid(&item.key, value, "not a valid fd")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if fds.is_empty() || fds.len() * 2 > MAX_NET_QUEUES {
+        return Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("between 1 and {} fds allowed", MAX_NET_QUEUES / 2),
+        ));
+    }
+    Ok(fds)
+}
+
+/// Parses `mac=12:34:56:78:9a:bc` (unicast, not all zero).
+fn mac(item: &OptionItem) -> Result<String, OptionError> {
+    let value = item.value()?;
+    check_mac(value).map_err(|reason| OptionError::invalid(&item.key, value, reason))?;
+    Ok(value.to_ascii_lowercase())
+}
+
+/// Parses an IPv4 address (`ip=`, `mask=`).
+fn ipv4(item: &OptionItem) -> Result<std::net::Ipv4Addr, OptionError> {
+    let value = item.value()?;
+    value
+        .parse()
+        .map_err(|_| OptionError::invalid(&item.key, value, "not an IPv4 address"))
+}
+
+/// Parses `mtu=` (`MIN_NET_MTU..=65535`).
+fn mtu(item: &OptionItem) -> Result<u16, OptionError> {
+    let value = item.value()?;
+    match u16::try_from(parse_u64(&item.key, value)?) {
+        Ok(m) if m >= MIN_NET_MTU => Ok(m),
+        _ => Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("must be between {MIN_NET_MTU} and 65535"),
+        )),
+    }
+}
+
+/// Parses the net `num_queues=` (even, 2..=`MAX_NET_QUEUES`).
+fn net_num_queues(item: &OptionItem) -> Result<usize, OptionError> {
+    let value = item.value()?;
+    match usize::try_from(parse_u64(&item.key, value)?) {
+        Ok(n) if (2..=MAX_NET_QUEUES).contains(&n) && n.is_multiple_of(2) => Ok(n),
+        _ => Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("must be an even number between 2 and {MAX_NET_QUEUES}"),
+        )),
+    }
+}
+
+/// Parses the net `queue_size=` (a power of two in 2..=`MAX_NET_QUEUE_SIZE`).
+fn net_queue_size(item: &OptionItem) -> Result<u16, OptionError> {
+    let value = item.value()?;
+    match u16::try_from(parse_u64(&item.key, value)?) {
+        Ok(n) if n.is_power_of_two() && (2..=MAX_NET_QUEUE_SIZE).contains(&n) => Ok(n),
+        _ => Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("must be a power of two between 2 and {MAX_NET_QUEUE_SIZE}"),
+        )),
+    }
 }

@@ -1,7 +1,7 @@
 //! Tests of [`super::parse_args`] on accepted and rejected command lines.
 
 use super::*;
-use crate::config::{DiskConfig, RngConfig};
+use crate::config::{DiskConfig, NetConfig, RngConfig};
 
 /// Parses `chv --kernel /vmlinux <extra...>`.
 fn with_kernel(extra: &[&str]) -> Result<Cli, CliError> {
@@ -67,6 +67,7 @@ fn vm_options_without_kernel_name_kernel() {
         ("--console", "tty"),
         ("--disk", "path=/disk.img"),
         ("--rng", "src=/dev/random"),
+        ("--net", "tap=tap0"),
     ] {
         let err = parse_args(["chv", option, value]).unwrap_err();
         assert_eq!(err, CliError::RequiresKernel { option });
@@ -681,4 +682,173 @@ fn device_validation_errors_map_to_options() {
         config_error_option(&ConfigError::EmptyPath("rng.src")),
         "--rng"
     );
+}
+
+/// The net devices of an accepted command line.
+fn nets(extra: &[&str]) -> Vec<NetConfig> {
+    let mut args = vec!["--net"];
+    args.extend_from_slice(extra);
+    vm(&args).net.expect("--net given, so net devices")
+}
+
+#[test]
+fn net_defaults_and_all_keys() {
+    assert_eq!(vm(&[]).net, None);
+    assert_eq!(
+        nets(&["tap=tap0"]),
+        vec![NetConfig {
+            tap: Some("tap0".into()),
+            ..NetConfig::default()
+        }]
+    );
+    let d = NetConfig::default();
+    assert_eq!((d.num_queues, d.queue_size), (2, 256));
+    assert!(d.offload_tso && d.offload_csum && d.mac.is_none());
+    let all = nets(&[
+        "tap=vm%d,mac=52:54:00:AB:cd:ef,ip=192.168.10.1,mask=255.255.255.0,\
+                      mtu=9000,num_queues=4,queue_size=1024,id=n1,offload_tso=off,\
+                      offload_csum=false,offload_ufo=off,iommu=off",
+    ]);
+    assert_eq!(
+        all,
+        vec![NetConfig {
+            tap: Some("vm%d".into()),
+            ip: Some("192.168.10.1".parse().unwrap()),
+            mask: Some("255.255.255.0".parse().unwrap()),
+            mac: Some("52:54:00:ab:cd:ef".into()),
+            mtu: Some(9000),
+            num_queues: 4,
+            queue_size: 1024,
+            id: Some("n1".into()),
+            fds: None,
+            offload_tso: false,
+            offload_csum: false,
+        }]
+    );
+    // No tap and no fd: the device creates vmtap<N>.
+    assert_eq!(nets(&["mac=02:00:00:00:00:01"])[0].tap, None);
+    // fd lists set the queue count.
+    let fds = &nets(&["fd=[3,4]"])[0];
+    assert_eq!((fds.fds.clone(), fds.num_queues), (Some(vec![3, 4]), 4));
+    assert_eq!(nets(&["fd=5"])[0].fds, Some(vec![5]));
+    // Several devices, in one flag or repeated.
+    let two = nets(&["tap=a,id=x", "tap=b,id=y", "--net", "tap=c"]);
+    assert_eq!(two.len(), 3);
+    assert_eq!(two[2].tap.as_deref(), Some("c"));
+}
+
+#[test]
+fn net_rejected() {
+    for (value, message) in [
+        (
+            "mac=52:54:00:ab:cd",
+            "mac=52:54:00:ab:cd: not a MAC address (expected six hex bytes like 12:34:56:78:9a:bc)",
+        ),
+        (
+            "mac=01:00:5e:00:00:01",
+            "mac=01:00:5e:00:00:01: multicast address; the guest NIC needs a unicast one",
+        ),
+        ("mac=00:00:00:00:00:00", "mac=00:00:00:00:00:00: all-zero address"),
+        ("ip=10.0.0.300", "ip=10.0.0.300: not an IPv4 address"),
+        ("mask=x", "mask=x: not an IPv4 address"),
+        ("mtu=67", "mtu=67: must be between 68 and 65535"),
+        ("mtu=65536", "mtu=65536: must be between 68 and 65535"),
+        ("num_queues=3", "num_queues=3: must be an even number between 2 and 32"),
+        ("num_queues=34", "num_queues=34: must be an even number between 2 and 32"),
+        ("queue_size=100", "queue_size=100: must be a power of two between 2 and 4096"),
+        (
+            "tap=averyveryverylongname",
+            "tap=averyveryverylongname: interface names are 1 to 15 bytes without '/', ':' or spaces",
+        ),
+        ("tap=a,fd=3", "'tap' and 'fd' cannot be combined"),
+        (
+            "fd=[3,4],num_queues=2",
+            "fd=[3, 4]: 2 fds for num_queues=2 (one fd per RX/TX queue pair)",
+        ),
+        ("fd=-1", "fd=-1: not a valid fd"),
+        ("id=__x", "id=__x: ids starting with '__' are reserved for chv"),
+        ("offload_tso=maybe", "offload_tso=maybe: expected on or off"),
+        ("offload_ufo=on", "'offload_ufo=on' is not supported by chv"),
+        ("iommu=on", "'iommu=on' is not supported by chv"),
+        ("tap=a,tap=b", "'tap' given more than once"),
+        ("", "empty value"),
+    ] {
+        assert_eq!(error(&["--net", value]), format!("--net: {message}"), "{value}");
+    }
+    assert!(error(&["--net", "colour=red"]).starts_with("--net: unknown option 'colour'"));
+    for key in [
+        "vhost_user",
+        "socket",
+        "vhost_mode",
+        "bw_size",
+        "ops_refill_time",
+    ] {
+        assert_eq!(
+            error(&["--net", &format!("tap=a,{key}=1")]),
+            format!("--net: '{key}' is not supported by chv")
+        );
+    }
+    assert_eq!(
+        error(&["--net", "tap=a,id=x", "tap=b,id=x"]),
+        "--net: net[1].id=x: used by more than one device"
+    );
+    assert_eq!(
+        error(&["--disk", "path=/a,id=x", "--net", "tap=b,id=x"]),
+        "--net: net[0].id=x: used by more than one device"
+    );
+}
+
+#[test]
+fn net_config_validation_and_json() {
+    let bad = |net: NetConfig| {
+        VmConfig {
+            payload: PayloadConfig {
+                kernel: Some(PathBuf::from("/k")),
+                ..PayloadConfig::default()
+            },
+            net: Some(vec![net]),
+            ..VmConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+    };
+    assert_eq!(
+        bad(NetConfig {
+            tap: Some("t".into()),
+            fds: Some(vec![3]),
+            ..NetConfig::default()
+        }),
+        ConfigError::NetTapAndFds(0)
+    );
+    assert_eq!(
+        bad(NetConfig {
+            fds: Some(vec![3]),
+            num_queues: 4,
+            ..NetConfig::default()
+        })
+        .to_string(),
+        "net[0].fds: 1 fds for num_queues=4 (one valid fd per RX/TX pair needed)"
+    );
+    assert!(matches!(
+        bad(NetConfig {
+            mac: Some("zz".into()),
+            ..NetConfig::default()
+        }),
+        ConfigError::NetMac { index: 0, .. }
+    ));
+    // Cloud Hypervisor-style JSON with defaults filled in.
+    let net: NetConfig =
+        serde_json::from_str(r#"{"tap":"tap0","ip":"192.168.1.1","mac":"02:00:00:00:00:02"}"#)
+            .unwrap();
+    assert_eq!(net.ip, Some("192.168.1.1".parse().unwrap()));
+    assert_eq!(
+        (net.num_queues, net.queue_size, net.offload_tso),
+        (2, 256, true)
+    );
+    let json = serde_json::to_string(&net).unwrap();
+    assert!(
+        json.contains(r#""tap":"tap0""#) && !json.contains("fds"),
+        "{json}"
+    );
+    assert!(serde_json::from_str::<NetConfig>(r#"{"vhost_user":true}"#).is_err());
 }

@@ -1,0 +1,313 @@
+//! PCI hotplug and the ACPI power button through the REST API, end to end.
+//!
+//! - `hotplug_api_with_test_guest` (fast, no Linux): `vm.add-disk` on a
+//!   running VM answers 200 with Cloud Hypervisor's `PciDeviceInfo`, records
+//!   the disk in the config, refuses a duplicate id; `vm.remove-device` and
+//!   `vm.power-button` are accepted (the tiny guest has no ACPI, so nothing
+//!   is ejected), unknown ids answer 404.
+//! - `linux_disk_hotplug_and_power_button` (one Linux boot of the guest kit):
+//!   the guest polls for `/dev/vdb`; the host hot-adds a raw image holding a
+//!   known pattern, the guest reads the pattern from `/dev/vdb`; the host
+//!   asks to remove the disk, the guest's ACPI hotplug driver ejects it and
+//!   `/dev/vdb` disappears; the host presses the power button and the
+//!   guest sees the GED interrupt (`ACPI:Ged` in `/proc/interrupts`) with
+//!   `PWRB` bound to the ACPI button driver; the guest powers off and chv
+//!   exits 0.
+//!
+//! Requests are raw HTTP/1.1 over the `--api-socket` Unix socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chv_tests::{require_guest_kit, testguest, Chv};
+
+/// Time to the guest's first marker: Linux boots take 40-60 s here.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time for one guest step (each fork in the guest costs 1-2 s).
+const STEP_TIMEOUT: Duration = Duration::from_secs(180);
+/// Console text that ends a wait early as a failure.
+const ABORT: &[&str] = &["Kernel panic", "HP-FAIL"];
+/// Pattern at offset 0 of the hot-added disk.
+const PATTERN: &str = "CHV-HOTPLUG-PATTERN-7d3f";
+
+/// A scratch directory, removed on drop unless the test failed.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("chv-hotplug-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Sends one request and returns (status, body). Waits for the socket to
+/// appear first (chv creates it at start-up).
+fn http(sock: &Path, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
+    let mut stream = None;
+    for _ in 0..200 {
+        match UnixStream::connect(sock) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let mut s = stream.unwrap_or_else(|| panic!("cannot connect to {}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} /api/v1/{endpoint} HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    // Read the head, then exactly Content-Length bytes of body.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).expect("read body");
+        assert!(n > 0, "connection closed inside the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+    (status, body)
+}
+
+/// Writes a 1 MiB raw image starting with [`PATTERN`].
+fn pattern_image(path: &Path) {
+    let mut data = vec![0u8; 1 << 20];
+    data[..PATTERN.len()].copy_from_slice(PATTERN.as_bytes());
+    std::fs::write(path, data).expect("write image");
+}
+
+/// The string value of `"key": "..."` in a flat JSON object (the tests
+/// crate has no JSON parser; the bodies checked here are flat).
+fn json_str(body: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let at = body.find(&pat)? + pat.len();
+    let rest = body[at..].trim_start().strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+#[test]
+fn hotplug_api_with_test_guest() {
+    let dir = Scratch::new("api");
+    let sock = dir.path("api.sock");
+    let img = dir.path("disk.raw");
+    pattern_image(&img);
+    let mut chv = Chv::spawn(&[
+        "--kernel".to_string(),
+        testguest().display().to_string(),
+        "--cmdline".into(),
+        "test=ticker".into(),
+        "--cpus".into(),
+        "boot=1".into(),
+        "--memory".into(),
+        "size=64M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--api-socket".into(),
+        sock.display().to_string(),
+    ]);
+    chv.expect("TICK 3", &[], Duration::from_secs(30));
+
+    let add = format!(r#"{{"path":"{}"}}"#, img.display());
+    let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&add));
+    chv.check(status == 200, &format!("vm.add-disk: {status} {body}"));
+    assert_eq!(json_str(&body, "id").as_deref(), Some("_disk0"), "{body}");
+    assert_eq!(
+        json_str(&body, "bdf").as_deref(),
+        Some("0000:00:01.0"),
+        "{body}"
+    );
+
+    // A named disk goes to the next slot; the same id again is refused.
+    let img2 = dir.path("data.raw");
+    pattern_image(&img2);
+    let named = format!(
+        r#"{{"path":"{}","id":"data","readonly":true}}"#,
+        img2.display()
+    );
+    let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&named));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json_str(&body, "bdf").as_deref(), Some("0000:00:02.0"));
+    let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&named));
+    assert_eq!(status, 400, "duplicate id: {body}");
+    let missing = format!(r#"{{"path":"{}"}}"#, dir.path("nope.raw").display());
+    let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&missing));
+    assert!(status >= 400, "missing image: {status} {body}");
+
+    // Both disks are in the config, with their ids.
+    let (status, body) = http(&sock, "GET", "vm.info", None);
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""id":"_disk0""#), "{body}");
+    assert!(body.contains(r#""id":"data""#), "{body}");
+
+    let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"nope"}"#));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"data"}"#));
+    assert_eq!(status, 204, "{body}");
+    let (_, body) = http(&sock, "GET", "vm.info", None);
+    assert!(!body.contains(r#""id":"data""#), "{body}");
+    assert!(body.contains(r#""id":"_disk0""#), "{body}");
+
+    let (status, body) = http(&sock, "PUT", "vm.power-button", None);
+    assert_eq!(status, 204, "{body}");
+    // The guest keeps running through all of it.
+    let ticks = chv.stdout().matches("TICK").count();
+    chv.expect_count("TICK", ticks + 5, &[], Duration::from_secs(30));
+
+    let (status, _) = http(&sock, "PUT", "vmm.shutdown", None);
+    assert_eq!(status, 204);
+    let st = chv.expect_exit(Duration::from_secs(30));
+    chv.assert_no_panic();
+    chv.check(st.success(), &format!("chv exited with {st}"));
+}
+
+/// The guest side: wait for the disk, read it, wait for it to go, then
+/// count GED interrupts around the power button. Single quotes only: the
+/// whole script is one `guest_cmd="..."` kernel parameter.
+const GUEST_SCRIPT: &str = "\
+echo HP-SLOTS=$(ls /sys/bus/pci/slots | wc -l); \
+echo HP-BUTTON=$(ls /sys/bus/acpi/drivers/button | grep -c PNP0C0C); \
+echo HP-WAIT-ADD; \
+i=0; while [ ! -b /dev/vdb ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
+[ -b /dev/vdb ] || echo HP-FAIL-no-vdb; \
+echo HP-DATA=$(head -c 24 /dev/vdb); \
+echo HP-WAIT-REMOVE; \
+i=0; while [ -b /dev/vdb ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
+[ -b /dev/vdb ] && echo HP-FAIL-vdb-stays; \
+echo HP-REMOVED; \
+g0=$(awk '/Ged/{print $2}' /proc/interrupts); \
+echo HP-WAIT-POWER ged=$g0; \
+i=0; while [ $(awk '/Ged/{print $2}' /proc/interrupts) = $g0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
+echo HP-POWER ged=$(awk '/Ged/{print $2}' /proc/interrupts)";
+
+#[test]
+fn linux_disk_hotplug_and_power_button() {
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let dir = Scratch::new("linux");
+    let sock = dir.path("api.sock");
+    let img = dir.path("hot.raw");
+    pattern_image(&img);
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
+    let mut chv = Chv::spawn(&[
+        "--kernel".to_string(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--cpus".into(),
+        "boot=1".into(),
+        "--memory".into(),
+        "size=128M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--api-socket".into(),
+        sock.display().to_string(),
+    ]);
+    chv.expect("HP-WAIT-ADD", ABORT, BOOT_TIMEOUT);
+    let booted = chv.elapsed();
+    // acpiphp registered all 31 slots; PWRB is bound to the button driver.
+    chv.check(chv.stdout().contains("HP-SLOTS=31"), "31 hotplug slots");
+    chv.check(chv.stdout().contains("HP-BUTTON=1"), "PWRB bound");
+
+    let add = format!(r#"{{"path":"{}","id":"hot0"}}"#, img.display());
+    let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&add));
+    chv.check(status == 200, &format!("vm.add-disk: {status} {body}"));
+    assert_eq!(json_str(&body, "bdf").as_deref(), Some("0000:00:01.0"));
+    chv.expect("HP-WAIT-REMOVE", ABORT, STEP_TIMEOUT);
+    let added = chv.elapsed();
+    chv.check(
+        chv.stdout().contains(&format!("HP-DATA={PATTERN}")),
+        "the guest read the pattern from the hot-added disk",
+    );
+
+    let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"hot0"}"#));
+    chv.check(status == 204, &format!("vm.remove-device: {status} {body}"));
+    chv.expect("HP-REMOVED", ABORT, STEP_TIMEOUT);
+    let removed = chv.elapsed();
+    let (_, info) = http(&sock, "GET", "vm.info", None);
+    chv.check(
+        !info.contains("hot0"),
+        &format!("disk still in config: {info}"),
+    );
+
+    chv.expect("HP-WAIT-POWER", ABORT, STEP_TIMEOUT);
+    let (status, body) = http(&sock, "PUT", "vm.power-button", None);
+    chv.check(status == 204, &format!("vm.power-button: {status} {body}"));
+    chv.expect("HP-POWER", ABORT, STEP_TIMEOUT);
+    let lines = chv.lines();
+    let count = |prefix: &str| -> u64 {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| chv.fail(&format!("no number after {prefix:?}")))
+    };
+    let (before, after) = (count("HP-WAIT-POWER ged="), count("HP-POWER ged="));
+    chv.check(
+        after > before,
+        "the power button raised the GED interrupt in the guest",
+    );
+    // Hot-add and eject request each raised it once before.
+    chv.check(before >= 2, "GED interrupts for add and remove");
+
+    chv.expect("GUEST-POWEROFF", ABORT, STEP_TIMEOUT);
+    let st = chv.expect_exit(Duration::from_secs(60));
+    chv.assert_no_panic();
+    chv.check(st.success(), &format!("chv exited with {st}"));
+    eprintln!(
+        "boot to script {booted:.1?}, hot-add seen {:.1?} later, removal {:.1?} later",
+        added - booted,
+        removed - added
+    );
+}
