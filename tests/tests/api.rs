@@ -1155,7 +1155,11 @@ fn forwarder(sock: PathBuf, log: Arc<Mutex<Vec<Seen>>>) -> u16 {
                         .and_then(|s| s.parse().ok())
                         .unwrap_or(0);
                     if status != 100 {
-                        let request = pending.lock().unwrap().pop_front().unwrap_or_default();
+                        let request = pending
+                            .lock()
+                            .unwrap()
+                            .pop_front()
+                            .unwrap_or_else(|| "(unframed request)".to_string());
                         log.lock().unwrap().push(Seen {
                             request,
                             status,
@@ -1183,9 +1187,8 @@ fn pipe<R: Read, W: Write + ShutdownWrite>(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if to.write_all(&chunk[..n]).is_err() {
-            break;
-        }
+        // Record before forwarding, so a request is always logged before
+        // the other direction can see its response.
         buf.extend_from_slice(&chunk[..n]);
         while let Some((line, head, len)) = next_head(&buf) {
             let status = line
@@ -1205,6 +1208,9 @@ fn pipe<R: Read, W: Write + ShutdownWrite>(
                 String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
             );
             buf.drain(..head + len);
+        }
+        if to.write_all(&chunk[..n]).is_err() {
+            break;
         }
     }
     to.shutdown_write();
@@ -1239,7 +1245,7 @@ fn openapi_schema_fuzzing() {
     let sock = dir.join("api.sock");
     // chv runs in the scratch directory: fuzzed configs name relative files.
     let mut child = Command::new(chv_bin())
-        .args(["--api-socket", &format!("path={}", sock.display())])
+        .args(["--api-socket", &format!("path={}", sock.display()), "-vv"])
         .current_dir(&dir.0)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(dir.join("chv.out")).expect("out"))
