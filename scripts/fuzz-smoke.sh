@@ -36,7 +36,7 @@ for t in $targets; do
     done
     if [ "${#inputs[@]}" -gt 0 ]; then
         echo "fuzz-smoke: $t: replaying ${#inputs[@]} saved inputs"
-        if ! cargo +nightly fuzz run "$t" -- -runs=1 -rss_limit_mb=2048 \
+        if ! cargo +nightly fuzz run "$t" -- -timeout=20 -rss_limit_mb=2048 \
             "${inputs[@]}"; then
             echo "fuzz-smoke: $t: a saved input crashes" >&2
             fail=1
@@ -50,7 +50,7 @@ for t in $targets; do
         seeds+=("seeds/$t")
     fi
     if ! cargo +nightly fuzz run "$t" "$work/$t" "${seeds[@]}" -- \
-        -max_total_time="$secs" -rss_limit_mb=2048 \
+        -max_total_time="$secs" -timeout=20 -rss_limit_mb=2048 \
         -artifact_prefix="$work/"; then
         echo "fuzz-smoke: $t: crash found; inputs in $work (kept)" >&2
         trap - EXIT

@@ -1100,6 +1100,52 @@ fn bad_requests_keep_the_vmm_serving() {
     expect_clean_exit(chv);
 }
 
+/// Many clients sending large (valid-size) bodies at once, then closing:
+/// the api thread's allocator returns the freed memory to the system, which
+/// must not trip its seccomp filter (glibc's heap trimming reads
+/// /proc/sys/vm/overcommit_memory the first time it shrinks a heap).
+#[test]
+fn many_large_bodies_then_disconnect() {
+    let dir = Scratch::new("bodies");
+    let (chv, sock) = start_vmm(&dir);
+    for round in 0..3 {
+        let mut conns = Vec::new();
+        for i in 0..30 {
+            let n = 2000 * (i + 1);
+            let mut s = UnixStream::connect(&sock).expect("connect");
+            let mut req = format!("PUT /api/v1/vm.create HTTP/1.1\r\nContent-Length: {n}\r\n\r\n")
+                .into_bytes();
+            req.extend(std::iter::repeat_n(b'x', n));
+            s.write_all(&req).expect("write");
+            conns.push(s);
+        }
+        thread::sleep(Duration::from_millis(100));
+        let r = get(&sock, "vmm.ping");
+        expect_status(
+            &chv,
+            &format!("ping with 30 big requests (round {round})"),
+            &r,
+            200,
+        );
+        drop(conns);
+        thread::sleep(Duration::from_millis(100));
+        if UnixStream::connect(&sock).is_err() {
+            chv.fail(&format!(
+                "chv died after 30 clients with big bodies closed (round {round})"
+            ));
+        }
+        let r = get(&sock, "vmm.ping");
+        expect_status(
+            &chv,
+            &format!("ping after the clients left (round {round})"),
+            &r,
+            200,
+        );
+    }
+    expect_status(&chv, "vmm.shutdown", &put(&sock, "vmm.shutdown", None), 204);
+    expect_clean_exit(chv);
+}
+
 // ---- schema-driven fuzzing with schemathesis ------------------------------
 
 /// One request/response pair seen by the forwarder.
@@ -1330,7 +1376,12 @@ fn openapi_schema_fuzzing() {
     }
     let mut trace = String::new();
     for s in &seen {
-        trace.push_str(&format!("{} -> {} {}\n", s.request, s.status, s.body.trim()));
+        trace.push_str(&format!(
+            "{} -> {} {}\n",
+            s.request,
+            s.status,
+            s.body.trim()
+        ));
     }
     std::fs::write(dir.join("seen.txt"), trace).expect("write seen.txt");
     if let Some(st) = child.try_wait().expect("wait chv") {

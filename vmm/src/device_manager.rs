@@ -32,6 +32,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use virtio_devices::block::disk::{open_disk_with_format, DiskOptions};
 use virtio_devices::block::{BlockCounters, BlockOptions, VirtioBlock};
 use virtio_devices::console::VirtioConsole;
+use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNet};
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
 use virtio_devices::worker::ThreadSetup;
@@ -95,6 +96,36 @@ pub struct PciDeviceHandle {
     pub device: SharedVirtioPci,
     /// I/O counters, for block devices.
     pub block_counters: Option<Arc<BlockCounters>>,
+    /// Traffic counters, for network devices.
+    pub net_counters: Option<Arc<NetCounters>>,
+}
+
+/// The virtio-net options a `--net` entry asks for.
+fn net_options(net: &crate::config::NetConfig, id: &str) -> Result<NetOptions, VmmError> {
+    let backend = match (&net.tap, &net.fds) {
+        (_, Some(fds)) => NetBackend::Fds(fds.clone()),
+        (Some(tap), None) => NetBackend::Name(tap.clone()),
+        (None, None) => NetBackend::Name("vmtap%d".into()),
+    };
+    let mac = match &net.mac {
+        Some(m) => Some(
+            m.parse::<MacAddr>()
+                .map_err(|e| VmmError::Config(format!("--net: mac={m}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(NetOptions {
+        backend,
+        mac,
+        ip: net.ip,
+        mask: net.mask,
+        mtu: net.mtu,
+        num_queues: u16::try_from(net.num_queues).unwrap_or(u16::MAX),
+        queue_size: net.queue_size,
+        offload_tso: net.offload_tso,
+        offload_csum: net.offload_csum,
+        id: id.to_string(),
+    })
 }
 
 /// Devices in the order they were added; shared with the eject handler.
@@ -321,6 +352,20 @@ impl DeviceManager {
             let (blk, counters) = self.build_disk(disk, &id)?;
             self.add_virtio(id, blk, Some(counters))?;
         }
+        for (i, net) in config.net.iter().flatten().enumerate() {
+            let id = net.id.clone().unwrap_or_else(|| format!("_net{i}"));
+            let mut dev = VirtioNet::new(net_options(net, &id)?)
+                .map_err(|e| VmmError::Config(format!("--net: {e}")))?;
+            log::info!("{id}: tap {} mac {}", dev.tap_name(), dev.mac());
+            if let Some(s) = &self.thread_setup {
+                dev.set_thread_setup(s.clone());
+            }
+            let counters = dev.counters();
+            let slot = self.add_virtio(id, Box::new(dev), None)?;
+            if let Some(h) = lock(&self.devices).iter_mut().find(|d| d.slot == slot) {
+                h.net_counters = Some(counters);
+            }
+        }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
             let (output, input): (Option<Box<dyn Write + Send>>, _) = match console.mode {
@@ -409,6 +454,7 @@ impl DeviceManager {
             slot: info.slot,
             device: transport,
             block_counters,
+            net_counters: None,
         });
         Ok(info.slot)
     }
@@ -426,6 +472,16 @@ impl DeviceManager {
                     ("write_bytes", s.write_bytes),
                     ("read_ops", s.read_ops),
                     ("write_ops", s.write_ops),
+                ]);
+                all.insert(dev.id.clone(), map);
+            }
+            if let Some(c) = &dev.net_counters {
+                let s = c.snapshot();
+                let map = std::collections::BTreeMap::from([
+                    ("rx_bytes", s.rx_bytes),
+                    ("rx_frames", s.rx_frames),
+                    ("tx_bytes", s.tx_bytes),
+                    ("tx_frames", s.tx_frames),
                 ]);
                 all.insert(dev.id.clone(), map);
             }

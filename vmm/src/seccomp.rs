@@ -124,6 +124,7 @@ pub fn worker_thread_rules() -> ThreadRules {
         ],
     )
     .allow_ioctls(&[libc::TIOCGWINSZ])
+    .allow_ioctls(&virtio_devices::net::TAP_RUNTIME_IOCTLS)
     .allow_arg(libc::SYS_fcntl, 1, &fcntl_commands())
 }
 
@@ -190,6 +191,25 @@ fn vm_setup_ioctls() -> Vec<u64> {
         nr::KVM_SET_MSRS(),
         nr::KVM_GET_LAPIC(),
         nr::KVM_SET_LAPIC(),
+    ]
+    .to_vec()
+}
+
+/// Opening and configuring a tap device for virtio-net (`--net`): attach
+/// by name, vnet header size, offloads, queues, and the host side's
+/// address, netmask, MTU and up flag.
+fn tap_setup_ioctls() -> Vec<u64> {
+    [
+        libc::TUNSETIFF,
+        libc::TUNGETIFF,
+        libc::TUNSETVNETHDRSZ,
+        libc::TUNSETOFFLOAD,
+        libc::TUNSETQUEUE,
+        libc::SIOCSIFADDR,
+        libc::SIOCSIFNETMASK,
+        libc::SIOCSIFMTU,
+        libc::SIOCGIFFLAGS,
+        libc::SIOCSIFFLAGS,
     ]
     .to_vec()
 }
@@ -262,6 +282,7 @@ pub fn vmm_thread_rules() -> ThreadRules {
         ])
         .allow_ioctls(&vm_setup_ioctls())
         .allow_ioctls(&tty_ioctls())
+        .allow_ioctls(&tap_setup_ioctls())
         .allow_arg(
             libc::SYS_fcntl,
             1,
