@@ -119,6 +119,7 @@ pub fn worker_thread_rules() -> ThreadRules {
         &[
             libc::SYS_fstat,
             libc::SYS_newfstatat,
+            libc::SYS_statx,
             libc::SYS_epoll_create1,
             libc::SYS_eventfd2,
         ],
