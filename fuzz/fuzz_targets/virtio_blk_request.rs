@@ -69,8 +69,10 @@ impl Len {
 struct Desc {
     addr: Addr,
     len: Len,
-    flags: u16,
-    next: u16,
+    /// NEXT, WRITE and INDIRECT (the only bits the spec defines).
+    flags: u8,
+    /// `None` links to the following table entry.
+    next: Option<u16>,
     payload: Vec<u8>,
 }
 
@@ -181,15 +183,22 @@ fn run(input: Input) {
             let mut e = [0u8; 16];
             e[..8].copy_from_slice(&d.addr.get().to_le_bytes());
             e[8..12].copy_from_slice(&d.len.get().to_le_bytes());
-            e[12..14].copy_from_slice(&d.flags.to_le_bytes());
-            e[14..].copy_from_slice(&d.next.to_le_bytes());
+            let next = d.next.unwrap_or(i as u16 + 1);
+            e[12..14].copy_from_slice(&u16::from(d.flags & 7).to_le_bytes());
+            e[14..].copy_from_slice(&next.to_le_bytes());
             put(&*m, desc.wrapping_add(16 * i as u64), &e);
         }
         let idx = input.next_avail.wrapping_add(input.avail_count);
         put(&*m, avail, &input.avail_flags.to_le_bytes());
         put(&*m, avail.wrapping_add(2), &idx.to_le_bytes());
-        for (i, r) in input.avail_ring.iter().take(usize::from(size)).enumerate() {
-            put(&*m, avail.wrapping_add(4 + 2 * i as u64), &r.to_le_bytes());
+        // Entries not given name descriptor i, the common driver layout.
+        for i in 0..size {
+            let r = input.avail_ring.get(usize::from(i)).copied().unwrap_or(i);
+            put(
+                &*m,
+                avail.wrapping_add(4 + 2 * u64::from(i)),
+                &r.to_le_bytes(),
+            );
         }
         let used_event_at = avail.wrapping_add(4 + 2 * u64::from(size));
         put(&*m, used_event_at, &input.used_event.to_le_bytes());
@@ -220,14 +229,20 @@ fn run(input: Input) {
         notify,
     };
     let irq = Arc::new(CountingInterrupt::default());
-    if dev.activate(mem, irq, vec![aq]).is_ok() {
+    let activated = dev.activate(mem, irq.clone(), vec![aq]);
+    if activated.is_ok() {
         // A failed reset means the worker thread panicked (the panic hook
         // already aborted) or could not be stopped: a real bug either way.
         assert!(dev.reset(), "virtio-blk worker could not be reset");
     }
     if std::env::var_os("CHV_FUZZ_STATS").is_some() {
         // Shows whether a corpus reaches request execution at all.
-        eprintln!("blk stats: {:?}", dev.counters().snapshot());
+        eprintln!(
+            "blk stats: activate {:?} irqs {:?} {:?}",
+            activated.err(),
+            irq.count,
+            dev.counters().snapshot()
+        );
     }
 }
 

@@ -638,7 +638,7 @@ fn lifecycle_with_test_guest() {
         &chv,
         "vm.pause when shut down",
         &put(&sock, "vm.pause", None),
-        404,
+        405,
     );
     expect_status(&chv, "vm.boot again", &put(&sock, "vm.boot", None), 204);
     wait_file(&chv, &serial, "third start", GUEST_TIMEOUT, |t| {
@@ -699,7 +699,7 @@ fn lifecycle_with_chv_remote() {
         remote_ok(&chv, &sock, &["create", &config_arg]).is_empty(),
         "create prints nothing",
     );
-    remote_err(&chv, &sock, &["create", &config_arg], "400");
+    remote_err(&chv, &sock, &["create", &config_arg], "409");
     chv.check(
         remote_ok(&chv, &sock, &["boot"]).is_empty(),
         "boot prints nothing",
@@ -943,7 +943,7 @@ fn bad_requests_keep_the_vmm_serving() {
         &chv,
         "vm.create twice",
         &put(&sock, "vm.create", Some(&good)),
-        400,
+        409,
     );
     let r = put(&sock, "vm.pause", None);
     chv.check(

@@ -6,8 +6,8 @@
 //!   `vm.power-button` are accepted (the tiny guest has no ACPI, so nothing
 //!   is ejected), unknown ids answer 404.
 //! - `linux_disk_hotplug_and_power_button` (one Linux boot of the guest kit):
-//!   the guest polls for `/dev/vdb`; the host hot-adds a raw image holding a
-//!   known pattern, the guest reads the pattern from `/dev/vdb`; the host
+//!   with one cold-plugged disk (`/dev/vda`), the guest polls for
+//!   `/dev/vdb`; the host hot-adds a raw image holding a known pattern, the guest reads the pattern from `/dev/vdb`; the host
 //!   asks to remove the disk, the guest's ACPI hotplug driver ejects it and
 //!   `/dev/vdb` disappears; the host presses the power button and the
 //!   guest sees the GED interrupt (`ACPI:Ged` in `/proc/interrupts`) with
@@ -221,6 +221,7 @@ echo HP-WAIT-REMOVE; \
 i=0; while [ -b /dev/vdb ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
 [ -b /dev/vdb ] && echo HP-FAIL-vdb-stays; \
 echo HP-REMOVED; \
+echo HP-VDA=$(ls /dev | grep -c vda); \
 g0=$(awk '/Ged/{print $2}' /proc/interrupts); \
 echo HP-WAIT-POWER ged=$g0; \
 i=0; while [ $(awk '/Ged/{print $2}' /proc/interrupts) = $g0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
@@ -235,6 +236,9 @@ fn linux_disk_hotplug_and_power_button() {
     let sock = dir.path("api.sock");
     let img = dir.path("hot.raw");
     pattern_image(&img);
+    // A cold-plugged disk (slot 1, /dev/vda), so the hot one is /dev/vdb.
+    let cold = dir.path("cold.raw");
+    std::fs::write(&cold, vec![0u8; 1 << 20]).expect("write image");
     let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
     let mut chv = Chv::spawn(&[
         "--kernel".to_string(),
@@ -253,6 +257,9 @@ fn linux_disk_hotplug_and_power_button() {
         "off".into(),
         "--api-socket".into(),
         sock.display().to_string(),
+        "--disk".into(),
+        format!("path={},id=cold0", cold.display()),
+        "-v".into(),
     ]);
     chv.expect("HP-WAIT-ADD", ABORT, BOOT_TIMEOUT);
     let booted = chv.elapsed();
@@ -263,7 +270,7 @@ fn linux_disk_hotplug_and_power_button() {
     let add = format!(r#"{{"path":"{}","id":"hot0"}}"#, img.display());
     let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&add));
     chv.check(status == 200, &format!("vm.add-disk: {status} {body}"));
-    assert_eq!(json_str(&body, "bdf").as_deref(), Some("0000:00:01.0"));
+    assert_eq!(json_str(&body, "bdf").as_deref(), Some("0000:00:02.0"));
     chv.expect("HP-WAIT-REMOVE", ABORT, STEP_TIMEOUT);
     let added = chv.elapsed();
     chv.check(
@@ -280,8 +287,13 @@ fn linux_disk_hotplug_and_power_button() {
         !info.contains("hot0"),
         &format!("disk still in config: {info}"),
     );
+    chv.check(info.contains("cold0"), &format!("cold disk gone: {info}"));
 
     chv.expect("HP-WAIT-POWER", ABORT, STEP_TIMEOUT);
+    chv.check(
+        chv.stdout().contains("HP-VDA=1"),
+        "the cold-plugged disk stayed",
+    );
     let (status, body) = http(&sock, "PUT", "vm.power-button", None);
     chv.check(status == 204, &format!("vm.power-button: {status} {body}"));
     chv.expect("HP-POWER", ABORT, STEP_TIMEOUT);

@@ -8,8 +8,10 @@ pub mod block;
 pub mod console;
 pub mod device;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 pub mod worker;
 
 pub use device::{

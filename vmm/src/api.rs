@@ -80,7 +80,7 @@ impl Vmm {
             Endpoint::VmCreate => {
                 if self.config.is_some() {
                     return Err(ApiResponse::error(
-                        400,
+                        409,
                         "a VM is already created (vm.delete it first)",
                     ));
                 }
@@ -128,10 +128,13 @@ impl Vmm {
                 Ok((json(&vm.devices.counters()), Next::Continue))
             }
             Endpoint::VmPause => {
+                if self.config.is_none() {
+                    return Err(ApiResponse::error(404, "no VM is created"));
+                }
                 let vm = self
                     .vm
                     .as_ref()
-                    .ok_or_else(|| ApiResponse::error(404, "the VM is not booted"))?;
+                    .ok_or_else(|| ApiResponse::error(405, "the VM is not booted"))?;
                 if self.state != VmState::Running {
                     return Err(ApiResponse::error(405, "the VM is not running"));
                 }
@@ -141,10 +144,13 @@ impl Vmm {
                 Ok(done())
             }
             Endpoint::VmResume => {
+                if self.config.is_none() {
+                    return Err(ApiResponse::error(404, "no VM is created"));
+                }
                 let vm = self
                     .vm
                     .as_ref()
-                    .ok_or_else(|| ApiResponse::error(404, "the VM is not booted"))?;
+                    .ok_or_else(|| ApiResponse::error(405, "the VM is not booted"))?;
                 if self.state != VmState::Paused {
                     return Err(ApiResponse::error(405, "the VM is not paused"));
                 }

@@ -8,6 +8,7 @@
 
 mod device_options;
 mod options;
+mod rate_limit_options;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ use crate::config::{
 use device_options::{parse_disk, parse_net, parse_rng};
 use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
+use rate_limit_options::parse_rate_limit_group;
 
 /// What the command line asks chv to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -149,12 +151,16 @@ struct Args {
     /// virtio-blk disks; one flag may take several, and may be repeated:
     /// path=<image>[,readonly=on|off][,direct=on|off][,num_queues=<n>]
     /// [,queue_size=<n>][,serial=<s>][,id=<id>][,image_type=raw|qcow2]
+    /// [,bw_size=<bytes>,bw_refill_time=<ms>][,ops_size=<n>,ops_refill_time=<ms>]
+    /// [,rate_limit_group=<id>]
     ///
     /// path: raw or qcow2 image (required).
     /// readonly: read-only disk (default off). direct: O_DIRECT (default off).
     /// num_queues: 1..=16 (default 1). queue_size: power of two, 2..=1024
     /// (default 128). serial: at most 20 bytes. id: unique device id.
     /// image_type: default detected from the file. iommu=off is accepted.
+    /// bw_*/ops_*: this disk's rate limit; rate_limit_group: share the
+    /// limit of a --rate-limit-group instead.
     #[arg(
         long,
         value_name = "DISK",
@@ -177,7 +183,7 @@ struct Args {
     /// num_queues: even, 2..=32 (default 2); more than 2 is multi-queue.
     /// queue_size: power of two, 2..=4096 (default 256).
     /// offload_tso, offload_csum: default on. iommu=off and offload_ufo=off
-    /// are accepted.
+    /// are accepted. bw_*/ops_*: rate limits, see --rate-limit-group.
     #[arg(
         long,
         value_name = "NET",
@@ -186,6 +192,24 @@ struct Args {
         verbatim_doc_comment
     )]
     net: Vec<String>,
+
+    /// Rate limits shared by disks; one flag may take several, and may be
+    /// repeated: id=<id>[,bw_size=<bytes>,bw_refill_time=<ms>]
+    /// [,bw_one_time_burst=<bytes>][,ops_size=<n>,ops_refill_time=<ms>]
+    /// [,ops_one_time_burst=<n>]
+    ///
+    /// A disk joins with --disk ...,rate_limit_group=<id>. --disk and
+    /// --net take the same bw_*/ops_* keys for a limit of their own (net:
+    /// receive and transmit are limited separately). bw_* sizes accept
+    /// K/M/G suffixes; each bucket needs its size and refill_time.
+    #[arg(
+        long = "rate-limit-group",
+        value_name = "GROUP",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    rate_limit_group: Vec<String>,
 
     /// virtio-rng entropy device: src=<path> (default src=/dev/urandom)
     ///
@@ -309,6 +333,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_net(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--net"))?;
+    let groups = args
+        .rate_limit_group
+        .iter()
+        .map(|value| parse_rate_limit_group(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--rate-limit-group"))?;
     let initramfs = args
         .initramfs
         .map(|path| non_empty_path("--initramfs", path))
@@ -325,6 +355,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--disk", !disks.is_empty()),
             ("--rng", rng.is_some()),
             ("--net", !nets.is_empty()),
+            ("--rate-limit-group", !groups.is_empty()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -344,6 +375,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         disks: (!disks.is_empty()).then_some(disks),
         rng,
         net: (!nets.is_empty()).then_some(nets),
+        rate_limit_groups: (!groups.is_empty()).then_some(groups),
     };
     config.validate().map_err(|source| CliError::Config {
         option: config_error_option(&source),
@@ -371,7 +403,13 @@ fn config_error_option(err: &ConfigError) -> &'static str {
         | ConfigError::DiskSerialTooLong { .. }
         | ConfigError::DiskImageType { .. }
         | ConfigError::DiskId { .. }
-        | ConfigError::DuplicateId { .. } => "--disk",
+        | ConfigError::DuplicateId { .. }
+        | ConfigError::DiskRateLimiter { .. }
+        | ConfigError::DiskRateLimitGroup { .. }
+        | ConfigError::DiskRateLimitConflict(_) => "--disk",
+        ConfigError::RateLimitGroup { .. } | ConfigError::RateLimitGroupId { .. } => {
+            "--rate-limit-group"
+        }
         ConfigError::EmptyPath("rng.src") => "--rng",
         ConfigError::NetNumQueues { .. }
         | ConfigError::NetQueueSize { .. }
@@ -381,7 +419,8 @@ fn config_error_option(err: &ConfigError) -> &'static str {
         | ConfigError::NetTapAndFds(_)
         | ConfigError::NetFds { .. }
         | ConfigError::NetId { .. }
-        | ConfigError::NetDuplicateId { .. } => "--net",
+        | ConfigError::NetDuplicateId { .. }
+        | ConfigError::NetRateLimiter { .. } => "--net",
         ConfigError::KernelMissing | ConfigError::EmptyPath(_) => "--kernel",
     }
 }

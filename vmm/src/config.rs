@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod rate_limit;
+
+pub use rate_limit::{RateLimitGroupConfig, RateLimiterConfig, TokenBucketConfig};
+
 /// Everything needed to build and boot one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +39,9 @@ pub struct VmConfig {
     /// virtio-net devices over tap interfaces, in PCI slot order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<Vec<NetConfig>>,
+    /// Rate limits shared by the disks naming them in `rate_limit_group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_groups: Option<Vec<RateLimitGroupConfig>>,
 }
 
 /// `--disk path=…,readonly=on,direct=on,…` (Cloud Hypervisor's `DiskConfig`).
@@ -64,6 +71,13 @@ pub struct DiskConfig {
     /// Image format ("raw" or "qcow2"); detected from the file when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_type: Option<String>,
+    /// This disk's own I/O limits (bytes and requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<RateLimiterConfig>,
+    /// Id of a `rate_limit_groups` entry whose limits this disk shares
+    /// (exclusive with `rate_limiter_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_group: Option<String>,
 }
 
 /// Default number of virtio-blk queues (as Cloud Hypervisor).
@@ -93,7 +107,7 @@ impl Default for RngConfig {
 }
 
 /// `--net tap=…,mac=…,ip=…` (Cloud Hypervisor's `NetConfig`, without
-/// vhost-user and rate limiting).
+/// vhost-user).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
@@ -132,6 +146,10 @@ pub struct NetConfig {
     /// Offer checksum offload.
     #[serde(default = "default_true")]
     pub offload_csum: bool,
+    /// Limits applied to receive and, separately, to transmit (bytes and
+    /// frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter_config: Option<RateLimiterConfig>,
 }
 
 impl Default for NetConfig {
@@ -148,6 +166,7 @@ impl Default for NetConfig {
             fds: None,
             offload_tso: true,
             offload_csum: true,
+            rate_limiter_config: None,
         }
     }
 }
@@ -266,6 +285,7 @@ impl Default for VmConfig {
             disks: None,
             rng: None,
             net: None,
+            rate_limit_groups: None,
         }
     }
 }
@@ -557,6 +577,49 @@ pub enum ConfigError {
         /// The configured id.
         id: String,
     },
+    /// A disk's own rate limiter has an unusable bucket.
+    #[error("disks[{index}].rate_limiter_config: {reason}")]
+    DiskRateLimiter {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A disk names a rate limit group that does not exist.
+    #[error("disks[{index}].rate_limit_group={group}: no such rate limit group")]
+    DiskRateLimitGroup {
+        /// Position of the disk in `disks`.
+        index: usize,
+        /// The group named.
+        group: String,
+    },
+    /// A disk with both its own limits and a group.
+    #[error("disks[{0}]: rate_limiter_config and rate_limit_group cannot be combined")]
+    DiskRateLimitConflict(usize),
+    /// A net device's rate limiter has an unusable bucket.
+    #[error("net[{index}].rate_limiter_config: {reason}")]
+    NetRateLimiter {
+        /// Position of the device in `net`.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A rate limit group with an unusable bucket.
+    #[error("rate_limit_groups[{index}].rate_limiter_config: {reason}")]
+    RateLimitGroup {
+        /// Position of the group.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A rate limit group id that is empty or used twice.
+    #[error("rate_limit_groups[{index}].id='{id}': must be non-empty and unique")]
+    RateLimitGroupId {
+        /// Position of the group.
+        index: usize,
+        /// The id.
+        id: String,
+    },
     /// A net id already used by another net device or a disk.
     #[error("net[{index}].id={id}: used by more than one device")]
     NetDuplicateId {
@@ -605,7 +668,7 @@ impl VmConfig {
                 });
             }
         }
-        Ok(())
+        rate_limit::validate(self)
     }
 }
 

@@ -125,6 +125,7 @@ fn net_options(net: &crate::config::NetConfig, id: &str) -> Result<NetOptions, V
         offload_tso: net.offload_tso,
         offload_csum: net.offload_csum,
         id: id.to_string(),
+        rate_limit: None,
     })
 }
 
@@ -334,6 +335,7 @@ impl DeviceManager {
                 num_queues: u16::try_from(disk.num_queues).unwrap_or(u16::MAX),
                 queue_size: disk.queue_size,
                 id: id.to_string(),
+                ..Default::default()
             },
         )
         .map_err(|e| VmmError::Config(format!("--disk: {e}")))?;

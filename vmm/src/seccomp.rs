@@ -337,10 +337,22 @@ pub fn apply_vmm_filter(mode: SeccompMode) -> Result<(), SeccompError> {
     let Some(filter) = build(&vmm_thread_rules(), mode)? else {
         return Ok(());
     };
+    disable_heap_trimming();
     if mode == SeccompMode::Enabled {
         install_sigsys_handler()?;
     }
     apply_current_thread(&filter)
+}
+
+/// Stops glibc from giving freed heap memory back to the kernel.
+///
+/// The first time glibc shrinks a thread arena it opens
+/// `/proc/sys/vm/overcommit_memory`, which no filtered thread may do; with
+/// trimming off that never happens. Freed memory stays reusable by chv.
+fn disable_heap_trimming() {
+    // SAFETY: mallopt only changes allocator tunables; called before any
+    // other thread exists.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) };
 }
 
 /// The vCPU threads' filter for `mode` (`None` when disabled), built once

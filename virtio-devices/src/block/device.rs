@@ -1,5 +1,6 @@
 //! The virtio-blk device: features, config space and worker lifecycle.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
@@ -15,6 +16,7 @@ use super::request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
 use super::worker::BlockHandler;
 use super::BlockCounters;
 use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::rate_limiter::{RateLimitGroup, RateLimiter};
 use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
 
 /// Default size of each request queue.
@@ -52,6 +54,10 @@ pub struct BlockOptions {
     pub queue_size: u16,
     /// Device id for logs and the thread name.
     pub id: String,
+    /// Token buckets charged by this disk's requests (one operation each,
+    /// plus the data bytes of reads and writes): a group of its own for a
+    /// per-disk limit, or one shared with other disks.
+    pub rate_limit: Option<Arc<RateLimitGroup>>,
 }
 
 impl Default for BlockOptions {
@@ -62,6 +68,7 @@ impl Default for BlockOptions {
             num_queues: 1,
             queue_size: DEFAULT_QUEUE_SIZE,
             id: String::from("blk0"),
+            rate_limit: None,
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct VirtioBlock {
     setup: Option<ThreadSetup>,
     worker: Option<WorkerHandle<BlockHandler>>,
     counters: Arc<BlockCounters>,
+    /// A queue broke while resumed by the rate limiter's timer.
+    broken: Arc<AtomicBool>,
 }
 
 impl VirtioBlock {
@@ -118,6 +127,7 @@ impl VirtioBlock {
             setup: None,
             worker: None,
             counters: Arc::new(BlockCounters::default()),
+            broken: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -232,6 +242,14 @@ impl VirtioDevice for VirtioBlock {
         }
         let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let (slots, notifies) = prepare_queues(queues, self.queue_sizes.len(), &mem, event_idx)?;
+        // A fresh timer per activation; the buckets live on in the group.
+        let rate_limiter = match &self.opts.rate_limit {
+            Some(group) => Some(
+                RateLimiter::new(group.clone())
+                    .map_err(|e| ActivateError::Device(e.to_string()))?,
+            ),
+            None => None,
+        };
         let disk = self
             .disk
             .take()
@@ -247,6 +265,9 @@ impl VirtioDevice for VirtioBlock {
             id: self.id,
             counters: self.counters.clone(),
             name: format!("virtio-blk {}", self.opts.id),
+            rate_limiter,
+            broken: self.broken.clone(),
+            next_queue: 0,
         };
         let thread = format!("blk-{}", self.opts.id);
         match spawn_worker(&thread, self.setup.clone(), notifies, handler) {
@@ -263,6 +284,7 @@ impl VirtioDevice for VirtioBlock {
 
     fn reset(&mut self) -> bool {
         self.acked = 0;
+        self.broken.store(false, Ordering::Release);
         match self.worker.take() {
             Some(w) => match w.stop() {
                 Ok(h) => {
@@ -283,6 +305,6 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn needs_reset(&self) -> bool {
-        self.worker.as_ref().is_some_and(|w| w.is_broken())
+        self.broken.load(Ordering::Acquire) || self.worker.as_ref().is_some_and(|w| w.is_broken())
     }
 }

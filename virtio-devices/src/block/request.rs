@@ -95,6 +95,17 @@ pub(crate) fn process<M: GuestMemoryT>(
     u32::try_from(outcome.written + 1).unwrap_or(u32::MAX)
 }
 
+/// Payload bytes a request moves, for rate limiting: the data of IN and
+/// OUT requests; other types (flush, GET_ID, discard) and unreadable
+/// headers move none (they are still charged one operation).
+pub(crate) fn rate_limit_bytes<M: GuestMemoryT>(mem: &M, bufs: &ChainBuffers) -> u64 {
+    match read_header(mem, bufs) {
+        Some((VIRTIO_BLK_T_IN, _)) => bufs.writable_len().saturating_sub(1),
+        Some((VIRTIO_BLK_T_OUT, _)) => bufs.readable_len() - HEADER_LEN,
+        _ => 0,
+    }
+}
+
 fn read_header<M: GuestMemoryT>(mem: &M, bufs: &ChainBuffers) -> Option<(u32, u64)> {
     if bufs.readable_len() < HEADER_LEN {
         return None;

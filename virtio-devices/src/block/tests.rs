@@ -461,3 +461,5 @@ fn real_raw_image_round_trip() {
     assert_eq!(rig.vm.read(BUF2, 4096), vec![0x5a; 4096]);
     assert!(rig.blk.reset());
 }
+
+mod rate_limit;

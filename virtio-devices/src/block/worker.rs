@@ -1,5 +1,6 @@
 //! The block device's queue handler, run on its worker thread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use log::warn;
@@ -8,9 +9,10 @@ use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 
 use super::disk::DiskImage;
-use super::request::{process, RequestContext};
+use super::request::{process, rate_limit_bytes, RequestContext};
 use super::BlockCounters;
 use crate::device::{GuestMemory, VirtioInterrupt};
+use crate::rate_limiter::{drain_queue_limited, RateLimiter};
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{drain_queue, HandlerError, QueueHandler};
 
@@ -27,6 +29,14 @@ pub(super) struct BlockHandler {
     pub id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     pub counters: Arc<BlockCounters>,
     pub name: String,
+    /// Charges requests when the disk is rate limited; its timer fd is the
+    /// worker's only extra fd.
+    pub rate_limiter: Option<RateLimiter>,
+    /// Set when a queue broke while resumed by the limiter's timer (the
+    /// worker's own flag only covers queue notifications).
+    pub broken: Arc<AtomicBool>,
+    /// Queue served first on the next timer wakeup (round robin).
+    pub next_queue: usize,
 }
 
 impl QueueHandler for BlockHandler {
@@ -61,6 +71,23 @@ impl QueueHandler for BlockHandler {
             counters: &self.counters,
             name,
         };
+        if let Some(limiter) = self.rate_limiter.as_mut() {
+            return drain_queue_limited(
+                queue,
+                mem,
+                &*self.interrupt,
+                index,
+                limiter,
+                |bufs| rate_limit_bytes(mem, bufs),
+                |parsed| match parsed {
+                    Ok(bufs) => process(mem, &bufs, &mut ctx),
+                    Err(e) => {
+                        warn!("{name}: dropping request: {e}");
+                        0
+                    }
+                },
+            );
+        }
         drain_queue(
             queue,
             mem,
@@ -74,5 +101,31 @@ impl QueueHandler for BlockHandler {
                 }
             },
         )
+    }
+
+    fn extra_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.rate_limiter.iter().map(|l| l.as_raw_fd()).collect()
+    }
+
+    fn handle_fd(&mut self, _id: usize) -> Result<(), HandlerError> {
+        // The limiter's timer: the budget allows the next request again.
+        let Some(limiter) = self.rate_limiter.as_mut() else {
+            return Ok(());
+        };
+        limiter.event_handler();
+        let n = self.queues.len();
+        let first = self.next_queue % n.max(1);
+        self.next_queue = first + 1;
+        for i in (first..n).chain(0..first) {
+            // Queue counts come from a u16, so this cannot truncate.
+            if let Err(e) = self.handle_queue(i as u16) {
+                log::error!("{}: queue {i}: {e}; device needs reset", self.name);
+                self.queues[i] = None;
+                self.broken.store(true, Ordering::Release);
+                self.on_broken();
+            }
+        }
+        Ok(())
     }
 }

@@ -20,6 +20,7 @@ use super::tap::{Tap, TapError};
 use super::worker::NetHandler;
 use super::{MacAddr, NetCounters};
 use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::rate_limiter::{RateLimiter, RateLimits};
 use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
 
 /// Default size of each queue (as Cloud Hypervisor).
@@ -68,6 +69,10 @@ pub struct NetOptions {
     pub offload_csum: bool,
     /// Device id for logs and the thread name.
     pub id: String,
+    /// Limits applied separately to receive and to transmit (each gets
+    /// its own buckets, as in Cloud Hypervisor): one operation and the
+    /// Ethernet bytes per frame.
+    pub rate_limit: Option<RateLimits>,
 }
 
 impl Default for NetOptions {
@@ -83,6 +88,7 @@ impl Default for NetOptions {
             offload_tso: true,
             offload_csum: true,
             id: String::from("net0"),
+            rate_limit: None,
         }
     }
 }
@@ -350,6 +356,13 @@ impl VirtioDevice for VirtioNet {
             format!("virtio-net {}", self.opts.id),
             self.rx_broken.clone(),
         );
+        if let Some(limits) = self.opts.rate_limit {
+            let make = |dir: &str| {
+                RateLimiter::private(&format!("{}-{dir}", self.opts.id), limits)
+                    .map_err(|e| ActivateError::Device(e.to_string()))
+            };
+            handler.set_rate_limiters(make("rx")?, make("tx")?);
+        }
         // Until the driver asks for more (MQ), only the first pair is used
         // (virtio 1.2 §5.1.6.5.5): steer all host traffic to it.
         handler.set_active_pairs(1);

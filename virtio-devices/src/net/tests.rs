@@ -432,3 +432,5 @@ fn mac_addresses() {
     let r = MacAddr::random_local();
     assert_eq!(r.0[0] & 0x03, 0x02);
 }
+
+mod rate_limit;

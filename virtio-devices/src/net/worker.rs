@@ -22,7 +22,8 @@ use super::rx::{arm_rx_notification, deliver, RxOutcome};
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::{NetCounters, MAX_FRAME_LEN};
 use crate::device::{GuestMemory, VirtioInterrupt, VirtioInterruptType};
-use crate::worker::chain::ChainBuffers;
+use crate::rate_limiter::{drain_queue_limited, RateLimiter};
+use crate::worker::chain::{ChainBuffers, ChainError};
 use crate::worker::{drain_queue, notify_queue, HandlerError, QueueHandler};
 
 /// Frames moved from one tap queue per call before yielding to other
@@ -92,6 +93,11 @@ pub(super) struct NetHandler {
     /// Set when an RX ring broke while polling the tap (the worker's own
     /// flag only covers queue notifications).
     broken: Arc<AtomicBool>,
+    /// Charges frames delivered to the guest (all pairs); while it is
+    /// throttled the taps are not read.
+    rx_limiter: Option<RateLimiter>,
+    /// Charges frames the guest sends (all pairs).
+    tx_limiter: Option<RateLimiter>,
 }
 
 impl NetHandler {
@@ -149,6 +155,50 @@ impl NetHandler {
             rx_log: LogLimit::default(),
             tx_log: LogLimit::default(),
             broken,
+            rx_limiter: None,
+            tx_limiter: None,
+        }
+    }
+
+    /// Limits receive and transmit (each with its own buckets); their
+    /// timer fds follow the taps in [`QueueHandler::extra_fds`].
+    pub(super) fn set_rate_limiters(&mut self, rx: RateLimiter, tx: RateLimiter) {
+        self.rx_limiter = Some(rx);
+        self.tx_limiter = Some(tx);
+    }
+
+    /// Extra fd ids of the RX and TX limiter timers.
+    fn timer_ids(&self) -> (Option<usize>, Option<usize>) {
+        let n = self.taps.len();
+        let rx = self.rx_limiter.as_ref().map(|_| n);
+        let tx = self
+            .tx_limiter
+            .as_ref()
+            .map(|_| n + usize::from(rx.is_some()));
+        (rx, tx)
+    }
+
+    /// A limiter's timer fired: serve what it held back on every pair. A
+    /// ring broken meanwhile stops that queue and flags the device.
+    fn resume(&mut self, rx: bool) {
+        for pair in 0..self.taps.len() {
+            let res = if rx {
+                self.process_rx(pair)
+            } else {
+                self.process_tx(pair)
+            };
+            if let Err(e) = res {
+                log::error!("{}: pair {pair}: {e}; device needs reset", self.name);
+                if rx {
+                    if let Some(st) = self.rx_state.get_mut(pair) {
+                        st.dead = true;
+                    }
+                } else if let Some(q) = self.tx.get_mut(pair) {
+                    *q = None;
+                }
+                self.broken.store(true, Ordering::Release);
+                self.on_broken();
+            }
         }
     }
 
@@ -209,10 +259,7 @@ impl NetHandler {
                         moved += 1;
                         continue;
                     }
-                    Ok(n) => {
-                        st.pending = Some(n);
-                        n
-                    }
+                    Ok(n) => n,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -222,7 +269,20 @@ impl NetHandler {
                     }
                 },
             };
+            // A frame held back by the limiter stays pending, uncharged.
+            st.pending = Some(len);
+            let bytes = (len - VNET_HDR_LEN) as u64;
+            if let Some(limiter) = self.rx_limiter.as_mut() {
+                if !limiter.consume_request(bytes) {
+                    break;
+                }
+            }
             let res = deliver(queue, mem, &mut st.buf[..len], self.mergeable)?;
+            if !matches!(res.outcome, RxOutcome::Delivered(_)) {
+                if let Some(limiter) = self.rx_limiter.as_mut() {
+                    limiter.replenish_request(bytes);
+                }
+            }
             notify |= res.used_added;
             if res.bad_chains > 0 {
                 self.rx_log.warn(format_args!(
@@ -278,13 +338,13 @@ impl NetHandler {
             self.name.as_str(),
         );
         let index = (2 * pair + 1) as u16;
-        drain_queue(queue, mem, &*self.interrupt, index, |chain| {
+        let mut send = |parsed: Result<ChainBuffers, ChainError>| {
             let mut drop = |why: fmt::Arguments| {
                 NetCounters::add(&counters.tx_dropped, 1);
                 log.warn(format_args!("{name}: tx frame dropped: {why}"));
                 0
             };
-            let bufs = match ChainBuffers::parse(chain) {
+            let bufs = match parsed {
                 Ok(b) => b,
                 Err(e) => return drop(format_args!("{e}")),
             };
@@ -305,7 +365,22 @@ impl NetHandler {
                 }
                 Err(e) => drop(format_args!("tap write: {e}")),
             }
-        })
+        };
+        match self.tx_limiter.as_mut() {
+            // One operation and the Ethernet bytes per frame.
+            Some(limiter) => drain_queue_limited(
+                queue,
+                mem,
+                &*self.interrupt,
+                index,
+                limiter,
+                |bufs| bufs.readable_len().saturating_sub(VNET_HDR_LEN as u64),
+                &mut send,
+            ),
+            None => drain_queue(queue, mem, &*self.interrupt, index, |chain| {
+                send(ChainBuffers::parse(chain))
+            }),
+        }
     }
 
     /// Serves the control queue.
@@ -372,10 +447,22 @@ impl QueueHandler for NetHandler {
 
     fn extra_fds(&self) -> Vec<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self.taps.iter().map(|t| t.as_raw_fd()).collect()
+        let taps = self.taps.iter().map(|t| t.as_raw_fd());
+        let timers = [&self.rx_limiter, &self.tx_limiter]
+            .into_iter()
+            .flatten()
+            .map(|l| l.as_raw_fd());
+        taps.chain(timers).collect()
     }
 
     fn fd_wanted(&self, id: usize) -> bool {
+        let (rx_timer, tx_timer) = self.timer_ids();
+        if Some(id) == rx_timer || Some(id) == tx_timer {
+            return true;
+        }
+        if self.rx_limiter.as_ref().is_some_and(|l| l.is_blocked()) {
+            return false;
+        }
         // A detached tap queue polls as an error: never poll those.
         let active = id < usize::from(self.active_pairs);
         let rx_ready = self.rx.get(id).is_some_and(|q| q.is_some());
@@ -384,6 +471,20 @@ impl QueueHandler for NetHandler {
     }
 
     fn handle_fd(&mut self, id: usize) -> Result<(), HandlerError> {
+        let (rx_timer, tx_timer) = self.timer_ids();
+        if Some(id) == rx_timer || Some(id) == tx_timer {
+            let rx = Some(id) == rx_timer;
+            let limiter = if rx {
+                &mut self.rx_limiter
+            } else {
+                &mut self.tx_limiter
+            };
+            if let Some(l) = limiter.as_mut() {
+                l.event_handler();
+            }
+            self.resume(rx);
+            return Ok(());
+        }
         match self.process_rx(id) {
             Ok(()) => Ok(()),
             // A broken RX ring must stop the device, not just the fd.

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use super::options::{parse_list, parse_toggle, parse_u64, split_options, OptionError, OptionItem};
+use super::rate_limit_options::{group_id, RateLimitKeys};
 use crate::config::{
     check_mac, default_disk_num_queues, default_disk_queue_size, valid_device_id,
     valid_disk_queue_size, valid_tap_name, DiskConfig, NetConfig, RngConfig, DISK_IMAGE_TYPES,
@@ -17,21 +18,14 @@ use crate::config::{
 };
 
 /// Keys accepted by `--disk`, for error messages.
-const DISK_KEYS: &str =
-    "path, readonly, direct, num_queues, queue_size, serial, id, image_type or iommu=off";
+const DISK_KEYS: &str = "path, readonly, direct, num_queues, queue_size, serial, id, image_type, \
+                         bw_*/ops_* limits, rate_limit_group or iommu=off";
 
 /// `--disk` keys Cloud Hypervisor knows that chv does not implement.
-const DISK_UNSUPPORTED: [&str; 14] = [
+const DISK_UNSUPPORTED: [&str; 7] = [
     "vhost_user",
     "socket",
     "vhost_socket",
-    "rate_limit_group",
-    "bw_size",
-    "bw_one_time_burst",
-    "bw_refill_time",
-    "ops_size",
-    "ops_one_time_burst",
-    "ops_refill_time",
     "pci_segment",
     "queue_affinity",
     "backing_files",
@@ -52,7 +46,11 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
         queue_size: default_disk_queue_size(),
         ..DiskConfig::default()
     };
+    let mut rate = RateLimitKeys::default();
     for item in split_options(value)? {
+        if rate.take(&item)? {
+            continue;
+        }
         match item.key.as_str() {
             "path" => disk.path = Some(PathBuf::from(item.non_empty_value()?)),
             "readonly" => disk.readonly = parse_toggle(&item.key, item.value()?)?,
@@ -62,6 +60,7 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
             "serial" => disk.serial = Some(serial(&item)?),
             "id" => disk.id = Some(device_id(&item)?),
             "image_type" => disk.image_type = Some(image_type(&item)?),
+            "rate_limit_group" => disk.rate_limit_group = Some(group_id(&item)?),
             "iommu" => reject_iommu_on(&item)?,
             key if DISK_UNSUPPORTED.contains(&key) => {
                 return Err(OptionError::Unsupported(item.key))
@@ -76,6 +75,13 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
     }
     if disk.path.is_none() {
         return Err(OptionError::Missing("path (path=...)"));
+    }
+    disk.rate_limiter_config = rate.finish()?;
+    if disk.rate_limiter_config.is_some() && disk.rate_limit_group.is_some() {
+        return Err(OptionError::Conflict(
+            "rate_limit_group".into(),
+            "bw_*/ops_*".into(),
+        ));
     }
     Ok(disk)
 }
@@ -184,20 +190,14 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
 
 /// Keys accepted by `--net`, for error messages.
 const NET_KEYS: &str = "tap, fd, mac, ip, mask, mtu, num_queues, queue_size, id, offload_tso, \
-                        offload_csum, offload_ufo=off or iommu=off";
+                        offload_csum, bw_*/ops_* limits, offload_ufo=off or iommu=off";
 
 /// `--net` keys Cloud Hypervisor knows that chv does not implement.
-const NET_UNSUPPORTED: [&str; 11] = [
+const NET_UNSUPPORTED: [&str; 5] = [
     "vhost_user",
     "socket",
     "vhost_mode",
     "host_mac",
-    "bw_size",
-    "bw_one_time_burst",
-    "bw_refill_time",
-    "ops_size",
-    "ops_one_time_burst",
-    "ops_refill_time",
     "pci_segment",
 ];
 
@@ -209,7 +209,11 @@ const NET_UNSUPPORTED: [&str; 11] = [
 pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
     let mut net = NetConfig::default();
     let mut queues_given = false;
+    let mut rate = RateLimitKeys::default();
     for item in split_options(value)? {
+        if rate.take(&item)? {
+            continue;
+        }
         match item.key.as_str() {
             "tap" => net.tap = Some(tap_name(&item)?),
             "fd" => net.fds = Some(tap_fds(&item)?),
@@ -242,6 +246,7 @@ pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
             }
         }
     }
+    net.rate_limiter_config = rate.finish()?;
     if net.tap.is_some() && net.fds.is_some() {
         return Err(OptionError::Conflict("tap".into(), "fd".into()));
     }

@@ -453,6 +453,8 @@ fn disk_defaults_and_all_keys() {
             serial: Some("ABC123".into()),
             id: Some("data".into()),
             image_type: Some("qcow2".into()),
+            rate_limiter_config: None,
+            rate_limit_group: None,
         }]
     );
     let off = &disks(&["--disk", "readonly=off,direct=false,path=/c,image_type=raw"])[0];
@@ -556,12 +558,12 @@ fn disk_rejected() {
         (
             "path=/a,cache=none",
             "unknown option 'cache' (expected path, readonly, direct, num_queues, \
-             queue_size, serial, id, image_type or iommu=off)",
+             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group or iommu=off)",
         ),
         (
             "/disk.img",
             "unknown option '/disk.img' (expected path, readonly, direct, num_queues, \
-             queue_size, serial, id, image_type or iommu=off)",
+             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group or iommu=off)",
         ),
         ("path=/a,iommu=on", "'iommu=on' is not supported by chv"),
     ] {
@@ -579,13 +581,6 @@ fn disk_unsupported_cloud_hypervisor_keys() {
         "vhost_user",
         "socket",
         "vhost_socket",
-        "rate_limit_group",
-        "bw_size",
-        "bw_one_time_burst",
-        "bw_refill_time",
-        "ops_size",
-        "ops_one_time_burst",
-        "ops_refill_time",
         "pci_segment",
         "queue_affinity",
         "backing_files",
@@ -608,7 +603,7 @@ fn disk_errors_in_later_disks() {
     assert_eq!(
         error(&["--disk", "path=/a", "--disk", "path=/b,bogus=1"]),
         "--disk: unknown option 'bogus' (expected path, readonly, direct, num_queues, \
-         queue_size, serial, id, image_type or iommu=off)"
+         queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group or iommu=off)"
     );
     // Duplicate ids across disks, in both spellings.
     assert_eq!(
@@ -723,6 +718,7 @@ fn net_defaults_and_all_keys() {
             fds: None,
             offload_tso: false,
             offload_csum: false,
+            rate_limiter_config: None,
         }]
     );
     // No tap and no fd: the device creates vmtap<N>.
@@ -780,8 +776,8 @@ fn net_rejected() {
         "vhost_user",
         "socket",
         "vhost_mode",
-        "bw_size",
-        "ops_refill_time",
+        "host_mac",
+        "pci_segment",
     ] {
         assert_eq!(
             error(&["--net", &format!("tap=a,{key}=1")]),
