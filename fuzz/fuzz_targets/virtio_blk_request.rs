@@ -64,6 +64,23 @@ impl Len {
     }
 }
 
+/// How many chains the driver posts: usually a few, sometimes anything
+/// (more than the queue size is a driver error the device must survive).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Count {
+    Few(u8),
+    Raw(u16),
+}
+
+impl Count {
+    fn get(self) -> u16 {
+        match self {
+            Count::Few(n) => u16::from(n % 8),
+            Count::Raw(n) => n,
+        }
+    }
+}
+
 /// One descriptor table entry and the bytes placed at its buffer.
 #[derive(Arbitrary, Debug)]
 struct Desc {
@@ -101,7 +118,7 @@ struct Input {
     descs: Vec<Desc>,
     avail_flags: u16,
     /// avail.idx = next_avail + avail_count.
-    avail_count: u16,
+    avail_count: Count,
     avail_ring: Vec<u16>,
     used_event: u16,
     /// Raw bytes written last, anywhere.
@@ -188,7 +205,7 @@ fn run(input: Input) {
             e[14..].copy_from_slice(&next.to_le_bytes());
             put(&*m, desc.wrapping_add(16 * i as u64), &e);
         }
-        let idx = input.next_avail.wrapping_add(input.avail_count);
+        let idx = input.next_avail.wrapping_add(input.avail_count.get());
         put(&*m, avail, &input.avail_flags.to_le_bytes());
         put(&*m, avail.wrapping_add(2), &idx.to_le_bytes());
         // Entries not given name descriptor i, the common driver layout.
