@@ -296,7 +296,8 @@ fn linux_disk_hotplug_and_power_button() {
     );
     let (status, body) = http(&sock, "PUT", "vm.power-button", None);
     chv.check(status == 204, &format!("vm.power-button: {status} {body}"));
-    chv.expect("HP-POWER", ABORT, STEP_TIMEOUT);
+    // The script's last line is complete once init reports its exit.
+    chv.expect("GUEST-CMD-EXIT", ABORT, STEP_TIMEOUT);
     let lines = chv.lines();
     let count = |prefix: &str| -> u64 {
         lines

@@ -33,6 +33,7 @@ use virtio_devices::block::disk::{open_disk_with_format, DiskOptions};
 use virtio_devices::block::{BlockCounters, BlockOptions, VirtioBlock};
 use virtio_devices::console::VirtioConsole;
 use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNet};
+use virtio_devices::rate_limiter::RateLimitGroup;
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
 use virtio_devices::worker::ThreadSetup;
@@ -125,7 +126,7 @@ fn net_options(net: &crate::config::NetConfig, id: &str) -> Result<NetOptions, V
         offload_tso: net.offload_tso,
         offload_csum: net.offload_csum,
         id: id.to_string(),
-        rate_limit: None,
+        rate_limit: net.rate_limiter_config.as_ref().map(|c| c.limits()),
     })
 }
 
@@ -349,6 +350,12 @@ impl DeviceManager {
     /// Adds every device `config` lists: disks first (so the first disk is
     /// /dev/vda), then the console and the rng.
     pub fn add_configured_devices(&mut self, config: &VmConfig) -> Result<(), VmmError> {
+        let mut groups: HashMap<String, Arc<RateLimitGroup>> = HashMap::new();
+        for g in config.rate_limit_groups.iter().flatten() {
+            let group = RateLimitGroup::new(&g.id, g.rate_limiter_config.limits())
+                .map_err(|e| VmmError::Config(format!("--rate-limit-group: id={}: {e}", g.id)))?;
+            groups.insert(g.id.clone(), group);
+        }
         for (i, disk) in config.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
             let (blk, counters) = self.build_disk(disk, &id)?;

@@ -122,6 +122,9 @@ pub fn worker_thread_rules() -> ThreadRules {
             libc::SYS_statx,
             libc::SYS_epoll_create1,
             libc::SYS_eventfd2,
+            libc::SYS_timerfd_create,
+            libc::SYS_timerfd_settime,
+            libc::SYS_timerfd_gettime,
         ],
     )
     .allow_ioctls(&[libc::TIOCGWINSZ])

@@ -533,7 +533,6 @@ impl Muxer {
                     let len = hdr.len as usize;
                     let written = write_packet(mem, bufs, &hdr, &self.scratch[..len]);
                     if let Err(e) = &written {
-                        eprintln!("DEBUG write {e} room {room} len {len}");
                     }
                     if written.is_err() {
                         // The bytes read from the host are lost: the

@@ -128,7 +128,6 @@ impl VsockHandler {
             let bufs = match ChainBuffers::parse(chain) {
                 Ok(b) if b.writable_len() >= HDR_LEN as u64 => b,
                 _ => {
-                    eprintln!("DEBUG bad rx chain");
                     // Unusable buffer: give it back empty.
                     queue.add_used(mem, head, 0)?;
                     used = true;
