@@ -23,7 +23,7 @@ use crate::config::{
     ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
     PayloadConfig, VmConfig, MAX_MEMORY_SIZE, MAX_VCPUS, MEMORY_ALIGNMENT,
 };
-use device_options::{parse_disk, parse_net, parse_rng};
+use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
 use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
 use rate_limit_options::parse_rate_limit_group;
@@ -218,6 +218,15 @@ struct Args {
     #[arg(long, value_name = "RNG", verbatim_doc_comment)]
     rng: Option<String>,
 
+    /// virtio-vsock device: cid=<cid>,socket=<path>[,id=<id>]
+    ///
+    /// cid: the guest's context id (3..=4294967294). socket: Unix socket
+    /// the VMM listens on (its directory must exist); host programs connect
+    /// and write "CONNECT <port>\n" to reach guest port <port>, and guest
+    /// connections to host port P go to the socket <path>_P.
+    #[arg(long, value_name = "VSOCK", verbatim_doc_comment)]
+    vsock: Option<String>,
+
     /// Write log messages to this file instead of stderr.
     #[arg(long, value_name = "PATH", value_parser = clap::value_parser!(OsString))]
     log_file: Option<OsString>,
@@ -333,6 +342,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_net(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--net"))?;
+    let vsock = args
+        .vsock
+        .as_deref()
+        .map(parse_vsock)
+        .transpose()
+        .map_err(option_error("--vsock"))?;
     let groups = args
         .rate_limit_group
         .iter()
@@ -356,6 +371,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--rng", rng.is_some()),
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
+            ("--vsock", vsock.is_some()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -376,6 +392,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         rng,
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
+        vsock,
     };
     config.validate().map_err(|source| CliError::Config {
         option: config_error_option(&source),
@@ -421,6 +438,9 @@ fn config_error_option(err: &ConfigError) -> &'static str {
         | ConfigError::NetId { .. }
         | ConfigError::NetDuplicateId { .. }
         | ConfigError::NetRateLimiter { .. } => "--net",
+        ConfigError::VsockCid(_)
+        | ConfigError::VsockId(_)
+        | ConfigError::EmptyPath("vsock.socket") => "--vsock",
         ConfigError::KernelMissing | ConfigError::EmptyPath(_) => "--kernel",
     }
 }

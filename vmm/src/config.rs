@@ -42,6 +42,9 @@ pub struct VmConfig {
     /// Rate limits shared by the disks naming them in `rate_limit_group`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_groups: Option<Vec<RateLimitGroupConfig>>,
+    /// virtio-vsock device with the hybrid Unix-socket backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
 }
 
 /// `--disk path=…,readonly=on,direct=on,…` (Cloud Hypervisor's `DiskConfig`).
@@ -286,6 +289,7 @@ impl Default for VmConfig {
             rng: None,
             net: None,
             rate_limit_groups: None,
+            vsock: None,
         }
     }
 }
@@ -628,6 +632,12 @@ pub enum ConfigError {
         /// The id given twice.
         id: String,
     },
+    /// A vsock guest CID that is reserved (0-2) or `u32::MAX`.
+    #[error("vsock.cid={0}: must be between {MIN_VSOCK_CID} and {MAX_VSOCK_CID}")]
+    VsockCid(u32),
+    /// A vsock device id that is empty, reserved or used by another device.
+    #[error("vsock.id='{0}': must be non-empty, not start with '__' and be unique")]
+    VsockId(String),
 }
 
 impl VmConfig {
@@ -666,6 +676,16 @@ impl VmConfig {
                     index,
                     id: id.clone(),
                 });
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+            let clash = vsock.id.as_ref().is_some_and(|id| {
+                disks.iter().any(|d| d.id.as_ref() == Some(id))
+                    || nets.iter().any(|n| n.id.as_ref() == Some(id))
+            });
+            if clash {
+                return Err(ConfigError::VsockId(vsock.id.clone().unwrap_or_default()));
             }
         }
         rate_limit::validate(self)
@@ -1054,5 +1074,107 @@ mod validate_tests {
             src: PathBuf::new(),
         });
         assert_eq!(config.validate(), Err(ConfigError::EmptyPath("rng.src")));
+    }
+}
+
+/// `--vsock cid=N,socket=PATH[,id=X]` (Cloud Hypervisor's `VsockConfig`,
+/// without `iommu`/`pci_segment`): a virtio-vsock device giving the guest
+/// CID `cid`; host programs connect to the Unix socket `socket` and write
+/// `CONNECT <port>`, guest connections to host port P reach `socket_P`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Guest context id (3..=u32::MAX-1).
+    pub cid: u32,
+    /// Path of the listening Unix socket the VMM creates.
+    pub socket: PathBuf,
+    /// Device id (generated when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// Lowest guest CID (0, 1 and 2 are the hypervisor, local and host).
+pub const MIN_VSOCK_CID: u32 = 3;
+/// Highest guest CID (`u32::MAX` is `VMADDR_CID_ANY`).
+pub const MAX_VSOCK_CID: u32 = u32::MAX - 1;
+
+impl VsockConfig {
+    /// Checks the CID range, the socket path and the id. Whether the
+    /// socket's directory exists is checked when the device binds it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_VSOCK_CID..=MAX_VSOCK_CID).contains(&self.cid) {
+            return Err(ConfigError::VsockCid(self.cid));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("vsock.socket"));
+        }
+        if let Some(id) = &self.id {
+            if !valid_device_id(id) {
+                return Err(ConfigError::VsockId(id.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod vsock_tests {
+    use super::*;
+
+    fn with(vsock: VsockConfig) -> Result<(), ConfigError> {
+        VmConfig {
+            payload: PayloadConfig {
+                kernel: Some(PathBuf::from("/k")),
+                ..PayloadConfig::default()
+            },
+            disks: Some(vec![DiskConfig {
+                path: Some(PathBuf::from("/d")),
+                id: Some("disk0".into()),
+                num_queues: default_disk_num_queues(),
+                queue_size: default_disk_queue_size(),
+                ..DiskConfig::default()
+            }]),
+            vsock: Some(vsock),
+            ..VmConfig::default()
+        }
+        .validate()
+    }
+
+    fn vsock(cid: u32) -> VsockConfig {
+        VsockConfig {
+            cid,
+            socket: PathBuf::from("/tmp/v.sock"),
+            id: None,
+        }
+    }
+
+    #[test]
+    fn vsock_validation() {
+        assert_eq!(with(vsock(3)), Ok(()));
+        assert_eq!(with(vsock(2)), Err(ConfigError::VsockCid(2)));
+        assert_eq!(with(vsock(u32::MAX)), Err(ConfigError::VsockCid(u32::MAX)));
+        let empty = VsockConfig {
+            socket: PathBuf::new(),
+            ..vsock(3)
+        };
+        assert_eq!(with(empty), Err(ConfigError::EmptyPath("vsock.socket")));
+        for id in ["__x", "", "disk0"] {
+            let v = VsockConfig {
+                id: Some(id.into()),
+                ..vsock(3)
+            };
+            assert_eq!(with(v), Err(ConfigError::VsockId(id.into())));
+        }
+    }
+
+    #[test]
+    fn vsock_json_matches_cloud_hypervisor() {
+        let v: VsockConfig =
+            serde_json::from_str(r#"{"cid": 33, "socket": "/run/v.sock", "id": "v0"}"#).unwrap();
+        assert_eq!(v.cid, 33);
+        assert_eq!(v.id.as_deref(), Some("v0"));
+        let back = serde_json::to_string(&vsock(4)).unwrap();
+        assert_eq!(back, r#"{"cid":4,"socket":"/tmp/v.sock"}"#);
+        assert!(serde_json::from_str::<VsockConfig>(r#"{"cid": 3}"#).is_err());
     }
 }

@@ -36,6 +36,7 @@ use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNe
 use virtio_devices::rate_limiter::RateLimitGroup;
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
+use virtio_devices::vsock::VirtioVsock;
 use virtio_devices::worker::ThreadSetup;
 use virtio_devices::{GuestMemory, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
@@ -411,6 +412,17 @@ impl DeviceManager {
                 dev.set_thread_setup(s.clone());
             }
             self.add_virtio("_console".into(), Box::new(dev), None)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            let id = vsock.id.clone().unwrap_or_else(|| "_vsock".into());
+            let mut dev =
+                VirtioVsock::new(u64::from(vsock.cid), &vsock.socket, &id).map_err(|e| {
+                    VmmError::Config(format!("--vsock: socket={}: {e}", vsock.socket.display()))
+                })?;
+            if let Some(s) = &self.thread_setup {
+                dev.set_thread_setup(s.clone());
+            }
+            self.add_virtio(id, Box::new(dev), None)?;
         }
         if let Some(rng) = &config.rng {
             let mut dev = VirtioRng::new(&rng.src)

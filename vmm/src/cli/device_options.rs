@@ -1,6 +1,6 @@
-//! Parsing of the virtio device options `--disk`, `--rng` and `--net`
-//! (Cloud Hypervisor syntax) into [`DiskConfig`], [`RngConfig`] and
-//! [`NetConfig`].
+//! Parsing of the virtio device options `--disk`, `--rng`, `--net` and
+//! `--vsock` (Cloud Hypervisor syntax) into [`DiskConfig`], [`RngConfig`],
+//! [`NetConfig`] and [`VsockConfig`].
 //!
 //! Values are range-checked here so that errors name the key as written;
 //! [`crate::config::VmConfig::validate`] repeats the checks for API clients
@@ -16,6 +16,7 @@ use crate::config::{
     MAX_DISK_QUEUES, MAX_DISK_QUEUE_SIZE, MAX_DISK_SERIAL_BYTES, MAX_NET_QUEUES,
     MAX_NET_QUEUE_SIZE, MIN_NET_MTU,
 };
+use crate::config::{VsockConfig, MAX_VSOCK_CID, MIN_VSOCK_CID};
 
 /// Keys accepted by `--disk`, for error messages.
 const DISK_KEYS: &str = "path, readonly, direct, num_queues, queue_size, serial, id, image_type, \
@@ -354,4 +355,71 @@ fn net_queue_size(item: &OptionItem) -> Result<u16, OptionError> {
             format!("must be a power of two between 2 and {MAX_NET_QUEUE_SIZE}"),
         )),
     }
+}
+
+/// Keys accepted by `--vsock`, for error messages.
+const VSOCK_KEYS: &str = "cid, socket, id or iommu=off";
+
+/// Parses `--vsock cid=N,socket=PATH[,id=X]` (Cloud Hypervisor syntax).
+///
+/// `cid` and `socket` are required; the socket's directory must exist
+/// (the socket itself is created when the VM starts).
+pub(super) fn parse_vsock(value: &str) -> Result<VsockConfig, OptionError> {
+    let mut cid = None;
+    let mut socket = None;
+    let mut id = None;
+    for item in split_options(value)? {
+        match item.key.as_str() {
+            "cid" => cid = Some(vsock_cid(&item)?),
+            "socket" => socket = Some(vsock_socket(&item)?),
+            "id" => id = Some(device_id(&item)?),
+            "iommu" => reject_iommu_on(&item)?,
+            "pci_segment" => return Err(OptionError::Unsupported(item.key)),
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: VSOCK_KEYS,
+                })
+            }
+        }
+    }
+    Ok(VsockConfig {
+        cid: cid.ok_or(OptionError::Missing("cid (cid=...)"))?,
+        socket: socket.ok_or(OptionError::Missing("socket (socket=...)"))?,
+        id,
+    })
+}
+
+/// Parses `cid=` (`MIN_VSOCK_CID..=MAX_VSOCK_CID`).
+fn vsock_cid(item: &OptionItem) -> Result<u32, OptionError> {
+    let value = item.value()?;
+    match u32::try_from(parse_u64(&item.key, value)?) {
+        Ok(c) if (MIN_VSOCK_CID..=MAX_VSOCK_CID).contains(&c) => Ok(c),
+        _ => Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("must be between {MIN_VSOCK_CID} and {MAX_VSOCK_CID} (0-2 are reserved)"),
+        )),
+    }
+}
+
+/// Parses `socket=PATH`, whose parent directory must exist.
+fn vsock_socket(item: &OptionItem) -> Result<PathBuf, OptionError> {
+    let value = item.non_empty_value()?;
+    let path = PathBuf::from(value);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(OptionError::invalid(
+            &item.key,
+            value,
+            format!("directory {} does not exist", dir.display()),
+        ));
+    }
+    if path.file_name().is_none() {
+        return Err(OptionError::invalid(&item.key, value, "not a file path"));
+    }
+    Ok(path)
 }

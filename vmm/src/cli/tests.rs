@@ -848,3 +848,59 @@ fn net_config_validation_and_json() {
     );
     assert!(serde_json::from_str::<NetConfig>(r#"{"vhost_user":true}"#).is_err());
 }
+
+#[test]
+fn vsock_accepted_and_rejected() {
+    let dir = std::env::temp_dir();
+    let sock = dir.join("chv-cli-vsock.sock");
+    let value = format!("cid=3,socket={}", sock.display());
+    assert_eq!(
+        vm(&["--vsock", &value]).vsock,
+        Some(crate::config::VsockConfig {
+            cid: 3,
+            socket: sock.clone(),
+            id: None,
+        })
+    );
+    let with_id = format!("cid=4294967294,socket={},id=v0,iommu=off", sock.display());
+    let v = vm(&["--vsock", &with_id]).vsock.unwrap();
+    assert_eq!((v.cid, v.id.as_deref()), (u32::MAX - 1, Some("v0")));
+    // A relative socket lives in the current directory.
+    assert!(vm(&["--vsock", "cid=5,socket=v.sock"]).vsock.is_some());
+    assert_eq!(vm(&[]).vsock, None);
+    let bad = |v: &str| error(&["--vsock", v]);
+    assert_eq!(
+        bad("cid=2,socket=/tmp/v"),
+        "--vsock: cid=2: must be between 3 and 4294967294 (0-2 are reserved)"
+    );
+    assert!(bad("cid=4294967295,socket=/tmp/v").starts_with("--vsock: cid=4294967295:"));
+    assert!(bad("cid=x,socket=/tmp/v").starts_with("--vsock: cid=x"));
+    assert_eq!(
+        bad("cid=3,socket=/nonexistent-chv-dir/v.sock"),
+        "--vsock: socket=/nonexistent-chv-dir/v.sock: directory /nonexistent-chv-dir does not exist"
+    );
+    assert_eq!(bad("socket=/tmp/v"), "--vsock: missing cid (cid=...)");
+    assert_eq!(bad("cid=3"), "--vsock: missing socket (socket=...)");
+    assert_eq!(bad("cid=3,socket="), "--vsock: socket=: empty value");
+    assert_eq!(
+        bad("cid=3,socket=/tmp/v,iommu=on"),
+        "--vsock: 'iommu=on' is not supported by chv"
+    );
+    assert_eq!(
+        bad("cid=3,socket=/tmp/v,pci_segment=1"),
+        "--vsock: 'pci_segment' is not supported by chv"
+    );
+    assert!(bad("cid=3,socket=/tmp/v,id=__x").contains("reserved"));
+    assert!(bad("cid=3,socket=/tmp/v,foo=1").starts_with("--vsock: unknown option 'foo'"));
+    // Needs a kernel, like every VM option.
+    let err = parse_args(["chv", "--vsock", "cid=3,socket=/tmp/v"]).unwrap_err();
+    assert!(err.to_string().contains("--vsock"), "{err}");
+    // An id clashing with a disk's is caught by validation.
+    let text = error(&[
+        "--disk",
+        "path=/a,id=d0",
+        "--vsock",
+        "cid=3,socket=/tmp/v,id=d0",
+    ]);
+    assert!(text.starts_with("--vsock: vsock.id='d0'"), "{text}");
+}

@@ -1,0 +1,691 @@
+//! End-to-end checks of chv's virtio-net device with the real Linux guest
+//! kit (see /work/shared/guest/README.md), plus fast `--net` error cases
+//! that need no Linux boot.
+//!
+//! All traffic stays inside a network namespace each test creates
+//! (`ip netns add chvtest-<pid>-<n>`, deleted on drop even when the test
+//! fails): chv runs in it (its tap and the tap's address live there) and
+//! the host side of every transfer is a socket created in it. Nothing is
+//! sent anywhere else.
+//!
+//! Two Linux boots (about a minute each here, plus the transfers), run one
+//! after another in a single test:
+//!
+//! 1. One vCPU, one queue pair, a MAC given on the command line: the guest
+//!    sees that MAC and one RX/TX queue pair, pings the tap's address with
+//!    no loss, receives 64 MiB of host-generated data over TCP (busybox
+//!    `nc` piped into `sha256sum`), then writes 64 MiB of `/dev/urandom` to
+//!    tmpfs, prints its sha256 and sends it to the host; the host compares
+//!    both hashes and logs the throughput of each direction.
+//! 2. Two vCPUs, `num_queues=4` (two queue pairs) and no MAC: the guest
+//!    sees rx-0 rx-1 tx-0 tx-1 and a random unicast, locally administered
+//!    MAC, and runs a transfer in each direction at the same time.
+//!
+//! Needs /dev/kvm, the guest kit, root (network namespaces, tap devices)
+//! and `ip` and `sha256sum` on the host. A missing kit fails the boot test
+//! unless `CHV_SKIP_LINUX=1`.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chv_tests::{chv_bin, require_guest_kit, testguest, Chv, GuestKit};
+
+/// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time from `GUEST-READY` to the last check line: each transfer is bound
+/// by the guest's slow system calls (about 0.65 ms each).
+const CMD_TIMEOUT: Duration = Duration::from_secs(900);
+/// How long a host peer waits for the guest to connect (the boot plus the
+/// guest commands before it); it also gives up once its [`Stop`] drops.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1200);
+/// Longest stall of a single socket read or write on the host side.
+const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// Console text that ends a wait early as a failure.
+const ABORT: &[&str] = &["Kernel panic"];
+
+/// Serializes the Linux boots: each keeps a host core busy for minutes.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const MIB: usize = 1 << 20;
+/// Bytes sent in each direction of each transfer.
+const XFER_LEN: usize = 64 * MIB;
+
+/// The tap's (host side) address inside the namespace.
+const HOST_IP: &str = "10.0.2.1";
+/// The guest's address.
+const GUEST_IP: &str = "10.0.2.15";
+/// Name of the tap chv creates inside the namespace.
+const TAP: &str = "chvtap0";
+/// The MAC boot 1 gives the guest NIC.
+const MAC: &str = "52:54:00:12:34:56";
+
+/// A network namespace of this test process (`chvtest-<pid>-<n>`), deleted
+/// on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new() -> NetNs {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "chvtest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("cannot run `ip` (iproute2 installed?)");
+        assert!(
+            out.status.success(),
+            "`ip netns add {name}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        NetNs { name }
+    }
+
+    /// Runs `f` on a fresh thread that first joins this namespace, so the
+    /// sockets and processes `f` creates live in it (a socket keeps its
+    /// namespace whichever thread uses it later; a child inherits the
+    /// namespace of the thread that forked it).
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns(2) on a valid namespace fd we own; it only
+                // changes the network namespace of this (scoped) thread.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
+    /// Output of `ip -n <ns> <args>` (stdout, or the error text).
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.name)
+            .args(args)
+            .output()
+            .expect("cannot run `ip`");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// Starts chv inside the namespace.
+    fn chv<S: AsRef<str> + Sync>(&self, args: &[S]) -> Chv {
+        // Resolve (and maybe build) the binary outside the namespace.
+        let _ = chv_bin();
+        self.run(|| Chv::spawn(args))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        match Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output()
+        {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "warning: `ip netns del {}` failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("warning: cannot run `ip netns del {}`: {e}", self.name),
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so the host-to-guest
+/// data is not trivially compressible or periodic.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The host's `sha256sum` of `data`, as lowercase hex.
+fn sha256(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot run sha256sum");
+    let mut stdin = child.stdin.take().expect("sha256sum stdin");
+    std::thread::scope(|s| {
+        s.spawn(move || stdin.write_all(data).expect("write to sha256sum"));
+    });
+    let out = child.wait_with_output().expect("sha256sum output");
+    assert!(out.status.success(), "sha256sum failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Timing of one host-side transfer.
+#[derive(Debug)]
+struct Transfer {
+    /// Bytes moved.
+    bytes: usize,
+    /// From the guest's connect to the end of the transfer.
+    elapsed: Duration,
+}
+
+impl Transfer {
+    fn mib_per_s(&self) -> f64 {
+        self.bytes as f64 / MIB as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Tells the host peers of a boot to stop waiting for a connection when
+/// dropped (e.g. when the boot failed).
+#[derive(Default)]
+struct Stop(Arc<AtomicBool>);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits (bounded, and until `stop`) for the guest to connect to `listener`.
+fn accept(listener: &TcpListener, stop: &AtomicBool) -> Result<TcpStream, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("set_nonblocking: {e}"))?;
+    let deadline = Instant::now() + ACCEPT_TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                eprintln!("host peer: connection from {peer}");
+                stream
+                    .set_nonblocking(false)
+                    .and_then(|()| stream.set_read_timeout(Some(IO_TIMEOUT)))
+                    .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
+                    .map_err(|e| format!("socket setup: {e}"))?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(format!("no connection within {ACCEPT_TIMEOUT:?}"));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Err("no connection before the test gave up".into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    }
+}
+
+/// Host sender: sends `data` to the first connection, half-closes, and
+/// waits for the guest to close its end (its `nc` exits on our EOF).
+fn serve_send(
+    listener: TcpListener,
+    data: Vec<u8>,
+    stop: &Stop,
+) -> JoinHandle<Result<Transfer, String>> {
+    let stop = stop.0.clone();
+    std::thread::spawn(move || {
+        let mut stream = accept(&listener, &stop)?;
+        let start = Instant::now();
+        stream
+            .write_all(&data)
+            .map_err(|e| format!("send after {:.1?}: {e}", start.elapsed()))?;
+        stream
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+        let mut rest = [0u8; 4096];
+        loop {
+            match stream.read(&mut rest) {
+                Ok(0) => break,
+                Ok(n) => return Err(format!("guest sent {n} unexpected bytes")),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("waiting for the guest's close: {e}")),
+            }
+        }
+        Ok(Transfer {
+            bytes: data.len(),
+            elapsed: start.elapsed(),
+        })
+    })
+}
+
+/// Host receiver: reads everything from the first connection until the
+/// guest's EOF (at most `limit` bytes).
+fn serve_recv(
+    listener: TcpListener,
+    limit: usize,
+    stop: &Stop,
+) -> JoinHandle<Result<(Vec<u8>, Transfer), String>> {
+    let stop = stop.0.clone();
+    std::thread::spawn(move || {
+        let mut stream = accept(&listener, &stop)?;
+        let start = Instant::now();
+        let mut data = Vec::with_capacity(limit);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) if data.len() + n > limit => {
+                    return Err(format!("guest sent more than {limit} bytes"))
+                }
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(format!(
+                        "receive after {} bytes, {:.1?}: {e}",
+                        data.len(),
+                        start.elapsed()
+                    ))
+                }
+            }
+        }
+        let t = Transfer {
+            bytes: data.len(),
+            elapsed: start.elapsed(),
+        };
+        Ok((data, t))
+    })
+}
+
+/// A TCP listener on `port` inside `ns` (any address: the namespace holds
+/// only its loopback and the tap).
+fn listen(ns: &NetNs, port: u16) -> TcpListener {
+    ns.run(|| TcpListener::bind(("0.0.0.0", port)))
+        .unwrap_or_else(|e| panic!("bind port {port} in {}: {e}", ns.name))
+}
+
+/// The value of the single console line `<key>:<value>` (trimmed); fails
+/// when there is none or more than one.
+fn chk(chv: &Chv, key: &str) -> String {
+    let prefix = format!("{key}:");
+    let lines = chv.lines();
+    let found: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    if found.len() != 1 {
+        chv.fail(&format!(
+            "want exactly one console line starting with {prefix:?}, found {}",
+            found.len()
+        ));
+    }
+    found[0].trim().to_string()
+}
+
+/// Asserts that console check `key` printed exactly `want`.
+fn want(chv: &Chv, key: &str, want: &str) {
+    let got = chk(chv, key);
+    chv.check(
+        got == want,
+        &format!("{key}: guest printed {got:?}, want {want:?}"),
+    );
+}
+
+/// The first word of check `key` (a `sha256sum` line is `<hash>  <name>`).
+fn chk_hash(chv: &Chv, key: &str) -> String {
+    chk(chv, key)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Joins a host peer thread, failing with the console on error.
+fn join<T>(chv: &Chv, what: &str, h: JoinHandle<Result<T, String>>) -> T {
+    match h.join() {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => chv.fail(&format!("{what}: {e}")),
+        Err(_) => chv.fail(&format!("{what}: host peer thread panicked")),
+    }
+}
+
+/// Waits for power-off and a clean exit 0, and for `GUEST-CMD-EXIT=0`.
+fn expect_poweroff(chv: &mut Chv, what: &str) {
+    chv.expect("GUEST-POWEROFF", ABORT, Duration::from_secs(120));
+    let st = chv.expect_exit(Duration::from_secs(60));
+    eprintln!("{what}: chv exited ({st}) after {:.1?}", chv.elapsed());
+    chv.assert_no_panic();
+    chv.check(
+        st.code() == Some(0),
+        &format!("{what}: chv exit status {st}, want 0"),
+    );
+    let exits: Vec<String> = chv
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("GUEST-CMD-EXIT="))
+        .collect();
+    chv.check(
+        exits == ["GUEST-CMD-EXIT=0"],
+        &format!("{what}: want one GUEST-CMD-EXIT=0 line, got {exits:?}"),
+    );
+    let stderr = chv.stderr();
+    if !stderr.trim().is_empty() {
+        eprintln!("{what}: chv stderr:\n{stderr}");
+    }
+}
+
+/// chv arguments for a Linux boot from the kit's initramfs with `net`.
+fn linux_args(kit: &GuestKit, cpus: u8, guest_cmd: &str, net: &str) -> Vec<String> {
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\"");
+    assert!(cmdline.len() < 4096, "kernel command line too long");
+    [
+        "--kernel",
+        &kit.kernel.display().to_string(),
+        "--initramfs",
+        &kit.initramfs.display().to_string(),
+        "--cmdline",
+        &cmdline,
+        "--cpus",
+        &format!("boot={cpus}"),
+        "--memory",
+        "size=256M",
+        "--serial",
+        "tty",
+        "--net",
+        net,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Guest shell fragment that configures eth0.
+fn guest_ifup() -> String {
+    format!("ip addr add {GUEST_IP}/24 dev eth0; ip link set eth0 up; echo CHK-IFUP:$?")
+}
+
+/// Guest shell fragment: sends [`XFER_LEN`] bytes of urandom from tmpfs to
+/// `port` after printing their hash as `<key>-SHA` (and `nc`'s exit code
+/// as `<key>-NC`).
+fn guest_send(key: &str, port: u16) -> String {
+    format!(
+        "dd if=/dev/urandom of=/tmp/{key} bs=1M count={} 2>/dev/null; \
+         echo {key}-SHA:$(sha256sum < /tmp/{key}); \
+         nc {HOST_IP} {port} < /tmp/{key}; echo {key}-NC:$?; rm /tmp/{key}",
+        XFER_LEN / MIB
+    )
+}
+
+/// Guest shell fragment: receives from `port` into `sha256sum`, printed as
+/// `<key>-SHA`.
+fn guest_recv(key: &str, port: u16) -> String {
+    format!("echo {key}-SHA:$(nc {HOST_IP} {port} | sha256sum)")
+}
+
+/// Checks the host side of the tap: it exists in the namespace with
+/// [`HOST_IP`]/24.
+fn check_host_tap(chv: &Chv, ns: &NetNs) {
+    let addr = ns.ip(&["-o", "-4", "addr", "show", "dev", TAP]);
+    chv.check(
+        addr.contains(&format!("inet {HOST_IP}/24")),
+        &format!("host side of the tap: want {HOST_IP}/24 on {TAP}, `ip addr` says: {addr}"),
+    );
+}
+
+/// Boot 1: one queue pair, a given MAC, ping and a 64 MiB transfer each
+/// way, one after the other.
+fn boot_one(kit: &GuestKit) {
+    let ns = NetNs::new();
+    let to_guest = pattern(XFER_LEN, 0x5eed_0001);
+    let to_guest_sha = sha256(&to_guest);
+    let stop = Stop::default();
+    let sender = serve_send(listen(&ns, 5001), to_guest, &stop);
+    let receiver = serve_recv(listen(&ns, 5002), XFER_LEN, &stop);
+    let cmd = [
+        guest_ifup(),
+        "read -r v < /sys/class/net/eth0/address; echo CHK-MAC:$v".into(),
+        "echo CHK-QUEUES:$(ls /sys/class/net/eth0/queues)".into(),
+        format!("echo CHK-PING:$(ping -c 3 {HOST_IP} | grep 'packet loss')"),
+        guest_recv("CHK-RX", 5001),
+        guest_send("CHK-TX", 5002),
+    ]
+    .join("; ");
+    let net = format!("tap={TAP},ip={HOST_IP},mask=255.255.255.0,mac={MAC}");
+    let mut chv = ns.chv(&linux_args(kit, 1, &cmd, &net));
+    chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
+    eprintln!("boot 1: GUEST-READY after {:.1?}", chv.elapsed());
+    check_host_tap(&chv, &ns);
+    chv.expect("GUEST-CMD-EXIT=", ABORT, CMD_TIMEOUT);
+    let sent = join(&chv, "host -> guest", sender);
+    let (got, received) = join(&chv, "guest -> host", receiver);
+    expect_poweroff(&mut chv, "boot 1");
+
+    want(&chv, "CHK-IFUP", "0");
+    want(&chv, "CHK-MAC", MAC);
+    want(&chv, "CHK-QUEUES", "rx-0 tx-0");
+    let ping = chk(&chv, "CHK-PING");
+    chv.check(
+        ping.starts_with("3 packets transmitted, 3 packets received, 0% packet loss"),
+        &format!("ping: {ping:?}, want 3 of 3 answered"),
+    );
+    let rx_sha = chk_hash(&chv, "CHK-RX-SHA");
+    chv.check(
+        rx_sha == to_guest_sha,
+        &format!("host -> guest: guest sha256 {rx_sha}, host sent {to_guest_sha}"),
+    );
+    want(&chv, "CHK-TX-NC", "0");
+    chv.check(
+        got.len() == XFER_LEN,
+        &format!("guest -> host: got {} bytes, want {XFER_LEN}", got.len()),
+    );
+    let tx_sha = chk_hash(&chv, "CHK-TX-SHA");
+    let got_sha = sha256(&got);
+    chv.check(
+        tx_sha == got_sha,
+        &format!("guest -> host: guest sent sha256 {tx_sha}, host got {got_sha}"),
+    );
+    eprintln!(
+        "boot 1 (1 vCPU, 1 queue pair): host -> guest {} MiB in {:.1?} = {:.2} MiB/s; \
+         guest -> host {} MiB in {:.1?} = {:.2} MiB/s",
+        sent.bytes / MIB,
+        sent.elapsed,
+        sent.mib_per_s(),
+        received.bytes / MIB,
+        received.elapsed,
+        received.mib_per_s()
+    );
+}
+
+/// Boot 2: two vCPUs, two queue pairs, a random MAC; one transfer in each
+/// direction at the same time.
+fn boot_two(kit: &GuestKit) {
+    let ns = NetNs::new();
+    let to_guest = pattern(XFER_LEN, 0x5eed_0002);
+    let to_guest_sha = sha256(&to_guest);
+    let stop = Stop::default();
+    let sender = serve_send(listen(&ns, 5003), to_guest, &stop);
+    let receiver = serve_recv(listen(&ns, 5004), XFER_LEN, &stop);
+    let cmd = [
+        guest_ifup(),
+        "read -r v < /sys/class/net/eth0/address; echo CHK-MAC:$v".into(),
+        "echo CHK-QUEUES:$(ls /sys/class/net/eth0/queues)".into(),
+        "echo CHK-NPROC:$(nproc)".into(),
+        format!("echo CHK-PING:$(ping -c 2 {HOST_IP} | grep 'packet loss')"),
+        format!(
+            "( {} ) & {}; wait",
+            guest_recv("CHK-RX", 5003),
+            guest_send("CHK-TX", 5004)
+        ),
+    ]
+    .join("; ");
+    let net = format!("tap={TAP},ip={HOST_IP},mask=255.255.255.0,num_queues=4,queue_size=512");
+    let mut chv = ns.chv(&linux_args(kit, 2, &cmd, &net));
+    chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
+    eprintln!("boot 2: GUEST-READY after {:.1?}", chv.elapsed());
+    check_host_tap(&chv, &ns);
+    chv.expect("GUEST-CMD-EXIT=", ABORT, CMD_TIMEOUT);
+    let sent = join(&chv, "host -> guest", sender);
+    let (got, received) = join(&chv, "guest -> host", receiver);
+    expect_poweroff(&mut chv, "boot 2");
+
+    want(&chv, "CHK-IFUP", "0");
+    let mac = chk(&chv, "CHK-MAC");
+    let first = mac
+        .split(':')
+        .next()
+        .and_then(|b| u8::from_str_radix(b, 16).ok());
+    chv.check(
+        mac.len() == 17 && matches!(first, Some(b) if b & 1 == 0 && b & 2 == 2),
+        &format!("default MAC {mac:?}: want a unicast, locally administered address"),
+    );
+    want(&chv, "CHK-QUEUES", "rx-0 rx-1 tx-0 tx-1");
+    want(&chv, "CHK-NPROC", "2");
+    let ping = chk(&chv, "CHK-PING");
+    chv.check(
+        ping.starts_with("2 packets transmitted, 2 packets received, 0% packet loss"),
+        &format!("ping: {ping:?}, want 2 of 2 answered"),
+    );
+    let rx_sha = chk_hash(&chv, "CHK-RX-SHA");
+    chv.check(
+        rx_sha == to_guest_sha,
+        &format!("host -> guest: guest sha256 {rx_sha}, host sent {to_guest_sha}"),
+    );
+    want(&chv, "CHK-TX-NC", "0");
+    chv.check(
+        got.len() == XFER_LEN,
+        &format!("guest -> host: got {} bytes, want {XFER_LEN}", got.len()),
+    );
+    let tx_sha = chk_hash(&chv, "CHK-TX-SHA");
+    let got_sha = sha256(&got);
+    chv.check(
+        tx_sha == got_sha,
+        &format!("guest -> host: guest sent sha256 {tx_sha}, host got {got_sha}"),
+    );
+    eprintln!(
+        "boot 2 (2 vCPUs, 2 queue pairs, both directions at once): host -> guest {} MiB in \
+         {:.1?} = {:.2} MiB/s; guest -> host {} MiB in {:.1?} = {:.2} MiB/s",
+        sent.bytes / MIB,
+        sent.elapsed,
+        sent.mib_per_s(),
+        received.bytes / MIB,
+        received.elapsed,
+        received.mib_per_s()
+    );
+}
+
+#[test]
+fn linux_virtio_net_ping_transfers_and_multiqueue() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    boot_one(&kit);
+    boot_two(&kit);
+}
+
+/// Runs chv (test guest, halted) with `--net net` inside a fresh namespace;
+/// it must exit 1 at once with exactly one `chv: error:` line on stderr
+/// (besides `chv: warn:` lines) containing every one of `needles`, without
+/// booting or panicking.
+fn expect_net_error(net: &str, needles: &[&str]) {
+    let ns = NetNs::new();
+    let args = [
+        "--kernel",
+        &testguest().display().to_string(),
+        "--cmdline",
+        "test=hlt",
+        "--memory",
+        "size=64M",
+        "--serial",
+        "tty",
+        "--net",
+        net,
+    ];
+    let mut chv = ns.chv(&args);
+    let st = chv.wait_exit(Duration::from_secs(20));
+    if st.is_none() {
+        chv.kill();
+    }
+    chv.assert_no_panic();
+    chv.check(
+        st.and_then(|s| s.code()) == Some(1),
+        &format!("--net {net}: want exit code 1, got {st:?}"),
+    );
+    chv.check(
+        !chv.stdout().contains("TESTGUEST-START"),
+        "the guest started despite the bad --net",
+    );
+    let stderr = chv.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("chv: warn:"))
+        .collect();
+    chv.check(
+        lines.len() == 1 && lines[0].starts_with("chv: error:"),
+        "want exactly one `chv: error:` line on stderr",
+    );
+    for needle in needles {
+        chv.check(
+            lines[0].contains(needle),
+            &format!("the error line does not mention {needle:?}"),
+        );
+    }
+    // Nothing was left behind in the namespace.
+    let links = ns.ip(&["-o", "link", "show"]);
+    chv.check(
+        links.lines().count() == 1 && links.contains("lo:"),
+        &format!("want only `lo` in the namespace after the failure, got:\n{links}"),
+    );
+}
+
+#[test]
+fn net_tap_name_too_long_is_a_clean_error() {
+    expect_net_error(
+        "tap=chvtap-name-too-long,ip=10.0.2.1,mask=255.255.255.0",
+        &["--net", "tap=chvtap-name-too-long", "15 bytes"],
+    );
+}
+
+#[test]
+fn net_malformed_mac_is_a_clean_error() {
+    expect_net_error(
+        "tap=chvtap0,mac=52:54:00:zz:00:01",
+        &["--net", "mac=52:54:00:zz:00:01", "not a MAC address"],
+    );
+    expect_net_error(
+        "tap=chvtap0,mac=52:54:00:12:34",
+        &["--net", "mac=52:54:00:12:34"],
+    );
+}
+
+#[test]
+fn net_tap_that_cannot_be_created_is_a_clean_error() {
+    // `lo` exists in every namespace and is not a tun/tap device, so the
+    // kernel refuses TUNSETIFF at run time (after option parsing).
+    expect_net_error("tap=lo", &["--net", "tap lo", "TUNSETIFF"]);
+}
+
+#[test]
+fn pattern_is_deterministic_and_varied() {
+    let a = pattern(4096, 7);
+    assert_eq!(a, pattern(4096, 7));
+    assert_ne!(a, pattern(4096, 8));
+    assert_eq!(pattern(13, 7), a[..13]);
+    let distinct: std::collections::HashSet<u8> = a.iter().copied().collect();
+    assert!(distinct.len() > 200, "pattern bytes look too uniform");
+}
