@@ -24,21 +24,26 @@ targets="$(cargo +nightly fuzz list)"
 # Corpora of this run live in a throw-away directory, not fuzz/corpus.
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+# Scratch files of the targets go there too (a killed run leaves them).
+export CHV_FUZZ_SCRATCH="$work"
 
 fail=0
 for t in $targets; do
-    # Replay known crashers and seeds: each must run cleanly.
-    inputs=()
+    # Replay known crashers and seeds: each must run cleanly. libFuzzer
+    # takes either files or corpus dirs, so copy them into one dir.
+    replay="$work/replay-$t"
+    mkdir -p "$replay"
     for d in "regressions/$t" "seeds/$t"; do
-        if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then
-            inputs+=("$d"/*)
+        if [ -d "$d" ]; then
+            find "$d" -maxdepth 1 -type f -exec cp {} "$replay/" \;
         fi
     done
-    if [ "${#inputs[@]}" -gt 0 ]; then
-        echo "fuzz-smoke: $t: replaying ${#inputs[@]} saved inputs"
-        if ! cargo +nightly fuzz run "$t" -- -timeout=20 -rss_limit_mb=2048 \
-            "${inputs[@]}"; then
+    if [ -n "$(ls -A "$replay")" ]; then
+        echo "fuzz-smoke: $t: replaying $(ls "$replay" | wc -l) saved inputs"
+        if ! cargo +nightly fuzz run "$t" "$replay" -- -runs=0 -timeout=20 \
+            -rss_limit_mb=2048 -artifact_prefix="$work/"; then
             echo "fuzz-smoke: $t: a saved input crashes" >&2
+            trap - EXIT
             fail=1
             continue
         fi

@@ -125,12 +125,15 @@ extern "C" fn remove_scratch() {
     }
 }
 
-/// A directory private to this process (on tmpfs when available), created
-/// on first use and removed at exit. Targets reuse fixed file names in it,
-/// so it never grows with the number of iterations.
+/// A directory private to this process (under `$CHV_FUZZ_SCRATCH`, else on
+/// tmpfs when available), created on first use and removed at exit.
+/// Targets reuse fixed file names in it, so it never grows with the number
+/// of iterations.
 pub fn scratch_dir() -> &'static Path {
     SCRATCH.get_or_init(|| {
-        let base = if Path::new("/dev/shm").is_dir() {
+        let base = if let Some(dir) = std::env::var_os("CHV_FUZZ_SCRATCH") {
+            PathBuf::from(dir)
+        } else if Path::new("/dev/shm").is_dir() {
             PathBuf::from("/dev/shm")
         } else {
             std::env::temp_dir()

@@ -186,6 +186,33 @@ fn hotplug_api_with_test_guest() {
     assert!(body.contains(r#""id":"_disk0""#), "{body}");
     assert!(body.contains(r#""id":"data""#), "{body}");
 
+    // Only the 8 spare slots are hotpluggable (no cold-plugged devices):
+    // six more disks fit, the next one is refused.
+    for n in 0..7 {
+        let path = dir.path(&format!("more{n}.raw"));
+        std::fs::write(&path, vec![0u8; 4096]).expect("write image");
+        let (status, body) = http(
+            &sock,
+            "PUT",
+            "vm.add-disk",
+            Some(&format!(r#"{{"path":"{}"}}"#, path.display())),
+        );
+        if n < 6 {
+            assert_eq!(status, 200, "disk {n}: {body}");
+            let bdf = format!("0000:00:{:02x}.0", n + 3);
+            assert_eq!(json_str(&body, "bdf"), Some(bdf), "{body}");
+        } else {
+            assert_eq!(status, 500, "{body}");
+            assert!(body.contains("hotpluggable"), "{body}");
+        }
+    }
+    let (_, body) = http(&sock, "GET", "vm.info", None);
+    assert!(body.contains(r#""id":"_disk6""#), "{body}");
+    assert!(
+        !body.contains(r#""id":"_disk7""#),
+        "refused disk not recorded: {body}"
+    );
+
     let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"nope"}"#));
     assert_eq!(status, 404, "{body}");
     let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"data"}"#));
@@ -263,8 +290,9 @@ fn linux_disk_hotplug_and_power_button() {
     ]);
     chv.expect("HP-WAIT-ADD", ABORT, BOOT_TIMEOUT);
     let booted = chv.elapsed();
-    // acpiphp registered all 31 slots; PWRB is bound to the button driver.
-    chv.check(chv.stdout().contains("HP-SLOTS=31"), "31 hotplug slots");
+    // acpiphp registered the cold disk's slot plus 8 spare ones (chv's
+    // HOTPLUG_SPARE_SLOTS); PWRB is bound to the button driver.
+    chv.check(chv.stdout().contains("HP-SLOTS=9"), "9 hotplug slots");
     chv.check(chv.stdout().contains("HP-BUTTON=1"), "PWRB bound");
 
     let add = format!(r#"{{"path":"{}","id":"hot0"}}"#, img.display());

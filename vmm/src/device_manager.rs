@@ -58,6 +58,27 @@ const _: () = assert!(layout::PCI_HOTPLUG_PORT_SIZE as u64 == PCI_HOTPLUG_REGIST
 /// our transport puts at BAR0 offset 0). Writing 0 resets the device.
 const VIRTIO_PCI_DEVICE_STATUS: u64 = 0x14;
 
+/// Free PCI slots the ACPI tables describe as hotpluggable beyond the
+/// cold-plugged devices. Each described slot costs the guest about 0.2 s of
+/// boot on PVM hosts (an ACPI device and a hotplug slot in Linux), so not
+/// all 31 are described.
+pub const HOTPLUG_SPARE_SLOTS: u8 = 8;
+
+/// How many PCI slots, from slot 1, are hotpluggable for `config`: one per
+/// cold-plugged device (slots fill from 1, so these are the slots they
+/// take; removing one frees its slot for a hot-added device) plus
+/// [`HOTPLUG_SPARE_SLOTS`], at most 31. `Vm::boot` passes it to the ACPI
+/// tables and [`DeviceManager`] refuses hot-adds beyond it.
+pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
+    let cold = config.disks.as_ref().map_or(0, Vec::len)
+        + config.net.as_ref().map_or(0, Vec::len)
+        + usize::from(config.console.mode != ConsoleOutputMode::Off)
+        + usize::from(config.rng.is_some())
+        + usize::from(config.vsock.is_some());
+    let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
+    u8::try_from(slots.min(usize::from(arch::acpi::hotplug::LAST_HOTPLUG_SLOT))).unwrap_or(0)
+}
+
 /// Where a hot-added device landed (Cloud Hypervisor's `PciDeviceInfo`,
 /// the body of `vm.add-disk`'s answer).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -74,6 +95,9 @@ pub enum HotplugError {
     /// Another device already uses this id.
     #[error("a device with id {0} already exists")]
     DuplicateId(String),
+    /// Every slot the ACPI tables describe as hotpluggable is in use.
+    #[error("no free hotpluggable PCI slot (slots 1-{0} are described to the guest)")]
+    NoHotplugSlot(u8),
     /// No device has this id.
     #[error("no device with id {0}")]
     NotFound(String),
@@ -147,6 +171,8 @@ pub struct DeviceManager {
     devices: DeviceList,
     ged: GedEvents,
     hotplug: PciHotplugState,
+    /// Slots 1 to this one are hotpluggable ([`hotplug_slots_for`]).
+    hotplug_slots: u8,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -310,6 +336,7 @@ impl DeviceManager {
             devices,
             ged: ged_events,
             hotplug,
+            hotplug_slots: 0,
         })
     }
 
@@ -351,6 +378,7 @@ impl DeviceManager {
     /// Adds every device `config` lists: disks first (so the first disk is
     /// /dev/vda), then the console and the rng.
     pub fn add_configured_devices(&mut self, config: &VmConfig) -> Result<(), VmmError> {
+        self.hotplug_slots = hotplug_slots_for(config);
         let mut groups: HashMap<String, Arc<RateLimitGroup>> = HashMap::new();
         for g in config.rate_limit_groups.iter().flatten() {
             let group = RateLimitGroup::new(&g.id, g.rate_limiter_config.limits())
@@ -538,6 +566,11 @@ impl DeviceManager {
             return Err(HotplugError::DuplicateId(id));
         }
         let slot = self.add_virtio(id.clone(), device, block_counters)?;
+        if slot > self.hotplug_slots {
+            // The guest has no ACPI slot device there: take it out again.
+            eject_slot(&self.vm, &self.pci_bus, &self.by_slot, &self.devices, slot);
+            return Err(HotplugError::NoHotplugSlot(self.hotplug_slots));
+        }
         self.hotplug
             .slot_added(slot)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
@@ -600,5 +633,22 @@ impl DeviceManager {
             .iter()
             .map(|d| (d.id.clone(), d.slot))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hotplug_slots_cover_cold_devices_plus_spares() {
+        let mut config = VmConfig::default();
+        config.console.mode = ConsoleOutputMode::Off;
+        assert_eq!(hotplug_slots_for(&config), HOTPLUG_SPARE_SLOTS);
+        config.console.mode = ConsoleOutputMode::Tty;
+        config.disks = Some(vec![DiskConfig::default(); 3]);
+        assert_eq!(hotplug_slots_for(&config), 4 + HOTPLUG_SPARE_SLOTS);
+        config.disks = Some(vec![DiskConfig::default(); 40]);
+        assert_eq!(hotplug_slots_for(&config), 31, "bus 0 has 31 slots");
     }
 }

@@ -157,8 +157,12 @@ impl Vm {
             ),
             _ => None,
         };
-        let rsdp = arch::acpi::create_acpi_tables(&memory, num_vcpus)
-            .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
+        let rsdp = arch::acpi::create_acpi_tables(
+            &memory,
+            num_vcpus,
+            crate::device_manager::hotplug_slots_for(config),
+        )
+        .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
         let cmdline = payload.cmdline.as_deref().unwrap_or("");
         arch::boot::configure_system(
             &memory,

@@ -109,10 +109,25 @@ pub enum AcpiError {
 /// Writes RSDP, XSDT, FADT, DSDT, MADT and MCFG for `num_cpus` vCPUs into guest
 /// memory starting at `layout::ACPI_START`; returns the RSDP address.
 ///
+/// PCI slots `1..=hotplug_slots` (at most 31) are described as hotpluggable.
+/// Each one costs the guest boot time (Linux creates an ACPI device and a
+/// hotplug slot for it: about 0.2 s each on PVM hosts), so the VMM passes
+/// what it needs rather than all 31.
+///
 /// The RSDP sits at the (16-byte aligned) start of the BIOS area so a guest
 /// that scans for it finds it too; PVH guests get its address from the VMM.
-pub fn create_acpi_tables(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<GuestAddress, AcpiError> {
-    write_tables(mem, num_cpus, layout::ACPI_START, layout::ACPI_END)
+pub fn create_acpi_tables(
+    mem: &GuestMemoryMmap,
+    num_cpus: u8,
+    hotplug_slots: u8,
+) -> Result<GuestAddress, AcpiError> {
+    write_tables(
+        mem,
+        num_cpus,
+        hotplug_slots,
+        layout::ACPI_START,
+        layout::ACPI_END,
+    )
 }
 
 /// Hands out consecutive aligned addresses inside `[start, end)`.
@@ -144,6 +159,7 @@ impl Placer {
 fn write_tables(
     mem: &GuestMemoryMmap,
     num_cpus: u8,
+    hotplug_slots: u8,
     start: u64,
     end: u64,
 ) -> Result<GuestAddress, AcpiError> {
@@ -157,7 +173,7 @@ fn write_tables(
     };
     let rsdp_addr = placer.place(Rsdp::len())?;
 
-    let dsdt = create_dsdt();
+    let dsdt = create_dsdt(hotplug_slots);
     let dsdt_addr = placer.place(dsdt.len())?;
 
     let fadt = to_bytes(&create_fadt(dsdt_addr.0));
@@ -211,7 +227,7 @@ fn write(
 /// the PCI host bridge; the Generic Event Device with the power button and
 /// the PCI hotplug slots (see [`hotplug`]).
 /// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
-fn create_dsdt() -> Sdt {
+fn create_dsdt(hotplug_slots: u8) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
     let s5_type = ACPI_S5_SLEEP_TYPE;
     // Package {SLP_TYPa, SLP_TYPb, reserved, reserved}.
@@ -235,7 +251,7 @@ fn create_dsdt() -> Sdt {
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
     let pci = pci_devices_aml();
     let ged = hotplug::ged_aml();
-    let pci_hotplug = hotplug::pci_hotplug_aml();
+    let pci_hotplug = hotplug::pci_hotplug_aml(hotplug_slots);
     let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pci, &ged, &pci_hotplug]);
     dsdt.append_slice(&to_bytes(&sb));
     dsdt
@@ -464,7 +480,7 @@ mod tests {
     #[test]
     fn mcfg_describes_bus0_ecam() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 31).unwrap();
         let (_, _, mcfg) = walk_all(&mem, rsdp);
         // Header + 8 reserved bytes + one 16-byte allocation.
         assert_eq!(mcfg.len(), 36 + 8 + 16);
@@ -487,7 +503,7 @@ mod tests {
     #[test]
     fn dsdt_has_pci_host_bridge_and_ecam_reservation() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 31).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
@@ -537,7 +553,7 @@ mod tests {
         // Keep the DSDT small: guests interpret it slowly. Without the GED
         // and the 31 hotplug slots it is under 512 bytes.
         let hotplug =
-            to_bytes(&hotplug::ged_aml()).len() + to_bytes(&hotplug::pci_hotplug_aml()).len();
+            to_bytes(&hotplug::ged_aml()).len() + to_bytes(&hotplug::pci_hotplug_aml(31)).len();
         eprintln!(
             "DSDT {} bytes, {hotplug} of them GED + PCI hotplug",
             dsdt.len()
@@ -549,7 +565,7 @@ mod tests {
     #[test]
     fn dsdt_has_ged_power_button_and_hotplug_slots() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 2).unwrap();
+        let rsdp = create_acpi_tables(&mem, 2, 31).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         // read_table checks the length and the checksum.
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
@@ -580,7 +596,7 @@ mod tests {
     #[test]
     fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 31).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         assert_eq!(fadt.len(), 276);
         assert_eq!(fadt[8], 6, "FADT revision");
@@ -618,7 +634,7 @@ mod tests {
 
     fn check_madt(num_cpus: u8) {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, num_cpus).unwrap();
+        let rsdp = create_acpi_tables(&mem, num_cpus, 31).unwrap();
         let (_, madt) = walk(&mem, rsdp);
         assert_eq!(u32_at(&madt, 36), layout::APIC_START as u32);
         assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
@@ -667,7 +683,7 @@ mod tests {
     fn rejects_zero_cpus() {
         let mem = guest_mem();
         assert!(matches!(
-            create_acpi_tables(&mem, 0),
+            create_acpi_tables(&mem, 0, 31),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -677,8 +693,8 @@ mod tests {
         let mem = guest_mem();
         let start = layout::ACPI_START;
         // Enough for one vCPU but not for 255.
-        write_tables(&mem, 1, start, start + 0x1000).unwrap();
-        let err = write_tables(&mem, 255, start, start + 0x1000).unwrap_err();
+        write_tables(&mem, 1, 31, start, start + 0x1000).unwrap();
+        let err = write_tables(&mem, 255, 31, start, start + 0x1000).unwrap_err();
         match err {
             AcpiError::TooLarge { needed, available } => {
                 assert_eq!(available, 0x1000);
@@ -687,14 +703,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         // A range at the very top of the address space must not wrap.
-        assert!(write_tables(&mem, 1, u64::MAX - 8, u64::MAX).is_err());
+        assert!(write_tables(&mem, 1, 31, u64::MAX - 8, u64::MAX).is_err());
     }
 
     #[test]
     fn unbacked_memory_is_an_error() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 1),
+            create_acpi_tables(&mem, 1, 31),
             Err(AcpiError::GuestMemory { .. })
         ));
     }

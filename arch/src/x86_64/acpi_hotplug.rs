@@ -114,8 +114,10 @@ pub(super) fn ged_aml() -> RawAml {
 }
 
 /// `Scope (PCI0)` with the hotplug registers, `PCEJ`, `NTFY`, `PCNT` and
-/// one device per hotpluggable slot, to be placed in `\_SB_` after `PCI0`.
-pub(super) fn pci_hotplug_aml() -> RawAml {
+/// one device per hotpluggable slot (1 to `last_slot`, at most 31), to be
+/// placed in `\_SB_` after `PCI0`.
+pub(super) fn pci_hotplug_aml(last_slot: u8) -> RawAml {
+    let last_slot = last_slot.min(LAST_HOTPLUG_SLOT);
     let regs = RawAml(io_fields(
         "PCST",
         layout::PCI_HOTPLUG_PORT,
@@ -130,11 +132,9 @@ pub(super) fn pci_hotplug_aml() -> RawAml {
     let pcej = aml::Method::new("PCEJ".into(), 1, false, vec![&eject]);
 
     // NTFY (slot, value): Notify the slot's device.
-    let names: Vec<String> = (FIRST_HOTPLUG_SLOT..=LAST_HOTPLUG_SLOT)
-        .map(slot_name)
-        .collect();
+    let names: Vec<String> = (FIRST_HOTPLUG_SLOT..=last_slot).map(slot_name).collect();
     let paths: Vec<aml::Path> = names.iter().map(|n| aml::Path::new(n)).collect();
-    let slots: Vec<u8> = (FIRST_HOTPLUG_SLOT..=LAST_HOTPLUG_SLOT).collect();
+    let slots: Vec<u8> = (FIRST_HOTPLUG_SLOT..=last_slot).collect();
     let notifies: Vec<aml::Notify> = paths
         .iter()
         .map(|p| aml::Notify::new(p, &aml::Arg(1)))
@@ -251,8 +251,22 @@ mod tests {
     }
 
     #[test]
+    fn slot_count_is_limited() {
+        let aml = bytes(&pci_hotplug_aml(4));
+        assert_eq!(count(&aml, b"_EJ0"), 4);
+        assert_eq!(count(&aml, b"S04_"), 2, "device and its Notify");
+        assert_eq!(count(&aml, b"S05_"), 0);
+        // No slots: PCNT and NTFY stay (the GED calls PCNT).
+        let aml = bytes(&pci_hotplug_aml(0));
+        assert_eq!(count(&aml, b"_EJ0"), 0);
+        assert_eq!(count(&aml, b"PCNT"), 1);
+        assert_eq!(count(&aml, b"NTFY"), 3);
+    }
+
+    #[test]
     fn every_slot_has_adr_sun_and_ej0() {
-        let aml = bytes(&pci_hotplug_aml());
+        let aml = bytes(&pci_hotplug_aml(31));
+        assert_eq!(aml, bytes(&pci_hotplug_aml(200)), "clamped to 31 slots");
         for slot in FIRST_HOTPLUG_SLOT..=LAST_HOTPLUG_SLOT {
             let name = slot_name(slot);
             // Device (Sxx_) { Name (_ADR, slot << 16) Name (_SUN, slot) ...
