@@ -72,6 +72,20 @@ pub enum HandlerError {
     /// Anything else that makes the queue or fd unusable.
     #[error("{0}")]
     Other(String),
+    /// The queue still has work after a full pass: the worker kicks it
+    /// again after checking for a stop request (so a driver that keeps the
+    /// ring full, or rings laid over each other, cannot starve the worker).
+    #[error("queue {0} has more work")]
+    Requeue(u16),
+}
+
+/// Most chains one `drain_queue` pass completes before yielding back to
+/// the worker's event loop, per queue-size unit.
+pub const PASSES_PER_DRAIN: usize = 2;
+
+/// The chain budget of one drain pass of `queue`.
+pub fn drain_budget(queue: &Queue) -> usize {
+    usize::from(queue.size().max(1)) * PASSES_PER_DRAIN
 }
 
 /// Device-specific logic the worker thread drives.
@@ -270,11 +284,19 @@ impl<'a> EventLoop<'a> {
     }
 
     fn run<H: QueueHandler>(&mut self, handler: &mut H, broken: &AtomicBool) {
-        if let Err(e) = handler.start() {
-            error!("worker start: {e}; device needs reset");
-            broken.store(true, Ordering::Release);
-            handler.on_broken();
-            self.queue_live.iter_mut().for_each(|l| *l = false);
+        match handler.start() {
+            Err(HandlerError::Requeue(_)) => {
+                for (_, fd) in self.notifies.iter() {
+                    let _ = fd.write(1);
+                }
+            }
+            Err(e) => {
+                error!("worker start: {e}; device needs reset");
+                broken.store(true, Ordering::Release);
+                handler.on_broken();
+                self.queue_live.iter_mut().for_each(|l| *l = false);
+            }
+            Ok(()) => {}
         }
         let mut events = vec![EpollEvent::default(); self.notifies.len() + self.fds.len() + 1];
         loop {
@@ -317,7 +339,16 @@ impl<'a> EventLoop<'a> {
         if !self.queue_live[pos] {
             return;
         }
-        if let Err(e) = handler.handle_queue(*index) {
+        let result = handler.handle_queue(*index);
+        if let Err(HandlerError::Requeue(_)) = result {
+            // Come back to this queue after the next epoll round, which
+            // also notices a stop request.
+            if let Err(e) = fd.write(1) {
+                error!("queue {index}: cannot re-kick: {e}");
+            }
+            return;
+        }
+        if let Err(e) = result {
             error!("queue {index}: {e}; queue stopped until device reset");
             b.store(true, Ordering::Release);
             handler.on_broken();
@@ -362,6 +393,7 @@ where
     F: FnMut(virtio_queue::DescriptorChain<&M>) -> u32,
 {
     let mut added = false;
+    let mut budget = drain_budget(queue);
     loop {
         queue.disable_notification(mem)?;
         let mut popped = false;
@@ -371,6 +403,11 @@ where
             queue.add_used(mem, head, len)?;
             added = true;
             popped = true;
+            budget -= 1;
+            if budget == 0 {
+                notify_queue(queue, mem, interrupt, index)?;
+                return Err(HandlerError::Requeue(index));
+            }
         }
         if !queue.enable_notification(mem)? {
             break;

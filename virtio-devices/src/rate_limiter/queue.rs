@@ -38,6 +38,7 @@ where
         return Ok(());
     }
     let mut added = false;
+    let mut budget = crate::worker::drain_budget(queue);
     loop {
         queue.disable_notification(mem)?;
         let mut popped = false;
@@ -58,6 +59,11 @@ where
             queue.add_used(mem, head, len)?;
             added = true;
             popped = true;
+            budget -= 1;
+            if budget == 0 {
+                notify_queue(queue, mem, interrupt, index)?;
+                return Err(HandlerError::Requeue(index));
+            }
         }
         if !queue.enable_notification(mem)? {
             break;
