@@ -173,6 +173,8 @@ pub struct DeviceManager {
     hotplug: PciHotplugState,
     /// Slots 1 to this one are hotpluggable ([`hotplug_slots_for`]).
     hotplug_slots: u8,
+    /// Rate-limit groups by id, shared by the disks that name them.
+    rate_groups: HashMap<String, Arc<RateLimitGroup>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -337,6 +339,7 @@ impl DeviceManager {
             ged: ged_events,
             hotplug,
             hotplug_slots: 0,
+            rate_groups: HashMap::new(),
         })
     }
 
@@ -354,6 +357,16 @@ impl DeviceManager {
             readonly: disk.readonly,
             direct: disk.direct,
         };
+        let rate_limit = match (&disk.rate_limiter_config, &disk.rate_limit_group) {
+            (Some(c), _) => Some(
+                RateLimitGroup::new(id, c.limits())
+                    .map_err(|e| VmmError::Config(format!("--disk: id={id}: {e}")))?,
+            ),
+            (None, Some(name)) => Some(self.rate_groups.get(name).cloned().ok_or_else(|| {
+                VmmError::Config(format!("--disk: rate_limit_group={name}: no such group"))
+            })?),
+            (None, None) => None,
+        };
         let image = open_disk_with_format(path, disk.image_type.as_deref(), &opts)
             .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
         let mut blk = VirtioBlock::new(
@@ -364,7 +377,7 @@ impl DeviceManager {
                 num_queues: u16::try_from(disk.num_queues).unwrap_or(u16::MAX),
                 queue_size: disk.queue_size,
                 id: id.to_string(),
-                ..Default::default()
+                rate_limit,
             },
         )
         .map_err(|e| VmmError::Config(format!("--disk: {e}")))?;
@@ -379,11 +392,10 @@ impl DeviceManager {
     /// /dev/vda), then the console and the rng.
     pub fn add_configured_devices(&mut self, config: &VmConfig) -> Result<(), VmmError> {
         self.hotplug_slots = hotplug_slots_for(config);
-        let mut groups: HashMap<String, Arc<RateLimitGroup>> = HashMap::new();
         for g in config.rate_limit_groups.iter().flatten() {
             let group = RateLimitGroup::new(&g.id, g.rate_limiter_config.limits())
                 .map_err(|e| VmmError::Config(format!("--rate-limit-group: id={}: {e}", g.id)))?;
-            groups.insert(g.id.clone(), group);
+            self.rate_groups.insert(g.id.clone(), group);
         }
         for (i, disk) in config.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
