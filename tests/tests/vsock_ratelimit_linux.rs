@@ -7,23 +7,25 @@
 //! four disks: `/dev/vda` is an ext4
 //! image this test builds with `mkfs.ext4 -d`, holding `vsock` (a static
 //! AF_VSOCK tool compiled from `tests/guest-linux/vsock.c`) and a payload
-//! file; `/dev/vdb` is limited to 10 MiB/s on its own; `/dev/vdc` and
-//! `/dev/vdd` share one 10 MiB/s `--rate-limit-group`. In the guest:
+//! file; `/dev/vdb` is limited to 128 KiB/s on its own; `/dev/vdc` and
+//! `/dev/vdd` share one 128 KiB/s `--rate-limit-group`. In the guest:
 //!
 //! 1. host→guest: `vsock listen 1234 16` echoes 16 connections; the host
 //!    opens all 16 at once through the Unix socket (`CONNECT 1234\n`,
-//!    `OK <port>\n`), sends 1 MiB of distinct data on each and compares
+//!    `OK <port>\n`), sends 128 KiB of distinct data on each and compares
 //!    the echo.
 //! 2. guest→host: `vsock connect 2 5000` sends the 256 KiB payload to the
 //!    test's listener on `<socket>_5000`, which compares it and answers
 //!    `HOST-OK`.
-//! 3. Disk limits: reading 50 MiB from `/dev/vdb` and 25 MiB from each of
-//!    `/dev/vdc` and `/dev/vdd` at the same time must each take at least
-//!    4 s of guest time (the first 10 MiB come from the full bucket).
-//!    Only a lower bound is checked; the measured rates are logged.
-//! 4. NIC limit: the NIC is limited to 1 MiB/s each way; 6 MiB from the
-//!    host to the guest's `nc` and 6 MiB back must each take at least 5 s
-//!    of host time. chv runs in a network namespace the test creates
+//! 3. Disk limits (128 KiB/s: the guest reads only about 0.4 MiB/s here,
+//!    so 10 MiB/s would not be observable): reading 2 MiB from `/dev/vdb`,
+//!    and 1 MiB from each of `/dev/vdc` and `/dev/vdd` at the same time,
+//!    must each take at least 14 s of guest time (the first 128 KiB come
+//!    from the full bucket). Only a lower bound is checked; the measured
+//!    rates are logged with an unlimited read of `/dev/vda` for comparison.
+//! 4. NIC limit: the NIC is limited to 16 KiB/s each way; 256 KiB from
+//!    the host to the guest's `nc` and 256 KiB back must each take at
+//!    least 14 s of host time (unlimited: about 6 s here). chv runs in a network namespace the test creates
 //!    (`ip netns add chvrl-<pid>`, deleted afterwards, even on failure):
 //!    its tap and the host's TCP peers live there, so no traffic leaves it.
 //!    The vsock Unix sockets are path-based and work across namespaces.
@@ -64,18 +66,24 @@ const CONNS: usize = 16;
 /// Bytes echoed on the single probe connection made first.
 const PROBE_LEN: usize = 4096;
 /// Bytes sent (and echoed) on each of the [`CONNS`] parallel connections.
-const ECHO_LEN: usize = MIB;
+const ECHO_LEN: usize = 128 * 1024;
 /// Host vsock port the guest connects to.
 const HOST_PORT: u32 = 5000;
 /// Bytes the guest sends to the host.
 const G2H_LEN: usize = 256 * 1024;
-/// The rate limit of every limited disk: 10 MiB/s.
-const BW_LIMIT: &str = "bw_size=10485760,bw_refill_time=1000";
+/// The rate limit of every limited disk:
+/// 128 KiB/s. This guest reads a virtio disk at only about 0.4 MiB/s here
+/// (its kernel runs through KVM's instruction emulator), so Cloud
+/// Hypervisor's usual 10 MiB/s example (`bw_size=10485760`) could not be
+/// observed; the syntax is the same.
+const BW_LIMIT: &str = "bw_size=131072,bw_refill_time=1000";
+/// MiB read from `/dev/vdb` (and in total from `/dev/vdc` + `/dev/vdd`).
+const DISK_READ_MIB: usize = 2;
 /// Size of every rate-limited disk image.
 const DISK_LEN: u64 = 64 * MIB as u64;
-/// Least guest time (s) for 50 MiB through a full 10 MiB bucket refilled at
-/// 10 MiB/s.
-const MIN_SECONDS: f64 = 4.0;
+/// Least guest time (s) for 2 MiB through a full 128 KiB bucket refilled at
+/// 128 KiB/s: 15 s.
+const MIN_SECONDS: f64 = 14.0;
 
 /// A scratch directory, removed on drop unless the test failed.
 struct Scratch(PathBuf);
@@ -383,13 +391,15 @@ const HOST_IP: &str = "10.0.2.1";
 const GUEST_IP: &str = "10.0.2.15";
 /// Name of the tap chv creates inside the namespace.
 const TAP: &str = "chvrl0";
-/// The NIC limit (each direction): 1 MiB/s.
-const NET_LIMIT: &str = "bw_size=1048576,bw_refill_time=1000";
+/// The NIC limit (each direction): 16 KiB/s. TCP through this guest only
+/// reaches about 40 KB/s here unlimited, so a higher limit would not be
+/// observable.
+const NET_LIMIT: &str = "bw_size=16384,bw_refill_time=1000";
 /// Bytes moved each way through the limited NIC.
-const NET_LEN: usize = 6 * MIB;
-/// Least host time (s) for [`NET_LEN`] bytes through a full 1 MiB bucket
-/// refilled at 1 MiB/s (TCP/IP headers only add to it).
-const NET_MIN_SECONDS: f64 = 5.0;
+const NET_LEN: usize = 256 * 1024;
+/// Least host time (s) for [`NET_LEN`] bytes through a full 16 KiB bucket
+/// refilled at 16 KiB/s is 15 s (TCP/IP headers only add to it).
+const NET_MIN_SECONDS: f64 = 14.0;
 /// Host port the guest receives from (host → guest, the RX limit).
 const NET_RX_PORT: u16 = 5001;
 /// Host port the guest sends to (guest → host, the TX limit).
@@ -532,13 +542,20 @@ fn guest_script() -> String {
         format!("/mnt/vsock listen {ECHO_PORT} {} & L=$!", CONNS + 1),
         format!("/mnt/vsock connect 2 {HOST_PORT} < /mnt/payload.bin; echo CHK-G2H-EXIT:$?"),
         "wait $L; echo CHK-LISTEN-EXIT:$?".into(),
-        "read a x < /proc/uptime; dd if=/dev/vdb of=/dev/null bs=1M count=50 2>&1; \
-         read b x < /proc/uptime; echo CHK-DISK-BW:$a:$b"
-            .into(),
-        "read a x < /proc/uptime; dd if=/dev/vdc of=/dev/null bs=1M count=25 2>&1 & \
-         dd if=/dev/vdd of=/dev/null bs=1M count=25 2>&1; wait; \
-         read b x < /proc/uptime; echo CHK-DISK-GROUP:$a:$b"
-            .into(),
+        format!(
+            "read a x < /proc/uptime; dd if=/dev/vda of=/dev/null bs=1M count={DISK_READ_MIB} 2>&1; \
+             read b x < /proc/uptime; echo CHK-DISK-FREE:$a:$b"
+        ),
+        format!(
+            "read a x < /proc/uptime; dd if=/dev/vdb of=/dev/null bs=1M count={DISK_READ_MIB} 2>&1; \
+             read b x < /proc/uptime; echo CHK-DISK-BW:$a:$b"
+        ),
+        format!(
+            "read a x < /proc/uptime; dd if=/dev/vdc of=/dev/null bs=1M count={half} 2>&1 & \
+             dd if=/dev/vdd of=/dev/null bs=1M count={half} 2>&1; wait; \
+             read b x < /proc/uptime; echo CHK-DISK-GROUP:$a:$b",
+            half = DISK_READ_MIB / 2
+        ),
         guest_net_script(),
     ]
     .join("; ")
@@ -684,22 +701,29 @@ fn linux_vsock_both_directions_and_disk_rate_limits() {
             "the guest echo listener did not report {done:?} and exit 0 (see VSOCK-CONN lines)"
         ));
     }
+    let free = guest_seconds(&chv, "CHK-DISK-FREE");
     let bw = guest_seconds(&chv, "CHK-DISK-BW");
     let group = guest_seconds(&chv, "CHK-DISK-GROUP");
+    let mib = DISK_READ_MIB as f64;
     eprintln!(
-        "disk limit 10 MiB/s: 50 MiB from /dev/vdb in {bw:.2} s ({:.2} MiB/s); \
-         2 x 25 MiB through group g0 in {group:.2} s ({:.2} MiB/s), guest time incl. dd exec",
-        50.0 / bw,
-        50.0 / group
+        "disk, guest time incl. dd exec: unlimited /dev/vda {mib} MiB in {free:.2} s \
+         ({:.1} KiB/s); limit {BW_LIMIT}: /dev/vdb {mib} MiB in {bw:.2} s ({:.1} KiB/s); \
+         group g0: 2 x {} MiB in {group:.2} s ({:.1} KiB/s)",
+        mib * 1024.0 / free,
+        mib * 1024.0 / bw,
+        mib / 2.0,
+        mib * 1024.0 / group
     );
     chv.check(
         bw >= MIN_SECONDS,
-        &format!("50 MiB through a 10 MiB/s disk took only {bw:.2} s (want >= {MIN_SECONDS} s)"),
+        &format!(
+            "{mib} MiB through a 128 KiB/s disk took only {bw:.2} s (want >= {MIN_SECONDS} s)"
+        ),
     );
     chv.check(
         group >= MIN_SECONDS,
         &format!(
-            "2 x 25 MiB through a shared 10 MiB/s group took only {group:.2} s (want >= {MIN_SECONDS} s)"
+            "{mib} MiB through a shared 128 KiB/s group took only {group:.2} s (want >= {MIN_SECONDS} s)"
         ),
     );
     want(&chv, "CHK-IFUP", "0");
@@ -714,11 +738,10 @@ fn linux_vsock_both_directions_and_disk_rate_limits() {
         Err(_) => chv.fail("NIC guest->host thread panicked"),
     };
     eprintln!(
-        "NIC limit 1 MiB/s: host->guest {} MiB in {rx_secs:.2} s ({:.2} MiB/s); \
-         guest->host {tx_bytes} bytes in {tx_secs:.2} s ({:.2} MiB/s), host time",
-        NET_LEN / MIB,
-        NET_LEN as f64 / MIB as f64 / rx_secs,
-        tx_bytes as f64 / MIB as f64 / tx_secs
+        "NIC limit {NET_LIMIT}: host->guest {NET_LEN} bytes in {rx_secs:.2} s ({:.1} KiB/s); \
+         guest->host {tx_bytes} bytes in {tx_secs:.2} s ({:.1} KiB/s), host time",
+        NET_LEN as f64 / 1024.0 / rx_secs,
+        tx_bytes as f64 / 1024.0 / tx_secs
     );
     want(&chv, "CHK-NET-RX-BYTES", &NET_LEN.to_string());
     want(&chv, "CHK-NET-TX", "0");
@@ -729,7 +752,7 @@ fn linux_vsock_both_directions_and_disk_rate_limits() {
     chv.check(
         rx_secs >= NET_MIN_SECONDS && tx_secs >= NET_MIN_SECONDS,
         &format!(
-            "6 MiB through a 1 MiB/s NIC took only {rx_secs:.2} s (host->guest) / \
+            "{NET_LEN} bytes through a 16 KiB/s NIC took only {rx_secs:.2} s (host->guest) / \
              {tx_secs:.2} s (guest->host), want >= {NET_MIN_SECONDS} s each"
         ),
     );
