@@ -4,24 +4,37 @@
 //!   running VM answers 200 with Cloud Hypervisor's `PciDeviceInfo`, records
 //!   the disk in the config, refuses a duplicate id; `vm.remove-device` and
 //!   `vm.power-button` are accepted (the tiny guest has no ACPI, so nothing
-//!   is ejected), unknown ids answer 404.
+//!   is ejected), unknown ids answer 404. The same VM, run inside a
+//!   network namespace the test creates and deletes, gets a network device
+//!   (`vm.add-net`: its tap appears in the namespace; `fds` are refused)
+//!   and a vsock device (`vm.add-vsock`: its socket file appears; a second
+//!   one is refused), both recorded in `vm.info`; the network device can
+//!   be removed, the vsock device cannot.
+//! - `cold_plug_net_and_vsock_before_boot` (fast, no Linux): on a created
+//!   but not booted VM both endpoints answer 204 and only record the
+//!   device; `vm.boot` then plugs them (tap and socket appear).
 //! - `linux_disk_hotplug_and_power_button` (one Linux boot of the guest kit):
 //!   with one cold-plugged disk (`/dev/vda`), the guest polls for
 //!   `/dev/vdb`; the host hot-adds a raw image holding a known pattern, the guest reads the pattern from `/dev/vdb`; the host
 //!   asks to remove the disk, the guest's ACPI hotplug driver ejects it and
-//!   `/dev/vdb` disappears; the host presses the power button and the
+//!   `/dev/vdb` disappears; the host hot-adds a network device (tap in a
+//!   namespace) and the guest sees `eth0` appear; the host presses the power button and the
 //!   guest sees the GED interrupt (`ACPI:Ged` in `/proc/interrupts`) with
 //!   `PWRB` bound to the ACPI button driver; the guest powers off and chv
 //!   exits 0.
 //!
 //! Requests are raw HTTP/1.1 over the `--api-socket` Unix socket.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
-use chv_tests::{require_guest_kit, testguest, Chv};
+use chv_tests::{chv_bin, require_guest_kit, testguest, Chv};
 
 /// Time to the guest's first marker: Linux boots take 40-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -56,6 +69,66 @@ impl Drop for Scratch {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// A network namespace (`ip netns add chvhp-<pid>-<tag>`), deleted on drop,
+/// so the taps chv creates never touch the host's interfaces.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(tag: &str) -> NetNs {
+        let name = format!("chvhp-{}-{tag}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("cannot run `ip` (iproute2 installed?)");
+        assert!(
+            out.status.success(),
+            "`ip netns add {name}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        NetNs(name)
+    }
+
+    /// Starts chv inside the namespace: the spawning thread joins it first
+    /// (like `ip netns exec`), and the child inherits it.
+    fn spawn_chv(&self, args: &[String]) -> Chv {
+        let _ = chv_bin(); // build outside the namespace
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns(2) with a namespace fd we own; it changes
+                // only this scoped thread's network namespace.
+                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                Chv::spawn(args)
+            })
+            .join()
+            .expect("spawn thread")
+        })
+    }
+
+    /// Whether interface `name` exists in the namespace.
+    fn has_link(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.0, "link", "show", name])
+            .output()
+            .expect("cannot run `ip`")
+            .status
+            .success()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Whether `path` is a Unix socket.
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
 }
 
 /// Sends one request and returns (status, body). Waits for the socket to
@@ -136,7 +209,8 @@ fn hotplug_api_with_test_guest() {
     let sock = dir.path("api.sock");
     let img = dir.path("disk.raw");
     pattern_image(&img);
-    let mut chv = Chv::spawn(&[
+    let ns = NetNs::new("api");
+    let mut chv = ns.spawn_chv(&[
         "--kernel".to_string(),
         testguest().display().to_string(),
         "--cmdline".into(),
@@ -180,15 +254,50 @@ fn hotplug_api_with_test_guest() {
     let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&missing));
     assert!(status >= 400, "missing image: {status} {body}");
 
-    // Both disks are in the config, with their ids.
+    // A network device: its tap is created inside chv's namespace. Fds
+    // cannot be passed over the API; a bad body is refused.
+    let (status, body) = http(&sock, "PUT", "vm.add-net", Some(r#"{"tap":"chvhp0"}"#));
+    chv.check(status == 200, &format!("vm.add-net: {status} {body}"));
+    assert_eq!(json_str(&body, "id").as_deref(), Some("_net0"), "{body}");
+    assert_eq!(json_str(&body, "bdf").as_deref(), Some("0000:00:03.0"));
+    assert!(ns.has_link("chvhp0"), "tap chvhp0 not in the namespace");
+    let (status, body) = http(&sock, "PUT", "vm.add-net", Some(r#"{"fds":[0]}"#));
+    assert_eq!(status, 400, "fds: {body}");
+    let (status, body) = http(&sock, "PUT", "vm.add-net", Some(r#"{"tap":7}"#));
+    assert_eq!(status, 400, "bad body: {body}");
+
+    // The vsock device: its socket appears; a second one is refused.
+    let vsock = dir.path("vsock.sock");
+    let add = format!(r#"{{"cid":3,"socket":"{}"}}"#, vsock.display());
+    let (status, body) = http(&sock, "PUT", "vm.add-vsock", Some(&add));
+    chv.check(status == 200, &format!("vm.add-vsock: {status} {body}"));
+    assert_eq!(json_str(&body, "id").as_deref(), Some("_vsock"), "{body}");
+    assert_eq!(json_str(&body, "bdf").as_deref(), Some("0000:00:04.0"));
+    assert!(is_socket(&vsock), "{} is not a socket", vsock.display());
+    let other = format!(
+        r#"{{"cid":4,"socket":"{}","id":"v2"}}"#,
+        dir.path("v2.sock").display()
+    );
+    let (status, body) = http(&sock, "PUT", "vm.add-vsock", Some(&other));
+    assert_eq!(status, 400, "second vsock: {body}");
+    assert!(
+        !dir.path("v2.sock").exists(),
+        "refused vsock bound its socket"
+    );
+
+    // Every device is in the config, with its id.
     let (status, body) = http(&sock, "GET", "vm.info", None);
     assert_eq!(status, 200);
     assert!(body.contains(r#""id":"_disk0""#), "{body}");
     assert!(body.contains(r#""id":"data""#), "{body}");
+    assert!(body.contains(r#""tap":"chvhp0""#), "{body}");
+    assert!(body.contains(r#""id":"_net0""#), "{body}");
+    assert!(body.contains(r#""id":"_vsock""#), "{body}");
+    assert!(body.contains(r#""cid":3"#), "{body}");
 
     // Only the 8 spare slots are hotpluggable (no cold-plugged devices):
-    // six more disks fit, the next one is refused.
-    for n in 0..7 {
+    // four more disks fit, the next one is refused.
+    for n in 0..5 {
         let path = dir.path(&format!("more{n}.raw"));
         std::fs::write(&path, vec![0u8; 4096]).expect("write image");
         let (status, body) = http(
@@ -197,9 +306,9 @@ fn hotplug_api_with_test_guest() {
             "vm.add-disk",
             Some(&format!(r#"{{"path":"{}"}}"#, path.display())),
         );
-        if n < 6 {
+        if n < 4 {
             assert_eq!(status, 200, "disk {n}: {body}");
-            let bdf = format!("0000:00:{:02x}.0", n + 3);
+            let bdf = format!("0000:00:{:02x}.0", n + 5);
             assert_eq!(json_str(&body, "bdf"), Some(bdf), "{body}");
         } else {
             assert_eq!(status, 500, "{body}");
@@ -207,9 +316,9 @@ fn hotplug_api_with_test_guest() {
         }
     }
     let (_, body) = http(&sock, "GET", "vm.info", None);
-    assert!(body.contains(r#""id":"_disk6""#), "{body}");
+    assert!(body.contains(r#""id":"_disk4""#), "{body}");
     assert!(
-        !body.contains(r#""id":"_disk7""#),
+        !body.contains(r#""id":"_disk5""#),
         "refused disk not recorded: {body}"
     );
 
@@ -220,12 +329,68 @@ fn hotplug_api_with_test_guest() {
     let (_, body) = http(&sock, "GET", "vm.info", None);
     assert!(!body.contains(r#""id":"data""#), "{body}");
     assert!(body.contains(r#""id":"_disk0""#), "{body}");
+    // Network devices can be unplugged too; the vsock device cannot.
+    let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"_net0"}"#));
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = http(&sock, "PUT", "vm.remove-device", Some(r#"{"id":"_vsock"}"#));
+    assert_eq!(status, 400, "{body}");
+    let (_, body) = http(&sock, "GET", "vm.info", None);
+    assert!(!body.contains(r#""id":"_net0""#), "{body}");
+    assert!(body.contains(r#""id":"_vsock""#), "{body}");
 
     let (status, body) = http(&sock, "PUT", "vm.power-button", None);
     assert_eq!(status, 204, "{body}");
     // The guest keeps running through all of it.
     let ticks = chv.stdout().matches("TICK").count();
     chv.expect_count("TICK", ticks + 5, &[], Duration::from_secs(30));
+
+    let (status, _) = http(&sock, "PUT", "vmm.shutdown", None);
+    assert_eq!(status, 204);
+    let st = chv.expect_exit(Duration::from_secs(30));
+    chv.assert_no_panic();
+    chv.check(st.success(), &format!("chv exited with {st}"));
+}
+
+#[test]
+fn cold_plug_net_and_vsock_before_boot() {
+    let dir = Scratch::new("cold");
+    let sock = dir.path("api.sock");
+    let ns = NetNs::new("cold");
+    let mut chv = ns.spawn_chv(&["--api-socket".to_string(), sock.display().to_string()]);
+    let create = format!(
+        r#"{{"cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":67108864}},"payload":{{"kernel":"{}","cmdline":"test=ticker"}},"serial":{{"mode":"Tty"}},"console":{{"mode":"Off"}}}}"#,
+        testguest().display()
+    );
+    let (status, body) = http(&sock, "PUT", "vm.create", Some(&create));
+    assert_eq!(status, 204, "vm.create: {body}");
+
+    let (status, body) = http(
+        &sock,
+        "PUT",
+        "vm.add-net",
+        Some(r#"{"tap":"chvcold0","id":"n0"}"#),
+    );
+    assert_eq!(status, 204, "vm.add-net before boot: {body}");
+    let (status, body) = http(&sock, "PUT", "vm.add-net", Some(r#"{"num_queues":3}"#));
+    assert_eq!(status, 400, "odd num_queues: {body}");
+    let vsock = dir.path("vsock.sock");
+    let add = format!(r#"{{"cid":5,"socket":"{}"}}"#, vsock.display());
+    let (status, body) = http(&sock, "PUT", "vm.add-vsock", Some(&add));
+    assert_eq!(status, 204, "vm.add-vsock before boot: {body}");
+    let (status, body) = http(&sock, "PUT", "vm.add-vsock", Some(&add));
+    assert_eq!(status, 400, "second vsock: {body}");
+    // Only recorded so far.
+    assert!(!ns.has_link("chvcold0"), "tap created before boot");
+    assert!(!vsock.exists(), "socket bound before boot");
+    let (_, info) = http(&sock, "GET", "vm.info", None);
+    assert!(info.contains(r#""tap":"chvcold0""#), "{info}");
+    assert!(info.contains(r#""cid":5"#), "{info}");
+
+    let (status, body) = http(&sock, "PUT", "vm.boot", None);
+    chv.check(status == 204, &format!("vm.boot: {status} {body}"));
+    chv.expect("TICK 3", &[], Duration::from_secs(30));
+    assert!(ns.has_link("chvcold0"), "tap not created at boot");
+    assert!(is_socket(&vsock), "socket not bound at boot");
 
     let (status, _) = http(&sock, "PUT", "vmm.shutdown", None);
     assert_eq!(status, 204);
@@ -249,6 +414,9 @@ i=0; while [ -b /dev/vdb ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
 [ -b /dev/vdb ] && echo HP-FAIL-vdb-stays; \
 echo HP-REMOVED; \
 echo HP-VDA=$(ls /dev | grep -c vda); \
+echo HP-WAIT-NET; \
+i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
+echo HP-NET=$(ls /sys/class/net | grep -c eth0); \
 g0=$(awk '/Ged/{print $2}' /proc/interrupts); \
 echo HP-WAIT-POWER ged=$g0; \
 i=0; while [ $(awk '/Ged/{print $2}' /proc/interrupts) = $g0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
@@ -267,7 +435,9 @@ fn linux_disk_hotplug_and_power_button() {
     let cold = dir.path("cold.raw");
     std::fs::write(&cold, vec![0u8; 1 << 20]).expect("write image");
     let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
-    let mut chv = Chv::spawn(&[
+    // In a namespace: the hot-added network device's tap lands there.
+    let ns = NetNs::new("linux");
+    let mut chv = ns.spawn_chv(&[
         "--kernel".to_string(),
         kit.kernel.display().to_string(),
         "--initramfs".into(),
@@ -317,10 +487,18 @@ fn linux_disk_hotplug_and_power_button() {
     );
     chv.check(info.contains("cold0"), &format!("cold disk gone: {info}"));
 
-    chv.expect("HP-WAIT-POWER", ABORT, STEP_TIMEOUT);
+    chv.expect("HP-WAIT-NET", ABORT, STEP_TIMEOUT);
     chv.check(
         chv.stdout().contains("HP-VDA=1"),
         "the cold-plugged disk stayed",
+    );
+    let (status, body) = http(&sock, "PUT", "vm.add-net", Some(r#"{"tap":"chvhp0"}"#));
+    chv.check(status == 200, &format!("vm.add-net: {status} {body}"));
+    chv.check(json_str(&body, "bdf").is_some(), &format!("no bdf: {body}"));
+    chv.expect("HP-WAIT-POWER", ABORT, STEP_TIMEOUT);
+    chv.check(
+        chv.stdout().contains("HP-NET=1"),
+        "the guest saw the hot-added eth0",
     );
     let (status, body) = http(&sock, "PUT", "vm.power-button", None);
     chv.check(status == 204, &format!("vm.power-button: {status} {body}"));
@@ -339,8 +517,8 @@ fn linux_disk_hotplug_and_power_button() {
         after > before,
         "the power button raised the GED interrupt in the guest",
     );
-    // Hot-add and eject request each raised it once before.
-    chv.check(before >= 2, "GED interrupts for add and remove");
+    // The two hot-adds and the eject request each raised it once before.
+    chv.check(before >= 3, "GED interrupts for adds and remove");
 
     chv.expect("GUEST-POWEROFF", ABORT, STEP_TIMEOUT);
     let st = chv.expect_exit(Duration::from_secs(60));

@@ -4,7 +4,7 @@
 use api_server::{ApiResponse, Endpoint};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DiskConfig, VmConfig};
+use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::control_loop::{Next, VmState, Vmm};
 use crate::vm::VmExit;
 
@@ -208,6 +208,69 @@ impl Vmm {
                 config.disks.get_or_insert_with(Vec::new).push(disk);
                 Ok((json(&info), Next::Continue))
             }
+            Endpoint::VmAddNet => {
+                let mut net: NetConfig = parse(body, "NetConfig")?;
+                if net.fds.is_some() {
+                    // The REST API carries no SCM_RIGHTS: the numbers
+                    // would name the VMM's own fds.
+                    return Err(ApiResponse::error(
+                        400,
+                        "invalid NetConfig: fds cannot be passed through the REST API (use tap=)",
+                    ));
+                }
+                let config = self
+                    .config
+                    .as_mut()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                let mut candidate = config.clone();
+                candidate.net.get_or_insert_with(Vec::new).push(net.clone());
+                candidate
+                    .validate()
+                    .map_err(|e| ApiResponse::error(400, format!("invalid NetConfig: {e}")))?;
+                let Some(vm) = self.vm.as_mut() else {
+                    // Not booted: the device is plugged at boot.
+                    *config = candidate;
+                    return Ok(done());
+                };
+                use crate::device_manager::HotplugError;
+                let info = vm.devices.hotplug_net(&mut net).map_err(|e| match e {
+                    HotplugError::DuplicateId(_) => ApiResponse::error(400, e.to_string()),
+                    _ => ApiResponse::error(500, format!("cannot hot-add the net device: {e}")),
+                })?;
+                config.net.get_or_insert_with(Vec::new).push(net);
+                Ok((json(&info), Next::Continue))
+            }
+            Endpoint::VmAddVsock => {
+                let mut vsock: VsockConfig = parse(body, "VsockConfig")?;
+                let config = self
+                    .config
+                    .as_mut()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                if config.vsock.is_some() {
+                    return Err(ApiResponse::error(
+                        400,
+                        "the VM already has a vsock device (one per VM)",
+                    ));
+                }
+                let mut candidate = config.clone();
+                candidate.vsock = Some(vsock.clone());
+                candidate
+                    .validate()
+                    .map_err(|e| ApiResponse::error(400, format!("invalid VsockConfig: {e}")))?;
+                let Some(vm) = self.vm.as_mut() else {
+                    *config = candidate;
+                    return Ok(done());
+                };
+                use crate::device_manager::HotplugError;
+                let info = vm.devices.hotplug_vsock(&mut vsock).map_err(|e| match e {
+                    HotplugError::DuplicateId(_) | HotplugError::VsockExists => {
+                        ApiResponse::error(400, e.to_string())
+                    }
+                    _ => ApiResponse::error(500, format!("cannot hot-add the vsock device: {e}")),
+                })?;
+                config.vsock = Some(vsock);
+                Ok((json(&info), Next::Continue))
+            }
             Endpoint::VmRemoveDevice => {
                 let req: VmRemoveDevice = parse(body, "VmRemoveDevice")?;
                 let config = self
@@ -222,26 +285,31 @@ impl Vmm {
                         _ => ApiResponse::error(500, format!("cannot unplug: {e}")),
                     })?;
                 }
-                // Disks without an id are known by their position
-                // (`_disk<i>`), as when they were plugged at boot.
-                let disks = config.disks.get_or_insert_with(Vec::new);
-                let at = disks
-                    .iter()
-                    .position(|d| d.id.as_deref() == Some(req.id.as_str()))
-                    .or_else(|| {
-                        disks
-                            .iter()
+                // Devices without an id are known by their position
+                // (`_disk<i>`, `_net<i>`), as when they were plugged at boot.
+                let find = |ids: Vec<Option<&str>>, prefix: &str| {
+                    let id = req.id.as_str();
+                    ids.iter().position(|d| *d == Some(id)).or_else(|| {
+                        ids.iter()
                             .enumerate()
-                            .position(|(i, d)| d.id.is_none() && format!("_disk{i}") == req.id)
-                    });
-                match at {
-                    Some(i) => {
-                        disks.remove(i);
+                            .position(|(i, d)| d.is_none() && format!("{prefix}{i}") == id)
+                    })
+                };
+                let disks = config.disks.as_deref().unwrap_or_default();
+                let nets = config.net.as_deref().unwrap_or_default();
+                let at_disk = find(disks.iter().map(|d| d.id.as_deref()).collect(), "_disk");
+                let at_net = find(nets.iter().map(|n| n.id.as_deref()).collect(), "_net");
+                match (at_disk, at_net) {
+                    (Some(i), _) => {
+                        config.disks.get_or_insert_with(Vec::new).remove(i);
                     }
-                    None if self.vm.is_some() => {
+                    (None, Some(i)) => {
+                        config.net.get_or_insert_with(Vec::new).remove(i);
+                    }
+                    (None, None) if self.vm.is_some() => {
                         log::warn!("{}: unplugged, but not found in the VM config", req.id);
                     }
-                    None => {
+                    (None, None) => {
                         return Err(ApiResponse::error(
                             404,
                             format!("no device with id {}", req.id),

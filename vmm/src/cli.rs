@@ -691,3 +691,43 @@ pub fn parse_disk_option(value: &str) -> Result<crate::config::DiskConfig, CliEr
         source,
     })
 }
+
+/// Parses one `--net` value (`tap=…,mac=…,…`) into a [`NetConfig`](crate::config::NetConfig),
+/// for clients such as `chv-remote add-net`.
+pub fn parse_net_option(value: &str) -> Result<crate::config::NetConfig, CliError> {
+    parse_net(value).map_err(|source| CliError::Option {
+        option: "--net",
+        source,
+    })
+}
+
+/// Parses one `--vsock` value (`cid=N,socket=PATH[,id=X]`) into a
+/// [`VsockConfig`](crate::config::VsockConfig), for clients such as
+/// `chv-remote add-vsock`.
+pub fn parse_vsock_option(value: &str) -> Result<crate::config::VsockConfig, CliError> {
+    parse_vsock(value).map_err(|source| CliError::Option {
+        option: "--vsock",
+        source,
+    })
+}
+
+#[cfg(test)]
+mod hot_add_option_tests {
+    use super::*;
+
+    #[test]
+    fn net_and_vsock_options_parse_like_the_cli() {
+        let net = parse_net_option("tap=hp0,mac=12:34:56:78:9a:bc,id=n1").unwrap();
+        assert_eq!(net.tap.as_deref(), Some("hp0"));
+        assert_eq!(net.id.as_deref(), Some("n1"));
+        let err = parse_net_option("tap=hp0,bogus=1").unwrap_err();
+        assert!(err.to_string().contains("--net"), "{err}");
+        let vsock = parse_vsock_option("cid=7,socket=/tmp/v.sock").unwrap();
+        assert_eq!(vsock.cid, 7);
+        assert_eq!(vsock.socket, PathBuf::from("/tmp/v.sock"));
+        assert!(
+            parse_vsock_option("socket=/tmp/v.sock").is_err(),
+            "cid is required"
+        );
+    }
+}

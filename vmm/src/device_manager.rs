@@ -3,8 +3,10 @@
 //! notifications, MSI-X vectors through irqfds.
 //!
 //! It also owns the ACPI Generic Event Device and the PCI hotplug
-//! controller, so disks can be added to and removed from a running guest:
-//! [`DeviceManager::hotplug_disk`] plugs a disk into a free slot, marks the
+//! controller, so disks and network devices can be added to and removed
+//! from a running guest (and the vsock device added):
+//! [`DeviceManager::hotplug_disk`] (`hotplug_net`, `hotplug_vsock`) plugs a
+//! device into a free slot, marks the
 //! slot in `PCIU` and raises the GED interrupt; the guest's AML notifies
 //! Linux, which scans the slot. [`DeviceManager::request_unplug`] marks the
 //! slot in `PCID` and raises the GED; once the guest released the device it
@@ -41,7 +43,7 @@ use virtio_devices::worker::ThreadSetup;
 use virtio_devices::{GuestMemory, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{ConsoleOutputMode, DiskConfig, VmConfig};
+use crate::config::{ConsoleOutputMode, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
 
@@ -57,6 +59,9 @@ const _: () = assert!(layout::PCI_HOTPLUG_PORT_SIZE as u64 == PCI_HOTPLUG_REGIST
 /// (byte 20 of `struct virtio_pci_common_cfg`, virtio 1.2 §4.1.4.3, which
 /// our transport puts at BAR0 offset 0). Writing 0 resets the device.
 const VIRTIO_PCI_DEVICE_STATUS: u64 = 0x14;
+
+/// Id of a vsock device configured without one (a VM has at most one).
+const VSOCK_DEFAULT_ID: &str = "_vsock";
 
 /// Free PCI slots the ACPI tables describe as hotpluggable beyond the
 /// cold-plugged devices. Each described slot costs the guest about 0.2 s of
@@ -101,9 +106,12 @@ pub enum HotplugError {
     /// No device has this id.
     #[error("no device with id {0}")]
     NotFound(String),
-    /// Only disks can be unplugged.
-    #[error("device {0} cannot be unplugged (only disks can)")]
+    /// Only disks and network devices can be unplugged.
+    #[error("device {0} cannot be unplugged (only disks and network devices can)")]
     NotRemovable(String),
+    /// The VM already has its (single) vsock device.
+    #[error("the VM already has a vsock device")]
+    VsockExists,
     /// The disk or its slot could not be set up.
     #[error("{0}")]
     Device(#[from] VmmError),
@@ -127,7 +135,7 @@ pub struct PciDeviceHandle {
 }
 
 /// The virtio-net options a `--net` entry asks for.
-fn net_options(net: &crate::config::NetConfig, id: &str) -> Result<NetOptions, VmmError> {
+fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
     let backend = match (&net.tap, &net.fds) {
         (_, Some(fds)) => NetBackend::Fds(fds.clone()),
         (Some(tap), None) => NetBackend::Name(tap.clone()),
@@ -175,6 +183,9 @@ pub struct DeviceManager {
     hotplug_slots: u8,
     /// Rate-limit groups by id, shared by the disks that name them.
     rate_groups: HashMap<String, Arc<RateLimitGroup>>,
+    /// Whether the VM's vsock device (at most one) is on the bus; vsock
+    /// devices are never unplugged, so it stays set.
+    vsock_plugged: bool,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -340,6 +351,7 @@ impl DeviceManager {
             hotplug,
             hotplug_slots: 0,
             rate_groups: HashMap::new(),
+            vsock_plugged: false,
         })
     }
 
@@ -388,6 +400,46 @@ impl DeviceManager {
         Ok((Box::new(blk), counters))
     }
 
+    /// Opens (or creates) `net`'s tap and builds its virtio-net device with
+    /// id `id`.
+    fn build_net(
+        &self,
+        net: &NetConfig,
+        id: &str,
+    ) -> Result<(Box<dyn VirtioDevice>, Arc<NetCounters>), VmmError> {
+        let mut dev = VirtioNet::new(net_options(net, id)?)
+            .map_err(|e| VmmError::Config(format!("--net: {e}")))?;
+        log::info!("{id}: tap {} mac {}", dev.tap_name(), dev.mac());
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        let counters = dev.counters();
+        Ok((Box::new(dev), counters))
+    }
+
+    /// Binds `vsock`'s listening socket and builds its virtio-vsock device
+    /// with id `id`.
+    fn build_vsock(
+        &self,
+        vsock: &VsockConfig,
+        id: &str,
+    ) -> Result<Box<dyn VirtioDevice>, VmmError> {
+        let mut dev = VirtioVsock::new(u64::from(vsock.cid), &vsock.socket, id).map_err(|e| {
+            VmmError::Config(format!("--vsock: socket={}: {e}", vsock.socket.display()))
+        })?;
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        Ok(Box::new(dev))
+    }
+
+    /// Attaches traffic counters to the network device `id`.
+    fn set_net_counters(&self, id: &str, counters: Arc<NetCounters>) {
+        if let Some(h) = lock(&self.devices).iter_mut().find(|d| d.id == id) {
+            h.net_counters = Some(counters);
+        }
+    }
+
     /// Adds every device `config` lists: disks first (so the first disk is
     /// /dev/vda), then the console and the rng.
     pub fn add_configured_devices(&mut self, config: &VmConfig) -> Result<(), VmmError> {
@@ -404,17 +456,9 @@ impl DeviceManager {
         }
         for (i, net) in config.net.iter().flatten().enumerate() {
             let id = net.id.clone().unwrap_or_else(|| format!("_net{i}"));
-            let mut dev = VirtioNet::new(net_options(net, &id)?)
-                .map_err(|e| VmmError::Config(format!("--net: {e}")))?;
-            log::info!("{id}: tap {} mac {}", dev.tap_name(), dev.mac());
-            if let Some(s) = &self.thread_setup {
-                dev.set_thread_setup(s.clone());
-            }
-            let counters = dev.counters();
-            let slot = self.add_virtio(id, Box::new(dev), None)?;
-            if let Some(h) = lock(&self.devices).iter_mut().find(|d| d.slot == slot) {
-                h.net_counters = Some(counters);
-            }
+            let (dev, counters) = self.build_net(net, &id)?;
+            self.add_virtio(id.clone(), dev, None)?;
+            self.set_net_counters(&id, counters);
         }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
@@ -454,15 +498,10 @@ impl DeviceManager {
             self.add_virtio("_console".into(), Box::new(dev), None)?;
         }
         if let Some(vsock) = &config.vsock {
-            let id = vsock.id.clone().unwrap_or_else(|| "_vsock".into());
-            let mut dev =
-                VirtioVsock::new(u64::from(vsock.cid), &vsock.socket, &id).map_err(|e| {
-                    VmmError::Config(format!("--vsock: socket={}: {e}", vsock.socket.display()))
-                })?;
-            if let Some(s) = &self.thread_setup {
-                dev.set_thread_setup(s.clone());
-            }
-            self.add_virtio(id, Box::new(dev), None)?;
+            let id = vsock.id.clone().unwrap_or_else(|| VSOCK_DEFAULT_ID.into());
+            let dev = self.build_vsock(vsock, &id)?;
+            self.add_virtio(id, dev, None)?;
+            self.vsock_plugged = true;
         }
         if let Some(rng) = &config.rng {
             let mut dev = VirtioRng::new(&rng.src)
@@ -557,10 +596,11 @@ impl DeviceManager {
         lock(&self.devices).iter().any(|d| d.id == id)
     }
 
-    /// An id for a disk without one: `_disk<N>` with the smallest unused N.
-    fn unused_disk_id(&self) -> String {
+    /// An id for a device without one: `<prefix><N>` (`_disk0`, `_net1`)
+    /// with the smallest unused N.
+    fn unused_id(&self, prefix: &str) -> String {
         (0..)
-            .map(|n| format!("_disk{n}"))
+            .map(|n| format!("{prefix}{n}"))
             .find(|id| !self.has_id(id))
             .unwrap_or_default()
     }
@@ -601,7 +641,7 @@ impl DeviceManager {
         let id = match &disk.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
-            None => self.unused_disk_id(),
+            None => self.unused_id("_disk"),
         };
         let (blk, counters) = self.build_disk(disk, &id)?;
         let info = self.hotplug_virtio(id.clone(), blk, Some(counters))?;
@@ -609,7 +649,47 @@ impl DeviceManager {
         Ok(info)
     }
 
-    /// Asks the guest to release disk `id` (`vm.remove-device`): marks its
+    /// Hot-adds `net` (`vm.add-net` on a running VM): opens or creates its
+    /// tap on this (VMM) thread; gives it an id (`_net<N>`) first when it
+    /// has none, so the caller can record it in the config.
+    pub fn hotplug_net(&mut self, net: &mut NetConfig) -> Result<PciDeviceInfo, HotplugError> {
+        let id = match &net.id {
+            Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
+            Some(id) => id.clone(),
+            None => self.unused_id("_net"),
+        };
+        let (dev, counters) = self.build_net(net, &id)?;
+        let info = self.hotplug_virtio(id.clone(), dev, None)?;
+        self.set_net_counters(&id, counters);
+        net.id = Some(id);
+        Ok(info)
+    }
+
+    /// Hot-adds `vsock` (`vm.add-vsock` on a running VM): binds its socket
+    /// on this (VMM) thread; refused when the VM already has a vsock
+    /// device. Gives it the id `_vsock` when it has none.
+    pub fn hotplug_vsock(
+        &mut self,
+        vsock: &mut VsockConfig,
+    ) -> Result<PciDeviceInfo, HotplugError> {
+        if self.vsock_plugged {
+            return Err(HotplugError::VsockExists);
+        }
+        let id = vsock
+            .id
+            .clone()
+            .unwrap_or_else(|| VSOCK_DEFAULT_ID.to_string());
+        if self.has_id(&id) {
+            return Err(HotplugError::DuplicateId(id));
+        }
+        let dev = self.build_vsock(vsock, &id)?;
+        let info = self.hotplug_virtio(id.clone(), dev, None)?;
+        self.vsock_plugged = true;
+        vsock.id = Some(id);
+        Ok(info)
+    }
+
+    /// Asks the guest to release disk or network device `id` (`vm.remove-device`): marks its
     /// slot in `PCID` and raises the GED. The device goes away when the
     /// guest ejects the slot; returns the slot.
     pub fn request_unplug(&mut self, id: &str) -> Result<u8, HotplugError> {
@@ -619,7 +699,10 @@ impl DeviceManager {
                 .iter()
                 .find(|d| d.id == id)
                 .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
-            if dev.block_counters.is_none() {
+            // Disks and network devices only: dropping a vsock device
+            // unlinks its socket, which the vCPU thread running the eject
+            // may not do; console and rng are not hotplugged.
+            if dev.block_counters.is_none() && dev.net_counters.is_none() {
                 return Err(HotplugError::NotRemovable(id.to_string()));
             }
             dev.slot

@@ -51,6 +51,10 @@ enum Command {
     Counters,
     /// Add a disk: `path=IMG[,readonly=on,…]` (the `--disk` syntax).
     AddDisk { disk: String },
+    /// Add a network device: `tap=NAME[,mac=…,…]` (the `--net` syntax).
+    AddNet { net: String },
+    /// Add the vsock device: `cid=N,socket=PATH[,id=X]` (the `--vsock` syntax).
+    AddVsock { vsock: String },
     /// Remove the device with this id.
     RemoveDevice { id: String },
     /// Change the number of vCPUs.
@@ -129,6 +133,20 @@ fn run(args: Args) -> Result<String, String> {
             let cfg = vmm::cli::parse_disk_option(&disk).map_err(|e| e.to_string())?;
             put(
                 "vm.add-disk",
+                Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
+            )?
+        }
+        Command::AddNet { net } => {
+            let cfg = vmm::cli::parse_net_option(&net).map_err(|e| e.to_string())?;
+            put(
+                "vm.add-net",
+                Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
+            )?
+        }
+        Command::AddVsock { vsock } => {
+            let cfg = vmm::cli::parse_vsock_option(&vsock).map_err(|e| e.to_string())?;
+            put(
+                "vm.add-vsock",
                 Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
             )?
         }
