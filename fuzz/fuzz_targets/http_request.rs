@@ -18,6 +18,8 @@
 //! (LE, may be out of range) with a text body; 3: the request is dropped
 //! unanswered (the server answers 500).
 //!
+//! `CHV_FUZZ_STATS=1` prints the status codes answered per input.
+//!
 //! The limits are smaller than the defaults (2 KiB header, 4 KiB body) so
 //! the 431/413 paths are within reach of short inputs.
 
@@ -210,7 +212,11 @@ fn check_responses(out: &[u8]) -> Vec<u16> {
             assert!(lengths.is_empty(), "{code} with a Content-Length");
             0
         } else {
-            assert_eq!(lengths.len(), 1, "{code} without exactly one Content-Length");
+            assert_eq!(
+                lengths.len(),
+                1,
+                "{code} without exactly one Content-Length"
+            );
             let text = std::str::from_utf8(lengths[0]).unwrap_or("");
             match text.parse::<usize>() {
                 Ok(n) => n,
@@ -218,7 +224,10 @@ fn check_responses(out: &[u8]) -> Vec<u16> {
             }
         };
         let Some(end) = head.checked_add(body).filter(|&e| e <= rest.len()) else {
-            panic!("response body truncated: {:?}", String::from_utf8_lossy(rest));
+            panic!(
+                "response body truncated: {:?}",
+                String::from_utf8_lossy(rest)
+            );
         };
         if code != 100 {
             codes.push(code);
@@ -232,7 +241,13 @@ fuzz_target!(|data: &[u8]| {
     static RUNS: AtomicU64 = AtomicU64::new(0);
     let path = server();
     let out = exchange(path, data);
-    check_responses(&out);
+    let codes = check_responses(&out);
+    if std::env::var_os("CHV_FUZZ_STATS").is_some() {
+        eprintln!(
+            "http_request stats: {} bytes in, answered {codes:?}",
+            data.len()
+        );
+    }
     if RUNS.fetch_add(1, Ordering::Relaxed) % PING_EVERY == 0 {
         let pong = exchange(path, PING);
         assert_eq!(

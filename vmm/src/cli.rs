@@ -75,6 +75,12 @@ pub enum CliError {
         /// The option, e.g. `--kernel`.
         option: &'static str,
     },
+    /// A path option is not valid UTF-8 (the API's JSON could not carry it).
+    #[error("{option}: path is not valid UTF-8")]
+    NonUtf8Path {
+        /// The option, e.g. `--kernel`.
+        option: &'static str,
+    },
     /// A VM option was given without `--kernel`, so no VM would be created.
     #[error("{option} requires --kernel")]
     RequiresKernel {
@@ -445,10 +451,14 @@ fn config_error_option(err: &ConfigError) -> &'static str {
     }
 }
 
-/// Rejects an empty path argument.
+/// Rejects an empty path argument, and one that is not UTF-8 (the VM
+/// configuration must stay representable as the API's JSON).
 fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliError> {
     if path.is_empty() {
         return Err(CliError::EmptyPath { option });
+    }
+    if path.to_str().is_none() {
+        return Err(CliError::NonUtf8Path { option });
     }
     Ok(PathBuf::from(path))
 }

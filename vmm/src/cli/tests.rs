@@ -904,3 +904,16 @@ fn vsock_accepted_and_rejected() {
     ]);
     assert!(text.starts_with("--vsock: vsock.id='d0'"), "{text}");
 }
+
+#[test]
+fn non_utf8_kernel_path_is_rejected() {
+    use std::os::unix::ffi::OsStringExt;
+    let bad = std::ffi::OsString::from_vec(b"/\xff".to_vec());
+    let args = vec![
+        std::ffi::OsString::from("chv"),
+        std::ffi::OsString::from("--kernel"),
+        bad,
+    ];
+    let err = parse_args(args).err().expect("non-UTF-8 path accepted");
+    assert_eq!(err.to_string(), "--kernel: path is not valid UTF-8");
+}
