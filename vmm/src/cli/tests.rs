@@ -914,6 +914,8 @@ fn non_utf8_kernel_path_is_rejected() {
         std::ffi::OsString::from("--kernel"),
         bad,
     ];
-    let err = parse_args(args).err().expect("non-UTF-8 path accepted");
+    let Err(err) = parse_args(args) else {
+        panic!("non-UTF-8 path accepted");
+    };
     assert_eq!(err.to_string(), "--kernel: path is not valid UTF-8");
 }
