@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::control_loop::{Next, VmState, Vmm};
+use crate::device_manager::{DeviceManager, HotplugError, PciDeviceInfo};
 use crate::vm::VmExit;
 
 /// `vmm.ping`'s answer.
@@ -48,7 +49,53 @@ fn done() -> (ApiResponse, Next) {
     (ApiResponse::no_content(), Next::Continue)
 }
 
+/// How `vm.add-*` records and hot-plugs one kind of device.
+struct AddDevice<T> {
+    /// Schema name for error messages ("DiskConfig").
+    schema: &'static str,
+    /// Device kind for error messages ("disk").
+    what: &'static str,
+    /// Adds the device to a VM configuration.
+    record: fn(&mut VmConfig, T),
+    /// Plugs it into the running VM (filling in a generated id).
+    hotplug: fn(&mut DeviceManager, &mut T) -> Result<PciDeviceInfo, HotplugError>,
+}
+
 impl Vmm {
+    /// `vm.add-disk`/`add-net`/`add-vsock`: validates the configuration with
+    /// the device added; before boot only records it (204), on a running VM
+    /// hot-plugs it and records it with the id it got (200 + PciDeviceInfo).
+    fn add_device<T: Clone>(
+        &mut self,
+        mut device: T,
+        kind: AddDevice<T>,
+    ) -> Result<(ApiResponse, Next), ApiResponse> {
+        let config = self
+            .config
+            .as_mut()
+            .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+        let mut candidate = config.clone();
+        (kind.record)(&mut candidate, device.clone());
+        candidate
+            .validate()
+            .map_err(|e| ApiResponse::error(400, format!("invalid {}: {e}", kind.schema)))?;
+        let Some(vm) = self.vm.as_mut() else {
+            // Not booted: the device is plugged at boot.
+            *config = candidate;
+            return Ok(done());
+        };
+        let info = (kind.hotplug)(&mut vm.devices, &mut device).map_err(|e| match e {
+            HotplugError::DuplicateId(_) | HotplugError::VsockExists => {
+                ApiResponse::error(400, e.to_string())
+            }
+            _ => ApiResponse::error(500, format!("cannot hot-add the {}: {e}", kind.what)),
+        })?;
+        // Record it with the id it got, so vm.info, a reboot and
+        // vm.remove-device see the same device.
+        (kind.record)(config, device);
+        Ok((json(&info), Next::Continue))
+    }
+
     /// Handles one request; returns the response and what the control loop
     /// must do next.
     pub(crate) fn handle_api(&mut self, endpoint: Endpoint, body: &[u8]) -> (ApiResponse, Next) {
@@ -180,36 +227,19 @@ impl Vmm {
                 Ok((ApiResponse::no_content(), Next::Rearm))
             }
             Endpoint::VmAddDisk => {
-                let mut disk: DiskConfig = parse(body, "DiskConfig")?;
-                let config = self
-                    .config
-                    .as_mut()
-                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-                let mut candidate = config.clone();
-                candidate
-                    .disks
-                    .get_or_insert_with(Vec::new)
-                    .push(disk.clone());
-                candidate
-                    .validate()
-                    .map_err(|e| ApiResponse::error(400, format!("invalid DiskConfig: {e}")))?;
-                let Some(vm) = self.vm.as_mut() else {
-                    // Not booted: the disk is plugged at boot.
-                    *config = candidate;
-                    return Ok(done());
-                };
-                use crate::device_manager::HotplugError;
-                let info = vm.devices.hotplug_disk(&mut disk).map_err(|e| match e {
-                    HotplugError::DuplicateId(_) => ApiResponse::error(400, e.to_string()),
-                    _ => ApiResponse::error(500, format!("cannot hot-add the disk: {e}")),
-                })?;
-                // Record the disk with the id it got, so vm.info, a reboot
-                // and vm.remove-device see the same device.
-                config.disks.get_or_insert_with(Vec::new).push(disk);
-                Ok((json(&info), Next::Continue))
+                let disk: DiskConfig = parse(body, "DiskConfig")?;
+                self.add_device(
+                    disk,
+                    AddDevice {
+                        schema: "DiskConfig",
+                        what: "disk",
+                        record: |c, d| c.disks.get_or_insert_with(Vec::new).push(d),
+                        hotplug: DeviceManager::hotplug_disk,
+                    },
+                )
             }
             Endpoint::VmAddNet => {
-                let mut net: NetConfig = parse(body, "NetConfig")?;
+                let net: NetConfig = parse(body, "NetConfig")?;
                 if net.fds.is_some() {
                     // The REST API carries no SCM_RIGHTS: the numbers
                     // would name the VMM's own fds.
@@ -218,58 +248,33 @@ impl Vmm {
                         "invalid NetConfig: fds cannot be passed through the REST API (use tap=)",
                     ));
                 }
-                let config = self
-                    .config
-                    .as_mut()
-                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-                let mut candidate = config.clone();
-                candidate.net.get_or_insert_with(Vec::new).push(net.clone());
-                candidate
-                    .validate()
-                    .map_err(|e| ApiResponse::error(400, format!("invalid NetConfig: {e}")))?;
-                let Some(vm) = self.vm.as_mut() else {
-                    // Not booted: the device is plugged at boot.
-                    *config = candidate;
-                    return Ok(done());
-                };
-                use crate::device_manager::HotplugError;
-                let info = vm.devices.hotplug_net(&mut net).map_err(|e| match e {
-                    HotplugError::DuplicateId(_) => ApiResponse::error(400, e.to_string()),
-                    _ => ApiResponse::error(500, format!("cannot hot-add the net device: {e}")),
-                })?;
-                config.net.get_or_insert_with(Vec::new).push(net);
-                Ok((json(&info), Next::Continue))
+                self.add_device(
+                    net,
+                    AddDevice {
+                        schema: "NetConfig",
+                        what: "net device",
+                        record: |c, n| c.net.get_or_insert_with(Vec::new).push(n),
+                        hotplug: DeviceManager::hotplug_net,
+                    },
+                )
             }
             Endpoint::VmAddVsock => {
-                let mut vsock: VsockConfig = parse(body, "VsockConfig")?;
-                let config = self
-                    .config
-                    .as_mut()
-                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-                if config.vsock.is_some() {
+                let vsock: VsockConfig = parse(body, "VsockConfig")?;
+                if self.config.as_ref().is_some_and(|c| c.vsock.is_some()) {
                     return Err(ApiResponse::error(
                         400,
                         "the VM already has a vsock device (one per VM)",
                     ));
                 }
-                let mut candidate = config.clone();
-                candidate.vsock = Some(vsock.clone());
-                candidate
-                    .validate()
-                    .map_err(|e| ApiResponse::error(400, format!("invalid VsockConfig: {e}")))?;
-                let Some(vm) = self.vm.as_mut() else {
-                    *config = candidate;
-                    return Ok(done());
-                };
-                use crate::device_manager::HotplugError;
-                let info = vm.devices.hotplug_vsock(&mut vsock).map_err(|e| match e {
-                    HotplugError::DuplicateId(_) | HotplugError::VsockExists => {
-                        ApiResponse::error(400, e.to_string())
-                    }
-                    _ => ApiResponse::error(500, format!("cannot hot-add the vsock device: {e}")),
-                })?;
-                config.vsock = Some(vsock);
-                Ok((json(&info), Next::Continue))
+                self.add_device(
+                    vsock,
+                    AddDevice {
+                        schema: "VsockConfig",
+                        what: "vsock device",
+                        record: |c, v| c.vsock = Some(v),
+                        hotplug: DeviceManager::hotplug_vsock,
+                    },
+                )
             }
             Endpoint::VmRemoveDevice => {
                 let req: VmRemoveDevice = parse(body, "VmRemoveDevice")?;
