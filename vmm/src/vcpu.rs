@@ -110,6 +110,10 @@ impl VcpuContext {
 pub struct VcpuHandle {
     /// The thread running the vCPU.
     pub thread: JoinHandle<()>,
+    /// The vCPU itself. Its thread holds the lock only while inside
+    /// `KVM_RUN` or handling an exit, so the VMM can read and write the
+    /// vCPU's state (snapshot, restore) while the VM is paused.
+    pub fd: Arc<Mutex<VcpuFd>>,
 }
 
 /// Signal used to kick a vCPU thread out of `KVM_RUN`.
@@ -126,7 +130,9 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 }
 
 /// Starts a thread that runs `vcpu` until the guest stops it or `ctx.stop`.
-pub fn spawn(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
+pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
+    let fd = Arc::new(Mutex::new(vcpu));
+    let vcpu = fd.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
@@ -136,19 +142,21 @@ pub fn spawn(id: u8, mut vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<Vcpu
                     return;
                 }
             }
-            if let Some(event) = run_loop(id, &mut vcpu, &ctx) {
+            if let Some(event) = run_loop(id, &vcpu, &ctx) {
                 ctx.report(event);
             }
         })?;
-    Ok(VcpuHandle { thread })
+    Ok(VcpuHandle { thread, fd })
 }
 
-fn run_loop(id: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<VcpuEvent> {
+fn run_loop(id: u8, shared: &Mutex<VcpuFd>, ctx: &VcpuContext) -> Option<VcpuEvent> {
     loop {
         ctx.pause.wait_while_closed(&ctx.stop);
         if ctx.stop.load(Ordering::Acquire) || ctx.guest_stops.iter().any(|e| e.is_raised()) {
             return None;
         }
+        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let vcpu = &mut *guard;
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.io_bus.read(u64::from(port), data);
