@@ -16,6 +16,8 @@
 //! - `CHV_SKIP_LINUX=1`: skip the Linux boot tests when no kit is found
 //!   (without it, a missing kit fails those tests).
 
+pub mod api_client;
+
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use virtio_queue::Queue;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -36,6 +38,15 @@ pub struct ActivatedQueue {
     pub notify: EventFd,
 }
 
+/// A queue a paused device gave back: its index and the queue itself,
+/// ring positions (`next_avail`, `next_used`) included.
+pub struct PausedQueue {
+    /// Queue index within the device.
+    pub index: u16,
+    /// The queue as the worker left it.
+    pub queue: Queue,
+}
+
 /// Why a device could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
@@ -48,6 +59,35 @@ pub enum ActivateError {
     /// Anything else specific to the device.
     #[error("{0}")]
     Device(String),
+    /// Saved state that does not fit this device (another device type,
+    /// another version, a disk of another size, …).
+    #[error("device state mismatch: {0}")]
+    State(String),
+}
+
+/// Serializes a device's state struct for [`VirtioDevice::snapshot_state`].
+pub(crate) fn state_to_value<T: Serialize>(state: &T) -> serde_json::Value {
+    // Plain structs of integers, strings and vectors always serialize.
+    serde_json::to_value(state).unwrap_or(serde_json::Value::Null)
+}
+
+/// Parses a device's state struct and checks its `version` (as read by
+/// `version_of`) against `expected`.
+pub(crate) fn state_from_value<T: DeserializeOwned>(
+    name: &str,
+    value: &serde_json::Value,
+    expected: u32,
+    version_of: impl Fn(&T) -> u32,
+) -> Result<T, ActivateError> {
+    let state = T::deserialize(value)
+        .map_err(|e| ActivateError::State(format!("{name}: not a {name} state: {e}")))?;
+    let version = version_of(&state);
+    if version != expected {
+        return Err(ActivateError::State(format!(
+            "{name}: unknown state version {version}"
+        )));
+    }
+    Ok(state)
 }
 
 /// A virtio device model: what it offers the driver, its config space, and
@@ -82,5 +122,34 @@ pub trait VirtioDevice: Send {
     /// data; the transport reports DEVICE_NEEDS_RESET until a reset.
     fn needs_reset(&self) -> bool {
         false
+    }
+    /// Stops an active device's worker and returns its queues with their
+    /// ring positions; state the worker held (undelivered input, open
+    /// connections) stays in the device. [`Self::activate`] with the same
+    /// queues resumes it. An inactive device returns no queues.
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        Err(ActivateError::Device(format!(
+            "{} cannot be paused",
+            self.name()
+        )))
+    }
+    /// The device's own state for a snapshot (acked features and whatever
+    /// the device needs beyond the transport); taken while paused or
+    /// never activated.
+    fn snapshot_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores [`Self::snapshot_state`] output into a freshly built,
+    /// inactive device of the same configuration; a mismatch is an error
+    /// and leaves the device unchanged.
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        if state.is_null() {
+            Ok(())
+        } else {
+            Err(ActivateError::State(format!(
+                "{} keeps no state",
+                self.name()
+            )))
+        }
     }
 }

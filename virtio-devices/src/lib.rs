@@ -15,5 +15,6 @@ pub mod vsock;
 pub mod worker;
 
 pub use device::{
-    ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
+    ActivateError, ActivatedQueue, GuestMemory, PausedQueue, VirtioDevice, VirtioInterrupt,
+    VirtioInterruptType,
 };

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::control_loop::{Next, VmState, Vmm};
 use crate::device_manager::{DeviceManager, HotplugError, PciDeviceInfo};
+use crate::migration;
+use crate::snapshot::{self, RestoreConfig, SnapshotConfig};
 use crate::vm::VmExit;
 
 /// `vmm.ping`'s answer.
@@ -26,11 +28,38 @@ struct VmInfo<'a> {
     memory_actual_size: u64,
 }
 
+/// `vm.send-migration`'s body (Cloud Hypervisor's `SendMigrationData`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendMigration {
+    destination_url: String,
+    /// Cloud Hypervisor's same-host flag; chv always migrates locally.
+    #[serde(default)]
+    #[allow(dead_code)]
+    local: bool,
+}
+
+/// `vm.receive-migration`'s body (Cloud Hypervisor's `ReceiveMigrationData`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiveMigration {
+    receiver_url: String,
+}
+
 /// `vm.remove-device`'s body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmRemoveDevice {
     id: String,
+}
+
+/// `vm.resize`'s body (Cloud Hypervisor's `VmResize`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmResize {
+    desired_vcpus: Option<u8>,
+    desired_ram: Option<u64>,
+    desired_balloon: Option<u64>,
 }
 
 fn json<T: Serialize>(value: &T) -> ApiResponse {
@@ -94,6 +123,54 @@ impl Vmm {
         // vm.remove-device see the same device.
         (kind.record)(config, device);
         Ok((json(&info), Next::Continue))
+    }
+
+    /// `vm.resize`: only `desired_vcpus` (vCPU hotplug). Before boot it
+    /// only changes the configured count; on a running VM it hot-adds vCPUs
+    /// or asks the guest to eject some (204 once requested; the guest
+    /// finishes asynchronously). The configured `boot_vcpus` follows, as in
+    /// Cloud Hypervisor, so `vm.info` and a reboot see the new count.
+    fn resize(&mut self, body: &[u8]) -> Result<(ApiResponse, Next), ApiResponse> {
+        use crate::vcpu::hotplug::ResizeError;
+        let req: VmResize = parse(body, "VmResize")?;
+        if req.desired_ram.is_some() || req.desired_balloon.is_some() {
+            return Err(ApiResponse::error(
+                501,
+                "vm.resize: desired_ram and desired_balloon are not implemented by chv yet",
+            ));
+        }
+        let desired = req
+            .desired_vcpus
+            .ok_or_else(|| ApiResponse::error(400, "invalid VmResize: desired_vcpus is missing"))?;
+        let config = self
+            .config
+            .as_mut()
+            .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+        let max = config.cpus.max_vcpus;
+        if desired == 0 || desired > max {
+            return Err(ApiResponse::error(
+                400,
+                ResizeError::OutOfRange { desired, max }.to_string(),
+            ));
+        }
+        if let Some(vm) = self.vm.as_mut() {
+            if let Err(e) = vm.resize_vcpus(desired) {
+                return Err(match e {
+                    ResizeError::OutOfRange { .. } | ResizeError::NotHotpluggable { .. } => {
+                        ApiResponse::error(400, e.to_string())
+                    }
+                    ResizeError::RemovalPending => ApiResponse::error(429, e.to_string()),
+                    ResizeError::Vcpu(..) | ResizeError::Notify(_) => {
+                        // Some vCPUs may have been added before the failure.
+                        config.cpus.boot_vcpus =
+                            u8::try_from(vm.vcpu_count()).unwrap_or(config.cpus.boot_vcpus);
+                        ApiResponse::error(500, format!("cannot resize: {e}"))
+                    }
+                });
+            }
+        }
+        config.cpus.boot_vcpus = desired;
+        Ok(done())
     }
 
     /// Handles one request; returns the response and what the control loop
@@ -323,6 +400,7 @@ impl Vmm {
                 }
                 Ok(done())
             }
+            Endpoint::VmResize => self.resize(body),
             Endpoint::VmPowerButton => {
                 let vm = self
                     .vm
@@ -332,6 +410,81 @@ impl Vmm {
                     ApiResponse::error(500, format!("cannot press the power button: {e}"))
                 })?;
                 Ok(done())
+            }
+            Endpoint::VmSnapshot => {
+                let req: SnapshotConfig = parse(body, "VmSnapshotConfig")?;
+                let dir = snapshot::dir_from_url(&req.destination_url, "destination_url")
+                    .map_err(|e| ApiResponse::error(400, e.to_string()))?;
+                let (Some(vm), Some(config)) = (self.vm.as_ref(), self.config.as_ref()) else {
+                    return Err(ApiResponse::error(404, "the VM is not booted"));
+                };
+                if self.state != VmState::Paused {
+                    return Err(ApiResponse::error(
+                        405,
+                        "the VM must be paused for a snapshot (vm.pause first)",
+                    ));
+                }
+                let started = std::time::Instant::now();
+                vm.snapshot(config, &dir)
+                    .map_err(|e| ApiResponse::error(500, format!("snapshot failed: {e}")))?;
+                log::info!(
+                    "snapshot written to {} in {:.1} ms",
+                    dir.display(),
+                    started.elapsed().as_secs_f64() * 1000.0
+                );
+                Ok(done())
+            }
+            Endpoint::VmRestore => {
+                let req: RestoreConfig = parse(body, "RestoreConfig")?;
+                if self.vm.is_some() {
+                    return Err(ApiResponse::error(
+                        409,
+                        "a VM is already running (vm.delete it first)",
+                    ));
+                }
+                let (dir, snap) = Vmm::read_snapshot(&req)
+                    .map_err(|e| ApiResponse::error(400, format!("cannot restore: {e}")))?;
+                self.restore_snapshot(&req, &dir, snap)
+                    .map_err(|e| ApiResponse::error(500, format!("cannot restore: {e}")))?;
+                Ok((ApiResponse::no_content(), Next::Rearm))
+            }
+            Endpoint::VmSendMigration => {
+                let req: SendMigration = parse(body, "SendMigrationData")?;
+                migration::socket_path(&req.destination_url, "destination_url")
+                    .map_err(|e| ApiResponse::error(400, e.to_string()))?;
+                let (Some(vm), Some(config)) = (self.vm.as_ref(), self.config.as_ref()) else {
+                    return Err(ApiResponse::error(404, "the VM is not booted"));
+                };
+                let stats = migration::send(vm, config, &req.destination_url)
+                    .map_err(|e| ApiResponse::error(500, format!("migration failed: {e}")))?;
+                log::info!(
+                    "migrated to {} in {:.1} ms ({} rounds, {} pages, downtime {:.1} ms)",
+                    req.destination_url,
+                    stats.total.as_secs_f64() * 1000.0,
+                    stats.rounds,
+                    stats.pages,
+                    stats.downtime.as_secs_f64() * 1000.0
+                );
+                // The guest runs on the receiver now.
+                self.shutdown_vm();
+                Ok((ApiResponse::no_content(), Next::Exit(VmExit::Stopped)))
+            }
+            Endpoint::VmReceiveMigration => {
+                let req: ReceiveMigration = parse(body, "ReceiveMigrationData")?;
+                migration::socket_path(&req.receiver_url, "receiver_url")
+                    .map_err(|e| ApiResponse::error(400, e.to_string()))?;
+                if self.vm.is_some() {
+                    return Err(ApiResponse::error(
+                        409,
+                        "a VM is already running (vm.delete it first)",
+                    ));
+                }
+                let (config, vm) = migration::receive(&req.receiver_url, &self.filters)
+                    .map_err(|e| ApiResponse::error(500, format!("migration failed: {e}")))?;
+                self.config = Some(config);
+                self.vm = Some(vm);
+                self.state = VmState::Running;
+                Ok((ApiResponse::no_content(), Next::Rearm))
             }
             other => Err(ApiResponse::error(
                 501,

@@ -43,6 +43,8 @@ pub struct Cli {
     pub api_socket: Option<String>,
     /// `--seccomp`: how the VMM's own system calls are filtered.
     pub seccomp: SeccompMode,
+    /// `--restore`: start from a snapshot instead of a payload.
+    pub restore: Option<crate::snapshot::RestoreConfig>,
 }
 
 pub use devices::seccomp::SeccompMode;
@@ -248,6 +250,16 @@ struct Args {
     /// System call filtering of the VMM: true|false|log.
     #[arg(long, value_name = "MODE", default_value = "true")]
     seccomp: String,
+
+    /// Restore a snapshot: source_url=file://<dir>[,prefault=on|off]
+    /// [,resume=true|false]
+    ///
+    /// prefault: copy guest memory in before the guest runs (default off:
+    /// pages load on first touch). resume: run the guest right away
+    /// (default false: it waits, paused, for vm.resume). Replaces --kernel
+    /// and the device options: the snapshot holds the VM's configuration.
+    #[arg(long, value_name = "RESTORE", verbatim_doc_comment)]
+    restore: Option<String>,
 }
 
 /// Parses argv (including argv\[0\]) into a [`Cli`].
@@ -279,13 +291,29 @@ where
         .transpose()?;
     let seccomp = parse_seccomp(&args.seccomp)?;
     let verbosity = args.verbosity;
+    let restore = args
+        .restore
+        .take()
+        .map(|raw| parse_restore(&raw))
+        .transpose()
+        .map_err(|source| CliError::Option {
+            option: "--restore",
+            source,
+        })?;
     let vm = build_vm(args)?;
+    if restore.is_some() && vm.is_some() {
+        return Err(CliError::Option {
+            option: "--restore",
+            source: OptionError::Conflict("--restore".into(), "--kernel".into()),
+        });
+    }
     Ok(Cli {
         vm,
         log_file,
         verbosity,
         api_socket,
         seccomp,
+        restore,
     })
 }
 
@@ -675,6 +703,34 @@ fn check_api_socket(value: &str) -> Result<(), OptionError> {
         seen = Some(item.key);
     }
     Ok(())
+}
+
+/// Parses `--restore source_url=...[,prefault=on|off][,resume=true|false]`.
+fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionError> {
+    let mut source_url = None;
+    let mut prefault = false;
+    let mut resume = false;
+    for item in split_options(value)? {
+        match item.key.as_str() {
+            "source_url" => source_url = Some(item.non_empty_value()?.to_owned()),
+            "prefault" => prefault = parse_toggle("prefault", item.value()?)?,
+            "resume" => resume = parse_toggle("resume", item.value()?)?,
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: "source_url, prefault, resume",
+                })
+            }
+        }
+    }
+    let source_url = source_url.ok_or(OptionError::Missing("source_url"))?;
+    crate::snapshot::dir_from_url(&source_url, "source_url")
+        .map_err(|e| OptionError::invalid("source_url", &source_url, e.to_string()))?;
+    Ok(crate::snapshot::RestoreConfig {
+        source_url,
+        prefault,
+        resume,
+    })
 }
 
 /// Parses `--seccomp true|false|log`.

@@ -12,7 +12,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleOutputMode, VmConfig};
 use crate::vcpu::{self, VcpuEvent};
-use crate::vm::{Vm, VmExit};
+use crate::snapshot::{self, RestoreConfig, VmSnapshot};
+use crate::vm::{RestoreMemory, Vm, VmExit, VmSource};
 use crate::{seccomp, terminal, VmmError};
 use devices::seccomp::{BpfProgram, SeccompMode};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ pub(crate) enum Next {
 /// control loop waits on.
 pub struct Vmm {
     pub(crate) config: Option<VmConfig>,
-    filters: ThreadFilters,
+    pub(crate) filters: ThreadFilters,
     pub(crate) vm: Option<Vm>,
     pub(crate) state: VmState,
     signals: std::fs::File,
@@ -113,6 +114,7 @@ pub fn run(
     config: Option<VmConfig>,
     api_socket: Option<&str>,
     seccomp_mode: SeccompMode,
+    restore: Option<RestoreConfig>,
 ) -> Result<VmExit, VmmError> {
     let signals = stop_signal_fd()?;
     vcpu::install_kick_handler().map_err(VmmError::ControlLoop)?;
@@ -157,7 +159,7 @@ pub fn run(
         tty_input,
         api,
     };
-    let result = vmm.run_loop();
+    let result = vmm.run_loop(restore);
     if let Some(mut vm) = vmm.vm.take() {
         vm.shutdown();
     }
@@ -177,6 +179,61 @@ impl Vmm {
         Ok(())
     }
 
+    /// Rebuilds the VM a snapshot describes; it stays paused unless
+    /// `restore.resume` is set. Nothing is started if any part fails.
+    pub(crate) fn restore(&mut self, restore: &RestoreConfig) -> Result<(), VmmError> {
+        let (dir, snap) =
+            Self::read_snapshot(restore).map_err(|e| VmmError::Snapshot(e.to_string()))?;
+        self.restore_snapshot(restore, &dir, snap)
+    }
+
+    /// Reads and checks the snapshot `restore` names (the part of a restore
+    /// that fails on bad input rather than on the host).
+    pub(crate) fn read_snapshot(
+        restore: &RestoreConfig,
+    ) -> Result<(std::path::PathBuf, VmSnapshot), snapshot::SnapshotError> {
+        let dir = snapshot::dir_from_url(&restore.source_url, "source_url")?;
+        let snap = VmSnapshot::read(&dir)?;
+        snap.config.validate().map_err(|e| {
+            snapshot::SnapshotError::Invalid(format!("the saved VM config is invalid: {e}"))
+        })?;
+        Ok((dir, snap))
+    }
+
+    /// Builds the VM of an already read snapshot (see [`Self::restore`]).
+    pub(crate) fn restore_snapshot(
+        &mut self,
+        restore: &RestoreConfig,
+        dir: &std::path::Path,
+        snap: VmSnapshot,
+    ) -> Result<(), VmmError> {
+        let started = std::time::Instant::now();
+        let vm = Vm::build(
+            &snap.config,
+            &self.filters,
+            VmSource::Restore {
+                snapshot: &snap,
+                memory: RestoreMemory::File {
+                    dir,
+                    mode: restore.memory_mode(),
+                },
+            },
+        )?;
+        self.config = Some(snap.config);
+        self.state = VmState::Paused;
+        if restore.resume {
+            vm.resume();
+            self.state = VmState::Running;
+        }
+        self.vm = Some(vm);
+        log::info!(
+            "restored {} in {:.1} ms",
+            dir.display(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        Ok(())
+    }
+
     /// Stops and drops the VM, keeping its configuration.
     pub(crate) fn shutdown_vm(&mut self) {
         if let Some(mut vm) = self.vm.take() {
@@ -185,8 +242,10 @@ impl Vmm {
         self.state = VmState::Created;
     }
 
-    fn run_loop(&mut self) -> Result<VmExit, VmmError> {
-        if self.config.is_some() {
+    fn run_loop(&mut self, restore: Option<RestoreConfig>) -> Result<VmExit, VmmError> {
+        if let Some(restore) = restore {
+            self.restore(&restore)?;
+        } else if self.config.is_some() {
             self.boot()?;
         }
         loop {

@@ -14,6 +14,8 @@
 //! resets the device (stopping its worker), unmaps its BAR, unregisters its
 //! ioeventfds and drops it (which unregisters its MSI irqfds).
 
+mod snapshot;
+
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -46,6 +48,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::config::{ConsoleOutputMode, DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
+
+pub use snapshot::{DevicesSnapshot, PciDeviceSnapshot};
 
 type SharedVirtioPci = Arc<Mutex<VirtioPciDevice>>;
 
@@ -186,6 +190,8 @@ pub struct DeviceManager {
     /// Whether the VM's vsock device (at most one) is on the bus; vsock
     /// devices are never unplugged, so it stays set.
     vsock_plugged: bool,
+    /// While restoring a snapshot: the slot of each device id.
+    restore_slots: Option<HashMap<String, u8>>,
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -352,6 +358,7 @@ impl DeviceManager {
             hotplug_slots: 0,
             rate_groups: HashMap::new(),
             vsock_plugged: false,
+            restore_slots: None,
         })
     }
 
@@ -529,8 +536,12 @@ impl DeviceManager {
         let transport =
             VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
+        let slot = self
+            .restore_slots
+            .as_ref()
+            .and_then(|slots| slots.get(&id).copied());
         let info = lock(&self.pci_bus)
-            .add_device(transport.clone(), &mut self.allocator)
+            .add_device_at(slot, transport.clone(), &mut self.allocator)
             .map_err(|e| err(e.to_string()))?;
         if let Some(bar0) = info.bars.iter().find(|b| b.index == 0) {
             let registered = register_ioeventfds(&self.vm, &lock(&transport), bar0.base);
@@ -720,6 +731,11 @@ impl DeviceManager {
     /// Presses the ACPI power button (`vm.power-button`).
     pub fn power_button(&self) -> std::io::Result<()> {
         self.ged.raise(GED_POWER_BUTTON)
+    }
+
+    /// A handle on the GED for events raised elsewhere (CPU hotplug).
+    pub fn ged_events(&self) -> GedEvents {
+        self.ged.clone()
     }
 
     /// Ids and slots of the devices on the bus, in the order they were added.

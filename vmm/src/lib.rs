@@ -12,7 +12,9 @@ pub mod config;
 pub mod control_loop;
 pub mod device_manager;
 pub mod interrupt;
+pub mod migration;
 pub mod seccomp;
+pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
@@ -61,4 +63,7 @@ pub enum VmmError {
     /// A device could not be created or plugged in.
     #[error("device {0}")]
     Device(String),
+    /// A snapshot could not be restored.
+    #[error("restore: {0}")]
+    Snapshot(String),
 }

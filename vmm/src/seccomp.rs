@@ -25,9 +25,11 @@ use devices::seccomp::{
     BpfProgram, SeccompError, SeccompMode, ThreadRules,
 };
 use kvm_bindings::{
-    kvm_cpuid2, kvm_fpu, kvm_irqfd, kvm_lapic_state, kvm_msrs, kvm_pit_config, kvm_regs, kvm_sregs,
-    kvm_userspace_memory_region, KVMIO,
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_irqfd, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_nested_state, kvm_pit_config, kvm_pit_state2,
+    kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
 };
+use kvm_bindings::kvm_dirty_log;
 
 /// Request numbers of the ioctls chv issues (from the KVM API headers).
 mod nr {
@@ -61,6 +63,30 @@ mod nr {
     vmm_sys_util::ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
     vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
     vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    vmm_sys_util::ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_clock_data);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
+    vmm_sys_util::ioctl_io_nr!(KVM_SET_TSC_KHZ, KVMIO, 0xa2);
+    vmm_sys_util::ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_NESTED_STATE, KVMIO, 0xbe, kvm_nested_state);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
+    vmm_sys_util::ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
     vmm_sys_util::ioctl_iow_nr!(
         KVM_SET_GSI_ROUTING,
         KVMIO,
@@ -206,6 +232,39 @@ fn vm_setup_ioctls() -> Vec<u64> {
     .to_vec()
 }
 
+/// KVM ioctls of `vm.snapshot` and of a restore: reading and writing the
+/// state of every vCPU and of the in-kernel irqchip, PIT and clock.
+fn snapshot_ioctls() -> Vec<u64> {
+    [
+        nr::KVM_GET_MSR_INDEX_LIST(),
+        nr::KVM_GET_REGS(),
+        nr::KVM_GET_MSRS(),
+        nr::KVM_GET_FPU(),
+        nr::KVM_GET_MP_STATE(),
+        nr::KVM_SET_MP_STATE(),
+        nr::KVM_GET_IRQCHIP(),
+        nr::KVM_SET_IRQCHIP(),
+        nr::KVM_GET_CLOCK(),
+        nr::KVM_SET_CLOCK(),
+        nr::KVM_GET_PIT2(),
+        nr::KVM_SET_PIT2(),
+        nr::KVM_GET_VCPU_EVENTS(),
+        nr::KVM_SET_VCPU_EVENTS(),
+        nr::KVM_GET_DEBUGREGS(),
+        nr::KVM_SET_DEBUGREGS(),
+        nr::KVM_GET_TSC_KHZ(),
+        nr::KVM_SET_TSC_KHZ(),
+        nr::KVM_GET_XSAVE(),
+        nr::KVM_GET_XSAVE2(),
+        nr::KVM_SET_XSAVE(),
+        nr::KVM_GET_XCRS(),
+        nr::KVM_SET_XCRS(),
+        nr::KVM_GET_NESTED_STATE(),
+        nr::KVM_GET_DIRTY_LOG(),
+    ]
+    .to_vec()
+}
+
 /// Opening and configuring a tap device for virtio-net (`--net`): attach
 /// by name, vnet header size, offloads, queues, and the host side's
 /// address, netmask, MTU and up flag.
@@ -316,6 +375,28 @@ pub fn vmm_thread_rules() -> ThreadRules {
             &[u64::from(libc::SECCOMP_SET_MODE_FILTER)],
         )
         .allow_arg(libc::SYS_tgkill, 2, &[kick, libc::SIGABRT as u64])
+        // Snapshots: the state file (written, synced, renamed into place),
+        // the sparse memory file, the snapshot directory.
+        .allow(&[
+            libc::SYS_write,
+            libc::SYS_pwrite64,
+            libc::SYS_fsync,
+            libc::SYS_ftruncate,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
+            libc::SYS_mkdir,
+            libc::SYS_mkdirat,
+            // Live migration over a Unix socket.
+            libc::SYS_accept4,
+            libc::SYS_recvfrom,
+            libc::SYS_sendto,
+            libc::SYS_writev,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
+            libc::SYS_setsockopt,
+        ])
+        .allow_ioctls(&snapshot_ioctls())
         .allow(&[
             libc::SYS_flock,
             libc::SYS_fadvise64,

@@ -1,5 +1,7 @@
 //! One thread per vCPU: runs `KVM_RUN` and routes each exit to the buses.
+//! [`hotplug`] adds and removes vCPUs of a running VM.
 
+use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
@@ -9,6 +11,9 @@ use devices::legacy::GuestStopEvent;
 use devices::Bus;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::eventfd::EventFd;
+
+#[path = "vcpu_hotplug.rs"]
+pub mod hotplug;
 
 /// KVM_SYSTEM_EVENT types (from the KVM API documentation).
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -53,14 +58,14 @@ impl PauseGate {
     }
 
     /// Called by a vCPU thread between runs: blocks while the gate is closed
-    /// (or until `stop` is set, which `wake_all` makes it notice).
-    fn wait_while_closed(&self, stop: &AtomicBool) {
+    /// (or until `stop` or `retire` is set, which `wake_all` makes it notice).
+    fn wait_while_closed(&self, stop: &AtomicBool, retire: &AtomicBool) {
         let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         if !*paused {
             return;
         }
         self.parked.fetch_add(1, Ordering::AcqRel);
-        while *paused && !stop.load(Ordering::Acquire) {
+        while *paused && !stop.load(Ordering::Acquire) && !retire.load(Ordering::Acquire) {
             paused = self.changed.wait(paused).unwrap_or_else(|e| e.into_inner());
         }
         self.parked.fetch_sub(1, Ordering::AcqRel);
@@ -108,12 +113,27 @@ impl VcpuContext {
 
 /// Handle to a running vCPU thread.
 pub struct VcpuHandle {
+    /// The vCPU id (also its APIC id and ACPI processor UID).
+    pub id: u8,
     /// The thread running the vCPU.
     pub thread: JoinHandle<()>,
+    /// Set (then the thread kicked) to end this one thread, e.g. when the
+    /// guest ejected the vCPU; the vCPU itself stays for a later re-add.
+    pub retire: Arc<AtomicBool>,
     /// The vCPU itself. Its thread holds the lock only while inside
     /// `KVM_RUN` or handling an exit, so the VMM can read and write the
     /// vCPU's state (snapshot, restore) while the VM is paused.
     pub fd: Arc<Mutex<VcpuFd>>,
+}
+
+impl VcpuHandle {
+    /// Kicks the thread out of `KVM_RUN` so it re-checks its flags.
+    pub fn kick(&self) {
+        // SAFETY: the pthread handle is alive (the thread has not been
+        // joined: joining consumes the handle) and the kick signal has a
+        // handler installed.
+        unsafe { libc::pthread_kill(self.thread.as_pthread_t(), kick_signal()) };
+    }
 }
 
 /// Signal used to kick a vCPU thread out of `KVM_RUN`.
@@ -131,8 +151,20 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 
 /// Starts a thread that runs `vcpu` until the guest stops it or `ctx.stop`.
 pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHandle> {
-    let fd = Arc::new(Mutex::new(vcpu));
+    spawn_shared(id, Arc::new(Mutex::new(vcpu)), ctx)
+}
+
+/// Like [`spawn`], for a vCPU that already ran on an earlier thread (a
+/// vCPU re-added after an eject: KVM cannot destroy vCPUs, so the same fd
+/// is used again).
+pub fn spawn_shared(
+    id: u8,
+    fd: Arc<Mutex<VcpuFd>>,
+    ctx: VcpuContext,
+) -> std::io::Result<VcpuHandle> {
     let vcpu = fd.clone();
+    let retire = Arc::new(AtomicBool::new(false));
+    let retired = retire.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
@@ -142,17 +174,30 @@ pub fn spawn(id: u8, vcpu: VcpuFd, ctx: VcpuContext) -> std::io::Result<VcpuHand
                     return;
                 }
             }
-            if let Some(event) = run_loop(id, &vcpu, &ctx) {
+            if let Some(event) = run_loop(id, &vcpu, &ctx, &retired) {
                 ctx.report(event);
             }
         })?;
-    Ok(VcpuHandle { thread, fd })
+    Ok(VcpuHandle {
+        id,
+        thread,
+        retire,
+        fd,
+    })
 }
 
-fn run_loop(id: u8, shared: &Mutex<VcpuFd>, ctx: &VcpuContext) -> Option<VcpuEvent> {
+fn run_loop(
+    id: u8,
+    shared: &Mutex<VcpuFd>,
+    ctx: &VcpuContext,
+    retire: &AtomicBool,
+) -> Option<VcpuEvent> {
     loop {
-        ctx.pause.wait_while_closed(&ctx.stop);
-        if ctx.stop.load(Ordering::Acquire) || ctx.guest_stops.iter().any(|e| e.is_raised()) {
+        ctx.pause.wait_while_closed(&ctx.stop, retire);
+        if ctx.stop.load(Ordering::Acquire)
+            || retire.load(Ordering::Acquire)
+            || ctx.guest_stops.iter().any(|e| e.is_raised())
+        {
             return None;
         }
         let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,14 +12,20 @@ use std::time::{Duration, Instant};
 use arch::layout;
 use devices::legacy::{AcpiPmDevice, AcpiPmTimer, Cmos, GuestStopEvent, I8042Device, SerialDevice};
 use devices::Bus;
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use std::path::Path;
+
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use crate::snapshot::{self, MemoryRestoreMode, SnapshotError, VmSnapshot};
 use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
+use crate::vcpu::hotplug::{ResizeError, VcpuHotplug, VcpuSetup};
 use crate::vcpu::{self, PauseGate, VcpuContext, VcpuEvent, VcpuHandle};
 use crate::VmmError;
 
@@ -37,14 +43,62 @@ pub enum VmExit {
 /// Smallest guest RAM chv accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
 
+/// Where a VM's initial state comes from.
+pub enum VmSource<'a> {
+    /// Load the payload (kernel, initramfs, command line) and start it.
+    Boot,
+    /// Rebuild the VM a snapshot describes; vCPUs start paused.
+    Restore {
+        /// The parsed state file.
+        snapshot: &'a VmSnapshot,
+        /// Where guest RAM comes from.
+        memory: RestoreMemory<'a>,
+    },
+}
+
+/// Guest RAM of a VM being restored.
+pub enum RestoreMemory<'a> {
+    /// The snapshot directory's memory file.
+    File {
+        /// The snapshot directory.
+        dir: &'a Path,
+        /// Lazy or eager loading.
+        mode: MemoryRestoreMode,
+    },
+    /// Already filled in (received by a live migration).
+    Filled(GuestMemoryMmap),
+}
+
+/// The port-I/O devices whose state a snapshot keeps.
+struct LegacyDevices {
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    cmos: Arc<Mutex<Cmos>>,
+    pm_timer: Arc<Mutex<AcpiPmTimer>>,
+}
+
+/// State of the port-I/O devices in a snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyDevicesState {
+    /// COM1, when the VM has one.
+    pub serial: Option<devices::legacy::SerialState>,
+    /// CMOS RAM and RTC index.
+    pub cmos: devices::legacy::CmosState,
+    /// The ACPI PM timer's count, so the guest's clock source goes on.
+    pub pm_timer: devices::legacy::AcpiPmTimerState,
+}
+
 /// A booted VM: KVM handles, guest memory, the buses and the vCPU threads.
 pub struct Vm {
-    _kvm: Kvm,
+    kvm: Kvm,
     /// Virtio devices on the PCI bus (dropped before the VM fd).
     pub devices: DeviceManager,
-    _vm_fd: Arc<VmFd>,
-    _memory: GuestMemoryMmap,
+    vm_fd: Arc<VmFd>,
+    memory: GuestMemoryMmap,
+    legacy: LegacyDevices,
     vcpus: Vec<VcpuHandle>,
+    /// vCPU hotplug, when `max_vcpus > boot_vcpus`.
+    cpu_hotplug: Option<VcpuHotplug>,
     stop: Arc<AtomicBool>,
     pause: Arc<PauseGate>,
     events: Receiver<VcpuEvent>,
@@ -97,16 +151,16 @@ impl Vm {
     /// Builds the VM described by `config`, loads the payload and starts its vCPUs.
     /// Each vCPU and device worker thread installs its filter from `filters`.
     pub fn boot(config: &VmConfig, filters: &ThreadFilters) -> Result<Self, VmmError> {
-        let payload = &config.payload;
-        let kernel_path = payload
-            .kernel
-            .as_ref()
-            .ok_or_else(|| VmmError::Config("--kernel: no kernel given".into()))?;
-        let mut kernel_file = open_payload(kernel_path, "kernel")?;
-        let mut initramfs_file = match &payload.initramfs {
-            Some(p) => Some(open_payload(p, "initramfs")?),
-            None => None,
-        };
+        Self::build(config, filters, VmSource::Boot)
+    }
+
+    /// Builds the VM `config` describes from `source`: a fresh boot of the
+    /// payload, or a snapshot (then the vCPUs start paused).
+    pub fn build(
+        config: &VmConfig,
+        filters: &ThreadFilters,
+        source: VmSource<'_>,
+    ) -> Result<Self, VmmError> {
         let ram_size = config.memory.size;
         if ram_size < MIN_MEMORY {
             return Err(VmmError::Config(format!(
@@ -132,7 +186,25 @@ impl Vm {
         }
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(VmmError::Kvm)?);
-        let memory = create_memory(&vm_fd, ram_size)?;
+        let memory = match &source {
+            VmSource::Boot => GuestMemoryMmap::from_ranges(&arch::memory::ram_regions(ram_size))
+                .map_err(|e| VmmError::Memory(e.to_string()))?,
+            VmSource::Restore {
+                snapshot,
+                memory: RestoreMemory::File { dir, mode },
+            } => snapshot::memory::restore(
+                &dir.join(snapshot::MEMORY_FILE),
+                &snapshot.memory,
+                ram_size,
+                *mode,
+            )
+            .map_err(|e| VmmError::Snapshot(e.to_string()))?,
+            VmSource::Restore {
+                memory: RestoreMemory::Filled(memory),
+                ..
+            } => memory.clone(),
+        };
+        register_memory(&vm_fd, &memory)?;
 
         vm_fd
             .set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
@@ -147,32 +219,11 @@ impl Vm {
         };
         vm_fd.create_pit2(pit).map_err(VmmError::Kvm)?;
 
-        // Payload.
-        let kernel = arch::boot::load_kernel(&memory, &mut kernel_file)
-            .map_err(|e| VmmError::Boot(format!("--kernel {}: {e}", kernel_path.display())))?;
-        let initramfs = match (&mut initramfs_file, &payload.initramfs) {
-            (Some(f), Some(p)) => Some(
-                arch::boot::load_initramfs(&memory, f)
-                    .map_err(|e| VmmError::Boot(format!("--initramfs {}: {e}", p.display())))?,
-            ),
-            _ => None,
+        // Payload (a restored VM has it in its memory already).
+        let kernel = match &source {
+            VmSource::Boot => Some(load_payload(config, &memory, num_vcpus)?),
+            VmSource::Restore { .. } => None,
         };
-        let rsdp = arch::acpi::create_acpi_tables(
-            &memory,
-            num_vcpus,
-            crate::device_manager::hotplug_slots_for(config),
-        )
-        .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
-        let cmdline = payload.cmdline.as_deref().unwrap_or("");
-        arch::boot::configure_system(
-            &memory,
-            &kernel,
-            cmdline,
-            initramfs.as_ref(),
-            Some(rsdp),
-            ram_size,
-        )
-        .map_err(|e| VmmError::Boot(e.to_string()))?;
 
         // Devices.
         let exit_evt = GuestStopEvent::new().map_err(VmmError::EventFd)?;
@@ -195,17 +246,15 @@ impl Vm {
         };
         let below_4g = ram_size.min(layout::MEM_32BIT_GAP_START);
         let above_4g = ram_size - below_4g;
+        let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, above_4g)));
+        let pm_timer = Arc::new(Mutex::new(AcpiPmTimer::new()));
         let legacy: [(devices::SharedDevice, u16, u64); 4] = [
             (
                 Arc::new(Mutex::new(I8042Device::new(reset_evt.clone()))),
                 layout::I8042_PORT,
                 5,
             ),
-            (
-                Arc::new(Mutex::new(Cmos::new(below_4g, above_4g))),
-                layout::CMOS_PORT,
-                2,
-            ),
+            (cmos.clone(), layout::CMOS_PORT, 2),
             (
                 Arc::new(Mutex::new(AcpiPmDevice::new(
                     exit_evt.clone(),
@@ -214,11 +263,7 @@ impl Vm {
                 layout::ACPI_PM_PORT,
                 1,
             ),
-            (
-                Arc::new(Mutex::new(AcpiPmTimer::new())),
-                layout::ACPI_PM_TIMER_PORT,
-                4,
-            ),
+            (pm_timer.clone(), layout::ACPI_PM_TIMER_PORT, 4),
         ];
         for (dev, port, len) in legacy {
             io_bus
@@ -236,7 +281,21 @@ impl Vm {
                 }) as virtio_devices::worker::ThreadSetup
             }),
         )?;
+        let legacy = LegacyDevices {
+            serial: serial.clone(),
+            cmos,
+            pm_timer,
+        };
+        if let VmSource::Restore { snapshot, .. } = &source {
+            legacy.restore(&snapshot.legacy)?;
+            pci_devices.restore_slots(&snapshot.devices);
+        }
         pci_devices.add_configured_devices(config)?;
+        if let VmSource::Restore { snapshot, .. } = &source {
+            pci_devices
+                .restore_devices(&snapshot.devices)
+                .map_err(|e| VmmError::Snapshot(e.to_string()))?;
+        }
 
         // vCPUs.
         let supported = kvm
@@ -248,6 +307,10 @@ impl Vm {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(PauseGate::default());
+        if matches!(source, VmSource::Restore { .. }) {
+            // A restored VM starts paused; the caller resumes it.
+            pause.close();
+        }
         let (tx, events) = channel();
         let vcpu_event_fd = Arc::new(eventfd()?);
         let ctx = VcpuContext {
@@ -263,27 +326,65 @@ impl Vm {
         let mut fds = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {
             let vcpu = vm_fd.create_vcpu(u64::from(id)).map_err(VmmError::Kvm)?;
-            let cpuid = arch::cpuid::vcpu_cpuid(&supported, id, num_vcpus, &policy)
+            // Topology of all possible vCPUs, so hot-added ones match.
+            let cpuid = arch::cpuid::vcpu_cpuid(&supported, id, config.cpus.max_vcpus, &policy)
                 .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
-            let boot = (id == 0).then_some((&memory, &kernel));
-            arch::regs::configure_vcpu(&vcpu, &cpuid, boot)
-                .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
-            if id == 0 {
+            match (&source, &kernel) {
+                (VmSource::Restore { snapshot, .. }, _) => {
+                    let state = snapshot.vcpus.get(usize::from(id)).ok_or_else(|| {
+                        VmmError::Snapshot(format!("no saved state for vcpu{id}"))
+                    })?;
+                    state
+                        .restore(&vcpu)
+                        .map_err(|e| VmmError::Snapshot(format!("vcpu{id}: {e}")))?;
+                }
+                (VmSource::Boot, kernel) => {
+                    let boot = kernel.as_ref().filter(|_| id == 0).map(|k| (&memory, k));
+                    arch::regs::configure_vcpu(&vcpu, &cpuid, boot)
+                        .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
+                }
+            }
+            if id == 0 && matches!(source, VmSource::Boot) {
                 warn_reexposed_features(&vcpu, &policy);
             }
             fds.push(vcpu);
         }
+        if let VmSource::Restore { snapshot, .. } = &source {
+            snapshot
+                .vm
+                .restore(&vm_fd)
+                .map_err(|e| VmmError::Snapshot(e.to_string()))?;
+        }
+        let max_vcpus = config.cpus.max_vcpus;
+        let cpu_hotplug = if max_vcpus > num_vcpus {
+            let setup = VcpuSetup {
+                vm_fd: vm_fd.clone(),
+                ctx: ctx.clone(),
+                supported,
+                policy,
+            };
+            let io_bus = ctx.io_bus.clone();
+            let ged = pci_devices.ged_events();
+            Some(
+                VcpuHotplug::new(setup, num_vcpus, max_vcpus, &io_bus, ged)
+                    .map_err(VmmError::Bus)?,
+            )
+        } else {
+            None
+        };
         let mut vcpus = Vec::with_capacity(fds.len());
         for (id, fd) in (0..num_vcpus).zip(fds) {
             vcpus.push(vcpu::spawn(id, fd, ctx.clone()).map_err(VmmError::Thread)?);
         }
 
         Ok(Self {
-            _kvm: kvm,
+            kvm,
             devices: pci_devices,
-            _vm_fd: vm_fd,
-            _memory: memory,
+            vm_fd,
+            memory,
+            legacy,
             vcpus,
+            cpu_hotplug,
             stop,
             pause,
             events,
@@ -295,9 +396,44 @@ impl Vm {
     }
 
     /// Collects what the vCPU threads reported since the last call.
+    /// Also stops the threads of vCPUs the guest has just ejected.
     pub fn take_vcpu_events(&self) -> Vec<VcpuEvent> {
         let _ = self.vcpu_event_fd.read();
+        if let Some(h) = &self.cpu_hotplug {
+            h.stop_ejected(&self.vcpus, &self.pause);
+        }
         self.events.try_iter().collect()
+    }
+
+    /// `vm.resize` with `desired_vcpus`: hot-adds vCPUs up to `desired`
+    /// (the guest then onlines them), or asks the guest to eject those
+    /// from `desired` up (done once the guest ejected them). Returns at
+    /// once; the guest completes the change asynchronously.
+    pub fn resize_vcpus(&mut self, desired: u8) -> Result<(), ResizeError> {
+        match self.cpu_hotplug.as_mut() {
+            Some(h) => h.resize(&mut self.vcpus, &self.pause, desired),
+            None => {
+                let current = u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX);
+                if desired == current {
+                    Ok(())
+                } else {
+                    Err(ResizeError::NotHotpluggable { desired, current })
+                }
+            }
+        }
+    }
+
+    /// Joins the threads of vCPUs the guest ejected, so the running vCPUs
+    /// are exactly `0..vcpu_count()` again (call before saving vCPU state).
+    pub fn reap_ejected_vcpus(&mut self) {
+        if let Some(h) = self.cpu_hotplug.as_mut() {
+            h.reap(&mut self.vcpus, &self.pause);
+        }
+    }
+
+    /// Number of vCPU threads (running or paused).
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len()
     }
 
     fn kick(handle: &VcpuHandle) {
@@ -306,9 +442,19 @@ impl Vm {
         unsafe { libc::pthread_kill(handle.thread.as_pthread_t(), vcpu::kick_signal()) };
     }
 
-    /// Stops every vCPU between two guest instructions; returns once all of
-    /// them are parked (or after a timeout, with an error).
+    /// Stops every vCPU between two guest instructions, then every device
+    /// worker; returns once all of them are stopped (or after a timeout,
+    /// with an error and the VM running again).
     pub fn pause(&self) -> Result<(), VmmError> {
+        self.pause_vcpus()?;
+        if let Err(e) = self.devices.pause_all() {
+            self.resume();
+            return Err(VmmError::Device(format!("pause: {e}")));
+        }
+        Ok(())
+    }
+
+    fn pause_vcpus(&self) -> Result<(), VmmError> {
         self.pause.close();
         let deadline = Instant::now() + Duration::from_secs(5);
         let running = || {
@@ -332,9 +478,78 @@ impl Vm {
         Ok(())
     }
 
-    /// Lets paused vCPUs run again.
+    /// Restarts the device workers, then lets paused vCPUs run again.
     pub fn resume(&self) {
+        if let Err(e) = self.devices.resume_all() {
+            log::error!("resume: {e}");
+        }
         self.pause.open();
+    }
+
+    /// Writes a snapshot of this paused VM (configuration `config`) into
+    /// `dir`, creating it if needed: guest memory first, then the state
+    /// file, so only a complete snapshot has one.
+    pub fn snapshot(&self, config: &VmConfig, dir: &Path) -> Result<(), SnapshotError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SnapshotError::Io(format!("creating {}: {e}", dir.display())))?;
+        let mut state = self.state(config)?;
+        state.memory = snapshot::memory::save(&self.memory, &dir.join(snapshot::MEMORY_FILE))?;
+        state.write(dir)
+    }
+
+    /// Everything but guest RAM, for a snapshot or a migration; call with
+    /// the VM paused. `memory` is left empty for the caller to fill in.
+    pub fn state(&self, config: &VmConfig) -> Result<VmSnapshot, SnapshotError> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        let mut omitted = Vec::new();
+        for (id, handle) in self.vcpus.iter().enumerate() {
+            let fd = handle.fd.lock().unwrap_or_else(|e| e.into_inner());
+            let state = arch::vcpu_state::VcpuState::save(&fd, &self.kvm)
+                .map_err(|e| SnapshotError::Kvm(format!("vcpu{id}: {e}")))?;
+            for what in &state.omitted {
+                let what = format!("vcpu{id}: {what}");
+                log::info!("snapshot leaves out {what}");
+                omitted.push(what);
+            }
+            vcpus.push(state);
+        }
+        let vm = arch::vm_state::VmKvmState::save(&self.vm_fd)
+            .map_err(|e| SnapshotError::Kvm(e.to_string()))?;
+        let devices = self
+            .devices
+            .snapshot()
+            .map_err(|e| SnapshotError::Device(e.to_string()))?;
+        let legacy = self.legacy.state();
+        Ok(VmSnapshot {
+            format: snapshot::SNAPSHOT_FORMAT.into(),
+            version: snapshot::SNAPSHOT_VERSION,
+            chv_version: env!("CARGO_PKG_VERSION").into(),
+            config: config.clone(),
+            memory: Vec::new(),
+            vm,
+            vcpus,
+            legacy,
+            devices,
+            omitted,
+        })
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Turns KVM's dirty-page logging of guest RAM on or off (turning it on
+    /// also starts a fresh log).
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmmError> {
+        let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        register_memory_with(&self.vm_fd, &self.memory, flags)
+    }
+
+    /// Pages of RAM region `slot` written by vCPUs since the last call (one
+    /// bit per 4 KiB page); clears the log.
+    pub fn dirty_log(&self, slot: u32, len: usize) -> Result<Vec<u64>, VmmError> {
+        self.vm_fd.get_dirty_log(slot, len).map_err(VmmError::Kvm)
     }
 
     /// Stops every vCPU thread and waits for them to finish.
@@ -362,6 +577,42 @@ impl Drop for Vm {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl LegacyDevices {
+    fn state(&self) -> LegacyDevicesState {
+        LegacyDevicesState {
+            serial: self.serial.as_ref().map(|s| lock(s).state()),
+            cmos: lock(&self.cmos).state(),
+            pm_timer: lock(&self.pm_timer).state(),
+        }
+    }
+
+    fn restore(&self, state: &LegacyDevicesState) -> Result<(), VmmError> {
+        let bad = |what: &str, e: String| VmmError::Snapshot(format!("{what}: {e}"));
+        match (&self.serial, &state.serial) {
+            (Some(dev), Some(s)) => lock(dev)
+                .restore_state(s)
+                .map_err(|e| bad("serial", e.to_string()))?,
+            (None, None) => {}
+            _ => {
+                return Err(bad(
+                    "serial",
+                    "the snapshot and the config disagree on whether COM1 exists".into(),
+                ))
+            }
+        }
+        lock(&self.cmos)
+            .restore_state(&state.cmos)
+            .map_err(|e| bad("cmos", e.to_string()))?;
+        lock(&self.pm_timer)
+            .restore_state(&state.pm_timer)
+            .map_err(|e| bad("ACPI PM timer", e.to_string()))
+    }
+}
+
 /// Warns when the host put back CPU features chv hid (PVM merges the host's
 /// leaf-1 bits into the guest CPUID): the guest kernel must then avoid those
 /// instructions itself, as the guest kit's kernel does.
@@ -384,10 +635,60 @@ fn warn_reexposed_features(vcpu: &kvm_ioctls::VcpuFd, policy: &arch::cpuid::Cpui
     }
 }
 
-fn create_memory(vm_fd: &VmFd, ram_size: u64) -> Result<GuestMemoryMmap, VmmError> {
-    let regions = arch::memory::ram_regions(ram_size);
-    let memory =
-        GuestMemoryMmap::from_ranges(&regions).map_err(|e| VmmError::Memory(e.to_string()))?;
+/// Loads the kernel and initramfs, builds the ACPI tables and the boot
+/// parameters; returns where the kernel starts.
+fn load_payload(
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+    num_vcpus: u8,
+) -> Result<arch::boot::KernelEntry, VmmError> {
+    let payload = &config.payload;
+    let kernel_path = payload
+        .kernel
+        .as_ref()
+        .ok_or_else(|| VmmError::Config("--kernel: no kernel given".into()))?;
+    let mut kernel_file = open_payload(kernel_path, "kernel")?;
+    let mut initramfs_file = match &payload.initramfs {
+        Some(p) => Some(open_payload(p, "initramfs")?),
+        None => None,
+    };
+    let kernel = arch::boot::load_kernel(memory, &mut kernel_file)
+        .map_err(|e| VmmError::Boot(format!("--kernel {}: {e}", kernel_path.display())))?;
+    let initramfs = match (&mut initramfs_file, &payload.initramfs) {
+        (Some(f), Some(p)) => Some(
+            arch::boot::load_initramfs(memory, f)
+                .map_err(|e| VmmError::Boot(format!("--initramfs {}: {e}", p.display())))?,
+        ),
+        _ => None,
+    };
+    let rsdp = arch::acpi::create_acpi_tables(
+        memory,
+        num_vcpus,
+        config.cpus.max_vcpus,
+        crate::device_manager::hotplug_slots_for(config),
+    )
+    .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
+    let cmdline = payload.cmdline.as_deref().unwrap_or("");
+    arch::boot::configure_system(
+        memory,
+        &kernel,
+        cmdline,
+        initramfs.as_ref(),
+        Some(rsdp),
+        config.memory.size,
+    )
+    .map_err(|e| VmmError::Boot(e.to_string()))?;
+    Ok(kernel)
+}
+
+/// Tells KVM where each region of `memory` is.
+fn register_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmmError> {
+    register_memory_with(vm_fd, memory, 0)
+}
+
+/// As [`register_memory`], with KVM memory-slot `flags`; slot numbers are
+/// the regions' positions in `memory`.
+fn register_memory_with(vm_fd: &VmFd, memory: &GuestMemoryMmap, flags: u32) -> Result<(), VmmError> {
     for (slot, region) in memory.iter().enumerate() {
         let host = memory
             .get_host_address(region.start_addr())
@@ -397,11 +698,11 @@ fn create_memory(vm_fd: &VmFd, ram_size: u64) -> Result<GuestMemoryMmap, VmmErro
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: host as u64,
-            flags: 0,
+            flags,
         };
         // SAFETY: the region is a live mmap owned by `memory`, which outlives
         // the VM fd (both are dropped together in `Vm`, the VM first).
         unsafe { vm_fd.set_user_memory_region(mem_region) }.map_err(VmmError::Kvm)?;
     }
-    Ok(memory)
+    Ok(())
 }

@@ -29,6 +29,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::layout;
 
+#[path = "acpi_cpu.rs"]
+pub mod cpu;
 #[path = "acpi_hotplug.rs"]
 pub mod hotplug;
 
@@ -58,6 +60,9 @@ pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
 const MADT_PCAT_COMPAT: u32 = 1;
 /// MADT local APIC flag: processor enabled.
 const MADT_LAPIC_ENABLED: u32 = 1;
+/// MADT local APIC flag: not enabled at boot but can be hot-added (ACPI
+/// 6.3+; Linux counts such CPUs as possible).
+const MADT_LAPIC_ONLINE_CAPABLE: u32 = 1 << 1;
 /// MADT structure types (ACPI 6.5, table 5.21).
 const MADT_TYPE_LOCAL_APIC: u8 = 0;
 const MADT_TYPE_IOAPIC: u8 = 1;
@@ -87,6 +92,14 @@ pub enum AcpiError {
     /// A guest needs at least one vCPU to describe.
     #[error("cannot build ACPI tables for zero vCPUs")]
     NoCpus,
+    /// The possible vCPUs must include the boot vCPUs.
+    #[error("max_vcpus ({max}) is below boot_vcpus ({boot})")]
+    MaxBelowBoot {
+        /// vCPUs enabled at boot.
+        boot: u8,
+        /// Possible vCPUs.
+        max: u8,
+    },
     /// The tables do not fit in the reserved guest range.
     #[error("ACPI tables need {needed:#x} bytes but only {available:#x} are reserved")]
     TooLarge {
@@ -106,8 +119,13 @@ pub enum AcpiError {
     },
 }
 
-/// Writes RSDP, XSDT, FADT, DSDT, MADT and MCFG for `num_cpus` vCPUs into guest
-/// memory starting at `layout::ACPI_START`; returns the RSDP address.
+/// Writes RSDP, XSDT, FADT, DSDT, MADT and MCFG into guest memory starting
+/// at `layout::ACPI_START`; returns the RSDP address.
+///
+/// `boot_cpus` vCPUs are enabled; up to `max_cpus` are possible. When
+/// `max_cpus > boot_cpus` the others are described as hot-addable (MADT
+/// "online capable", processor devices in the DSDT, see [`cpu`]) and every
+/// vCPU but the first can be hot-removed.
 ///
 /// PCI slots `1..=hotplug_slots` (at most 31) are described as hotpluggable.
 /// Each one costs the guest boot time (Linux creates an ACPI device and a
@@ -118,12 +136,16 @@ pub enum AcpiError {
 /// that scans for it finds it too; PVH guests get its address from the VMM.
 pub fn create_acpi_tables(
     mem: &GuestMemoryMmap,
-    num_cpus: u8,
+    boot_cpus: u8,
+    max_cpus: u8,
     hotplug_slots: u8,
 ) -> Result<GuestAddress, AcpiError> {
     write_tables(
         mem,
-        num_cpus,
+        Cpus {
+            boot: boot_cpus,
+            max: max_cpus,
+        },
         hotplug_slots,
         layout::ACPI_START,
         layout::ACPI_END,
@@ -155,16 +177,36 @@ impl Placer {
     }
 }
 
+/// Boot and possible vCPU counts.
+#[derive(Clone, Copy)]
+struct Cpus {
+    boot: u8,
+    max: u8,
+}
+
+impl Cpus {
+    /// Whether vCPUs can be hot-added or removed.
+    fn hotplug(self) -> bool {
+        self.max > self.boot
+    }
+}
+
 /// Builds all tables and writes them into `[start, end)`.
 fn write_tables(
     mem: &GuestMemoryMmap,
-    num_cpus: u8,
+    cpus: Cpus,
     hotplug_slots: u8,
     start: u64,
     end: u64,
 ) -> Result<GuestAddress, AcpiError> {
-    if num_cpus == 0 {
+    if cpus.boot == 0 {
         return Err(AcpiError::NoCpus);
+    }
+    if cpus.max < cpus.boot {
+        return Err(AcpiError::MaxBelowBoot {
+            boot: cpus.boot,
+            max: cpus.max,
+        });
     }
     let mut placer = Placer {
         next: start,
@@ -173,13 +215,13 @@ fn write_tables(
     };
     let rsdp_addr = placer.place(Rsdp::len())?;
 
-    let dsdt = create_dsdt(hotplug_slots);
+    let dsdt = create_dsdt(cpus, hotplug_slots);
     let dsdt_addr = placer.place(dsdt.len())?;
 
     let fadt = to_bytes(&create_fadt(dsdt_addr.0));
     let fadt_addr = placer.place(fadt.len())?;
 
-    let madt = create_madt(num_cpus);
+    let madt = create_madt(cpus);
     let madt_addr = placer.place(madt.len())?;
 
     let mcfg = create_mcfg();
@@ -225,9 +267,10 @@ fn write(
 /// hardware-reduced platform must describe for Linux to use them: COM1 (its
 /// IRQ is only mapped when a PNP0501 device names it) and the CMOS RTC;
 /// the PCI host bridge; the Generic Event Device with the power button and
-/// the PCI hotplug slots (see [`hotplug`]).
+/// the PCI hotplug slots (see [`hotplug`]); the processor devices when
+/// vCPUs can be hot-plugged (see [`cpu`]).
 /// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
-fn create_dsdt(hotplug_slots: u8) -> Sdt {
+fn create_dsdt(cpus: Cpus, hotplug_slots: u8) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
     let s5_type = ACPI_S5_SLEEP_TYPE;
     // Package {SLP_TYPa, SLP_TYPb, reserved, reserved}.
@@ -250,9 +293,16 @@ fn create_dsdt(hotplug_slots: u8) -> Sdt {
     let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
     let pci = pci_devices_aml();
-    let ged = hotplug::ged_aml();
+    let ged = hotplug::ged_aml(cpus.hotplug());
     let pci_hotplug = hotplug::pci_hotplug_aml(hotplug_slots);
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1, &rtc, &pci, &ged, &pci_hotplug]);
+    let cpu_hotplug = cpus
+        .hotplug()
+        .then(|| cpu::cpu_hotplug_aml(cpus.max))
+        .unwrap_or(RawAml(Vec::new()));
+    let sb = aml::Scope::new(
+        "\\_SB_".into(),
+        vec![&com1, &rtc, &pci, &ged, &pci_hotplug, &cpu_hotplug],
+    );
     dsdt.append_slice(&to_bytes(&sb));
     dsdt
 }
@@ -361,8 +411,10 @@ fn create_fadt(dsdt_addr: u64) -> acpi_tables::fadt::FADT {
     fadt.finalize()
 }
 
-/// MADT: one local APIC per vCPU, the IOAPIC, overrides and the LINT1 NMI.
-fn create_madt(num_cpus: u8) -> Sdt {
+/// MADT: one local APIC per possible vCPU (those beyond the boot vCPUs
+/// "online capable" rather than enabled), the IOAPIC, overrides and the
+/// LINT1 NMI.
+fn create_madt(cpus: Cpus) -> Sdt {
     let mut madt = Sdt::new(
         *b"APIC",
         MADT_HEADER_LEN as u32,
@@ -376,13 +428,18 @@ fn create_madt(num_cpus: u8) -> Sdt {
     madt.write_u32(36, layout::APIC_START as u32);
     madt.write_u32(40, MADT_PCAT_COMPAT);
 
-    for id in 0..num_cpus {
+    for id in 0..cpus.max {
         let mut e = [0u8; MADT_LOCAL_APIC_LEN];
         e[0] = MADT_TYPE_LOCAL_APIC;
         e[1] = MADT_LOCAL_APIC_LEN as u8;
         e[2] = id; // ACPI processor UID
         e[3] = id; // APIC ID
-        e[4..8].copy_from_slice(&MADT_LAPIC_ENABLED.to_le_bytes());
+        let flags = if id < cpus.boot {
+            MADT_LAPIC_ENABLED
+        } else {
+            MADT_LAPIC_ONLINE_CAPABLE
+        };
+        e[4..8].copy_from_slice(&flags.to_le_bytes());
         madt.append_slice(&e);
     }
 
@@ -390,7 +447,7 @@ fn create_madt(num_cpus: u8) -> Sdt {
     ioapic[0] = MADT_TYPE_IOAPIC;
     ioapic[1] = MADT_IOAPIC_LEN as u8;
     // An id distinct from every local APIC id.
-    ioapic[2] = num_cpus;
+    ioapic[2] = cpus.max;
     ioapic[4..8].copy_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     ioapic[8..12].copy_from_slice(&0u32.to_le_bytes()); // GSI base
     madt.append_slice(&ioapic);
@@ -480,7 +537,7 @@ mod tests {
     #[test]
     fn mcfg_describes_bus0_ecam() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31).unwrap();
         let (_, _, mcfg) = walk_all(&mem, rsdp);
         // Header + 8 reserved bytes + one 16-byte allocation.
         assert_eq!(mcfg.len(), 36 + 8 + 16);
@@ -503,7 +560,7 @@ mod tests {
     #[test]
     fn dsdt_has_pci_host_bridge_and_ecam_reservation() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
@@ -552,8 +609,8 @@ mod tests {
         find_once(aml, &m);
         // Keep the DSDT small: guests interpret it slowly. Without the GED
         // and the 31 hotplug slots it is under 512 bytes.
-        let hotplug =
-            to_bytes(&hotplug::ged_aml()).len() + to_bytes(&hotplug::pci_hotplug_aml(31)).len();
+        let hotplug = to_bytes(&hotplug::ged_aml(false)).len()
+            + to_bytes(&hotplug::pci_hotplug_aml(31)).len();
         eprintln!(
             "DSDT {} bytes, {hotplug} of them GED + PCI hotplug",
             dsdt.len()
@@ -565,7 +622,7 @@ mod tests {
     #[test]
     fn dsdt_has_ged_power_button_and_hotplug_slots() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 2, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 2, 2, 31).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         // read_table checks the length and the checksum.
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
@@ -596,7 +653,7 @@ mod tests {
     #[test]
     fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         assert_eq!(fadt.len(), 276);
         assert_eq!(fadt[8], 6, "FADT revision");
@@ -633,8 +690,12 @@ mod tests {
     }
 
     fn check_madt(num_cpus: u8) {
+        check_madt_hotplug(num_cpus, num_cpus);
+    }
+
+    fn check_madt_hotplug(boot: u8, num_cpus: u8) {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, num_cpus, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, boot, num_cpus, 31).unwrap();
         let (_, madt) = walk(&mem, rsdp);
         assert_eq!(u32_at(&madt, 36), layout::APIC_START as u32);
         assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
@@ -649,7 +710,8 @@ mod tests {
                 0 => {
                     assert_eq!(len, 8);
                     assert_eq!(e[2], e[3], "uid == apic id");
-                    assert_eq!(u32_at(e, 4), 1, "enabled");
+                    let flags = if e[3] < boot { 1 } else { 2 };
+                    assert_eq!(u32_at(e, 4), flags, "enabled or online capable");
                     lapics.push(e[3]);
                 }
                 1 => {
@@ -680,10 +742,59 @@ mod tests {
     }
 
     #[test]
+    fn madt_describes_hot_addable_cpus_as_online_capable() {
+        for (boot, max) in [(1, 2), (2, 8), (1, 254)] {
+            check_madt_hotplug(boot, max);
+        }
+        // MADT revision 5 or later: Linux honours "online capable" there.
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, 1, 2, 31).unwrap();
+        let (_, madt) = walk(&mem, rsdp);
+        assert!(madt[8] >= 5);
+    }
+
+    fn dsdt_aml(boot: u8, max: u8) -> Vec<u8> {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, boot, max, 31).unwrap();
+        let (fadt, _) = walk(&mem, rsdp);
+        let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
+        dsdt[36..].to_vec()
+    }
+
+    #[test]
+    fn dsdt_has_processor_devices_only_with_cpu_hotplug() {
+        let count = |aml: &[u8], n: &[u8]| aml.windows(n.len()).filter(|w| *w == n).count();
+        // No hotplug: no processor devices, the GED does not call CSCN.
+        let aml = dsdt_aml(2, 2);
+        assert_eq!(count(&aml, b"ACPI0007"), 0);
+        assert_eq!(count(&aml, b"CSCN"), 0);
+        // boot=1,max=3: three processor devices and the GED dispatch.
+        let aml = dsdt_aml(1, 3);
+        assert_eq!(count(&aml, b"ACPI0007"), 3);
+        assert_eq!(count(&aml, b"\\/\x03_SB_CPUSCSCN"), 1);
+        find_once(&aml, b"CPUS\x08_HID");
+        for cpu in 0..3 {
+            find_once(
+                &aml,
+                format!("{}\x08_HID", cpu::cpu_device_name(cpu)).as_bytes(),
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_max_below_boot() {
+        let mem = guest_mem();
+        assert!(matches!(
+            create_acpi_tables(&mem, 2, 1, 31),
+            Err(AcpiError::MaxBelowBoot { boot: 2, max: 1 })
+        ));
+    }
+
+    #[test]
     fn rejects_zero_cpus() {
         let mem = guest_mem();
         assert!(matches!(
-            create_acpi_tables(&mem, 0, 31),
+            create_acpi_tables(&mem, 0, 0, 31),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -693,8 +804,18 @@ mod tests {
         let mem = guest_mem();
         let start = layout::ACPI_START;
         // Enough for one vCPU but not for 255.
-        write_tables(&mem, 1, 31, start, start + 0x1000).unwrap();
-        let err = write_tables(&mem, 255, 31, start, start + 0x1000).unwrap_err();
+        write_tables(&mem, Cpus { boot: 1, max: 1 }, 31, start, start + 0x1000).unwrap();
+        let err = write_tables(
+            &mem,
+            Cpus {
+                boot: 255,
+                max: 255,
+            },
+            31,
+            start,
+            start + 0x1000,
+        )
+        .unwrap_err();
         match err {
             AcpiError::TooLarge { needed, available } => {
                 assert_eq!(available, 0x1000);
@@ -703,14 +824,14 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         // A range at the very top of the address space must not wrap.
-        assert!(write_tables(&mem, 1, 31, u64::MAX - 8, u64::MAX).is_err());
+        assert!(write_tables(&mem, Cpus { boot: 1, max: 1 }, 31, u64::MAX - 8, u64::MAX).is_err());
     }
 
     #[test]
     fn unbacked_memory_is_an_error() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 1, 31),
+            create_acpi_tables(&mem, 1, 1, 31),
             Err(AcpiError::GuestMemory { .. })
         ));
     }

@@ -9,6 +9,7 @@
 //!         Local0 = GDAT                                // read-to-clear
 //!         If (Local0 & 1) { \_SB_.PCI0.PCNT () }       // PCI hotplug
 //!         If (Local0 & 2) { Notify (PWRB, 0x80) }      // power button
+//!         If (Local0 & 4) { \_SB_.CPUS.CSCN () }       // CPU hotplug (if any)
 //!     }
 //! }
 //! Scope (PCI0) {
@@ -34,6 +35,7 @@
 
 use acpi_tables::{aml, Aml};
 
+use super::cpu::{CPU_SCAN_METHOD, GED_EVENT_CPU_HOTPLUG};
 use super::layout;
 use super::RawAml;
 
@@ -81,8 +83,10 @@ fn io_fields(region: &str, port: u16, len: u16, names: &[&str]) -> Vec<u8> {
     bytes
 }
 
-/// `PWRB` and `GED_`, to be placed in `\_SB_`.
-pub(super) fn ged_aml() -> RawAml {
+/// `PWRB` and `GED_`, to be placed in `\_SB_`. With `cpu_hotplug` the
+/// `_EVT` also dispatches the CPU hotplug bit to `\_SB_.CPUS.CSCN` (which
+/// must then exist, see [`super::cpu`]).
+pub(super) fn ged_aml(cpu_hotplug: bool) -> RawAml {
     let mut bytes = Vec::new();
     let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
     let pwrb_uid = aml::Name::new("_UID".into(), &aml::ZERO);
@@ -108,7 +112,14 @@ pub(super) fn ged_aml() -> RawAml {
     let pwrb = aml::Path::new("PWRB");
     let notify = aml::Notify::new(&pwrb, &NOTIFY_BUTTON_PRESSED);
     let on_pwr = aml::If::new(&pwr_bit, vec![&notify]);
-    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read, &on_pci, &on_pwr]);
+    let cpu_bit = aml::And::new(&aml::ZERO, &aml::Local(0), &GED_EVENT_CPU_HOTPLUG);
+    let cscn = aml::MethodCall::new(CPU_SCAN_METHOD.into(), vec![]);
+    let on_cpu = aml::If::new(&cpu_bit, vec![&cscn]);
+    let mut body: Vec<&dyn Aml> = vec![&read, &on_pci, &on_pwr];
+    if cpu_hotplug {
+        body.push(&on_cpu);
+    }
+    let evt = aml::Method::new("_EVT".into(), 1, true, body);
     aml::Device::new("GED_".into(), vec![&hid, &uid, &crs, &regs, &evt]).to_aml_bytes(&mut bytes);
     RawAml(bytes)
 }
@@ -223,7 +234,7 @@ mod tests {
 
     #[test]
     fn ged_has_interrupt_register_and_evt() {
-        let aml = bytes(&ged_aml());
+        let aml = bytes(&ged_aml(false));
         // _HID "ACPI0013" as a string.
         assert_eq!(count(&aml, b"_HID\x0dACPI0013\x00"), 1);
         // Extended interrupt descriptor: consumer + edge, one GSI.
@@ -239,6 +250,11 @@ mod tests {
         // _EVT takes one argument (serialized).
         assert_eq!(count(&aml, b"_EVT\x09"), 1);
         assert_eq!(count(&aml, b"\\\x2f\x03_SB_PCI0PCNT"), 1);
+        assert_eq!(count(&aml, b"CSCN"), 0);
+        let with_cpu = bytes(&ged_aml(true));
+        assert_eq!(count(&with_cpu, b"\\\x2f\x03_SB_CPUSCSCN"), 1);
+        // And (Local0, 4): the CPU bit.
+        assert_eq!(count(&with_cpu, &[0x7b, 0x60, 0x0a, 4, 0]), 1);
         // Notify (PWRB, 0x80); PWRB is a PNP0C0C device.
         assert_eq!(count(&aml, b"\x86PWRB\x0a\x80"), 1);
         assert_eq!(

@@ -87,6 +87,10 @@ pub const GED_PORT_SIZE: u16 = 4;
 pub const PCI_HOTPLUG_PORT: u16 = 0x0b10;
 /// Bytes of the PCI hotplug register block.
 pub const PCI_HOTPLUG_PORT_SIZE: u16 = 12;
+/// The CPU hotplug registers `CSEL` (+0) and `CSTS` (+4).
+pub const CPU_HOTPLUG_PORT: u16 = 0x0b20;
+/// Bytes of the CPU hotplug register block.
+pub const CPU_HOTPLUG_PORT_SIZE: u16 = 8;
 
 // PCI. Bus 0 only; all windows stay clear of the IOAPIC (0xfec0_0000),
 // the LAPIC (0xfee0_0000) and KVM's TSS/identity map (0xfffb_c000..).
@@ -124,4 +128,6 @@ const _: () = assert!(RAM_64BIT_START + ((63 << 30) - MEM_32BIT_GAP_START) <= PC
 const _: () = assert!(ACPI_PM_TIMER_PORT as u32 + 4 <= GED_PORT as u32);
 const _: () = assert!(GED_PORT as u32 + GED_PORT_SIZE as u32 <= PCI_HOTPLUG_PORT as u32);
 const _: () =
-    assert!(PCI_HOTPLUG_PORT as u32 + PCI_HOTPLUG_PORT_SIZE as u32 <= PCI_IO_WINDOW_START as u32);
+    assert!(PCI_HOTPLUG_PORT as u32 + PCI_HOTPLUG_PORT_SIZE as u32 <= CPU_HOTPLUG_PORT as u32);
+const _: () =
+    assert!(CPU_HOTPLUG_PORT as u32 + CPU_HOTPLUG_PORT_SIZE as u32 <= PCI_IO_WINDOW_START as u32);

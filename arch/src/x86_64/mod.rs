@@ -7,6 +7,8 @@ pub mod error;
 pub mod layout;
 pub mod memory;
 pub mod regs;
+pub mod vcpu_state;
+pub mod vm_state;
 
 pub use boot::{
     configure_system, load_initramfs, load_initramfs_above, load_kernel, BootProtocol,
@@ -18,3 +20,5 @@ pub use cpuid::{
 pub use error::{BootError, CpuidError, RegsError};
 pub use memory::{e820_map, ram_regions, E820Entry, E820Kind};
 pub use regs::configure_vcpu;
+pub use vcpu_state::{FpuState, NestedState, StateError, VcpuState};
+pub use vm_state::VmKvmState;

@@ -9,10 +9,24 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::read_register_bytes;
 use crate::bus::BusDevice;
+use crate::legacy::{check_version, StateError};
+
+/// Version of [`GedState`] this code writes and reads.
+pub const GED_STATE_VERSION: u32 = 1;
+
+/// A snapshot of the GED: events the guest has not read yet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GedState {
+    /// Format version ([`GED_STATE_VERSION`]).
+    pub version: u32,
+    /// Pending `GED_*` event bits.
+    pub pending: u32,
+}
 
 /// Event bit: the PCI hotplug controller has slots to add or remove (the
 /// AML then calls `\_SB_.PCI0.PCNT`).
@@ -66,6 +80,31 @@ impl GedDevice {
     /// A handle for raising events.
     pub fn events(&self) -> GedEvents {
         self.events.clone()
+    }
+
+    /// Saves the pending events.
+    pub fn state(&self) -> GedState {
+        GedState {
+            version: GED_STATE_VERSION,
+            pending: self.events.pending(),
+        }
+    }
+
+    /// Restores pending events and, if any, interrupts the guest again so
+    /// its `_EVT` reads them (the edge it saw before the snapshot is gone).
+    pub fn restore_state(&mut self, state: &GedState) -> Result<(), StateError> {
+        check_version("ged", state.version, GED_STATE_VERSION)?;
+        *self
+            .events
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = 0;
+        self.events
+            .raise(state.pending)
+            .map_err(|source| StateError::Io {
+                device: "ged",
+                source,
+            })
     }
 }
 
@@ -138,5 +177,31 @@ mod tests {
         dev.write(0, 0, &[0xff; 4]);
         dev.read(0, u64::MAX, &mut d);
         assert_eq!(read32(&mut dev), 0x02);
+    }
+
+    #[test]
+    fn state_round_trip_reinterrupts() {
+        let (dev, events) = ged();
+        events.raise(GED_POWER_BUTTON).unwrap();
+        let json = serde_json::to_string(&dev.state()).unwrap();
+        let saved: GedState = serde_json::from_str(&json).unwrap();
+        let (mut fresh, fresh_events) = ged();
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(fresh_events.irq.read().unwrap(), 1);
+        assert_eq!(read32(&mut fresh), GED_POWER_BUTTON);
+        // Nothing pending: no interrupt.
+        fresh
+            .restore_state(&GedState {
+                version: GED_STATE_VERSION,
+                pending: 0,
+            })
+            .unwrap();
+        assert!(fresh_events.irq.read().is_err());
+        assert!(fresh
+            .restore_state(&GedState {
+                version: 2,
+                pending: 0
+            })
+            .is_err());
     }
 }

@@ -1,18 +1,26 @@
 //! ACPI platform devices of the hardware-reduced machine: the Generic Event
 //! Device (GED) that raises ACPI events through one interrupt, and the PCI
-//! hotplug controller whose registers the DSDT's AML reads and writes.
+//! and CPU hotplug controllers whose registers the DSDT's AML reads and
+//! writes.
 //!
-//! Both are small port-I/O register blocks of 32-bit registers; the AML
+//! All are small port-I/O register blocks of 32-bit registers; the AML
 //! accesses them as `DWordAcc` fields, but any byte-aligned access inside a
 //! block is handled (bytes outside a register read as zero, never a panic).
 
+pub mod cpu_hotplug;
 pub mod ged;
 pub mod pci_hotplug;
 
-pub use ged::{GedDevice, GedEvents, GED_PCI_HOTPLUG, GED_POWER_BUTTON, GED_REGISTER_SIZE};
+pub use cpu_hotplug::{
+    CpuEjectHandler, CpuHotplugController, CpuHotplugError, CpuHotplugState, CpuStatus,
+    CPU_HOTPLUG_REGISTER_SIZE, GED_CPU_HOTPLUG,
+};
+pub use ged::{
+    GedDevice, GedEvents, GedState, GED_PCI_HOTPLUG, GED_POWER_BUTTON, GED_REGISTER_SIZE,
+};
 pub use pci_hotplug::{
-    EjectHandler, HotplugError, PciHotplugController, PciHotplugState, PCI_HOTPLUG_B0EJ,
-    PCI_HOTPLUG_PCID, PCI_HOTPLUG_PCIU, PCI_HOTPLUG_REGISTER_SIZE,
+    EjectHandler, HotplugError, PciHotplugController, PciHotplugSavedState, PciHotplugState,
+    PCI_HOTPLUG_B0EJ, PCI_HOTPLUG_PCID, PCI_HOTPLUG_PCIU, PCI_HOTPLUG_REGISTER_SIZE,
 };
 
 /// Bytes `[offset, offset + data.len())` of a little-endian `u32` register

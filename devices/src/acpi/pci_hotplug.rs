@@ -18,8 +18,28 @@
 
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
+
 use super::{read_register_bytes, written_register_value};
 use crate::bus::BusDevice;
+use crate::legacy::{check_version, StateError};
+
+/// Version of [`PciHotplugSavedState`] this code writes and reads.
+pub const PCI_HOTPLUG_STATE_VERSION: u32 = 1;
+
+/// A snapshot of the hotplug registers: slots added and slots to remove
+/// that the guest has not read yet, and ejects the host is waiting for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PciHotplugSavedState {
+    /// Format version ([`PCI_HOTPLUG_STATE_VERSION`]).
+    pub version: u32,
+    /// Pending `PCIU` bits.
+    pub up: u32,
+    /// Pending `PCID` bits.
+    pub down: u32,
+    /// Slots asked to eject and not ejected yet.
+    pub eject_requested: u32,
+}
 
 /// Offset of `PCIU` (slots added).
 pub const PCI_HOTPLUG_PCIU: u64 = 0x0;
@@ -102,6 +122,34 @@ impl PciHotplugState {
         slot_bit(slot).is_ok_and(|b| self.regs().eject_requested & b != 0)
     }
 
+    /// Saves the pending bits.
+    pub fn state(&self) -> PciHotplugSavedState {
+        let r = self.regs();
+        PciHotplugSavedState {
+            version: PCI_HOTPLUG_STATE_VERSION,
+            up: r.up,
+            down: r.down,
+            eject_requested: r.eject_requested,
+        }
+    }
+
+    /// Restores pending bits saved by [`Self::state`] (bits of slots that
+    /// cannot be hotplugged are refused). Nothing changes on error.
+    pub fn restore_state(&self, state: &PciHotplugSavedState) -> Result<(), StateError> {
+        check_version("pci-hotplug", state.version, PCI_HOTPLUG_STATE_VERSION)?;
+        if (state.up | state.down | state.eject_requested) & !HOTPLUG_SLOTS != 0 {
+            return Err(StateError::Invalid {
+                device: "pci-hotplug",
+                reason: "slot 0 is not hotpluggable".into(),
+            });
+        }
+        let mut r = self.regs();
+        r.up = state.up;
+        r.down = state.down;
+        r.eject_requested = state.eject_requested;
+        Ok(())
+    }
+
     /// The eject requests among `slots` (a `B0EJ` value), now cleared.
     fn take_ejects(&self, slots: u32) -> u32 {
         let mut r = self.regs();
@@ -122,6 +170,16 @@ impl PciHotplugController {
     /// guest ejects after the host asked it to.
     pub fn new(state: PciHotplugState, on_eject: EjectHandler) -> Self {
         Self { state, on_eject }
+    }
+
+    /// Saves the registers (same as the shared [`PciHotplugState`]'s).
+    pub fn state(&self) -> PciHotplugSavedState {
+        self.state.state()
+    }
+
+    /// Restores the registers; see [`PciHotplugState::restore_state`].
+    pub fn restore_state(&mut self, state: &PciHotplugSavedState) -> Result<(), StateError> {
+        self.state.restore_state(state)
     }
 }
 
@@ -248,6 +306,30 @@ mod tests {
         state.slot_added(7).unwrap();
         assert_eq!(read32(&mut dev, PCI_HOTPLUG_PCID), 0);
         dev.write(0, PCI_HOTPLUG_B0EJ, &(1u32 << 7).to_le_bytes());
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let (mut dev, state, seen) = controller();
+        state.slot_added(3).unwrap();
+        state.request_eject(5).unwrap();
+        let json = serde_json::to_string(&dev.state()).unwrap();
+        let saved: PciHotplugSavedState = serde_json::from_str(&json).unwrap();
+        let (mut fresh, fresh_state, fresh_seen) = controller();
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(read32(&mut fresh, PCI_HOTPLUG_PCIU), 1 << 3);
+        assert_eq!(read32(&mut fresh, PCI_HOTPLUG_PCID), 1 << 5);
+        fresh.write(0, PCI_HOTPLUG_B0EJ, &(1u32 << 5).to_le_bytes());
+        assert_eq!(*fresh_seen.lock().unwrap(), vec![5]);
+        assert!(!fresh_state.eject_pending(5));
+        let mut bad = saved.clone();
+        bad.up = 1;
+        assert!(dev.restore_state(&bad).is_err());
+        bad = saved;
+        bad.version = 3;
+        assert!(dev.restore_state(&bad).is_err());
+        assert_eq!(read32(&mut dev, PCI_HOTPLUG_PCIU), 1 << 3, "unchanged");
         assert!(seen.lock().unwrap().is_empty());
     }
 }

@@ -11,7 +11,25 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
+use super::{check_version, StateError};
 use crate::bus::BusDevice;
+
+/// Version of [`CmosState`] this code writes and reads.
+pub const CMOS_STATE_VERSION: u32 = 1;
+
+/// A snapshot of the CMOS: the selected index and the 128 NVRAM bytes
+/// (the clock itself always follows the host).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CmosState {
+    /// Format version ([`CMOS_STATE_VERSION`]).
+    pub version: u32,
+    /// Register selected through port 0x70.
+    pub index: u8,
+    /// NVRAM contents (128 bytes).
+    pub nvram: Vec<u8>,
+}
 
 /// Offset of the index port (0x70) from the device base.
 const INDEX_OFFSET: u64 = 0;
@@ -203,6 +221,31 @@ impl Cmos {
     }
 }
 
+impl Cmos {
+    /// Saves the index and NVRAM.
+    pub fn state(&self) -> CmosState {
+        CmosState {
+            version: CMOS_STATE_VERSION,
+            index: self.index,
+            nvram: self.nvram.to_vec(),
+        }
+    }
+
+    /// Restores a state saved by [`Self::state`]; nothing changes on error.
+    pub fn restore_state(&mut self, state: &CmosState) -> Result<(), StateError> {
+        check_version("cmos", state.version, CMOS_STATE_VERSION)?;
+        if state.nvram.len() != CMOS_SIZE {
+            return Err(StateError::Invalid {
+                device: "cmos",
+                reason: format!("{} NVRAM bytes, expected {CMOS_SIZE}", state.nvram.len()),
+            });
+        }
+        self.nvram.copy_from_slice(&state.nvram);
+        self.index = state.index & INDEX_MASK;
+        Ok(())
+    }
+}
+
 impl BusDevice for Cmos {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         match (offset, data.len()) {
@@ -384,5 +427,29 @@ mod tests {
             cmos.write(0x70, 1, &[0xff]);
             cmos.read(0x70, 1, &mut one);
         }
+    }
+
+    #[test]
+    fn state_round_trip_and_bad_state() {
+        let mut cmos = Cmos::new(1 << 30, 0);
+        cmos.write(0x70, 0, &[0x40]);
+        cmos.write(0x70, 1, &[0x5a]);
+        let json = serde_json::to_string(&cmos.state()).unwrap();
+        let saved: CmosState = serde_json::from_str(&json).unwrap();
+        let mut fresh = Cmos::new(0, 0);
+        fresh.restore_state(&saved).unwrap();
+        let mut b = [0u8];
+        fresh.read(0x70, 1, &mut b);
+        assert_eq!(b[0], 0x5a, "index and NVRAM restored");
+        assert_eq!(fresh.state(), saved);
+        let mut bad = saved.clone();
+        bad.nvram.push(0);
+        assert!(fresh.restore_state(&bad).is_err());
+        bad = saved;
+        bad.version = 2;
+        assert!(matches!(
+            fresh.restore_state(&bad),
+            Err(StateError::Version { version: 2, .. })
+        ));
     }
 }

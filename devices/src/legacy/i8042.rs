@@ -4,8 +4,21 @@
 //! offset 4 the command/status port. Reads always return 0: status "output
 //! buffer empty, input buffer empty", so a guest polling it never waits.
 
-use super::GuestStopEvent;
+use serde::{Deserialize, Serialize};
+
+use super::{check_version, GuestStopEvent, StateError};
 use crate::bus::BusDevice;
+
+/// Version of [`I8042State`] this code writes and reads.
+pub const I8042_STATE_VERSION: u32 = 1;
+
+/// A snapshot of the i8042: it holds no register state (reads are constant
+/// and only the reset command acts), so only the version is recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct I8042State {
+    /// Format version ([`I8042_STATE_VERSION`]).
+    pub version: u32,
+}
 
 /// Ports 0x60..=0x64 as seen from the device's base.
 const I8042_RANGE: u64 = 5;
@@ -22,6 +35,18 @@ impl I8042Device {
         Self {
             inner: vm_superio::I8042Device::new(reset_evt),
         }
+    }
+
+    /// Saves the (empty) device state.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            version: I8042_STATE_VERSION,
+        }
+    }
+
+    /// Restores a state saved by [`Self::state`] (checks its version).
+    pub fn restore_state(&mut self, state: &I8042State) -> Result<(), StateError> {
+        check_version("i8042", state.version, I8042_STATE_VERSION)
     }
 }
 
@@ -90,5 +115,13 @@ mod tests {
         dev.read(0x60, 100, &mut b);
         assert_eq!(b, [0xff]);
         dev.read(0x60, 0, &mut []);
+    }
+
+    #[test]
+    fn state_versions() {
+        let (mut dev, _evt) = setup();
+        let s = dev.state();
+        dev.restore_state(&s).unwrap();
+        assert!(dev.restore_state(&I8042State { version: 0 }).is_err());
     }
 }

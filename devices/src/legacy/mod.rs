@@ -9,15 +9,57 @@ pub mod cmos;
 pub mod i8042;
 pub mod serial;
 
-pub use acpi_pm::{AcpiPmDevice, AcpiPmTimer};
-pub use cmos::Cmos;
-pub use i8042::I8042Device;
-pub use serial::SerialDevice;
+pub use acpi_pm::{AcpiPmDevice, AcpiPmTimer, AcpiPmTimerState};
+pub use cmos::{Cmos, CmosState};
+pub use i8042::{I8042Device, I8042State};
+pub use serial::{SerialDevice, SerialDeviceState, SerialDeviceState as SerialState};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
+
+/// Why a saved platform-device state could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state was written by an unknown format version.
+    #[error("{device}: unknown state version {version}")]
+    Version {
+        /// Which device.
+        device: &'static str,
+        /// The version found.
+        version: u32,
+    },
+    /// The state does not fit the device (sizes, values out of range).
+    #[error("{device}: invalid state: {reason}")]
+    Invalid {
+        /// Which device.
+        device: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Re-creating the device's host resources failed.
+    #[error("{device}: {source}")]
+    Io {
+        /// Which device.
+        device: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Returns an error unless `version` is `expected`.
+pub(crate) fn check_version(
+    device: &'static str,
+    version: u32,
+    expected: u32,
+) -> Result<(), StateError> {
+    if version == expected {
+        Ok(())
+    } else {
+        Err(StateError::Version { device, version })
+    }
+}
 
 /// A guest request to stop the VM (power off or reset).
 ///

@@ -6,15 +6,49 @@
 
 use std::io::Write;
 
-use vm_superio::serial::{Error as SerialError, NoEvents};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{Error as SerialError, NoEvents, SerialState};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::EventFdTrigger;
+use super::{check_version, EventFdTrigger, StateError};
 use crate::bus::BusDevice;
 
 /// Number of byte registers a 16550 decodes.
 const UART_REGISTERS: u64 = 8;
+/// Bytes the 16550 receive FIFO holds (as `vm_superio`).
+const FIFO_SIZE: usize = 64;
+
+/// Version of [`SerialDeviceState`] this code writes and reads.
+pub const SERIAL_STATE_VERSION: u32 = 1;
+
+/// A snapshot of the UART registers and receive FIFO (a serde mirror of
+/// `vm_superio`'s `SerialState`, which has no serde support).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SerialDeviceState {
+    /// Format version ([`SERIAL_STATE_VERSION`]).
+    pub version: u32,
+    /// Divisor latch, low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch, high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Bytes waiting in the receive FIFO (at most 64).
+    pub in_buffer: Vec<u8>,
+}
 
 /// Host output sink type.
 type Sink = Box<dyn Write + Send>;
@@ -55,6 +89,72 @@ impl SerialDevice {
     /// Free space in the receive FIFO, so callers can avoid dropping input.
     pub fn input_capacity(&self) -> usize {
         self.serial.fifo_capacity()
+    }
+
+    /// Saves the registers and the receive FIFO.
+    pub fn state(&self) -> SerialDeviceState {
+        let s = self.serial.state();
+        SerialDeviceState {
+            version: SERIAL_STATE_VERSION,
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Restores a state saved by [`Self::state`], keeping this device's
+    /// interrupt eventfd and output sink. An interrupt the restored
+    /// registers say is asserted is raised again. Nothing changes on error.
+    pub fn restore_state(&mut self, state: &SerialDeviceState) -> Result<(), StateError> {
+        const DEV: &str = "serial";
+        check_version(DEV, state.version, SERIAL_STATE_VERSION)?;
+        if state.in_buffer.len() > FIFO_SIZE {
+            return Err(StateError::Invalid {
+                device: DEV,
+                reason: format!("{} bytes in a {FIFO_SIZE}-byte FIFO", state.in_buffer.len()),
+            });
+        }
+        let io = |source| StateError::Io {
+            device: DEV,
+            source,
+        };
+        let evt = self.serial.interrupt_evt().0.try_clone().map_err(io)?;
+        let spare = evt.try_clone().map_err(io)?;
+        let placeholder: Sink = Box::new(std::io::sink());
+        let old = std::mem::replace(
+            &mut self.serial,
+            Serial::new(EventFdTrigger(spare), placeholder),
+        );
+        let out = old.into_writer();
+        let saved = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        // The FIFO size was checked, so only raising the interrupt can
+        // fail, which takes an eventfd counter overflow.
+        self.serial =
+            Serial::from_state(&saved, EventFdTrigger(evt), NoEvents, out).map_err(|e| {
+                StateError::Invalid {
+                    device: DEV,
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(())
     }
 }
 
@@ -178,5 +278,34 @@ mod tests {
         dev.write(0x3f8, 256, b"z");
         dev.write(0x3f8, u64::MAX, b"z");
         assert!(out.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn state_round_trip_keeps_sink_and_raises_pending_irq() {
+        let out = Shared::default();
+        let irq = evt();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Some(Box::new(out.clone())));
+        dev.write(0x3f8, 7, &[0x42]); // scratch
+        dev.write(0x3f8, IER, &[0x01]);
+        dev.enqueue_input(b"xy");
+        irq.read().unwrap();
+        let json = serde_json::to_string(&dev.state()).unwrap();
+        let saved: SerialDeviceState = serde_json::from_str(&json).unwrap();
+
+        let mut fresh = SerialDevice::new(irq.try_clone().unwrap(), Some(Box::new(out.clone())));
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(irq.read().unwrap(), 1, "RX interrupt raised again");
+        assert_eq!(read1(&mut fresh, 7), 0x42);
+        assert_eq!(read1(&mut fresh, THR), b'x');
+        assert_eq!(read1(&mut fresh, THR), b'y');
+        fresh.write(0x3f8, THR, b"!");
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"!", "sink kept");
+
+        let mut bad = saved.clone();
+        bad.in_buffer = vec![0; 65];
+        assert!(fresh.restore_state(&bad).is_err());
+        bad = saved;
+        bad.version = 9;
+        assert!(fresh.restore_state(&bad).is_err());
     }
 }

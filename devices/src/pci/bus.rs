@@ -177,11 +177,31 @@ impl PciBus {
         device: SharedPciDevice,
         allocator: &mut PciBarAllocator,
     ) -> Result<PciDeviceInfo, PciBusError> {
-        let slot = self
-            .slots
-            .iter()
-            .position(Option::is_none)
-            .ok_or(PciBusError::NoFreeSlot)?;
+        self.add_device_at(None, device, allocator)
+    }
+
+    /// As [`Self::add_device`], but into `slot` when given (a restored VM
+    /// puts each device back where the guest saw it); fails if it is taken.
+    pub fn add_device_at(
+        &mut self,
+        slot: Option<u8>,
+        device: SharedPciDevice,
+        allocator: &mut PciBarAllocator,
+    ) -> Result<PciDeviceInfo, PciBusError> {
+        let slot = match slot {
+            Some(s) => {
+                let s = usize::from(s);
+                match self.slots.get(s) {
+                    Some(None) => s,
+                    _ => return Err(PciBusError::NoFreeSlot),
+                }
+            }
+            None => self
+                .slots
+                .iter()
+                .position(Option::is_none)
+                .ok_or(PciBusError::NoFreeSlot)?,
+        };
         let requests = device
             .lock()
             .unwrap_or_else(|e| e.into_inner())

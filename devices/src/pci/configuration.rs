@@ -6,6 +6,8 @@
 //! Everything here is reached by guest config accesses: any offset and any
 //! length must be handled without panicking.
 
+use serde::{Deserialize, Serialize};
+
 use super::{BarReprogram, BarRequest};
 
 /// Bytes of the standard configuration space modelled.
@@ -70,6 +72,39 @@ pub enum ConfigError {
     /// A write mask longer than the capability body.
     #[error("capability write mask longer than its body")]
     InvalidWriteMask,
+    /// Saved state that does not belong to this header (another device,
+    /// another layout, another version, or BARs placed elsewhere).
+    #[error("PCI configuration state mismatch: {0}")]
+    StateMismatch(String),
+}
+
+/// Version of [`PciConfigurationState`] this code writes and reads.
+pub const PCI_CONFIGURATION_STATE_VERSION: u32 = 1;
+
+/// One used BAR as saved: where it decoded (the address the VMM must
+/// re-apply before restoring) and its shape.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PciBarState {
+    /// BAR index (the lower register of a 64-bit BAR).
+    pub index: u8,
+    /// Size in bytes.
+    pub size: u64,
+    /// 64-bit memory BAR.
+    pub is_64bit: bool,
+    /// Address the BAR was decoded at.
+    pub base: u64,
+}
+
+/// A snapshot of a configuration header: every register byte (BAR
+/// registers and capabilities included) plus the decoded BAR addresses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PciConfigurationState {
+    /// Format version ([`PCI_CONFIGURATION_STATE_VERSION`]).
+    pub version: u32,
+    /// The 256 bytes of standard config space.
+    pub regs: Vec<u8>,
+    /// The used BARs.
+    pub bars: Vec<PciBarState>,
 }
 
 /// Fixed identity of a function, written once when the header is built.
@@ -365,6 +400,77 @@ impl PciConfiguration {
     }
 }
 
+impl PciConfiguration {
+    /// Saves every register and the BAR placements.
+    pub fn state(&self) -> PciConfigurationState {
+        let bars = self
+            .bars
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.size != 0)
+            .map(|(i, b)| PciBarState {
+                index: i as u8,
+                size: b.size,
+                is_64bit: b.is_64bit,
+                base: b.active_base,
+            })
+            .collect();
+        PciConfigurationState {
+            version: PCI_CONFIGURATION_STATE_VERSION,
+            regs: self.regs.to_vec(),
+            bars,
+        }
+    }
+
+    /// Restores registers saved by [`Self::state`] into a header built the
+    /// same way. Read-only bits must match (same device and capability
+    /// layout) and every BAR must already decode at its saved address: the
+    /// VMM re-applies BAR placements (moving MMIO mappings) before this, so
+    /// BAR placement is never changed here. Nothing changes on error.
+    pub fn restore_state(&mut self, state: &PciConfigurationState) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::StateMismatch(m));
+        if state.version != PCI_CONFIGURATION_STATE_VERSION {
+            return bad(format!("unknown version {}", state.version));
+        }
+        if state.regs.len() != CONFIG_SPACE_SIZE {
+            return bad(format!("{} register bytes", state.regs.len()));
+        }
+        let used = self.bars.iter().filter(|b| b.size != 0).count();
+        if state.bars.len() != used {
+            return bad(format!("{} BARs saved, {used} present", state.bars.len()));
+        }
+        for saved in &state.bars {
+            let Some(bar) = self
+                .bars
+                .get(usize::from(saved.index))
+                .filter(|b| b.size != 0)
+            else {
+                return bad(format!("BAR {} is not present", saved.index));
+            };
+            if bar.size != saved.size || bar.is_64bit != saved.is_64bit {
+                return bad(format!("BAR {} has another size or type", saved.index));
+            }
+            if bar.active_base != saved.base {
+                return bad(format!(
+                    "BAR {} decodes at {:#x}, saved at {:#x}",
+                    saved.index, bar.active_base, saved.base
+                ));
+            }
+        }
+        for (o, (&now, &saved)) in self.regs.iter().zip(&state.regs).enumerate() {
+            if (now ^ saved) & !self.write_mask[o] != 0 {
+                return bad(format!(
+                    "read-only bits of byte {o:#x} are {now:#x}, saved {saved:#x}"
+                ));
+            }
+        }
+        // BAR registers may hold a sizing pattern at snapshot time; the
+        // decoded addresses were checked equal above.
+        self.regs.copy_from_slice(&state.regs);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -574,5 +680,80 @@ mod tests {
             c.write(off, &[0x12, 0x34, 0x56]);
         }
         assert!(c.bar_base(0).is_some());
+    }
+
+    fn placed() -> PciConfiguration {
+        let mut c = PciConfiguration::new(ids());
+        c.add_bar(&BarRequest {
+            index: 0,
+            size: 0x8000,
+            is_64bit: true,
+            prefetchable: false,
+        })
+        .unwrap();
+        c.add_capability_with_mask(0x11, &[0, 0, 0], &[0, 0xc0])
+            .unwrap();
+        c.set_bar_base(0, 0x10_0000_0000).unwrap();
+        c
+    }
+
+    #[test]
+    fn state_round_trip_keeps_bars_and_writable_bits() {
+        let mut c = placed();
+        w32(&mut c, 4, 0x6);
+        c.write(0x43, &[0xc0]);
+        // Mid-sizing at snapshot time: the register shows the size mask.
+        w32(&mut c, 0x10, 0xffff_ffff);
+        let json = serde_json::to_string(&c.state()).unwrap();
+        let saved: PciConfigurationState = serde_json::from_str(&json).unwrap();
+
+        let mut fresh = placed();
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(fresh.command(), 0x6);
+        assert_eq!(r32(&fresh, 0x40) >> 24, 0xc0);
+        assert_eq!(r32(&fresh, 0x10), 0xffff_8004);
+        assert_eq!(fresh.bar_base(0), Some(0x10_0000_0000));
+        assert_eq!(fresh.state(), saved);
+    }
+
+    #[test]
+    fn state_mismatches_are_errors() {
+        let saved = placed().state();
+        let mismatch = |c: &mut PciConfiguration, s: &PciConfigurationState| {
+            assert!(matches!(
+                c.restore_state(s),
+                Err(ConfigError::StateMismatch(_))
+            ));
+        };
+        // BAR decoded elsewhere: the VMM did not re-apply it.
+        let mut moved = placed();
+        moved.set_bar_base(0, 0x20_0000_0000).unwrap();
+        mismatch(&mut moved, &saved);
+        // Another device (device ID is read-only).
+        let mut other = saved.clone();
+        other.regs[2] ^= 1;
+        mismatch(&mut placed(), &other);
+        // A read-only bit of a partly writable byte.
+        let mut other = saved.clone();
+        other.regs[0x43] |= 0x01;
+        mismatch(&mut placed(), &other);
+        let mut other = saved.clone();
+        other.regs.truncate(100);
+        mismatch(&mut placed(), &other);
+        let mut other = saved.clone();
+        other.version = 99;
+        mismatch(&mut placed(), &other);
+        let mut other = saved.clone();
+        other.bars[0].size = 0x1000;
+        mismatch(&mut placed(), &other);
+        let mut other = saved.clone();
+        other.bars[0].index = 5;
+        mismatch(&mut placed(), &other);
+        let mut other = saved.clone();
+        other.bars.clear();
+        let mut c = placed();
+        mismatch(&mut c, &other);
+        // Nothing changed on error.
+        assert_eq!(c.state(), saved);
     }
 }

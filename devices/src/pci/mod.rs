@@ -17,8 +17,10 @@ pub use bus::{
     AssignedBar, BarReprogramCallback, PciBarRegion, PciBus, PciBusError, PciConfigIo,
     PciConfigMmio, PciDeviceInfo, PciHostBridge,
 };
-pub use configuration::{ConfigError, PciConfiguration, PciHeaderIds};
-pub use msix::{MsixError, MsixTable};
+pub use configuration::{
+    ConfigError, PciBarState, PciConfiguration, PciConfigurationState, PciHeaderIds,
+};
+pub use msix::{MsixEntryState, MsixError, MsixTable, MsixTableState};
 
 /// A BAR the device asks for when it is added to the bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

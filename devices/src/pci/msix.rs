@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::MsiInterruptGroup;
 
 /// PCI capability ID of MSI-X.
@@ -29,6 +31,41 @@ pub enum MsixError {
     /// The vector count is 0 or above [`MSIX_MAX_VECTORS`].
     #[error("invalid MSI-X vector count {0}")]
     InvalidVectorCount(u16),
+    /// Saved state that does not fit this table (vector count, version).
+    #[error("MSI-X state mismatch: {0}")]
+    StateMismatch(String),
+}
+
+/// Version of [`MsixTableState`] this code writes and reads.
+pub const MSIX_STATE_VERSION: u32 = 1;
+
+/// One saved table entry, as the guest programmed it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsixEntryState {
+    /// Message address, low dword.
+    pub addr_lo: u32,
+    /// Message address, high dword.
+    pub addr_hi: u32,
+    /// Message data.
+    pub data: u32,
+    /// Vector control (bit 0: masked).
+    pub control: u32,
+}
+
+/// A snapshot of an MSI-X table: every entry, the pending bits and the
+/// message-control enable/function-mask bits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MsixTableState {
+    /// Format version ([`MSIX_STATE_VERSION`]).
+    pub version: u32,
+    /// One entry per vector.
+    pub entries: Vec<MsixEntryState>,
+    /// Pending bit per vector.
+    pub pending: Vec<bool>,
+    /// MSI-X enable.
+    pub enabled: bool,
+    /// Function mask.
+    pub function_masked: bool,
 }
 
 /// Body (after ID and next pointer) of an MSI-X capability and its write
@@ -265,6 +302,66 @@ impl MsixTable {
         self.group.trigger(vector)
     }
 
+    /// Saves the table, PBA and control bits.
+    pub fn state(&self) -> MsixTableState {
+        MsixTableState {
+            version: MSIX_STATE_VERSION,
+            entries: self
+                .entries
+                .iter()
+                .map(|e| MsixEntryState {
+                    addr_lo: e.addr_lo,
+                    addr_hi: e.addr_hi,
+                    data: e.data,
+                    control: e.control,
+                })
+                .collect(),
+            pending: self.pending.clone(),
+            enabled: self.enabled,
+            function_masked: self.function_masked,
+        }
+    }
+
+    /// Checks that `state` fits this table (version, vector count).
+    pub fn check_state(&self, state: &MsixTableState) -> Result<(), MsixError> {
+        let bad = |m: String| Err(MsixError::StateMismatch(m));
+        if state.version != MSIX_STATE_VERSION {
+            return bad(format!("unknown version {}", state.version));
+        }
+        let n = self.entries.len();
+        if state.entries.len() != n || state.pending.len() != n {
+            return bad(format!(
+                "{} entries and {} pending bits saved, table has {n} vectors",
+                state.entries.len(),
+                state.pending.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restores a table saved by [`Self::state`] and re-reports every
+    /// vector's message and mask to the interrupt group, so the VMM's
+    /// routes match the restored table. Pending vectors stay pending until
+    /// the guest unmasks them. Nothing changes on error.
+    pub fn restore_state(&mut self, state: &MsixTableState) -> Result<(), MsixError> {
+        self.check_state(state)?;
+        for (e, s) in self.entries.iter_mut().zip(&state.entries) {
+            *e = Entry {
+                addr_lo: s.addr_lo,
+                addr_hi: s.addr_hi,
+                data: s.data,
+                control: s.control & VECTOR_CONTROL_MASKED,
+            };
+        }
+        self.pending.copy_from_slice(&state.pending);
+        self.enabled = state.enabled;
+        self.function_masked = state.function_masked;
+        for v in 0..self.num_vectors() {
+            self.notify_update(v);
+        }
+        Ok(())
+    }
+
     /// Reports entry `v`'s current message and effective mask.
     fn notify_update(&self, v: u16) {
         let e = self.entries[usize::from(v)];
@@ -424,5 +521,60 @@ pub(crate) mod tests {
         let mut pba = [0xffu8; 16];
         t.pba_read(0, &mut pba);
         assert_eq!(pba, [0; 16]);
+    }
+
+    #[test]
+    fn state_restore_reprograms_routes() {
+        let rec = Arc::new(Recorder::default());
+        let mut t = MsixTable::new(3, rec.clone()).unwrap();
+        t.set_control(MSIX_CONTROL_ENABLE);
+        program(&mut t, 0, 0xfee0_0000, 0x30);
+        unmask(&mut t, 0);
+        program(&mut t, 2, 0xfee0_2000, 0x32);
+        t.trigger(2).unwrap();
+        let json = serde_json::to_string(&t.state()).unwrap();
+        let saved: MsixTableState = serde_json::from_str(&json).unwrap();
+
+        let rec2 = Arc::new(Recorder::default());
+        let mut fresh = MsixTable::new(3, rec2.clone()).unwrap();
+        fresh.restore_state(&saved).unwrap();
+        assert_eq!(
+            rec2.take(),
+            vec![
+                Event::Update(0, 0xfee0_0000, 0x30, false),
+                Event::Update(1, 0, 0, true),
+                Event::Update(2, 0xfee0_2000, 0x32, true),
+            ]
+        );
+        assert!(fresh.enabled());
+        assert!(fresh.is_pending(2));
+        fresh.trigger(0).unwrap();
+        assert_eq!(rec2.take(), vec![Event::Trigger(0)]);
+        // The held-back vector is delivered once the guest unmasks it.
+        unmask(&mut fresh, 2);
+        assert_eq!(
+            rec2.take(),
+            vec![
+                Event::Update(2, 0xfee0_2000, 0x32, false),
+                Event::Trigger(2)
+            ]
+        );
+        assert_eq!(fresh.state().entries[0], saved.entries[0]);
+    }
+
+    #[test]
+    fn state_mismatch_is_an_error() {
+        let rec = Arc::new(Recorder::default());
+        let saved = MsixTable::new(3, rec.clone()).unwrap().state();
+        let mut small = MsixTable::new(2, rec.clone()).unwrap();
+        assert!(small.restore_state(&saved).is_err());
+        let mut t = MsixTable::new(3, rec.clone()).unwrap();
+        let mut bad = saved.clone();
+        bad.version = 7;
+        assert!(t.restore_state(&bad).is_err());
+        let mut bad = saved.clone();
+        bad.pending.pop();
+        assert!(t.restore_state(&bad).is_err());
+        assert!(rec.take().is_empty(), "nothing reported on error");
     }
 }

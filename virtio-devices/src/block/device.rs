@@ -13,9 +13,13 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use super::disk::DiskImage;
 use super::request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
+use super::state::{BlockState, BLOCK_STATE_VERSION};
 use super::worker::BlockHandler;
 use super::BlockCounters;
-use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
+    VirtioDevice, VirtioInterrupt,
+};
 use crate::rate_limiter::{RateLimitGroup, RateLimiter};
 use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
 
@@ -306,5 +310,75 @@ impl VirtioDevice for VirtioBlock {
 
     fn needs_reset(&self) -> bool {
         self.broken.load(Ordering::Acquire) || self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
+
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        if w.is_broken() {
+            self.broken.store(true, Ordering::Release);
+        }
+        let h = w
+            .stop()
+            .map_err(|e| ActivateError::Device(format!("virtio-blk {}: {e}", self.opts.id)))?;
+        self.disk = Some(h.disk);
+        Ok(h.queues
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                q.map(|queue| PausedQueue {
+                    // Queue counts come from a u16.
+                    index: i as u16,
+                    queue,
+                })
+            })
+            .collect())
+    }
+
+    fn snapshot_state(&self) -> serde_json::Value {
+        state_to_value(&BlockState {
+            version: BLOCK_STATE_VERSION,
+            acked_features: self.acked,
+            capacity: self.capacity,
+            num_queues: self.opts.num_queues,
+            queue_size: self.opts.queue_size,
+            readonly: self.opts.readonly,
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        let s = state_from_value(
+            "virtio-blk",
+            state,
+            BLOCK_STATE_VERSION,
+            |s: &BlockState| s.version,
+        )?;
+        let bad = |m: String| {
+            Err(ActivateError::State(format!(
+                "virtio-blk {}: {m}",
+                self.opts.id
+            )))
+        };
+        if s.capacity != self.capacity {
+            return bad(format!(
+                "disk has {} sectors, the snapshot expects {}",
+                self.capacity, s.capacity
+            ));
+        }
+        if s.num_queues != self.opts.num_queues || s.queue_size != self.opts.queue_size {
+            return bad(format!(
+                "{} queues of {} saved, device has {} of {}",
+                s.num_queues, s.queue_size, self.opts.num_queues, self.opts.queue_size
+            ));
+        }
+        if s.readonly != self.opts.readonly {
+            return bad("read-only setting differs".into());
+        }
+        if s.acked_features & !self.features() != 0 {
+            return bad(format!("features {:#x} not offered", s.acked_features));
+        }
+        self.acked = s.acked_features;
+        Ok(())
     }
 }

@@ -7,12 +7,14 @@
 mod device;
 pub mod disk;
 mod request;
+mod state;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use device::{BlockError, BlockOptions, VirtioBlock, DEFAULT_QUEUE_SIZE};
 pub use request::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SIZE};
+pub use state::{BlockState, BLOCK_STATE_VERSION};
 
 /// I/O statistics of one block device, updated by its worker.
 #[derive(Debug, Default)]

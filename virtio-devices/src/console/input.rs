@@ -75,6 +75,11 @@ impl ConsoleInput {
         q.drain(..n).collect()
     }
 
+    /// A copy of every byte waiting (for a snapshot).
+    pub(super) fn peek_all(&self) -> Vec<u8> {
+        self.lock().iter().copied().collect()
+    }
+
     /// Puts bytes back at the front (a delivery failed).
     pub(super) fn unget(&self, bytes: &[u8]) {
         let mut q = self.lock();

@@ -17,7 +17,12 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
-use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use serde::{Deserialize, Serialize};
+
+use crate::device::{
+    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
+    VirtioDevice, VirtioInterrupt,
+};
 use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
 
 pub use input::{ConsoleInput, INPUT_BUFFER_BYTES};
@@ -31,6 +36,21 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RX_QUEUE: u16 = 0;
 /// Index of the transmit queue (guest to host).
 pub const TX_QUEUE: u16 = 1;
+
+/// Version of [`ConsoleState`] this code writes and reads.
+pub const CONSOLE_STATE_VERSION: u32 = 1;
+
+/// The saved state of the console: accepted features and host input not
+/// yet delivered to the guest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleState {
+    /// Format version ([`CONSOLE_STATE_VERSION`]).
+    pub version: u32,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+    /// Buffered host input (at most [`INPUT_BUFFER_BYTES`]).
+    pub pending_input: Vec<u8>,
+}
 
 /// Errors creating the console.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +69,8 @@ pub struct VirtioConsole {
     acked: u64,
     setup: Option<ThreadSetup>,
     worker: Option<WorkerHandle<ConsoleHandler>>,
+    /// A queue broke before a pause (the worker's flag goes with it).
+    broken: bool,
 }
 
 impl VirtioConsole {
@@ -68,6 +90,7 @@ impl VirtioConsole {
             acked: 0,
             setup: None,
             worker: None,
+            broken: false,
         })
     }
 
@@ -183,6 +206,7 @@ impl VirtioDevice for VirtioConsole {
 
     fn reset(&mut self) -> bool {
         self.acked = 0;
+        self.broken = false;
         match self.worker.take() {
             Some(w) => match w.stop() {
                 Ok(h) => {
@@ -203,7 +227,55 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn needs_reset(&self) -> bool {
-        self.worker.as_ref().is_some_and(|w| w.is_broken())
+        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
+
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        self.broken |= w.is_broken();
+        let h = w
+            .stop()
+            .map_err(|e| ActivateError::Device(format!("virtio-console: {e}")))?;
+        // Buffered input lives in `self.input`, shared with the handler.
+        let (output, rx, tx) = h.into_parts();
+        self.output = output;
+        let queues = [(RX_QUEUE, rx), (TX_QUEUE, tx)];
+        Ok(queues
+            .into_iter()
+            .filter_map(|(index, q)| q.map(|queue| PausedQueue { index, queue }))
+            .collect())
+    }
+
+    fn snapshot_state(&self) -> serde_json::Value {
+        state_to_value(&ConsoleState {
+            version: CONSOLE_STATE_VERSION,
+            acked_features: self.acked,
+            pending_input: self.input.peek_all(),
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        let s = state_from_value(
+            "virtio-console",
+            state,
+            CONSOLE_STATE_VERSION,
+            |s: &ConsoleState| s.version,
+        )?;
+        let bad = |m: String| Err(ActivateError::State(format!("virtio-console: {m}")));
+        if s.acked_features & !self.features() != 0 {
+            return bad(format!("features {:#x} not offered", s.acked_features));
+        }
+        if s.pending_input.len() > self.input.room() {
+            return bad(format!(
+                "{} bytes of input do not fit the buffer",
+                s.pending_input.len()
+            ));
+        }
+        self.acked = s.acked_features;
+        self.input.enqueue(&s.pending_input);
+        Ok(())
     }
 }
 

@@ -61,6 +61,14 @@ impl ConsoleHandler {
         self.output
     }
 
+    /// Gives the writer and the receive and transmit queues back (pause).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn into_parts(
+        self,
+    ) -> (Option<Box<dyn Write + Send>>, Option<Queue>, Option<Queue>) {
+        (self.output, self.rx, self.tx)
+    }
+
     /// Sends every transmit chain's bytes to the output.
     fn transmit(&mut self) -> Result<(), HandlerError> {
         let Some(queue) = self.tx.as_mut() else {

@@ -16,10 +16,14 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
+use super::state::{NetResume, NetState, NET_STATE_VERSION};
 use super::tap::{Tap, TapError};
 use super::worker::NetHandler;
 use super::{MacAddr, NetCounters};
-use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use crate::device::{
+    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
+    VirtioDevice, VirtioInterrupt,
+};
 use crate::rate_limiter::{RateLimiter, RateLimits};
 use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
 
@@ -125,6 +129,8 @@ pub struct VirtioNet {
     worker: Option<WorkerHandle<NetHandler>>,
     counters: Arc<NetCounters>,
     rx_broken: Arc<AtomicBool>,
+    /// What the next activation takes over (after a pause or a restore).
+    resume: Option<NetResume>,
 }
 
 impl VirtioNet {
@@ -187,6 +193,7 @@ impl VirtioNet {
             worker: None,
             counters: Arc::new(NetCounters::default()),
             rx_broken: Arc::new(AtomicBool::new(false)),
+            resume: None,
         })
     }
 
@@ -363,9 +370,13 @@ impl VirtioDevice for VirtioNet {
             };
             handler.set_rate_limiters(make("rx")?, make("tx")?);
         }
-        // Until the driver asks for more (MQ), only the first pair is used
-        // (virtio 1.2 §5.1.6.5.5): steer all host traffic to it.
-        handler.set_active_pairs(1);
+        match self.resume.take() {
+            // Resumed: the pairs the driver enabled and undelivered frames.
+            Some(resume) => handler.apply_resume(resume),
+            // Until the driver asks for more (MQ), only the first pair is
+            // used (virtio 1.2 §5.1.6.5.5): steer all host traffic to it.
+            None => handler.set_active_pairs(1),
+        }
         let thread = format!("net-{}", self.opts.id);
         match spawn_worker(&thread, self.setup.clone(), notifies, handler) {
             Ok(w) => {
@@ -378,6 +389,7 @@ impl VirtioDevice for VirtioNet {
 
     fn reset(&mut self) -> bool {
         self.acked = 0;
+        self.resume = None;
         self.rx_broken.store(false, Ordering::Release);
         match self.worker.take() {
             Some(w) => match w.stop() {
@@ -398,5 +410,73 @@ impl VirtioDevice for VirtioNet {
     fn needs_reset(&self) -> bool {
         self.rx_broken.load(Ordering::Acquire)
             || self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
+
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        if w.is_broken() {
+            self.rx_broken.store(true, Ordering::Release);
+        }
+        let h = w
+            .stop()
+            .map_err(|e| ActivateError::Device(format!("virtio-net {}: {e}", self.opts.id)))?;
+        let (queues, resume) = h.into_resume();
+        self.resume = Some(resume);
+        Ok(queues
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                q.map(|queue| PausedQueue {
+                    // At most 33 queues.
+                    index: i as u16,
+                    queue,
+                })
+            })
+            .collect())
+    }
+
+    fn snapshot_state(&self) -> serde_json::Value {
+        let active_pairs = self.resume.as_ref().map_or(1, |r| r.active_pairs);
+        state_to_value(&NetState {
+            version: NET_STATE_VERSION,
+            acked_features: self.acked,
+            mac: self.mac.0,
+            num_queues: self.opts.num_queues,
+            queue_size: self.opts.queue_size,
+            active_pairs,
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        let s = state_from_value("virtio-net", state, NET_STATE_VERSION, |s: &NetState| {
+            s.version
+        })?;
+        let bad = |m: String| {
+            Err(ActivateError::State(format!(
+                "virtio-net {}: {m}",
+                self.opts.id
+            )))
+        };
+        if s.num_queues != self.opts.num_queues || s.queue_size != self.opts.queue_size {
+            return bad(format!(
+                "{} queues of {} saved, device has {} of {}",
+                s.num_queues, s.queue_size, self.opts.num_queues, self.opts.queue_size
+            ));
+        }
+        if s.active_pairs == 0 || s.active_pairs > self.pairs() {
+            return bad(format!("{} active queue pairs", s.active_pairs));
+        }
+        if s.acked_features & !self.features() != 0 {
+            return bad(format!("features {:#x} not offered", s.acked_features));
+        }
+        self.acked = s.acked_features;
+        self.mac = MacAddr(s.mac);
+        self.resume = Some(NetResume {
+            active_pairs: s.active_pairs,
+            pending: Vec::new(),
+        });
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 mod ctrl;
 mod device;
 mod rx;
+mod state;
 pub mod tap;
 mod worker;
 
@@ -16,6 +17,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use device::{NetBackend, NetError, NetOptions, VirtioNet, DEFAULT_QUEUE_SIZE};
+pub use state::{NetState, NET_STATE_VERSION};
 pub use tap::{Tap, TapError, TAP_RUNTIME_IOCTLS, VNET_HDR_LEN};
 
 /// Largest frame a guest may transmit, virtio header included (64 KiB GSO

@@ -434,3 +434,50 @@ fn mac_addresses() {
 }
 
 mod rate_limit;
+
+#[test]
+fn pause_keeps_the_undelivered_frame_and_state() {
+    let mut r = rig("pause", NetOptions::default(), ALL, 16, 1500);
+    let sent: Vec<Vec<u8>> = (0..5).map(|i| frame(i, 80)).collect();
+    for f in &sent {
+        r.sock.send(f);
+    }
+    // The worker has read the first frame from the tap and holds it.
+    std::thread::sleep(Duration::from_millis(100));
+    let queues = r.net.pause().unwrap();
+    assert_eq!(queues.iter().map(|q| q.index).collect::<Vec<_>>(), [0, 1]);
+    let saved: NetState = serde_json::from_value(r.net.snapshot_state()).unwrap();
+    assert_eq!((saved.mac, saved.active_pairs), (r.net.mac().0, 1));
+
+    let aq = queues
+        .into_iter()
+        .map(|p| crate::ActivatedQueue {
+            index: p.index,
+            queue: p.queue,
+            notify: r.tq[usize::from(p.index)].kick.try_clone().unwrap(),
+        })
+        .collect();
+    r.net
+        .activate(r.vm.atomic.clone(), r.vm.interrupt.clone(), aq)
+        .unwrap();
+    for i in 0..5u64 {
+        r.tq[0].add_chain(&[(DATA + i * 0x1000, 2048, true)]);
+    }
+    r.tq[0].notify();
+    assert!(r.tq[0].wait_used(5), "a frame was lost across the pause");
+    assert_eq!(rx_frames(&r, 0, 5), sent);
+    assert!(r.net.reset());
+
+    // A restored device takes over the MAC the guest knows.
+    let mut other =
+        VirtioNet::with_taps(test_taps("pause2", 1, 1500), NetOptions::default()).unwrap();
+    other
+        .restore_state(&serde_json::to_value(&saved).unwrap())
+        .unwrap();
+    assert_eq!(other.mac().0, saved.mac);
+    let mut bad = saved;
+    bad.active_pairs = 2;
+    assert!(other
+        .restore_state(&serde_json::to_value(&bad).unwrap())
+        .is_err());
+}

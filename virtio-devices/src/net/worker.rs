@@ -19,6 +19,7 @@ use vm_memory::GuestAddressSpace;
 
 use super::ctrl::{self, CtrlAction};
 use super::rx::{arm_rx_notification, deliver, RxOutcome};
+use super::state::NetResume;
 use super::tap::{Tap, VNET_HDR_LEN};
 use super::{NetCounters, MAX_FRAME_LEN};
 use crate::device::{GuestMemory, VirtioInterrupt, VirtioInterruptType};
@@ -225,6 +226,39 @@ impl NetHandler {
             }
             self.attached[i] = Some(want);
         }
+    }
+
+    /// Takes the handler apart at a pause: the queues in layout order
+    /// (see the module docs) and the state to hand the next handler.
+    pub(super) fn into_resume(self) -> (Vec<Option<Queue>>, NetResume) {
+        let pending = self
+            .rx_state
+            .iter()
+            .map(|st| st.pending.and_then(|n| st.buf.get(..n)).map(<[u8]>::to_vec))
+            .collect();
+        let mut queues = Vec::with_capacity(2 * self.rx.len() + 1);
+        for (rx, tx) in self.rx.into_iter().zip(self.tx) {
+            queues.push(rx);
+            queues.push(tx);
+        }
+        queues.push(self.ctrl);
+        let resume = NetResume {
+            active_pairs: self.active_pairs,
+            pending,
+        };
+        (queues, resume)
+    }
+
+    /// Takes over what a paused handler left (undelivered frames first).
+    pub(super) fn apply_resume(&mut self, resume: NetResume) {
+        for (st, frame) in self.rx_state.iter_mut().zip(resume.pending) {
+            if let Some(f) = frame.filter(|f| f.len() <= st.buf.len()) {
+                st.buf[..f.len()].copy_from_slice(&f);
+                st.pending = Some(f.len());
+            }
+        }
+        let max = self.taps.len() as u16;
+        self.set_active_pairs(resume.active_pairs.clamp(1, max.max(1)));
     }
 
     fn ctrl_index(&self) -> u16 {

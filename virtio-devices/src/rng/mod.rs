@@ -16,7 +16,12 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 
-use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use serde::{Deserialize, Serialize};
+
+use crate::device::{
+    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
+    VirtioDevice, VirtioInterrupt,
+};
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{
     drain_queue, prepare_queues, spawn_worker, HandlerError, QueueHandler, ThreadSetup,
@@ -29,6 +34,18 @@ pub const DEFAULT_SOURCE: &str = "/dev/urandom";
 pub const QUEUE_SIZE: u16 = 256;
 /// Most bytes produced for one request.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Version of [`RngState`] this code writes and reads.
+pub const RNG_STATE_VERSION: u32 = 1;
+
+/// The saved state of a virtio-rng device: only the accepted features.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RngState {
+    /// Format version ([`RNG_STATE_VERSION`]).
+    pub version: u32,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
 
 /// Errors creating a virtio-rng device.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +66,8 @@ pub struct VirtioRng {
     acked: u64,
     setup: Option<ThreadSetup>,
     worker: Option<WorkerHandle<RngHandler>>,
+    /// The queue broke before a pause (the worker's flag goes with it).
+    broken: bool,
 }
 
 impl VirtioRng {
@@ -64,6 +83,7 @@ impl VirtioRng {
             acked: 0,
             setup: None,
             worker: None,
+            broken: false,
         })
     }
 
@@ -135,6 +155,7 @@ impl VirtioDevice for VirtioRng {
     fn reset(&mut self) -> bool {
         let ok = self.stop_worker();
         self.acked = 0;
+        self.broken = false;
         ok
     }
 
@@ -143,7 +164,42 @@ impl VirtioDevice for VirtioRng {
     }
 
     fn needs_reset(&self) -> bool {
-        self.worker.as_ref().is_some_and(|w| w.is_broken())
+        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
+
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        self.broken |= w.is_broken();
+        let h = w
+            .stop()
+            .map_err(|e| ActivateError::Device(format!("virtio-rng: {e}")))?;
+        Ok(vec![PausedQueue {
+            index: 0,
+            queue: h.queue,
+        }])
+    }
+
+    fn snapshot_state(&self) -> serde_json::Value {
+        state_to_value(&RngState {
+            version: RNG_STATE_VERSION,
+            acked_features: self.acked,
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        let s = state_from_value("virtio-rng", state, RNG_STATE_VERSION, |s: &RngState| {
+            s.version
+        })?;
+        if s.acked_features & !self.features() != 0 {
+            return Err(ActivateError::State(format!(
+                "virtio-rng: features {:#x} not offered",
+                s.acked_features
+            )));
+        }
+        self.acked = s.acked_features;
+        Ok(())
     }
 }
 

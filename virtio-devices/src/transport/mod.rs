@@ -1,2 +1,4 @@
 //! virtio transports: how a driver finds and drives a device.
 pub mod pci;
+
+pub use pci::{VirtioPciState, VirtioQueueState};

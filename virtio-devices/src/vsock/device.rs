@@ -13,7 +13,12 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use super::muxer::Muxer;
 use super::worker::VsockHandler;
-use crate::device::{ActivateError, ActivatedQueue, GuestMemory, VirtioDevice, VirtioInterrupt};
+use serde::{Deserialize, Serialize};
+
+use crate::device::{
+    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
+    VirtioDevice, VirtioInterrupt,
+};
 use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
 
 /// virtio device id of vsock.
@@ -26,6 +31,21 @@ pub const MIN_GUEST_CID: u64 = 3;
 /// Highest usable CID: only the low 32 bits are used and `u32::MAX` is
 /// `VMADDR_CID_ANY`.
 pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
+
+/// Version of [`VsockState`] this code writes and reads.
+pub const VSOCK_STATE_VERSION: u32 = 1;
+
+/// The saved state of a vsock device. Host connections are not saved: the
+/// restored device sends the guest a transport reset instead.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VsockState {
+    /// Format version ([`VSOCK_STATE_VERSION`]).
+    pub version: u32,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+    /// The guest's CID (the restored device must have the same).
+    pub cid: u64,
+}
 
 /// Errors creating a vsock device.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +78,10 @@ pub struct VirtioVsock {
     worker: Option<WorkerHandle<VsockHandler>>,
     broken: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
+    /// The backend a paused worker left (its connections stay open).
+    paused_mux: Option<Muxer>,
+    /// Restored from a snapshot: tell the driver its connections are gone.
+    reset_event: bool,
 }
 
 impl VirtioVsock {
@@ -89,6 +113,8 @@ impl VirtioVsock {
             worker: None,
             broken: Arc::new(AtomicBool::new(false)),
             open: Arc::new(AtomicUsize::new(0)),
+            paused_mux: None,
+            reset_event: false,
         })
     }
 
@@ -166,10 +192,18 @@ impl VirtioDevice for VirtioVsock {
         }
         let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let (slots, notifies) = prepare_queues(queues, self.queue_sizes.len(), &mem, event_idx)?;
-        let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
-        let mux = Muxer::new(self.cid, self.socket.clone(), listener, self.open.clone())
-            .map_err(ActivateError::Worker)?;
-        let handler = VsockHandler::new(mem, interrupt, slots, mux, self.broken.clone());
+        let mux = match self.paused_mux.take() {
+            Some(mux) => mux,
+            None => {
+                let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
+                Muxer::new(self.cid, self.socket.clone(), listener, self.open.clone())
+                    .map_err(ActivateError::Worker)?
+            }
+        };
+        let mut handler = VsockHandler::new(mem, interrupt, slots, mux, self.broken.clone());
+        if std::mem::take(&mut self.reset_event) {
+            handler.request_reset_event();
+        }
         let thread = format!("vsock-{}", self.id);
         match spawn_worker(&thread, self.setup.clone(), notifies, handler) {
             Ok(w) => {
@@ -182,6 +216,8 @@ impl VirtioDevice for VirtioVsock {
 
     fn reset(&mut self) -> bool {
         self.acked = 0;
+        self.paused_mux = None;
+        self.reset_event = false;
         self.broken.store(false, Ordering::Release);
         let stopped = self.worker.take().map(|w| w.stop());
         self.open.store(0, Ordering::Relaxed);
@@ -203,5 +239,66 @@ impl VirtioDevice for VirtioVsock {
 
     fn needs_reset(&self) -> bool {
         self.broken.load(Ordering::Acquire) || self.worker.as_ref().is_some_and(|w| w.is_broken())
+    }
+
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        let Some(w) = self.worker.take() else {
+            return Ok(Vec::new());
+        };
+        if w.is_broken() {
+            self.broken.store(true, Ordering::Release);
+        }
+        let h = w
+            .stop()
+            .map_err(|e| ActivateError::Device(format!("virtio-vsock {}: {e}", self.id)))?;
+        let (queues, mux) = h.into_parts();
+        self.paused_mux = Some(mux);
+        Ok(queues
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, q)| {
+                q.map(|queue| PausedQueue {
+                    // Three queues.
+                    index: i as u16,
+                    queue,
+                })
+            })
+            .collect())
+    }
+
+    fn snapshot_state(&self) -> serde_json::Value {
+        state_to_value(&VsockState {
+            version: VSOCK_STATE_VERSION,
+            acked_features: self.acked,
+            cid: self.cid,
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        let s = state_from_value(
+            "virtio-vsock",
+            state,
+            VSOCK_STATE_VERSION,
+            |s: &VsockState| s.version,
+        )?;
+        let bad = |m: String| {
+            Err(ActivateError::State(format!(
+                "virtio-vsock {}: {m}",
+                self.id
+            )))
+        };
+        if s.cid != self.cid {
+            return bad(format!(
+                "guest CID {} saved, device has {}",
+                s.cid, self.cid
+            ));
+        }
+        if s.acked_features & !self.features() != 0 {
+            return bad(format!("features {:#x} not offered", s.acked_features));
+        }
+        self.acked = s.acked_features;
+        self.paused_mux = None;
+        self.reset_event = true;
+        Ok(())
     }
 }

@@ -15,9 +15,12 @@ pub mod packet;
 mod worker;
 
 pub use device::{
-    VirtioVsock, VsockError, MAX_GUEST_CID, MIN_GUEST_CID, QUEUE_SIZE, VIRTIO_ID_VSOCK,
+    VirtioVsock, VsockError, VsockState, MAX_GUEST_CID, MIN_GUEST_CID, QUEUE_SIZE, VIRTIO_ID_VSOCK,
+    VSOCK_STATE_VERSION,
 };
 
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod test_queue;
 #[cfg(test)]

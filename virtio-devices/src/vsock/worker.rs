@@ -1,6 +1,7 @@
 //! The vsock device's queue handler, run on its worker thread: feeds guest
 //! TX packets to the [`Muxer`] and fills the RX queue with the packets it
-//! produces. The event queue is left alone (no transport resets are sent).
+//! produces. The event queue only carries the transport reset sent after a
+//! snapshot restore (host connections do not survive one).
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,10 @@ use crate::worker::{drain_queue, notify_queue, HandlerError, QueueHandler};
 pub(super) const RX_QUEUE: u16 = 0;
 pub(super) const TX_QUEUE: u16 = 1;
 pub(super) const EVENT_QUEUE: u16 = 2;
+/// `virtio_vsock_event.id` of a transport reset (virtio 1.2 §5.10.6.7).
+pub(super) const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+/// Bytes of `struct virtio_vsock_event`.
+const EVENT_LEN: u32 = 4;
 
 /// Owns the queues and the backend while the device is active.
 pub(super) struct VsockHandler {
@@ -27,8 +32,10 @@ pub(super) struct VsockHandler {
     interrupt: Arc<dyn VirtioInterrupt>,
     rx: Option<Queue>,
     tx: Option<Queue>,
-    /// Kept so its buffers stay with the device until reset.
-    _event: Option<Queue>,
+    /// Holds the driver's event buffers until one is needed.
+    event: Option<Queue>,
+    /// Send a transport reset event when the worker starts.
+    reset_event: bool,
     pub(super) mux: Muxer,
     /// The guest has no RX buffers: wait for its kick.
     rx_blocked: bool,
@@ -51,12 +58,58 @@ impl VsockHandler {
             interrupt,
             rx: it.next().flatten(),
             tx: it.next().flatten(),
-            _event: it.next().flatten(),
+            event: it.next().flatten(),
+            reset_event: false,
             mux,
             rx_blocked: false,
             payload: vec![0u8; MAX_PKT_PAYLOAD],
             broken,
         }
+    }
+
+    /// Takes the handler apart at a pause: the rx, tx and event queues and
+    /// the backend (whose connections survive the pause).
+    pub(super) fn into_parts(self) -> (Vec<Option<Queue>>, Muxer) {
+        (vec![self.rx, self.tx, self.event], self.mux)
+    }
+
+    /// Asks for a transport reset event once the worker starts.
+    pub(super) fn request_reset_event(&mut self) {
+        self.reset_event = true;
+    }
+
+    /// Puts a TRANSPORT_RESET event in the driver's first event buffer, if
+    /// it posted one (otherwise there is no way to tell it; logged).
+    fn send_reset_event(&mut self) -> Result<(), HandlerError> {
+        let Some(queue) = self.event.as_mut() else {
+            warn!("virtio-vsock: no event queue for the transport reset");
+            return Ok(());
+        };
+        let guard = self.mem.memory();
+        let mem = &*guard;
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            warn!("virtio-vsock: no event buffer for the transport reset");
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let len = match ChainBuffers::parse(chain) {
+            Ok(b) if b.writable_len() >= u64::from(EVENT_LEN) => {
+                let id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+                match b.write_at(mem, 0, &id) {
+                    Ok(()) => EVENT_LEN,
+                    Err(e) => {
+                        warn!("virtio-vsock: event buffer: {e}");
+                        0
+                    }
+                }
+            }
+            _ => {
+                warn!("virtio-vsock: unusable event buffer");
+                0
+            }
+        };
+        queue.add_used(mem, head, len)?;
+        notify_queue(queue, mem, &*self.interrupt, EVENT_QUEUE)
     }
 
     /// Processes every packet the guest queued for transmission.
@@ -155,6 +208,9 @@ impl VsockHandler {
 
 impl QueueHandler for VsockHandler {
     fn start(&mut self) -> Result<(), HandlerError> {
+        if std::mem::take(&mut self.reset_event) {
+            self.send_reset_event()?;
+        }
         self.process_tx()?;
         self.process_rx()
     }

@@ -40,6 +40,18 @@ pub struct TestQueue {
 }
 
 impl TestQueue {
+    /// A zeroed queue of `size` at `base` in `mem`, kicked through `kick`.
+    pub fn at(mem: &'static GuestMemoryMmap, base: u64, size: u16, kick: EventFd) -> Self {
+        mem.write_slice(&[0u8; 0x1_0000], GuestAddress(base))
+            .unwrap();
+        TestQueue {
+            mock: MockSplitQueue::create(mem, GuestAddress(base), size),
+            kick,
+            next_desc: 0,
+            size,
+        }
+    }
+
     /// Adds a chain of `(addr, len, device_writable)` buffers; returns its head.
     pub fn add_chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
         let n = bufs.len() as u16;

@@ -62,8 +62,34 @@ enum Command {
         #[arg(long)]
         cpus: u8,
     },
+    /// Snapshot the paused VM into a directory: `file:///path`.
+    Snapshot { destination_url: String },
+    /// Restore a snapshot: `source_url=file:///path[,prefault=on][,resume=true]`.
+    Restore { restore: String },
+    /// Migrate the VM to the chv receiving at `unix:/path`.
+    SendMigration { destination_url: String },
+    /// Wait at `unix:/path` for a migrating VM.
+    ReceiveMigration { receiver_url: String },
     /// Stop the VMM process.
     ShutdownVmm,
+}
+
+/// `vm.restore`'s body from the `--restore` option syntax.
+fn restore_body(option: &str) -> Result<String, String> {
+    let mut body = serde_json::Map::new();
+    for item in option.split(',') {
+        let (key, value) = item.split_once('=').unwrap_or((item, ""));
+        let value = match key {
+            "source_url" => serde_json::Value::from(value),
+            "prefault" | "resume" => serde_json::Value::from(matches!(value, "on" | "true")),
+            _ => return Err(format!("restore: unknown option {key:?} (expected source_url, prefault, resume)")),
+        };
+        body.insert(key.to_string(), value);
+    }
+    if !body.contains_key("source_url") {
+        return Err("restore: missing source_url=".into());
+    }
+    Ok(serde_json::Value::Object(body).to_string())
 }
 
 /// Sends one request and returns (status, body).
@@ -153,6 +179,19 @@ fn run(args: Args) -> Result<String, String> {
         Command::RemoveDevice { id } => put(
             "vm.remove-device",
             Some(serde_json::json!({ "id": id }).to_string()),
+        )?,
+        Command::Snapshot { destination_url } => put(
+            "vm.snapshot",
+            Some(serde_json::json!({ "destination_url": destination_url }).to_string()),
+        )?,
+        Command::Restore { restore } => put("vm.restore", Some(restore_body(&restore)?))?,
+        Command::SendMigration { destination_url } => put(
+            "vm.send-migration",
+            Some(serde_json::json!({ "destination_url": destination_url }).to_string()),
+        )?,
+        Command::ReceiveMigration { receiver_url } => put(
+            "vm.receive-migration",
+            Some(serde_json::json!({ "receiver_url": receiver_url }).to_string()),
         )?,
         Command::Resize { cpus } => put(
             "vm.resize",

@@ -56,11 +56,11 @@ fn main() -> ExitCode {
         vmm::terminal::restore();
         eprintln!("chv: internal error: {info}");
     }));
-    if cli.vm.is_none() && cli.api_socket.is_none() {
+    if cli.vm.is_none() && cli.api_socket.is_none() && cli.restore.is_none() {
         eprintln!("chv: error: --kernel: no payload given (give --kernel, or --api-socket to wait for vm.create)");
         return ExitCode::FAILURE;
     }
-    match vmm::run(cli.vm, cli.api_socket.as_deref(), cli.seccomp) {
+    match vmm::run(cli.vm, cli.api_socket.as_deref(), cli.seccomp, cli.restore) {
         Ok(exit) => {
             log::info!("VM ended: {exit:?}");
             ExitCode::SUCCESS

@@ -271,20 +271,21 @@ impl VirtioPciDevice {
             } else if self.activated {
                 // Still running: an earlier reset of the device failed.
                 self.needs_reset = true;
-            } else if let Err(e) = self.activate() {
+            } else if let Err(e) = self.activate_queues(None) {
                 log::error!("{}: activation failed: {e}", self.device.name());
                 self.needs_reset = true;
             }
         }
     }
 
-    /// Validates the enabled queues and starts the device.
-    fn activate(&mut self) -> Result<(), String> {
+    /// Validates the enabled queues (all of them, or those in `only`) and
+    /// starts the device with them; ring positions come from the queues.
+    pub(super) fn activate_queues(&mut self, only: Option<&[u16]>) -> Result<(), String> {
         let mem = self.mem.memory();
         let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut activated = Vec::new();
         for (i, q) in self.queues.iter().enumerate() {
-            if !q.ready() {
+            if !q.ready() || only.is_some_and(|o| !o.contains(&(i as u16))) {
                 continue;
             }
             if !q.is_valid(&*mem) {
@@ -332,6 +333,8 @@ impl VirtioPciDevice {
         // started twice; the driver sees NEEDS_RESET at its next DRIVER_OK.
         // The status itself reads 0, as drivers wait for that after a reset.
         self.activated = !ok;
+        self.paused = false;
+        self.paused_queues.clear();
         self.needs_reset = false;
     }
 }

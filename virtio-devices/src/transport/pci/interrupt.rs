@@ -46,6 +46,17 @@ impl VirtioPciInterrupt {
         self.isr.swap(0, Ordering::AcqRel)
     }
 
+    /// The ISR status without clearing it (snapshot).
+    pub(super) fn isr(&self) -> u8 {
+        self.isr.load(Ordering::Acquire)
+    }
+
+    /// Sets the ISR status (restore).
+    pub(super) fn set_isr(&self, isr: u8) {
+        self.isr
+            .store(isr & (ISR_QUEUE | ISR_CONFIG), Ordering::Release);
+    }
+
     /// Clears the ISR and unassigns every vector (device reset).
     pub(super) fn reset(&self) {
         self.isr.store(0, Ordering::Release);

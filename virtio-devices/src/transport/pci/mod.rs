@@ -19,6 +19,9 @@
 
 mod common_config;
 mod interrupt;
+mod state;
+#[cfg(test)]
+mod state_tests;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +40,7 @@ pub use common_config::{
     STATUS_NEEDS_RESET, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 pub use interrupt::{VirtioPciInterrupt, ISR_CONFIG, ISR_QUEUE};
+pub use state::{VirtioPciState, VirtioQueueState, VIRTIO_PCI_STATE_VERSION};
 
 use crate::device::{GuestMemory, VirtioDevice};
 
@@ -116,6 +120,18 @@ pub enum VirtioPciError {
     /// Creating a notification eventfd failed.
     #[error("creating a queue eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    /// The device could not be paused (its worker is gone).
+    #[error("pausing the device: {0}")]
+    Pause(String),
+    /// The device could not be (re)started after a resume or restore.
+    #[error("activating the device: {0}")]
+    Activate(String),
+    /// [`VirtioPciDevice::state`] on a running device: pause it first.
+    #[error("the device is running; pause it before saving its state")]
+    NotPaused,
+    /// Saved state that does not fit this device.
+    #[error("virtio-pci state mismatch: {0}")]
+    State(String),
 }
 
 /// Number of MSI-X vectors the transport gives `device` (one per queue and
@@ -153,6 +169,10 @@ pub struct VirtioPciDevice {
     config_generation: u8,
     queue_select: u16,
     activated: bool,
+    /// The worker is stopped by [`Self::pause`]; `queues` hold its rings.
+    paused: bool,
+    /// Queues the paused device gave back (resumed with exactly those).
+    paused_queues: Vec<u16>,
     msix_cap: usize,
     pci_cfg_cap: usize,
 }
@@ -247,6 +267,8 @@ impl VirtioPciDevice {
             config_generation: 0,
             queue_select: 0,
             activated: false,
+            paused: false,
+            paused_queues: Vec::new(),
             msix_cap,
             pci_cfg_cap,
         })

@@ -1,0 +1,389 @@
+//! Snapshot and restore of a running Linux guest, end to end (one boot of
+//! the guest kit, then restores that take well under a second each).
+//!
+//! The guest draws a random nonce into a shell variable (guest RAM) and
+//! runs a counter that prints `TICK <n> <nonce> <first line of /dev/vda>`
+//! once a second, dropping the page cache before each read so every tick
+//! really reads the disk through virtio-blk.
+//!
+//! - The host pauses the VM, snapshots it, kills chv and rewrites the disk.
+//! - A new chv restores the snapshot (lazy memory): `vm.info` says Paused,
+//!   then Running after `vm.resume`; the counter continues past where it
+//!   stopped with the same nonce (no reboot: no second `GUEST-READY`), and
+//!   the next ticks show the rewritten disk line (disk I/O after restore).
+//! - A third chv restores the same snapshot again, this time with
+//!   `prefault=on,resume=true`: it continues the same way.
+//! - Between the snapshot and the restores, the running guest migrates
+//!   live to a second chv (`vm.receive-migration` / `vm.send-migration`
+//!   over a Unix socket): the source exits 0, the counter goes on at the
+//!   destination with the same nonce and reads the disk rewritten there.
+//! - Broken snapshots (truncated state file, a newer format version, a
+//!   truncated memory file, a missing directory) make chv exit 1 with a
+//!   one-line error naming the problem, without starting a guest.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chv_tests::api_client::http;
+use chv_tests::{require_guest_kit, run_to_exit, Chv};
+
+/// Time to the guest's first tick: Linux boots take 20-60 s here.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time for a restored guest to print new ticks.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Console text that ends a wait early as a failure.
+const ABORT: &[&str] = &["Kernel panic", "GUEST-CMD-EXIT"];
+
+/// The guest's counter. Only shell builtins run per tick except `sleep`.
+const GUEST_SCRIPT: &str = "N=$(cat /proc/sys/kernel/random/uuid); i=0; \
+     while true; do i=$((i+1)); echo 3 > /proc/sys/vm/drop_caches; \
+     read -r L < /dev/vda; echo \"TICK $i $N $L\"; sleep 1; done";
+
+const DISK_BEFORE: &str = "DISK-BEFORE-SNAPSHOT";
+const DISK_AFTER: &str = "DISK-AFTER-RESTORE";
+
+/// A scratch directory, removed on drop unless the test failed.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("chv-snap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A 1 MiB raw disk whose first line is `line`.
+fn write_disk(path: &Path, line: &str) {
+    let mut data = vec![0u8; 1 << 20];
+    data[..line.len()].copy_from_slice(line.as_bytes());
+    data[line.len()] = b'\n';
+    std::fs::write(path, data).expect("write disk");
+}
+
+/// Every `TICK <n> <nonce> <disk line>` the console shows, in order.
+fn ticks(console: &str) -> Vec<(u64, String, String)> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("TICK ")? + 5..];
+            let mut it = rest.split_whitespace();
+            let n = it.next()?.parse().ok()?;
+            let nonce = it.next()?.to_string();
+            let disk = it.next().unwrap_or("").to_string();
+            Some((n, nonce, disk))
+        })
+        .collect()
+}
+
+/// The `"state"` of `vm.info`.
+fn vm_state(sock: &Path) -> String {
+    let (status, body) = http(sock, "GET", "vm.info", None);
+    assert_eq!(status, 200, "vm.info: {body}");
+    let at = body.find("\"state\":\"").expect("state in vm.info") + 9;
+    body[at..].split('"').next().unwrap_or_default().to_string()
+}
+
+/// Restores `snap` in a new chv with `--restore <opts>`; resumes it
+/// through the API unless the options resume it; checks the counter goes
+/// on with `nonce` past `last` and reads [`DISK_AFTER`]. Returns the
+/// restore-to-running time.
+fn restore_and_check(
+    dir: &Scratch,
+    tag: &str,
+    snap: &Path,
+    opts: &str,
+    nonce: &str,
+    last: u64,
+) -> Duration {
+    let sock = dir.path(&format!("{tag}.sock"));
+    let resumes = opts.contains("resume=true");
+    let mut chv = Chv::spawn(&[
+        "--api-socket".to_string(),
+        sock.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{}{opts}", snap.display()),
+        "-v".into(),
+    ]);
+    let started = Instant::now();
+    if !resumes {
+        assert_eq!(vm_state(&sock), "Paused", "{}", chv.dump());
+        let (status, body) = http(&sock, "PUT", "vm.resume", None);
+        assert_eq!(status, 204, "vm.resume: {body}");
+    }
+    let running = started.elapsed();
+    assert_eq!(vm_state(&sock), "Running");
+    chv.expect(DISK_AFTER, ABORT, STEP_TIMEOUT);
+    // Two more ticks, so the counter is seen advancing on the new host.
+    let seen = ticks(&chv.stdout()).len();
+    chv.wait_until(STEP_TIMEOUT, "two more ticks", |c| {
+        (ticks(&c.stdout_text()).len() >= seen + 2).then_some(())
+    })
+    .unwrap_or_else(|e| chv.fail(&format!("the restored counter stopped: {e}")));
+    let after = ticks(&chv.stdout());
+    chv.check(
+        after.iter().all(|(_, n, _)| n == nonce),
+        &format!("{tag}: the nonce changed (the guest rebooted or lost RAM)"),
+    );
+    chv.check(
+        after.first().is_some_and(|(n, _, _)| *n == last + 1 || *n == last),
+        &format!("{tag}: the counter did not continue from {last}: {after:?}"),
+    );
+    chv.check(
+        after.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        &format!("{tag}: ticks are not consecutive: {after:?}"),
+    );
+    chv.check(
+        !chv.stdout().contains("GUEST-READY"),
+        &format!("{tag}: the guest booted again"),
+    );
+    let (status, body) = http(&sock, "PUT", "vmm.shutdown", None);
+    assert_eq!(status, 204, "vmm.shutdown: {body}");
+    chv.expect_exit(Duration::from_secs(30));
+    chv.assert_no_panic();
+    running
+}
+
+#[test]
+fn linux_snapshot_restore_continues_the_guest() {
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let dir = Scratch::new("linux");
+    let sock = dir.path("api.sock");
+    let disk = dir.path("disk.raw");
+    let snap = dir.path("snap");
+    write_disk(&disk, DISK_BEFORE);
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
+    let mut chv = Chv::spawn(&[
+        "--kernel".to_string(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--memory".into(),
+        "size=256M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--disk".into(),
+        format!("path={}", disk.display()),
+        "--api-socket".into(),
+        sock.display().to_string(),
+        "-v".into(),
+    ]);
+    chv.expect("TICK 3 ", ABORT, BOOT_TIMEOUT);
+    let (status, body) = http(&sock, "PUT", "vm.pause", None);
+    assert_eq!(status, 204, "vm.pause: {body}");
+    let before = ticks(&chv.stdout());
+    let (last, nonce, line) = before.last().cloned().expect("ticks before the pause");
+    assert_eq!(line, DISK_BEFORE);
+    // Paused: the counter holds still.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(ticks(&chv.stdout()).len(), before.len(), "paused guest kept ticking");
+
+    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
+    let t = Instant::now();
+    let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
+    eprintln!("vm.snapshot (256 MiB guest) took {:?}", t.elapsed());
+    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
+    // A snapshot needs a paused VM.
+    let (status, _) = http(&sock, "PUT", "vm.resume", None);
+    assert_eq!(status, 204);
+    let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
+    assert_eq!(status, 405, "snapshot of a running VM: {body}");
+
+    // Live migration of the running guest to a second chv.
+    let dsock = dir.path("dest.sock");
+    let msock = dir.path("migration.sock");
+    let mut dest = Chv::spawn(&[
+        "--api-socket".to_string(),
+        dsock.display().to_string(),
+        "-v".into(),
+    ]);
+    let receiver = {
+        let (dsock, msock) = (dsock.clone(), msock.clone());
+        std::thread::spawn(move || {
+            let body = format!("{{\"receiver_url\":\"unix:{}\"}}", msock.display());
+            http(&dsock, "PUT", "vm.receive-migration", Some(&body))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !msock.exists() {
+        assert!(Instant::now() < deadline, "the receiver never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = format!("{{\"destination_url\":\"unix:{}\"}}", msock.display());
+    let t = Instant::now();
+    let (status, answer) = http(&sock, "PUT", "vm.send-migration", Some(&body));
+    eprintln!("vm.send-migration took {:?}", t.elapsed());
+    assert_eq!(status, 204, "vm.send-migration: {answer}\n{}\n{}", chv.dump(), dest.dump());
+    let (status, answer) = receiver.join().expect("receiver thread");
+    assert_eq!(status, 204, "vm.receive-migration: {answer}\n{}", dest.dump());
+    let exit = chv.expect_exit(Duration::from_secs(30));
+    assert!(exit.success(), "the source exited with {exit:?}\n{}", chv.dump());
+    let migrated_at = ticks(&chv.stdout()).last().map_or(0, |t| t.0);
+    eprintln!(
+        "source log: {}",
+        chv.stderr().lines().filter(|l| l.contains("migrated")).collect::<Vec<_>>().join(" | ")
+    );
+    assert_eq!(vm_state(&dsock), "Running");
+    // The counter goes on at the destination, with the same nonce, and
+    // the destination's disk I/O works (it sees the disk rewritten now).
+    dest.expect("TICK ", ABORT, STEP_TIMEOUT);
+    write_disk(&disk, DISK_AFTER);
+    dest.expect(DISK_AFTER, ABORT, STEP_TIMEOUT);
+    let moved = ticks(&dest.stdout());
+    dest.check(
+        moved.iter().all(|(_, n, _)| *n == nonce),
+        "the nonce changed across the migration",
+    );
+    dest.check(
+        moved.first().is_some_and(|(n, _, _)| *n == migrated_at + 1 || *n == migrated_at),
+        &format!("the counter did not continue from {migrated_at}: {moved:?}"),
+    );
+    dest.check(!dest.stdout().contains("GUEST-READY"), "the guest booted again");
+    let (status, _) = http(&dsock, "PUT", "vmm.shutdown", None);
+    assert_eq!(status, 204);
+    dest.expect_exit(Duration::from_secs(30));
+    dest.assert_no_panic();
+
+    let lazy = restore_and_check(&dir, "lazy", &snap, "", &nonce, last);
+    eprintln!("restore (lazy) to running: {lazy:?}");
+    let eager = restore_and_check(&dir, "eager", &snap, ",prefault=on,resume=true", &nonce, last);
+    eprintln!("restore (prefault) to running: {eager:?}");
+}
+
+/// Runs `chv --restore` on `snap` and returns its stderr, checking it
+/// exits 1 without starting a guest.
+fn failing_restore(snap: &Path) -> String {
+    let (status, chv) = run_to_exit(
+        &[
+            "--restore".to_string(),
+            format!("source_url=file://{}", snap.display()),
+        ],
+        Duration::from_secs(30),
+    );
+    let status = status.expect("chv did not exit");
+    assert_eq!(status.code(), Some(1), "{}", chv.dump());
+    assert!(chv.stdout().is_empty(), "a guest ran: {}", chv.stdout());
+    chv.stderr()
+}
+
+/// The last `TICK <n>` of the test guest's ticker.
+fn last_tick(console: &str) -> Option<u64> {
+    console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("TICK ")?.parse().ok())
+        .last()
+}
+
+/// The tiny test guest (milliseconds per run): snapshot it, restore it in
+/// a new process, and the ticker goes on from where it stopped; then the
+/// snapshot is broken in several ways and each restore fails cleanly.
+#[test]
+fn test_guest_snapshot_restore_and_broken_snapshots() {
+    let dir = Scratch::new("broken");
+    let sock = dir.path("api.sock");
+    let snap = dir.path("snap");
+    let mut chv = Chv::spawn(&[
+        "--kernel".to_string(),
+        chv_tests::testguest().display().to_string(),
+        "--cmdline".into(),
+        "test=ticker".into(),
+        "--memory".into(),
+        "size=32M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--api-socket".into(),
+        sock.display().to_string(),
+    ]);
+    chv.expect("TICK 5\n", &["FAIL"], Duration::from_secs(30));
+    assert_eq!(http(&sock, "PUT", "vm.pause", None).0, 204);
+    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
+    let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
+    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
+    let last = last_tick(&chv.stdout()).expect("ticks");
+    chv.kill();
+
+    let sock2 = dir.path("api2.sock");
+    let mut restored = Chv::spawn(&[
+        "--api-socket".to_string(),
+        sock2.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{},resume=true", snap.display()),
+    ]);
+    restored
+        .wait_until(Duration::from_secs(30), "ticks after the restore", |c| {
+            last_tick(&c.stdout_text()).filter(|n| *n > last + 3)
+        })
+        .unwrap_or_else(|e| restored.fail(&format!("the restored ticker did not go on: {e}")));
+    let first = restored
+        .stdout()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("TICK ")?.parse::<u64>().ok());
+    restored.check(
+        first == Some(last + 1),
+        &format!("restored ticker started at {first:?}, not {}", last + 1),
+    );
+    restored.check(
+        !restored.stdout().contains("TESTGUEST-START"),
+        "the test guest started again",
+    );
+    assert_eq!(vm_state(&sock2), "Running");
+    restored.kill();
+
+    let state = std::fs::read(snap.join("state.json")).expect("state.json");
+    let copy = |name: &str| {
+        let d = dir.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(snap.join("memory.bin"), d.join("memory.bin")).unwrap();
+        d
+    };
+
+    let truncated = copy("truncated");
+    std::fs::write(truncated.join("state.json"), &state[..state.len() / 2]).unwrap();
+    let err = failing_restore(&truncated);
+    assert!(err.contains("truncated"), "{err}");
+
+    let newer = copy("newer");
+    let text = String::from_utf8(state.clone()).unwrap();
+    let bumped = text.replacen("\"version\":1", "\"version\":99", 1);
+    assert_ne!(bumped, text, "state.json has no \"version\":1");
+    std::fs::write(newer.join("state.json"), bumped).unwrap();
+    let err = failing_restore(&newer);
+    assert!(err.contains("newer than this chv supports"), "{err}");
+
+    let short_mem = copy("short-mem");
+    std::fs::write(short_mem.join("state.json"), &state).unwrap();
+    let mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open(short_mem.join("memory.bin"))
+        .unwrap();
+    mem.set_len(1 << 20).unwrap();
+    let err = failing_restore(&short_mem);
+    assert!(err.contains("memory"), "{err}");
+
+    let err = failing_restore(&dir.path("does-not-exist"));
+    assert!(err.contains("state.json"), "{err}");
+    for e in [&err] {
+        assert_eq!(e.trim().lines().count(), 1, "not one line: {e}");
+    }
+}

@@ -1,0 +1,483 @@
+//! Local live migration between two chv processes over a Unix socket
+//! (`vm.send-migration` / `vm.receive-migration`).
+//!
+//! The sender streams guest RAM while the guest runs (pre-copy), then
+//! re-sends what the guest wrote meanwhile, found through KVM's dirty-page
+//! log, for a few rounds. It then pauses the VM and sends the last changed
+//! pages and the VM state (the same state a snapshot holds); the receiver
+//! builds the VM, resumes it and answers "OK", and the sender exits.
+//!
+//! KVM's log sees only vCPU writes; device workers write guest RAM from
+//! the VMM process (used rings, read data). So the sender also keeps a
+//! 64-bit hash of every page as sent, and the final round re-sends every
+//! page whose hash changed, which catches both kinds of writes.
+//!
+//! Wire format: messages of `kind: u8`, `len: u64` (little endian) and
+//! `len` payload bytes. `CONFIG` (VmConfig JSON), then `PAGES` (guest
+//! address u64 + whole pages), then `STATE` (VmSnapshot JSON); the receiver
+//! answers one `RESULT` ("OK" or an error text).
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+use crate::config::VmConfig;
+use crate::control_loop::ThreadFilters;
+use crate::snapshot::VmSnapshot;
+use crate::vm::{RestoreMemory, Vm, VmSource};
+use crate::VmmError;
+
+const MSG_CONFIG: u8 = 1;
+const MSG_PAGES: u8 = 2;
+const MSG_STATE: u8 = 3;
+const MSG_RESULT: u8 = 4;
+
+/// Bytes per page of the dirty log and of the page stream.
+const PAGE: usize = 4096;
+/// Largest message the receiver accepts (pages come in smaller runs).
+const MAX_MESSAGE: u64 = 64 << 20;
+/// Longest run of pages sent in one message.
+const MAX_RUN_PAGES: usize = 256;
+/// Most dirty-log rounds while the guest runs.
+const MAX_ROUNDS: u32 = 8;
+/// Stop iterating once a round finds at most this many dirty pages.
+const CONVERGED_PAGES: usize = 256;
+
+/// How long the receiver waits for the sender to connect (and, once
+/// connected, for each read).
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Waits until `listener` has a connection to accept, up to `timeout`.
+fn wait_readable(listener: &UnixListener, timeout: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd that lives across the call.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    match rc {
+        0 => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no sender connected within {} s", timeout.as_secs()),
+        )),
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    }
+}
+
+/// Why a migration failed. The sender's VM keeps running (or is resumed).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The URL is not `unix:/path`.
+    #[error("{0}")]
+    Url(String),
+    /// The socket failed.
+    #[error("migration socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent something unexpected.
+    #[error("migration protocol: {0}")]
+    Protocol(String),
+    /// Reading or applying VM state failed.
+    #[error("{0}")]
+    Vm(String),
+    /// The receiver refused the VM.
+    #[error("the receiver failed: {0}")]
+    Remote(String),
+}
+
+/// What a finished send measured.
+#[derive(Debug, Clone)]
+pub struct MigrationStats {
+    /// Dirty-log rounds while the guest ran.
+    pub rounds: u32,
+    /// Pages sent in all.
+    pub pages: u64,
+    /// From pausing the guest to the receiver's "OK".
+    pub downtime: Duration,
+    /// The whole send.
+    pub total: Duration,
+}
+
+/// `unix:/path` (or `unix:///path`) to a path.
+pub fn socket_path(url: &str, field: &str) -> Result<PathBuf, MigrationError> {
+    let rest = url.strip_prefix("unix:").ok_or_else(|| {
+        MigrationError::Url(format!(
+            "{field}: {url:?} is not a unix: URL (chv migrates over local Unix sockets)"
+        ))
+    })?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(MigrationError::Url(format!("{field}: empty socket path")));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+fn send_msg(out: &mut impl Write, kind: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.write_all(&[kind])?;
+    out.write_all(&(len as u64).to_le_bytes())?;
+    for p in parts {
+        out.write_all(p)?;
+    }
+    Ok(())
+}
+
+fn recv_msg(input: &mut impl Read) -> Result<(u8, Vec<u8>), MigrationError> {
+    let mut head = [0u8; 9];
+    input.read_exact(&mut head)?;
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[1..]);
+    let len = u64::from_le_bytes(len);
+    if len > MAX_MESSAGE {
+        return Err(MigrationError::Protocol(format!(
+            "message of {len} bytes is larger than {MAX_MESSAGE}"
+        )));
+    }
+    let mut body = vec![0u8; len as usize];
+    input.read_exact(&mut body)?;
+    Ok((head[0], body))
+}
+
+/// A fast 64-bit hash of one page (multiply-xor over its words).
+fn page_hash(page: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for w in page.chunks_exact(8) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        h ^= h >> 29;
+    }
+    h
+}
+
+/// The bytes of a guest RAM region, read while the guest may be running
+/// (a torn read is fine: the page is then dirty and sent again).
+fn region_bytes(region: &GuestRegionMmap) -> &[u8] {
+    // SAFETY: the mapping covers `len` bytes from `as_ptr()` and lives as
+    // long as `region`; concurrent guest writes can only make the copy
+    // stale, which the dirty log and the final hash pass correct.
+    unsafe { std::slice::from_raw_parts(region.as_ptr(), region.len() as usize) }
+}
+
+/// Sends guest RAM pages of the sender's VM and remembers their hashes.
+struct PageSender<'a, W: Write> {
+    out: &'a mut W,
+    memory: &'a GuestMemoryMmap,
+    hashes: Vec<Vec<u64>>,
+    sent: u64,
+}
+
+impl<W: Write> PageSender<'_, W> {
+    /// Sends `pages` (sorted page indices) of region `slot`, coalescing
+    /// consecutive pages into one message.
+    fn send(&mut self, slot: usize, pages: &[usize]) -> std::io::Result<()> {
+        let Some(region) = self.memory.iter().nth(slot) else {
+            return Ok(());
+        };
+        let bytes = region_bytes(region);
+        let base = region.start_addr().0;
+        let mut i = 0;
+        while i < pages.len() {
+            let start = pages[i];
+            let mut end = start + 1;
+            while i + 1 < pages.len() && pages[i + 1] == end && end - start < MAX_RUN_PAGES {
+                end += 1;
+                i += 1;
+            }
+            i += 1;
+            let data = &bytes[start * PAGE..end * PAGE];
+            for (k, page) in data.chunks_exact(PAGE).enumerate() {
+                self.hashes[slot][start + k] = page_hash(page);
+            }
+            let gpa = base + (start * PAGE) as u64;
+            send_msg(self.out, MSG_PAGES, &[&gpa.to_le_bytes(), data])?;
+            self.sent += (end - start) as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `vm` (configuration `config`) to the chv listening at `url`.
+/// On success the receiver runs the guest and the caller must stop this
+/// VM; on failure the VM is left running.
+pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, MigrationError> {
+    let started = Instant::now();
+    let path = socket_path(url, "destination_url")?;
+    let stream = UnixStream::connect(&path).map_err(|e| {
+        MigrationError::Url(format!("destination_url: cannot connect to {}: {e}", path.display()))
+    })?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = BufWriter::with_capacity(1 << 20, stream);
+    let config_json =
+        serde_json::to_vec(config).map_err(|e| MigrationError::Vm(format!("config: {e}")))?;
+    send_msg(&mut out, MSG_CONFIG, &[&config_json])?;
+
+    let memory = vm.memory();
+    let sizes: Vec<usize> = memory.iter().map(|r| r.len() as usize).collect();
+    vm.set_dirty_logging(true)
+        .map_err(|e| MigrationError::Vm(format!("dirty logging: {e}")))?;
+    // Clear what the log holds from before.
+    for (slot, len) in sizes.iter().enumerate() {
+        let _ = vm.dirty_log(slot as u32, *len);
+    }
+    let mut sender = PageSender {
+        out: &mut out,
+        memory,
+        hashes: sizes.iter().map(|l| vec![0u64; l / PAGE]).collect(),
+        sent: 0,
+    };
+    // Round 0: every page that is not all zero (the receiver's RAM starts
+    // zeroed); zero pages get their hash so a later write shows up.
+    let zero_hash = page_hash(&[0u8; PAGE]);
+    for (slot, region) in memory.iter().enumerate() {
+        let bytes = region_bytes(region);
+        let mut pages = Vec::new();
+        for (i, page) in bytes.chunks_exact(PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                pages.push(i);
+            } else {
+                sender.hashes[slot][i] = zero_hash;
+            }
+        }
+        sender.send(slot, &pages)?;
+    }
+    let result = (|| {
+        let mut rounds = 0;
+        while rounds < MAX_ROUNDS {
+            rounds += 1;
+            let dirty = dirty_pages(vm, &sizes)?;
+            let count: usize = dirty.iter().map(Vec::len).sum();
+            for (slot, pages) in dirty.iter().enumerate() {
+                sender.send(slot, pages)?;
+            }
+            log::debug!("migration round {rounds}: {count} dirty pages");
+            if count <= CONVERGED_PAGES {
+                break;
+            }
+        }
+        // Stop the guest and its devices, then send what changed since.
+        vm.pause().map_err(|e| MigrationError::Vm(e.to_string()))?;
+        let paused = Instant::now();
+        let outcome = (|| {
+            let _ = dirty_pages(vm, &sizes)?;
+            for (slot, region) in memory.iter().enumerate() {
+                let bytes = region_bytes(region);
+                let changed: Vec<usize> = bytes
+                    .chunks_exact(PAGE)
+                    .enumerate()
+                    .filter(|(i, page)| sender.hashes[slot][*i] != page_hash(page))
+                    .map(|(i, _)| i)
+                    .collect();
+                sender.send(slot, &changed)?;
+            }
+            let state = vm
+                .state(config)
+                .map_err(|e| MigrationError::Vm(format!("VM state: {e}")))?;
+            let json = serde_json::to_vec(&state)
+                .map_err(|e| MigrationError::Vm(format!("encoding the state: {e}")))?;
+            send_msg(sender.out, MSG_STATE, &[&json])?;
+            sender.out.flush()?;
+            match recv_msg(&mut reader)? {
+                (MSG_RESULT, body) if body == b"OK" => Ok(()),
+                (MSG_RESULT, body) => Err(MigrationError::Remote(
+                    String::from_utf8_lossy(&body).into_owned(),
+                )),
+                (kind, _) => Err(MigrationError::Protocol(format!(
+                    "expected a result, got message {kind}"
+                ))),
+            }
+        })();
+        if outcome.is_err() {
+            // The receiver does not run the guest: keep running it here.
+            vm.resume();
+        }
+        outcome.map(|()| (rounds, paused.elapsed()))
+    })();
+    if let Err(e) = vm.set_dirty_logging(false) {
+        log::warn!("cannot turn dirty logging off: {e}");
+    }
+    let (rounds, downtime) = result?;
+    Ok(MigrationStats {
+        rounds,
+        pages: sender.sent,
+        downtime,
+        total: started.elapsed(),
+    })
+}
+
+/// The page indices KVM logged as dirty in each RAM region.
+fn dirty_pages(vm: &Vm, sizes: &[usize]) -> Result<Vec<Vec<usize>>, MigrationError> {
+    let mut all = Vec::with_capacity(sizes.len());
+    for (slot, len) in sizes.iter().enumerate() {
+        let bitmap = vm
+            .dirty_log(slot as u32, *len)
+            .map_err(|e| MigrationError::Vm(format!("dirty log of slot {slot}: {e}")))?;
+        let mut pages = Vec::new();
+        for (w, word) in bitmap.iter().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                let page = w * 64 + b;
+                if page < len / PAGE {
+                    pages.push(page);
+                }
+                bits &= bits - 1;
+            }
+        }
+        all.push(pages);
+    }
+    Ok(all)
+}
+
+/// Waits at `url` for one sender, receives its VM and starts it (running).
+/// Returns the VM's configuration and the VM.
+pub fn receive(url: &str, filters: &ThreadFilters) -> Result<(VmConfig, Vm), MigrationError> {
+    let path = socket_path(url, "receiver_url")?;
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        MigrationError::Url(format!("receiver_url: cannot listen on {}: {e}", path.display()))
+    })?;
+    let accepted = wait_readable(&listener, ACCEPT_TIMEOUT).and_then(|()| listener.accept());
+    let _ = std::fs::remove_file(&path);
+    let (stream, _) = accepted?;
+    stream.set_read_timeout(Some(ACCEPT_TIMEOUT))?;
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::with_capacity(1 << 20, stream);
+    match receive_vm(&mut input, filters) {
+        Ok((config, vm)) => {
+            send_msg(&mut out, MSG_RESULT, &[b"OK"])?;
+            Ok((config, vm))
+        }
+        Err(e) => {
+            let _ = send_msg(&mut out, MSG_RESULT, &[e.to_string().as_bytes()]);
+            Err(e)
+        }
+    }
+}
+
+fn receive_vm(
+    input: &mut impl Read,
+    filters: &ThreadFilters,
+) -> Result<(VmConfig, Vm), MigrationError> {
+    let (kind, body) = recv_msg(input)?;
+    if kind != MSG_CONFIG {
+        return Err(MigrationError::Protocol(format!(
+            "expected the VM config first, got message {kind}"
+        )));
+    }
+    let config: VmConfig = serde_json::from_slice(&body)
+        .map_err(|e| MigrationError::Protocol(format!("VM config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| MigrationError::Vm(format!("the sent VM config is invalid: {e}")))?;
+    let memory = GuestMemoryMmap::from_ranges(&arch::memory::ram_regions(config.memory.size))
+        .map_err(|e| MigrationError::Vm(format!("guest memory: {e}")))?;
+    loop {
+        let (kind, body) = recv_msg(input)?;
+        match kind {
+            MSG_PAGES => {
+                if body.len() < 8 || (body.len() - 8) % PAGE != 0 {
+                    return Err(MigrationError::Protocol(format!(
+                        "page message of {} bytes",
+                        body.len()
+                    )));
+                }
+                let mut gpa = [0u8; 8];
+                gpa.copy_from_slice(&body[..8]);
+                let gpa = GuestAddress(u64::from_le_bytes(gpa));
+                memory.write_slice(&body[8..], gpa).map_err(|e| {
+                    MigrationError::Protocol(format!("pages at {:#x}: {e}", gpa.0))
+                })?;
+            }
+            MSG_STATE => {
+                let state = VmSnapshot::parse(&body)
+                    .map_err(|e| MigrationError::Vm(e.to_string()))?;
+                if state.config.memory.size != config.memory.size {
+                    return Err(MigrationError::Protocol(
+                        "the state's memory size differs from the config's".into(),
+                    ));
+                }
+                let vm = Vm::build(
+                    &state.config,
+                    filters,
+                    VmSource::Restore {
+                        snapshot: &state,
+                        memory: RestoreMemory::Filled(memory),
+                    },
+                )
+                .map_err(|e: VmmError| MigrationError::Vm(e.to_string()))?;
+                vm.resume();
+                return Ok((state.config, vm));
+            }
+            other => {
+                return Err(MigrationError::Protocol(format!("unexpected message {other}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_unix_paths() {
+        assert_eq!(socket_path("unix:/tmp/m.sock", "x").unwrap(), PathBuf::from("/tmp/m.sock"));
+        assert_eq!(socket_path("unix:///tmp/m.sock", "x").unwrap(), PathBuf::from("/tmp/m.sock"));
+        assert!(socket_path("tcp:1.2.3.4:5", "destination_url")
+            .unwrap_err()
+            .to_string()
+            .contains("destination_url"));
+        assert!(socket_path("unix:", "x").is_err());
+    }
+
+    #[test]
+    fn messages_round_trip_and_oversized_ones_are_refused() {
+        let mut buf = Vec::new();
+        send_msg(&mut buf, MSG_PAGES, &[&7u64.to_le_bytes(), &[1u8; 16]]).unwrap();
+        let (kind, body) = recv_msg(&mut buf.as_slice()).unwrap();
+        assert_eq!(kind, MSG_PAGES);
+        assert_eq!(body.len(), 24);
+        let mut huge = vec![MSG_STATE];
+        huge.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(recv_msg(&mut huge.as_slice()).is_err());
+        // A truncated body is an I/O error, not a panic.
+        let mut short = vec![MSG_STATE];
+        short.extend_from_slice(&100u64.to_le_bytes());
+        short.extend_from_slice(&[0u8; 10]);
+        assert!(recv_msg(&mut short.as_slice()).is_err());
+    }
+
+    #[test]
+    fn page_hash_sees_single_bit_changes() {
+        let mut page = vec![0u8; PAGE];
+        let zero = page_hash(&page);
+        page[4095] = 1;
+        assert_ne!(page_hash(&page), zero);
+        page[4095] = 0;
+        page[0] = 0x80;
+        assert_ne!(page_hash(&page), zero);
+    }
+
+    #[test]
+    fn hostile_page_messages_are_refused() {
+        let filters = ThreadFilters {
+            vcpu: None,
+            worker: None,
+        };
+        let mut stream = Vec::new();
+        let config = VmConfig::default();
+        send_msg(&mut stream, MSG_CONFIG, &[&serde_json::to_vec(&config).unwrap()]).unwrap();
+        // Pages far outside guest RAM.
+        send_msg(&mut stream, MSG_PAGES, &[&(1u64 << 50).to_le_bytes(), &[0u8; PAGE]]).unwrap();
+        let e = receive_vm(&mut stream.as_slice(), &filters).err().unwrap();
+        assert!(e.to_string().contains("pages at"), "{e}");
+    }
+}

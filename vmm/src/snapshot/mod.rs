@@ -1,0 +1,238 @@
+//! Snapshots of a paused VM: a directory holding `state.json` (a versioned,
+//! self-describing description of the VM: its config, the KVM state of
+//! every vCPU and of the in-kernel irqchip/PIT/clock, every device's state)
+//! and `memory.bin` (guest RAM, see [`memory`]).
+//!
+//! `state.json` is written last, through a rename, so an interrupted
+//! snapshot has none and is refused as "not a snapshot" on restore.
+
+pub mod memory;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+use crate::device_manager::DevicesSnapshot;
+use crate::vm::LegacyDevicesState;
+
+pub use memory::{MemoryRange, MemoryRestoreMode};
+
+/// Value of the `format` field, identifying a chv snapshot.
+pub const SNAPSHOT_FORMAT: &str = "chv-snapshot";
+/// Version of the state file this chv writes and the newest it reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+/// Name of the state file in a snapshot directory.
+pub const STATE_FILE: &str = "state.json";
+/// Name of the guest memory file in a snapshot directory.
+pub const MEMORY_FILE: &str = "memory.bin";
+
+/// Why a snapshot could not be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The URL is not a `file://` URL of a directory.
+    #[error("{0}")]
+    Url(String),
+    /// Reading or writing a snapshot file failed.
+    #[error("{0}")]
+    Io(String),
+    /// The snapshot is not one this chv can restore (version, corruption).
+    #[error("invalid snapshot: {0}")]
+    Invalid(String),
+    /// Guest memory could not be mapped.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// Capturing or applying KVM state failed.
+    #[error("KVM state: {0}")]
+    Kvm(String),
+    /// A device could not be saved or restored.
+    #[error("device {0}")]
+    Device(String),
+    /// The VM is not in a state that allows the operation.
+    #[error("{0}")]
+    State(String),
+}
+
+/// Everything `state.json` holds.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSnapshot {
+    /// Always [`SNAPSHOT_FORMAT`].
+    pub format: String,
+    /// Format version ([`SNAPSHOT_VERSION`] when written by this chv).
+    pub version: u32,
+    /// The chv version that wrote it (informational).
+    pub chv_version: String,
+    /// The VM configuration, including hot-plugged devices.
+    pub config: VmConfig,
+    /// Where each guest RAM region is in [`MEMORY_FILE`].
+    pub memory: Vec<MemoryRange>,
+    /// In-kernel irqchip, PIT and clock.
+    pub vm: arch::vm_state::VmKvmState,
+    /// One entry per vCPU, by id.
+    pub vcpus: Vec<arch::vcpu_state::VcpuState>,
+    /// Serial port, CMOS and the other port-I/O devices.
+    pub legacy: LegacyDevicesState,
+    /// The PCI devices and their slots.
+    pub devices: DevicesSnapshot,
+    /// State the host could not provide and that is therefore not saved
+    /// (for example nested virtualization state on PVM hosts).
+    pub omitted: Vec<String>,
+}
+
+/// `vm.snapshot`'s body (Cloud Hypervisor's `VmSnapshotConfig`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// `file:///dir` to write the snapshot into.
+    pub destination_url: String,
+}
+
+/// `vm.restore`'s body and `--restore` (Cloud Hypervisor's `RestoreConfig`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// `file:///dir` of the snapshot.
+    pub source_url: String,
+    /// Copy guest memory in before running (true) or map it lazily.
+    #[serde(default)]
+    pub prefault: bool,
+    /// Resume the guest right after the restore (otherwise it stays paused
+    /// until `vm.resume`).
+    #[serde(default)]
+    pub resume: bool,
+}
+
+impl RestoreConfig {
+    /// How guest memory comes back.
+    pub fn memory_mode(&self) -> MemoryRestoreMode {
+        if self.prefault {
+            MemoryRestoreMode::Prefault
+        } else {
+            MemoryRestoreMode::Lazy
+        }
+    }
+}
+
+/// Turns a `file:///dir` URL (or a plain path) into the directory path.
+pub fn dir_from_url(url: &str, field: &str) -> Result<PathBuf, SnapshotError> {
+    let path = match url.split_once("://") {
+        Some(("file", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(SnapshotError::Url(format!(
+                "{field}: unsupported URL scheme {scheme}:// (chv supports file://)"
+            )))
+        }
+        None => url,
+    };
+    if path.is_empty() {
+        return Err(SnapshotError::Url(format!("{field}: empty path in {url:?}")));
+    }
+    Ok(PathBuf::from(path))
+}
+
+impl VmSnapshot {
+    /// Writes `state.json` into `dir` (the memory file is written first by
+    /// [`memory::save`]). The write goes through a temporary file and a
+    /// rename so a crash never leaves a partial state file.
+    pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let json = serde_json::to_vec(self)
+            .map_err(|e| SnapshotError::Io(format!("encoding the state: {e}")))?;
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, &json)
+            .map_err(|e| SnapshotError::Io(format!("writing {}: {e}", tmp.display())))?;
+        let file = std::fs::File::open(&tmp)
+            .map_err(|e| SnapshotError::Io(format!("opening {}: {e}", tmp.display())))?;
+        file.sync_all()
+            .map_err(|e| SnapshotError::Io(format!("syncing {}: {e}", tmp.display())))?;
+        let dst = dir.join(STATE_FILE);
+        std::fs::rename(&tmp, &dst)
+            .map_err(|e| SnapshotError::Io(format!("renaming to {}: {e}", dst.display())))
+    }
+
+    /// Reads and checks `dir/state.json`: the format marker and version
+    /// first (so a snapshot from a newer chv gets a clear message rather
+    /// than a parse error), then the whole structure.
+    pub fn read(dir: &Path) -> Result<Self, SnapshotError> {
+        let path = dir.join(STATE_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            SnapshotError::Io(format!(
+                "{}: {e} (is {} a chv snapshot directory?)",
+                path.display(),
+                dir.display()
+            ))
+        })?;
+        Self::parse(&bytes)
+    }
+
+    /// Parses a state file's bytes (see [`Self::read`]).
+    pub fn parse(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            SnapshotError::Invalid(format!("{STATE_FILE} is not valid JSON (truncated?): {e}"))
+        })?;
+        let format = value.get("format").and_then(|v| v.as_str());
+        if format != Some(SNAPSHOT_FORMAT) {
+            return Err(SnapshotError::Invalid(format!(
+                "{STATE_FILE} is not a chv snapshot (format {format:?})"
+            )));
+        }
+        let version = value.get("version").and_then(|v| v.as_u64());
+        match version {
+            Some(v) if v == u64::from(SNAPSHOT_VERSION) => {}
+            Some(v) if v > u64::from(SNAPSHOT_VERSION) => {
+                return Err(SnapshotError::Invalid(format!(
+                    "snapshot format version {v} is newer than this chv supports \
+                     ({SNAPSHOT_VERSION}); restore it with the chv that wrote it"
+                )))
+            }
+            other => {
+                return Err(SnapshotError::Invalid(format!(
+                    "unsupported snapshot format version {other:?} (this chv reads {SNAPSHOT_VERSION})"
+                )))
+            }
+        }
+        let snapshot: Self = serde_json::from_value(value)
+            .map_err(|e| SnapshotError::Invalid(format!("{STATE_FILE}: {e}")))?;
+        if snapshot.vcpus.len() != usize::from(snapshot.config.cpus.boot_vcpus) {
+            return Err(SnapshotError::Invalid(format!(
+                "{} vCPU states for a VM with {} vCPUs",
+                snapshot.vcpus.len(),
+                snapshot.config.cpus.boot_vcpus
+            )));
+        }
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_directories() {
+        assert_eq!(
+            dir_from_url("file:///var/lib/chv/s1", "destination_url").unwrap(),
+            PathBuf::from("/var/lib/chv/s1")
+        );
+        assert_eq!(dir_from_url("/tmp/s", "x").unwrap(), PathBuf::from("/tmp/s"));
+        let e = dir_from_url("http://h/s", "source_url").unwrap_err();
+        assert!(e.to_string().contains("source_url"), "{e}");
+        assert!(dir_from_url("file://", "x").is_err());
+    }
+
+    #[test]
+    fn foreign_newer_and_broken_state_files_are_refused() {
+        let e = VmSnapshot::parse(b"{\"format\":\"chv-snapshot\",\"vers").err().unwrap();
+        assert!(e.to_string().contains("truncated"), "{e}");
+        let e = VmSnapshot::parse(b"{\"format\":\"qemu\"}").err().unwrap();
+        assert!(e.to_string().contains("not a chv snapshot"), "{e}");
+        let e = VmSnapshot::parse(b"{\"format\":\"chv-snapshot\",\"version\":99}")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("newer"), "{e}");
+        let e = VmSnapshot::parse(b"{\"format\":\"chv-snapshot\",\"version\":1}")
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("missing field"), "{e}");
+    }
+}
