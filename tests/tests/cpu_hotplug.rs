@@ -11,8 +11,9 @@
 //!   the guest sees 2 possible CPUs and 1 online; after `vm.resize` to 2
 //!   it gets `cpu1` (onlining it if the kernel did not), and
 //!   `/sys/devices/system/cpu/online` reads `0-1`; after `vm.resize` to 1
-//!   the guest offlines and ejects it and the file reads `0`; the guest
-//!   then powers off and chv exits 0.
+//!   the guest offlines and ejects it and the file reads `0`; a resize to 2
+//!   brings vCPU 1 back (on its parked KVM fd) and the file reads `0-1`
+//!   again; the guest then powers off and chv exits 0.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -145,8 +146,8 @@ fn resize_api_with_test_guest() {
 }
 
 /// The guest's script: report, wait for cpu1 (online it if needed), report,
-/// wait for it to go away, report. No double quotes (it is a kernel
-/// command-line value).
+/// wait for it to go away, report, wait for it to come back. No double
+/// quotes (it is a kernel command-line value).
 const GUEST_SCRIPT: &str = "\
 c=/sys/devices/system/cpu; \
 echo CPU-POSSIBLE=$(cat $c/possible) CPU-ONLINE=$(cat $c/online); \
@@ -158,7 +159,12 @@ i=0; while [ $(cat $c/online) != 0-1 ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1));
 echo CPU-ADDED=$(cat $c/online) nproc=$(grep -c ^processor /proc/cpuinfo); \
 echo CPU-WAIT-REMOVE; \
 i=0; while [ $(cat $c/online) != 0 ] && [ $i -lt 150 ]; do sleep 1; i=$((i+1)); done; \
-echo CPU-REMOVED=$(cat $c/online) present=$(cat $c/present)";
+echo CPU-REMOVED=$(cat $c/online) present=$(cat $c/present); \
+echo CPU-WAIT-READD; \
+i=0; while [ ! -e $c/cpu1/online ] && [ $i -lt 150 ]; do sleep 1; i=$((i+1)); done; \
+[ $(cat $c/cpu1/online) = 1 ] || echo 1 > $c/cpu1/online; \
+i=0; while [ $(cat $c/online) != 0-1 ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; \
+echo CPU-READDED=$(cat $c/online)";
 
 #[test]
 fn linux_cpu_hotplug() {
@@ -210,23 +216,33 @@ fn linux_cpu_hotplug() {
 
     let (st, text) = resize(&sock, r#"{"desired_vcpus":1}"#);
     chv.check(st == 204, &format!("resize to 1: {st} {text}"));
-    chv.expect("CPU-REMOVED", ABORT, STEP_TIMEOUT);
+    chv.expect("CPU-WAIT-READD", ABORT, STEP_TIMEOUT);
     let removed = chv.elapsed();
     chv.check(
         chv.stdout().contains("CPU-REMOVED=0 present=0"),
         "the guest offlined and ejected vCPU 1",
     );
-    // The eject completed, so another resize is accepted at once.
-    let (st, text) = resize(&sock, r#"{"desired_vcpus":1}"#);
-    chv.check(st == 204, &format!("resize after the eject: {st} {text}"));
+    // The eject completed, so the next resize is accepted at once; vCPU 1
+    // comes back on the fd it had before (KVM cannot destroy a vCPU).
+    let (st, text) = resize(&sock, r#"{"desired_vcpus":2}"#);
+    chv.check(st == 204, &format!("resize to 2 again: {st} {text}"));
+    // The script's last line is complete once init reports its exit.
+    chv.expect("GUEST-CMD-EXIT", ABORT, STEP_TIMEOUT);
+    let readded = chv.elapsed();
+    chv.check(
+        chv.stdout().contains("CPU-READDED=0-1"),
+        "the guest onlined the re-added vCPU",
+    );
 
     chv.expect("GUEST-POWEROFF", ABORT, STEP_TIMEOUT);
     let st = chv.expect_exit(Duration::from_secs(60));
     chv.assert_no_panic();
     chv.check(st.success(), &format!("chv exited with {st}"));
     eprintln!(
-        "boot to script {booted:.1?}, hot-add seen {:.1?} later, removal {:.1?} later",
+        "boot to script {booted:.1?}, hot-add seen {:.1?} later, removal {:.1?} later, \
+         re-add {:.1?} later",
         added - booted,
-        removed - added
+        removed - added,
+        readded - removed
     );
 }

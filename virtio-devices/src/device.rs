@@ -139,6 +139,13 @@ pub trait VirtioDevice: Send {
     fn snapshot_state(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+    /// Releases (`false`) or takes back (`true`) host locks the device
+    /// holds (disk image locks), while paused, so another VMM on this host
+    /// can take over during a live migration.
+    fn set_host_locks(&mut self, locked: bool) -> Result<(), ActivateError> {
+        let _ = locked;
+        Ok(())
+    }
     /// Restores [`Self::snapshot_state`] output into a freshly built,
     /// inactive device of the same configuration; a mismatch is an error
     /// and leaves the device unchanged.

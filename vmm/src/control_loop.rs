@@ -326,7 +326,7 @@ impl Vmm {
     }
 
     fn vcpu_events(&mut self) -> Result<Next, VmmError> {
-        let Some(vm) = &self.vm else {
+        let Some(vm) = &mut self.vm else {
             return Ok(Next::Continue);
         };
         // The first event decides; the others are vCPUs that stopped for

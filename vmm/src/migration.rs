@@ -267,6 +267,8 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
         vm.pause().map_err(|e| MigrationError::Vm(e.to_string()))?;
         let paused = Instant::now();
         let outcome = (|| {
+            // The receiver opens the same disk images.
+            vm.devices.set_host_locks(false).map_err(MigrationError::Vm)?;
             let _ = dirty_pages(vm, &sizes)?;
             for (slot, region) in memory.iter().enumerate() {
                 let bytes = region_bytes(region);
@@ -297,6 +299,9 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
         })();
         if outcome.is_err() {
             // The receiver does not run the guest: keep running it here.
+            if let Err(e) = vm.devices.set_host_locks(true) {
+                log::error!("migration failed and the disk locks cannot be taken back: {e}");
+            }
             vm.resume();
         }
         outcome.map(|()| (rounds, paused.elapsed()))

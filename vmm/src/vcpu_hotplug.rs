@@ -10,9 +10,8 @@
 //!
 //! Removing: the controller marks the highest vCPUs removing; the guest
 //! offlines them and runs their `_EJ0`. The eject (on the vCPU thread that
-//! ran the AML) records the id and wakes the VMM loop, which retires that
-//! vCPU's thread ([`VcpuHotplug::stop_ejected`]); the VMM joins it later
-//! and parks the fd ([`VcpuHotplug::reap`]).
+//! ran the AML) records the id and wakes the VMM loop, which stops and
+//! joins that vCPU's thread and parks its fd ([`VcpuHotplug::reap`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -147,8 +146,8 @@ impl VcpuHotplug {
 
     /// Retires the threads of the vCPUs the guest ejected since the last
     /// call: sets their flag and kicks them out of `KVM_RUN` (an offline
-    /// vCPU sits in HLT inside KVM). Callable from the VMM loop with `&self`.
-    pub fn stop_ejected(&self, vcpus: &[VcpuHandle], pause: &PauseGate) {
+    /// vCPU sits in HLT inside KVM).
+    fn stop_ejected(&self, vcpus: &[VcpuHandle], pause: &PauseGate) {
         let ids: Vec<u8> = std::mem::take(&mut *lock(&self.ejected));
         for id in ids {
             if let Some(h) = vcpus.iter().find(|h| h.id == id) {
@@ -160,8 +159,8 @@ impl VcpuHotplug {
         }
     }
 
-    /// Joins the retired vCPU threads, drops their handles from `vcpus` and
-    /// parks their fds for a later re-add.
+    /// Stops and joins the threads of the vCPUs the guest ejected, drops
+    /// their handles from `vcpus` and parks their fds for a later re-add.
     pub fn reap(&mut self, vcpus: &mut Vec<VcpuHandle>, pause: &PauseGate) {
         self.stop_ejected(vcpus, pause);
         let deadline = Instant::now() + RETIRE_TIMEOUT;

@@ -396,12 +396,11 @@ impl Vm {
     }
 
     /// Collects what the vCPU threads reported since the last call.
-    /// Also stops the threads of vCPUs the guest has just ejected.
-    pub fn take_vcpu_events(&self) -> Vec<VcpuEvent> {
+    /// Also stops and joins the threads of vCPUs the guest has just
+    /// ejected, so the vCPU list matches the guest's CPUs again.
+    pub fn take_vcpu_events(&mut self) -> Vec<VcpuEvent> {
         let _ = self.vcpu_event_fd.read();
-        if let Some(h) = &self.cpu_hotplug {
-            h.stop_ejected(&self.vcpus, &self.pause);
-        }
+        self.reap_ejected_vcpus();
         self.events.try_iter().collect()
     }
 
@@ -424,8 +423,8 @@ impl Vm {
     }
 
     /// Joins the threads of vCPUs the guest ejected, so the running vCPUs
-    /// are exactly `0..vcpu_count()` again (call before saving vCPU state).
-    pub fn reap_ejected_vcpus(&mut self) {
+    /// are exactly `0..vcpu_count()` again.
+    fn reap_ejected_vcpus(&mut self) {
         if let Some(h) = self.cpu_hotplug.as_mut() {
             h.reap(&mut self.vcpus, &self.pause);
         }

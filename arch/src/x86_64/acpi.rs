@@ -295,10 +295,11 @@ fn create_dsdt(cpus: Cpus, hotplug_slots: u8) -> Sdt {
     let pci = pci_devices_aml();
     let ged = hotplug::ged_aml(cpus.hotplug());
     let pci_hotplug = hotplug::pci_hotplug_aml(hotplug_slots);
-    let cpu_hotplug = cpus
-        .hotplug()
-        .then(|| cpu::cpu_hotplug_aml(cpus.max))
-        .unwrap_or(RawAml(Vec::new()));
+    let cpu_hotplug = if cpus.hotplug() {
+        cpu::cpu_hotplug_aml(cpus.max)
+    } else {
+        RawAml(Vec::new())
+    };
     let sb = aml::Scope::new(
         "\\_SB_".into(),
         vec![&com1, &rtc, &pci, &ged, &pci_hotplug, &cpu_hotplug],

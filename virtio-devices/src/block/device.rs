@@ -336,6 +336,14 @@ impl VirtioDevice for VirtioBlock {
             .collect())
     }
 
+    fn set_host_locks(&mut self, locked: bool) -> Result<(), ActivateError> {
+        let disk = self.disk.as_mut().ok_or_else(|| {
+            ActivateError::Device("the disk is held by a running worker (pause first)".into())
+        })?;
+        disk.set_locked(locked)
+            .map_err(|e| ActivateError::Device(format!("disk lock: {e}")))
+    }
+
     fn snapshot_state(&self) -> serde_json::Value {
         state_to_value(&BlockState {
             version: BLOCK_STATE_VERSION,

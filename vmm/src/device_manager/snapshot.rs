@@ -61,6 +61,18 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Releases (`false`) or takes back (`true`) the host locks of every
+    /// device (disk images), with the devices paused: a live migration
+    /// hands the disks to the receiving VMM this way.
+    pub fn set_host_locks(&self, locked: bool) -> Result<(), String> {
+        for dev in lock(&self.devices).iter() {
+            lock(&dev.device)
+                .set_host_locks(locked)
+                .map_err(|e| format!("{}: {e}", dev.id))?;
+        }
+        Ok(())
+    }
+
     /// The state of every device; call with the devices paused.
     pub fn snapshot(&self) -> Result<DevicesSnapshot, String> {
         let mut pci = Vec::new();

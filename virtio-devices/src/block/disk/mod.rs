@@ -115,6 +115,13 @@ pub trait DiskImage: Send {
     /// A stable identifier basis (device+inode) for GET_ID when no serial
     /// is given.
     fn id_basis(&self) -> String;
+    /// Releases (`false`) or takes again (`true`) the image's advisory
+    /// lock, so another VMM on this host can take the disk over during a
+    /// live migration. Images without a lock of their own do nothing.
+    fn set_locked(&mut self, locked: bool) -> Result<(), DiskError> {
+        let _ = locked;
+        Ok(())
+    }
 }
 
 /// How to open a disk image.
@@ -249,6 +256,24 @@ fn lock_file(file: &File, path: &Path, shared: bool) -> Result<(), DiskError> {
             path: path.to_path_buf(),
             source: err,
         })
+    }
+}
+
+/// Takes (`Some(shared)`) or drops (`None`) the advisory lock on an image
+/// file that is already open, for [`DiskImage::set_locked`].
+pub(crate) fn relock_file(file: &File, shared: Option<bool>) -> Result<(), DiskError> {
+    let op = match shared {
+        Some(true) => libc::LOCK_SH | libc::LOCK_NB,
+        Some(false) => libc::LOCK_EX | libc::LOCK_NB,
+        None => libc::LOCK_UN,
+    };
+    // SAFETY: flock only takes a file descriptor, which `file` owns and
+    // keeps open for the duration of the call; no memory is passed.
+    let ret = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(DiskError::Io(std::io::Error::last_os_error()))
     }
 }
 

@@ -60,6 +60,10 @@ impl DiskImage for RawDisk {
         self.size
     }
 
+    fn set_locked(&mut self, locked: bool) -> Result<(), DiskError> {
+        super::relock_file(self.file.file(), locked.then_some(self.readonly))
+    }
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         check_range(offset, buf.len() as u64, self.size)?;
         Ok(self.file.read_at(buf, offset)?)

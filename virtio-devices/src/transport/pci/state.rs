@@ -85,6 +85,14 @@ impl VirtioPciDevice {
         self.paused
     }
 
+    /// Releases (`false`) or takes back (`true`) the device's host locks
+    /// (disk images); call while paused, for a live migration.
+    pub fn set_host_locks(&mut self, locked: bool) -> Result<(), VirtioPciError> {
+        self.device
+            .set_host_locks(locked)
+            .map_err(|e| VirtioPciError::State(e.to_string()))
+    }
+
     /// Stops the device's worker, keeping its queues (with their ring
     /// positions) in the transport. A no-op if the device is not running or
     /// already paused. On failure the device is left stopped and reports

@@ -372,6 +372,12 @@ impl DiskImage for Qcow2Disk {
         self.header.size
     }
 
+    /// Only the top image: backing files are locked shared, which a
+    /// second VMM's shared lock does not conflict with.
+    fn set_locked(&mut self, locked: bool) -> Result<(), DiskError> {
+        super::relock_file(self.file.file(), locked.then_some(self.readonly))
+    }
+
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         check_range(offset, buf.len() as u64, self.header.size)?;
         let cs = self.cluster_size();

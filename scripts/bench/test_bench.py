@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Unit tests of the benchmark helpers that need no VM: python3 scripts/bench/test_bench.py"""
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import all as allbench  # noqa: E402
+import benchlib as B  # noqa: E402
+
+MIB = 1 << 20
+
+
+class RamMapping(unittest.TestCase):
+    def test_chv_region_with_merged_neighbour(self):
+        maps = [(65404 << 10, 0), (128 * MIB + (132 << 10), 23600), (2 * MIB, 8)]
+        self.assertEqual(B.guest_ram_rss_kib(maps, "chv", 128), 23600)
+
+    def test_chv_two_regions_above_gap(self):
+        maps = [(3 * 1024 * MIB, 100), (1024 * MIB, 5)]
+        self.assertEqual(B.guest_ram_rss_kib(maps, "chv", 4096), 105)
+
+    def test_missing_or_ambiguous_is_none(self):
+        self.assertIsNone(B.guest_ram_rss_kib([(64 * MIB, 1)], "chv", 128))
+        two = [(128 * MIB, 1), (128 * MIB, 2)]
+        self.assertIsNone(B.guest_ram_rss_kib(two, "qemu", 128))
+
+    def test_qemu_ram_block(self):
+        maps = [(128 * MIB, 28672), (65404 << 10, 0), (2 * MIB, 2048)]
+        self.assertEqual(B.guest_ram_rss_kib(maps, "qemu", 128), 28672)
+
+    def test_own_process_smaps_parse(self):
+        maps = B.anon_mappings(os.getpid())
+        self.assertTrue(all(size > 0 and rss >= 0 for size, rss in maps))
+        fp = B.footprint(os.getpid(), "chv", 128)
+        self.assertGreater(fp["pss_kib"], 0)
+        self.assertGreaterEqual(fp["threads"], 1)
+
+
+class Parsing(unittest.TestCase):
+    def test_chvblk_lines(self):
+        out = "x\r\nCHVBLK seqread 2097152 1000000000\r\nCHVBLK randread 100 500000000\r\n"
+        r = allbench.parse_chvblk(out, "t")
+        self.assertAlmostEqual(r["seqread_mib_s"], 2.0)
+        self.assertAlmostEqual(r["randread_iops"], 200.0)
+
+    def test_chvblk_error(self):
+        with self.assertRaises(RuntimeError):
+            allbench.parse_chvblk("CHVBLK-ERROR open 2\n", "t")
+
+    def test_summary_and_ratio(self):
+        runs = {"chv": [{"what": "boot", "pair": 1, "ready_s": 1.0}, {"pair": 2, "ready_s": 3.0}],
+                "qemu": [{"ready_s": 4.0, "threads": None}], "host": []}
+        med, ratios = allbench.summarize(runs)
+        self.assertEqual(med["chv"]["ready_s"], 2.0)
+        self.assertNotIn("pair", med["chv"])
+        self.assertEqual(ratios, {"ready_s": 0.5})
+        t = allbench.table(med, ratios, {"boot"})
+        self.assertIn("| 2.00 | 4.00 | 0.50 |", t)
+
+
+class Initramfs(unittest.TestCase):
+    def test_appended_archive_lists_the_tool(self):
+        with tempfile.TemporaryDirectory() as d:
+            base, tool, out = (os.path.join(d, n) for n in ("base.cpio", "tool", "out.cpio"))
+            with open(tool, "wb") as f:
+                f.write(b"\x7fELF" + b"x" * 5)
+            with open(base, "wb") as f:
+                f.write(B.newc_entry("init", 0o100755, b"#!/bin/sh\n", 1) +
+                        B.newc_entry("TRAILER!!!", 0, b"", 0))
+            B.bench_initramfs(base, {"/chvblk": tool}, out)
+            self.assertEqual(os.path.getsize(out) % 4, 0)
+            with open(out, "rb") as f:
+                data = f.read()
+            # cpio(1) reads the first archive; the second starts after it.
+            first = subprocess.run(["cpio", "-t"], input=data, capture_output=True).stdout.split()
+            self.assertEqual(first, [b"init"])
+            i = data.index(b"070701", data.index(b"TRAILER!!!"))
+            second = subprocess.run(["cpio", "-t"], input=data[i:], capture_output=True).stdout.split()
+            self.assertEqual(second, [b"chvblk"])
+
+
+if __name__ == "__main__":
+    unittest.main()
