@@ -133,7 +133,6 @@ fn is_socket(path: &Path) -> bool {
 
 use chv_tests::api_client::http;
 
-
 /// Writes a 1 MiB raw image starting with [`PATTERN`].
 fn pattern_image(path: &Path) {
     let mut data = vec![0u8; 1 << 20];

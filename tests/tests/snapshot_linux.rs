@@ -110,8 +110,9 @@ fn vm_state(sock: &Path) -> String {
 
 /// Restores `snap` in a new chv with `--restore <opts>`; resumes it
 /// through the API unless the options resume it; checks the counter goes
-/// on with `nonce` past `last` and reads [`DISK_AFTER`]. Returns the
-/// restore-to-running time.
+/// on with `nonce` past `last` and reads [`DISK_AFTER`]. Returns the time
+/// from starting chv to `vm.info` answering Running (with the API round
+/// trips of a debug build).
 fn restore_and_check(
     dir: &Scratch,
     tag: &str,
@@ -122,6 +123,7 @@ fn restore_and_check(
 ) -> Duration {
     let sock = dir.path(&format!("{tag}.sock"));
     let resumes = opts.contains("resume=true");
+    let started = Instant::now();
     let mut chv = Chv::spawn(&[
         "--api-socket".to_string(),
         sock.display().to_string(),
@@ -129,14 +131,13 @@ fn restore_and_check(
         format!("source_url=file://{}{opts}", snap.display()),
         "-v".into(),
     ]);
-    let started = Instant::now();
     if !resumes {
         assert_eq!(vm_state(&sock), "Paused", "{}", chv.dump());
         let (status, body) = http(&sock, "PUT", "vm.resume", None);
         assert_eq!(status, 204, "vm.resume: {body}");
     }
-    let running = started.elapsed();
     assert_eq!(vm_state(&sock), "Running");
+    let running = started.elapsed();
     chv.expect(DISK_AFTER, ABORT, STEP_TIMEOUT);
     // Two more ticks, so the counter is seen advancing on the new host.
     let seen = ticks(&chv.stdout()).len();
@@ -206,7 +207,11 @@ fn linux_snapshot_restore_continues_the_guest() {
     assert_eq!(line, DISK_BEFORE);
     // Paused: the counter holds still.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(ticks(&chv.stdout()).len(), before.len(), "paused guest kept ticking");
+    assert_eq!(
+        ticks(&chv.stdout()).len(),
+        before.len(),
+        "paused guest kept ticking"
+    );
 
     let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
     let t = Instant::now();
@@ -243,15 +248,34 @@ fn linux_snapshot_restore_continues_the_guest() {
     let t = Instant::now();
     let (status, answer) = http(&sock, "PUT", "vm.send-migration", Some(&body));
     eprintln!("vm.send-migration took {:?}", t.elapsed());
-    assert_eq!(status, 204, "vm.send-migration: {answer}\n{}\n{}", chv.dump(), dest.dump());
+    assert_eq!(
+        status,
+        204,
+        "vm.send-migration: {answer}\n{}\n{}",
+        chv.dump(),
+        dest.dump()
+    );
     let (status, answer) = receiver.join().expect("receiver thread");
-    assert_eq!(status, 204, "vm.receive-migration: {answer}\n{}", dest.dump());
+    assert_eq!(
+        status,
+        204,
+        "vm.receive-migration: {answer}\n{}",
+        dest.dump()
+    );
     let exit = chv.expect_exit(Duration::from_secs(30));
-    assert!(exit.success(), "the source exited with {exit:?}\n{}", chv.dump());
+    assert!(
+        exit.success(),
+        "the source exited with {exit:?}\n{}",
+        chv.dump()
+    );
     let migrated_at = ticks(&chv.stdout()).last().map_or(0, |t| t.0);
     eprintln!(
         "source log: {}",
-        chv.stderr().lines().filter(|l| l.contains("migrated")).collect::<Vec<_>>().join(" | ")
+        chv.stderr()
+            .lines()
+            .filter(|l| l.contains("migrated"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     assert_eq!(vm_state(&dsock), "Running");
     // The counter goes on at the destination, with the same nonce, and
@@ -265,10 +289,15 @@ fn linux_snapshot_restore_continues_the_guest() {
         "the nonce changed across the migration",
     );
     dest.check(
-        moved.first().is_some_and(|(n, _, _)| follows(migrated_at, *n)),
+        moved
+            .first()
+            .is_some_and(|(n, _, _)| follows(migrated_at, *n)),
         &format!("the counter did not continue from {migrated_at}: {moved:?}"),
     );
-    dest.check(!dest.stdout().contains("GUEST-READY"), "the guest booted again");
+    dest.check(
+        !dest.stdout().contains("GUEST-READY"),
+        "the guest booted again",
+    );
     let (status, _) = http(&dsock, "PUT", "vmm.shutdown", None);
     assert_eq!(status, 204);
     dest.expect_exit(Duration::from_secs(30));
@@ -276,7 +305,14 @@ fn linux_snapshot_restore_continues_the_guest() {
 
     let lazy = restore_and_check(&dir, "lazy", &snap, "", &nonce, last);
     eprintln!("restore (lazy) to running: {lazy:?}");
-    let eager = restore_and_check(&dir, "eager", &snap, ",prefault=on,resume=true", &nonce, last);
+    let eager = restore_and_check(
+        &dir,
+        "eager",
+        &snap,
+        ",prefault=on,resume=true",
+        &nonce,
+        last,
+    );
     eprintln!("restore (prefault) to running: {eager:?}");
 }
 
@@ -301,7 +337,7 @@ fn last_tick(console: &str) -> Option<u64> {
     console
         .lines()
         .filter_map(|l| l.trim().strip_prefix("TICK ")?.parse().ok())
-        .last()
+        .next_back()
 }
 
 /// The tiny test guest (milliseconds per run): snapshot it, restore it in
@@ -392,7 +428,5 @@ fn test_guest_snapshot_restore_and_broken_snapshots() {
 
     let err = failing_restore(&dir.path("does-not-exist"));
     assert!(err.contains("state.json"), "{err}");
-    for e in [&err] {
-        assert_eq!(e.trim().lines().count(), 1, "not one line: {e}");
-    }
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
 }

@@ -11,8 +11,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleOutputMode, VmConfig};
-use crate::vcpu::{self, VcpuEvent};
 use crate::snapshot::{self, RestoreConfig, VmSnapshot};
+use crate::vcpu::{self, VcpuEvent};
 use crate::vm::{RestoreMemory, Vm, VmExit, VmSource};
 use crate::{seccomp, terminal, VmmError};
 use devices::seccomp::{BpfProgram, SeccompMode};

@@ -212,7 +212,10 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
     let started = Instant::now();
     let path = socket_path(url, "destination_url")?;
     let stream = UnixStream::connect(&path).map_err(|e| {
-        MigrationError::Url(format!("destination_url: cannot connect to {}: {e}", path.display()))
+        MigrationError::Url(format!(
+            "destination_url: cannot connect to {}: {e}",
+            path.display()
+        ))
     })?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = BufWriter::with_capacity(1 << 20, stream);
@@ -268,7 +271,9 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
         let paused = Instant::now();
         let outcome = (|| {
             // The receiver opens the same disk images.
-            vm.devices.set_host_locks(false).map_err(MigrationError::Vm)?;
+            vm.devices
+                .set_host_locks(false)
+                .map_err(MigrationError::Vm)?;
             let _ = dirty_pages(vm, &sizes)?;
             for (slot, region) in memory.iter().enumerate() {
                 let bytes = region_bytes(region);
@@ -347,7 +352,10 @@ fn dirty_pages(vm: &Vm, sizes: &[usize]) -> Result<Vec<Vec<usize>>, MigrationErr
 pub fn receive(url: &str, filters: &ThreadFilters) -> Result<(VmConfig, Vm), MigrationError> {
     let path = socket_path(url, "receiver_url")?;
     let listener = UnixListener::bind(&path).map_err(|e| {
-        MigrationError::Url(format!("receiver_url: cannot listen on {}: {e}", path.display()))
+        MigrationError::Url(format!(
+            "receiver_url: cannot listen on {}: {e}",
+            path.display()
+        ))
     })?;
     let accepted = wait_readable(&listener, ACCEPT_TIMEOUT).and_then(|()| listener.accept());
     let _ = std::fs::remove_file(&path);
@@ -397,13 +405,13 @@ fn receive_vm(
                 let mut gpa = [0u8; 8];
                 gpa.copy_from_slice(&body[..8]);
                 let gpa = GuestAddress(u64::from_le_bytes(gpa));
-                memory.write_slice(&body[8..], gpa).map_err(|e| {
-                    MigrationError::Protocol(format!("pages at {:#x}: {e}", gpa.0))
-                })?;
+                memory
+                    .write_slice(&body[8..], gpa)
+                    .map_err(|e| MigrationError::Protocol(format!("pages at {:#x}: {e}", gpa.0)))?;
             }
             MSG_STATE => {
-                let state = VmSnapshot::parse(&body)
-                    .map_err(|e| MigrationError::Vm(e.to_string()))?;
+                let state =
+                    VmSnapshot::parse(&body).map_err(|e| MigrationError::Vm(e.to_string()))?;
                 if state.config.memory.size != config.memory.size {
                     return Err(MigrationError::Protocol(
                         "the state's memory size differs from the config's".into(),
@@ -422,7 +430,9 @@ fn receive_vm(
                 return Ok((state.config, vm));
             }
             other => {
-                return Err(MigrationError::Protocol(format!("unexpected message {other}")))
+                return Err(MigrationError::Protocol(format!(
+                    "unexpected message {other}"
+                )))
             }
         }
     }
@@ -434,8 +444,14 @@ mod tests {
 
     #[test]
     fn urls_are_unix_paths() {
-        assert_eq!(socket_path("unix:/tmp/m.sock", "x").unwrap(), PathBuf::from("/tmp/m.sock"));
-        assert_eq!(socket_path("unix:///tmp/m.sock", "x").unwrap(), PathBuf::from("/tmp/m.sock"));
+        assert_eq!(
+            socket_path("unix:/tmp/m.sock", "x").unwrap(),
+            PathBuf::from("/tmp/m.sock")
+        );
+        assert_eq!(
+            socket_path("unix:///tmp/m.sock", "x").unwrap(),
+            PathBuf::from("/tmp/m.sock")
+        );
         assert!(socket_path("tcp:1.2.3.4:5", "destination_url")
             .unwrap_err()
             .to_string()
@@ -479,9 +495,19 @@ mod tests {
         };
         let mut stream = Vec::new();
         let config = VmConfig::default();
-        send_msg(&mut stream, MSG_CONFIG, &[&serde_json::to_vec(&config).unwrap()]).unwrap();
+        send_msg(
+            &mut stream,
+            MSG_CONFIG,
+            &[&serde_json::to_vec(&config).unwrap()],
+        )
+        .unwrap();
         // Pages far outside guest RAM.
-        send_msg(&mut stream, MSG_PAGES, &[&(1u64 << 50).to_le_bytes(), &[0u8; PAGE]]).unwrap();
+        send_msg(
+            &mut stream,
+            MSG_PAGES,
+            &[&(1u64 << 50).to_le_bytes(), &[0u8; PAGE]],
+        )
+        .unwrap();
         let e = receive_vm(&mut stream.as_slice(), &filters).err().unwrap();
         assert!(e.to_string().contains("pages at"), "{e}");
     }

@@ -24,12 +24,12 @@ use devices::seccomp::{
     apply_current_thread, build, common_rules, install_sigsys_handler, virtio_worker_rules,
     BpfProgram, SeccompError, SeccompMode, ThreadRules,
 };
+use kvm_bindings::kvm_dirty_log;
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_irqfd, kvm_lapic_state,
     kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_nested_state, kvm_pit_config, kvm_pit_state2,
     kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
 };
-use kvm_bindings::kvm_dirty_log;
 
 /// Request numbers of the ioctls chv issues (from the KVM API headers).
 mod nr {

@@ -22,9 +22,9 @@ use vmm_sys_util::eventfd::EventFd;
 use std::path::Path;
 
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
-use crate::snapshot::{self, MemoryRestoreMode, SnapshotError, VmSnapshot};
 use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
+use crate::snapshot::{self, MemoryRestoreMode, SnapshotError, VmSnapshot};
 use crate::vcpu::hotplug::{ResizeError, VcpuHotplug, VcpuSetup};
 use crate::vcpu::{self, PauseGate, VcpuContext, VcpuEvent, VcpuHandle};
 use crate::VmmError;
@@ -687,7 +687,11 @@ fn register_memory(vm_fd: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmmErro
 
 /// As [`register_memory`], with KVM memory-slot `flags`; slot numbers are
 /// the regions' positions in `memory`.
-fn register_memory_with(vm_fd: &VmFd, memory: &GuestMemoryMmap, flags: u32) -> Result<(), VmmError> {
+fn register_memory_with(
+    vm_fd: &VmFd,
+    memory: &GuestMemoryMmap,
+    flags: u32,
+) -> Result<(), VmmError> {
     for (slot, region) in memory.iter().enumerate() {
         let host = memory
             .get_host_address(region.start_addr())

@@ -82,7 +82,11 @@ fn restore_body(option: &str) -> Result<String, String> {
         let value = match key {
             "source_url" => serde_json::Value::from(value),
             "prefault" | "resume" => serde_json::Value::from(matches!(value, "on" | "true")),
-            _ => return Err(format!("restore: unknown option {key:?} (expected source_url, prefault, resume)")),
+            _ => {
+                return Err(format!(
+                    "restore: unknown option {key:?} (expected source_url, prefault, resume)"
+                ))
+            }
         };
         body.insert(key.to_string(), value);
     }

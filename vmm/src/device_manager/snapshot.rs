@@ -78,9 +78,7 @@ impl DeviceManager {
         let mut pci = Vec::new();
         for dev in lock(&self.devices).iter() {
             let transport = lock(&dev.device);
-            let state = transport
-                .state()
-                .map_err(|e| format!("{}: {e}", dev.id))?;
+            let state = transport.state().map_err(|e| format!("{}: {e}", dev.id))?;
             pci.push(PciDeviceSnapshot {
                 id: dev.id.clone(),
                 slot: dev.slot,
@@ -141,7 +139,13 @@ impl DeviceManager {
                 // MMIO mapping and the ioeventfds with it.
                 let mut bus = lock(&self.pci_bus);
                 bus.config_write(0, saved.slot, 0, BAR0_LOW, &(to as u32).to_le_bytes());
-                bus.config_write(0, saved.slot, 0, BAR0_HIGH, &((to >> 32) as u32).to_le_bytes());
+                bus.config_write(
+                    0,
+                    saved.slot,
+                    0,
+                    BAR0_HIGH,
+                    &((to >> 32) as u32).to_le_bytes(),
+                );
             }
             lock(&device)
                 .restore(&saved.state)

@@ -113,12 +113,21 @@ pub fn validate(ranges: &[MemoryRange], file_len: u64, ram_size: u64) -> Result<
     let mut last_end = 0u64;
     for r in ranges {
         if r.len == 0 || r.gpa % PAGE as u64 != 0 || r.len % PAGE as u64 != 0 {
-            return Err(bad(format!("range at {:#x} is empty or not page-aligned", r.gpa)));
+            return Err(bad(format!(
+                "range at {:#x} is empty or not page-aligned",
+                r.gpa
+            )));
         }
         if r.gpa < last_end {
-            return Err(bad(format!("range at {:#x} overlaps the previous one", r.gpa)));
+            return Err(bad(format!(
+                "range at {:#x} overlaps the previous one",
+                r.gpa
+            )));
         }
-        last_end = r.gpa.checked_add(r.len).ok_or_else(|| bad("address overflow".into()))?;
+        last_end = r
+            .gpa
+            .checked_add(r.len)
+            .ok_or_else(|| bad("address overflow".into()))?;
         let end = r
             .file_offset
             .checked_add(r.len)
@@ -226,7 +235,7 @@ fn copy_non_holes(file: &File, offset: u64, dst: &mut [u8]) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemory};
+    use vm_memory::Bytes;
 
     fn sample() -> GuestMemoryMmap {
         let mem = GuestMemoryMmap::from_ranges(&[
@@ -248,16 +257,23 @@ mod tests {
         assert_eq!(ranges.len(), 2);
         assert_eq!(ranges[1].file_offset, 1 << 20);
         let back = restore(&path, &ranges, 3 << 20, mode).unwrap();
-        assert_eq!(back.read_obj::<u32>(GuestAddress(0x100)).unwrap(), 0x1234_5678);
         assert_eq!(
-            back.read_obj::<u32>(GuestAddress((5 << 20) + 0xffc)).unwrap(),
+            back.read_obj::<u32>(GuestAddress(0x100)).unwrap(),
+            0x1234_5678
+        );
+        assert_eq!(
+            back.read_obj::<u32>(GuestAddress((5 << 20) + 0xffc))
+                .unwrap(),
             0xdead_beef
         );
         assert_eq!(back.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 0);
         // Writes to the restored guest stay out of the snapshot file.
         back.write_obj(7u32, GuestAddress(0x100)).unwrap();
         let again = restore(&path, &ranges, 3 << 20, mode).unwrap();
-        assert_eq!(again.read_obj::<u32>(GuestAddress(0x100)).unwrap(), 0x1234_5678);
+        assert_eq!(
+            again.read_obj::<u32>(GuestAddress(0x100)).unwrap(),
+            0x1234_5678
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

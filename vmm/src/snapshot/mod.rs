@@ -126,7 +126,9 @@ pub fn dir_from_url(url: &str, field: &str) -> Result<PathBuf, SnapshotError> {
         None => url,
     };
     if path.is_empty() {
-        return Err(SnapshotError::Url(format!("{field}: empty path in {url:?}")));
+        return Err(SnapshotError::Url(format!(
+            "{field}: empty path in {url:?}"
+        )));
     }
     Ok(PathBuf::from(path))
 }
@@ -186,9 +188,10 @@ impl VmSnapshot {
                 )))
             }
             other => {
+                let msg = format!("unsupported snapshot format version {other:?}");
                 return Err(SnapshotError::Invalid(format!(
-                    "unsupported snapshot format version {other:?} (this chv reads {SNAPSHOT_VERSION})"
-                )))
+                    "{msg} (this chv reads {SNAPSHOT_VERSION})"
+                )));
             }
         }
         let snapshot: Self = serde_json::from_value(value)
@@ -214,7 +217,10 @@ mod tests {
             dir_from_url("file:///var/lib/chv/s1", "destination_url").unwrap(),
             PathBuf::from("/var/lib/chv/s1")
         );
-        assert_eq!(dir_from_url("/tmp/s", "x").unwrap(), PathBuf::from("/tmp/s"));
+        assert_eq!(
+            dir_from_url("/tmp/s", "x").unwrap(),
+            PathBuf::from("/tmp/s")
+        );
         let e = dir_from_url("http://h/s", "source_url").unwrap_err();
         assert!(e.to_string().contains("source_url"), "{e}");
         assert!(dir_from_url("file://", "x").is_err());
@@ -222,7 +228,9 @@ mod tests {
 
     #[test]
     fn foreign_newer_and_broken_state_files_are_refused() {
-        let e = VmSnapshot::parse(b"{\"format\":\"chv-snapshot\",\"vers").err().unwrap();
+        let e = VmSnapshot::parse(b"{\"format\":\"chv-snapshot\",\"vers")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("truncated"), "{e}");
         let e = VmSnapshot::parse(b"{\"format\":\"qemu\"}").err().unwrap();
         assert!(e.to_string().contains("not a chv snapshot"), "{e}");
