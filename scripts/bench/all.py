@@ -409,8 +409,9 @@ def main():
     load = open("/proc/loadavg").read().split()[:3]
     log(f"\nmedians over {args.pairs} pair(s); 1 vCPU, {MEM_MIB} MiB; wall time {wall / 60:.1f} min; "
         f"host load avg {' '.join(load)}")
-    log(f"sizes: read {args.read_mib} MiB, write {args.write_mib} MiB, {args.rand_ops} random reads "
-        f"on a {args.image_mib} MiB image; TCP {args.net_kib} KiB each way")
+    if want_block or want_net:
+        log(f"sizes: read {args.read_mib} MiB, write {args.write_mib} MiB, {args.rand_ops} random "
+            f"reads on a {args.image_mib} MiB image; TCP {args.net_kib} KiB each way")
     log(table(med, ratios, only))
     for n in notes:
         log(n)

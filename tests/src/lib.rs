@@ -17,6 +17,7 @@
 //!   (without it, a missing kit fails those tests).
 
 pub mod api_client;
+pub mod base_snapshot;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -213,16 +214,38 @@ pub struct Chv {
     args: Vec<String>,
     started: Instant,
     status: Option<ExitStatus>,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Chv {
     /// Starts `chv` with `args` (stdin is /dev/null).
     pub fn spawn<S: AsRef<str>>(args: &[S]) -> Chv {
+        Self::start(args, false)
+    }
+
+    /// Starts `chv` with `args` and a pipe on its stdin, which a tty serial
+    /// console forwards to the guest ([`Self::send_line`]).
+    pub fn spawn_with_input<S: AsRef<str>>(args: &[S]) -> Chv {
+        Self::start(args, true)
+    }
+
+    /// Writes `line` and a newline to chv's stdin (the guest's serial
+    /// input); needs [`Self::spawn_with_input`].
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("chv was not started with input");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to chv's stdin");
+    }
+
+    fn start<S: AsRef<str>>(args: &[S], input: bool) -> Chv {
         let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
         let bin = chv_bin();
         let mut child = Command::new(&bin)
             .args(&args)
-            .stdin(Stdio::null())
+            .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -235,6 +258,7 @@ impl Chv {
         if let Some(err) = child.stderr.take() {
             readers.push(reader_thread(err, shared.clone(), true));
         }
+        let stdin = child.stdin.take();
         Chv {
             child,
             shared,
@@ -242,6 +266,7 @@ impl Chv {
             args,
             started: Instant::now(),
             status: None,
+            stdin,
         }
     }
 

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chv_tests::api_client::http;
-use chv_tests::{require_guest_kit, testguest, Chv};
+use chv_tests::{testguest, Chv};
 
 /// Time to the guest's first marker: Linux boots take 40-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -166,33 +166,19 @@ i=0; while [ ! -e $c/cpu1/online ] && [ $i -lt 150 ]; do sleep 1; i=$((i+1)); do
 i=0; while [ $(cat $c/online) != 0-1 ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; \
 echo CPU-READDED=$(cat $c/online)";
 
+/// Starts from the shared base snapshot (the guest kit booted with
+/// `--cpus boot=1,max=2` to a command loop) instead of a boot, and sends
+/// the script through the serial console.
 #[test]
 fn linux_cpu_hotplug() {
-    let Some(kit) = require_guest_kit() else {
-        return;
-    };
     let dir = Scratch::new("linux");
     let sock = dir.path("api.sock");
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
-    let mut chv = Chv::spawn(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--cpus".into(),
-        "boot=1,max=2".into(),
-        "--memory".into(),
-        "size=128M".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--api-socket".into(),
-        sock.display().to_string(),
-        "-v".into(),
-    ]);
+    let Some(mut chv) = chv_tests::base_snapshot::restore(&sock, &["-v".to_string()]) else {
+        return;
+    };
+    chv.send_line(&format!(
+        "{GUEST_SCRIPT}; echo CPU-SCRIPT-DONE; poweroff -f"
+    ));
     chv.expect("CPU-WAIT-ADD", ABORT, BOOT_TIMEOUT);
     let booted = chv.elapsed();
     chv.check(
@@ -226,15 +212,13 @@ fn linux_cpu_hotplug() {
     // comes back on the fd it had before (KVM cannot destroy a vCPU).
     let (st, text) = resize(&sock, r#"{"desired_vcpus":2}"#);
     chv.check(st == 204, &format!("resize to 2 again: {st} {text}"));
-    // The script's last line is complete once init reports its exit.
-    chv.expect("GUEST-CMD-EXIT", ABORT, STEP_TIMEOUT);
+    chv.expect("CPU-SCRIPT-DONE", ABORT, STEP_TIMEOUT);
     let readded = chv.elapsed();
     chv.check(
         chv.stdout().contains("CPU-READDED=0-1"),
         "the guest onlined the re-added vCPU",
     );
 
-    chv.expect("GUEST-POWEROFF", ABORT, STEP_TIMEOUT);
     let st = chv.expect_exit(Duration::from_secs(60));
     chv.assert_no_panic();
     chv.check(st.success(), &format!("chv exited with {st}"));

@@ -484,6 +484,7 @@ impl Vmm {
                 self.config = Some(config);
                 self.vm = Some(vm);
                 self.state = VmState::Running;
+                self.take_serial_input();
                 Ok((ApiResponse::no_content(), Next::Rearm))
             }
             other => Err(ApiResponse::error(

@@ -70,8 +70,14 @@ pub struct Vmm {
     pub(crate) state: VmState,
     signals: std::fs::File,
     tty_input: bool,
+    /// Stdin is out of the epoll set while the guest's receive FIFO is
+    /// full; the loop polls for room instead of dropping input.
+    stdin_throttled: bool,
     api: Option<(Receiver<ApiRequest>, EventFd)>,
 }
+
+/// How often a throttled stdin checks the serial receive FIFO for room.
+const STDIN_RETRY_MS: i32 = 5;
 
 /// Seccomp filters for the threads a VM starts (`None`: not filtered).
 #[derive(Clone)]
@@ -157,6 +163,7 @@ pub fn run(
         state: VmState::Created,
         signals,
         tty_input,
+        stdin_throttled: false,
         api,
     };
     let result = vmm.run_loop(restore);
@@ -221,6 +228,7 @@ impl Vmm {
         )?;
         self.config = Some(snap.config);
         self.state = VmState::Paused;
+        self.take_serial_input();
         if restore.resume {
             vm.resume();
             self.state = VmState::Running;
@@ -232,6 +240,19 @@ impl Vmm {
             started.elapsed().as_secs_f64() * 1000.0
         );
         Ok(())
+    }
+
+    /// Forwards stdin to the guest's serial port when the VM's config (one
+    /// that came with a restore or a migration) asks for a tty serial.
+    pub(crate) fn take_serial_input(&mut self) {
+        let tty = self
+            .config
+            .as_ref()
+            .is_some_and(|c| c.serial.mode == ConsoleOutputMode::Tty);
+        if tty && !self.tty_input {
+            terminal::set_raw_mode();
+            self.tty_input = true;
+        }
     }
 
     /// Stops and drops the VM, keeping its configuration.
@@ -261,7 +282,7 @@ impl Vmm {
     }
 
     /// An epoll set for the current VM (if any), the signals and the API.
-    fn arm(&self) -> Result<Epoll, VmmError> {
+    fn arm(&mut self) -> Result<Epoll, VmmError> {
         let epoll = Epoll::new().map_err(VmmError::ControlLoop)?;
         let add = |fd: i32, token: u64| {
             epoll
@@ -286,16 +307,41 @@ impl Vmm {
                 let _ = add(libc::STDIN_FILENO, TOKEN_STDIN);
             }
         }
+        self.stdin_throttled = false;
         Ok(epoll)
+    }
+
+    /// Room in the guest's serial receive FIFO (0 without a serial port).
+    fn serial_room(&self) -> usize {
+        self.vm
+            .as_ref()
+            .and_then(|vm| vm.serial.as_ref())
+            .map_or(0, |s| {
+                s.lock().unwrap_or_else(|e| e.into_inner()).input_capacity()
+            })
     }
 
     fn wait(&mut self, epoll: &Epoll) -> Result<Next, VmmError> {
         let mut events = [EpollEvent::default(); 8];
-        let n = match epoll.wait(-1, &mut events) {
+        let timeout = if self.stdin_throttled {
+            STDIN_RETRY_MS
+        } else {
+            -1
+        };
+        let n = match epoll.wait(timeout, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Next::Continue),
             Err(e) => return Err(VmmError::ControlLoop(e)),
         };
+        if self.stdin_throttled && self.serial_room() > 0 {
+            let ev = EpollEvent::new(EventSet::IN, TOKEN_STDIN);
+            if epoll
+                .ctl(ControlOperation::Add, libc::STDIN_FILENO, ev)
+                .is_ok()
+            {
+                self.stdin_throttled = false;
+            }
+        }
         for ev in &events[..n] {
             let next = match ev.data() {
                 TOKEN_EXIT => Next::Exit(VmExit::PowerOff),
@@ -341,10 +387,22 @@ impl Vmm {
 
     fn stdin_input(&mut self, epoll: &Epoll) -> Next {
         let mut buf = [0u8; 64];
+        let room = self.serial_room().min(buf.len());
+        if room == 0 {
+            // The guest has not drained the FIFO: leave the bytes in stdin
+            // and look again shortly (see `wait`).
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                libc::STDIN_FILENO,
+                EpollEvent::default(),
+            );
+            self.stdin_throttled = true;
+            return Next::Continue;
+        }
         // Read the descriptor directly: std's buffered stdin could keep
         // bytes that epoll would then never report again.
-        // SAFETY: `buf` is a valid writable buffer of the given length.
-        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: `buf` is valid and writable for `room` <= its length bytes.
+        let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), room) };
         match usize::try_from(n) {
             Ok(0) | Err(_) => {
                 let _ = epoll.ctl(
