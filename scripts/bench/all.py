@@ -257,7 +257,9 @@ def snapshot_run(chv, kit, work):
                      kill_after=b"GUEST-UPTIME")
     if "snapshot_s" not in r:
         raise RuntimeError(f"snapshot not taken:\n{B.tail(r['output'])}")
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(snap) for f in fs)
+    files = [os.stat(os.path.join(d, f)) for d, _, fs in os.walk(snap) for f in fs]
+    size = sum(st.st_size for st in files)
+    alloc = sum(st.st_blocks * 512 for st in files)  # the memory file is sparse
     rsock = os.path.join(work, "snap-dst.sock")
     if os.path.exists(rsock):
         os.unlink(rsock)
@@ -277,7 +279,7 @@ def snapshot_run(chv, kit, work):
             state = json.loads(body or b"{}").get("state") if st == 200 else None
             if state == "Running":
                 return {"snapshot_s": r["snapshot_s"], "restore_s": time.monotonic() - t0,
-                        "snapshot_mib": size / B.MIB}
+                        "snapshot_mib": size / B.MIB, "snapshot_alloc_mib": alloc / B.MIB}
             if state == "Paused" and not resumed:
                 B.http_unix(rsock, "PUT", "vm.resume")
                 resumed = True
