@@ -118,10 +118,9 @@ pub fn base_snapshot() -> Option<PathBuf> {
     Some(dir)
 }
 
-/// Restores the base snapshot in a new chv with an API socket at `sock`
-/// and serial input from [`Chv::send_line`]; the guest runs and waits for
-/// a command line. `extra` goes on the chv command line.
-pub fn restore(sock: &Path, extra: &[String]) -> Option<Chv> {
+/// The chv arguments that restore the base snapshot with an API socket at
+/// `sock`, followed by `extra`; start chv with [`Chv::spawn_with_input`].
+pub fn restore_args(sock: &Path, extra: &[String]) -> Option<Vec<String>> {
     let base = base_snapshot()?;
     let mut args = vec![
         "--api-socket".to_string(),
@@ -130,5 +129,12 @@ pub fn restore(sock: &Path, extra: &[String]) -> Option<Chv> {
         format!("source_url=file://{},resume=true", base.display()),
     ];
     args.extend_from_slice(extra);
-    Some(Chv::spawn_with_input(&args))
+    Some(args)
+}
+
+/// Restores the base snapshot in a new chv with an API socket at `sock`
+/// and serial input from [`Chv::send_line`]; the guest runs and waits for
+/// a command line. `extra` goes on the chv command line.
+pub fn restore(sock: &Path, extra: &[String]) -> Option<Chv> {
+    Some(Chv::spawn_with_input(&restore_args(sock, extra)?))
 }

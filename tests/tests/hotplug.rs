@@ -13,12 +13,14 @@
 //! - `cold_plug_net_and_vsock_before_boot` (fast, no Linux): on a created
 //!   but not booted VM both endpoints answer 204 and only record the
 //!   device; `vm.boot` then plugs them (tap and socket appear).
-//! - `linux_disk_hotplug_and_power_button` (one Linux boot of the guest kit):
-//!   with one cold-plugged disk (`/dev/vda`), the guest polls for
+//! - `linux_disk_hotplug_and_power_button` (the guest kit restored from the
+//!   shared base snapshot, `chv_tests::base_snapshot`, the script sent over
+//!   the serial console): with a first hot-added disk (`/dev/vda`), the guest polls for
 //!   `/dev/vdb`; the host hot-adds a raw image holding a known pattern, the guest reads the pattern from `/dev/vdb`; the host
 //!   asks to remove the disk, the guest's ACPI hotplug driver ejects it and
 //!   `/dev/vdb` disappears; the host hot-adds a network device (tap in a
-//!   namespace) and the guest sees `eth0` appear; the host presses the power button and the
+//!   namespace) and the guest sees `eth0` appear and pings the tap over it; the host
+//!   presses the power button and the
 //!   guest sees the GED interrupt (`ACPI:Ged` in `/proc/interrupts`) with
 //!   `PWRB` bound to the ACPI button driver; the guest powers off and chv
 //!   exits 0.
@@ -34,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use chv_tests::{chv_bin, require_guest_kit, testguest, Chv};
+use chv_tests::{chv_bin, testguest, Chv};
 
 /// Time to the guest's first marker: Linux boots take 40-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -102,7 +104,7 @@ impl NetNs {
                 // only this scoped thread's network namespace.
                 let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
                 assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                Chv::spawn(args)
+                Chv::spawn_with_input(args)
             })
             .join()
             .expect("spawn thread")
@@ -349,6 +351,7 @@ fn cold_plug_net_and_vsock_before_boot() {
 /// count GED interrupts around the power button. Single quotes only: the
 /// whole script is one `guest_cmd="..."` kernel parameter.
 const GUEST_SCRIPT: &str = "\
+i=0; while [ ! -b /dev/vda ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
 echo HP-SLOTS=$(ls /sys/bus/pci/slots | wc -l); \
 echo HP-BUTTON=$(ls /sys/bus/acpi/drivers/button | grep -c PNP0C0C); \
 echo HP-WAIT-ADD; \
@@ -363,6 +366,8 @@ echo HP-VDA=$(ls /dev | grep -c vda); \
 echo HP-WAIT-NET; \
 i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
 echo HP-NET=$(ls /sys/class/net | grep -c eth0); \
+ip addr add 192.168.249.2/24 dev eth0; ip link set eth0 up; \
+ping -c 2 -W 10 192.168.249.1 > /dev/null && echo HP-PING=ok || echo HP-PING=fail; \
 g0=$(awk '/Ged/{print $2}' /proc/interrupts); \
 echo HP-WAIT-POWER ged=$g0; \
 i=0; while [ $(awk '/Ged/{print $2}' /proc/interrupts) = $g0 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done; \
@@ -370,45 +375,31 @@ echo HP-POWER ged=$(awk '/Ged/{print $2}' /proc/interrupts)";
 
 #[test]
 fn linux_disk_hotplug_and_power_button() {
-    let Some(kit) = require_guest_kit() else {
-        return;
-    };
     let dir = Scratch::new("linux");
     let sock = dir.path("api.sock");
     let img = dir.path("hot.raw");
     pattern_image(&img);
-    // A cold-plugged disk (slot 1, /dev/vda), so the hot one is /dev/vdb.
-    let cold = dir.path("cold.raw");
-    std::fs::write(&cold, vec![0u8; 1 << 20]).expect("write image");
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
+    // The first disk (slot 1, /dev/vda) stays, so the second is /dev/vdb.
+    let first = dir.path("first.raw");
+    std::fs::write(&first, vec![0u8; 1 << 20]).expect("write image");
+    // From the shared base snapshot (the kit booted to a command loop, no
+    // PCI devices) instead of a boot; made outside the namespace.
+    let Some(args) = chv_tests::base_snapshot::restore_args(&sock, &["-v".to_string()]) else {
+        return;
+    };
     // In a namespace: the hot-added network device's tap lands there.
     let ns = NetNs::new("linux");
-    let mut chv = ns.spawn_chv(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--cpus".into(),
-        "boot=1".into(),
-        "--memory".into(),
-        "size=128M".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--api-socket".into(),
-        sock.display().to_string(),
-        "--disk".into(),
-        format!("path={},id=cold0", cold.display()),
-        "-v".into(),
-    ]);
+    let mut chv = ns.spawn_chv(&args);
+    let add = format!(r#"{{"path":"{}","id":"cold0"}}"#, first.display());
+    let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&add));
+    assert_eq!(status, 200, "vm.add-disk: {body}\n{}", chv.dump());
+    chv.send_line(&format!("{GUEST_SCRIPT}; echo HP-SCRIPT-DONE; poweroff -f"));
     chv.expect("HP-WAIT-ADD", ABORT, BOOT_TIMEOUT);
     let booted = chv.elapsed();
-    // acpiphp registered the cold disk's slot plus 8 spare ones (chv's
-    // HOTPLUG_SPARE_SLOTS); PWRB is bound to the button driver.
-    chv.check(chv.stdout().contains("HP-SLOTS=9"), "9 hotplug slots");
+    // acpiphp registered chv's 8 spare hotplug slots (HOTPLUG_SPARE_SLOTS;
+    // the base VM has no cold-plugged device); PWRB is bound to the
+    // button driver.
+    chv.check(chv.stdout().contains("HP-SLOTS=8"), "8 hotplug slots");
     chv.check(chv.stdout().contains("HP-BUTTON=1"), "PWRB bound");
 
     let add = format!(r#"{{"path":"{}","id":"hot0"}}"#, img.display());
@@ -434,11 +425,13 @@ fn linux_disk_hotplug_and_power_button() {
     chv.check(info.contains("cold0"), &format!("cold disk gone: {info}"));
 
     chv.expect("HP-WAIT-NET", ABORT, STEP_TIMEOUT);
-    chv.check(
-        chv.stdout().contains("HP-VDA=1"),
-        "the cold-plugged disk stayed",
+    chv.check(chv.stdout().contains("HP-VDA=1"), "the first disk stayed");
+    let (status, body) = http(
+        &sock,
+        "PUT",
+        "vm.add-net",
+        Some(r#"{"tap":"chvhp0","ip":"192.168.249.1","mask":"255.255.255.0"}"#),
     );
-    let (status, body) = http(&sock, "PUT", "vm.add-net", Some(r#"{"tap":"chvhp0"}"#));
     chv.check(status == 200, &format!("vm.add-net: {status} {body}"));
     chv.check(json_str(&body, "bdf").is_some(), &format!("no bdf: {body}"));
     chv.expect("HP-WAIT-POWER", ABORT, STEP_TIMEOUT);
@@ -446,10 +439,13 @@ fn linux_disk_hotplug_and_power_button() {
         chv.stdout().contains("HP-NET=1"),
         "the guest saw the hot-added eth0",
     );
+    chv.check(
+        chv.stdout().contains("HP-PING=ok"),
+        "the guest pinged the host over the hot-added NIC",
+    );
     let (status, body) = http(&sock, "PUT", "vm.power-button", None);
     chv.check(status == 204, &format!("vm.power-button: {status} {body}"));
-    // The script's last line is complete once init reports its exit.
-    chv.expect("GUEST-CMD-EXIT", ABORT, STEP_TIMEOUT);
+    chv.expect("HP-SCRIPT-DONE", ABORT, STEP_TIMEOUT);
     let lines = chv.lines();
     let count = |prefix: &str| -> u64 {
         lines
@@ -466,12 +462,11 @@ fn linux_disk_hotplug_and_power_button() {
     // The two hot-adds and the eject request each raised it once before.
     chv.check(before >= 3, "GED interrupts for adds and remove");
 
-    chv.expect("GUEST-POWEROFF", ABORT, STEP_TIMEOUT);
     let st = chv.expect_exit(Duration::from_secs(60));
     chv.assert_no_panic();
     chv.check(st.success(), &format!("chv exited with {st}"));
     eprintln!(
-        "boot to script {booted:.1?}, hot-add seen {:.1?} later, removal {:.1?} later",
+        "restore to script {booted:.1?}, hot-add seen {:.1?} later, removal {:.1?} later",
         added - booted,
         removed - added
     );

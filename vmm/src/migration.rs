@@ -242,9 +242,13 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
     let zero_hash = page_hash(&[0u8; PAGE]);
     for (slot, region) in memory.iter().enumerate() {
         let bytes = region_bytes(region);
+        let touched = crate::snapshot::memory::touched_pages(region);
         let mut pages = Vec::new();
         for (i, page) in bytes.chunks_exact(PAGE).enumerate() {
-            if page.iter().any(|&b| b != 0) {
+            let untouched = touched
+                .as_ref()
+                .is_some_and(|t| !t.get(i).copied().unwrap_or(true));
+            if !untouched && page.iter().any(|&b| b != 0) {
                 pages.push(i);
             } else {
                 sender.hashes[slot][i] = zero_hash;
@@ -277,9 +281,12 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
             let _ = dirty_pages(vm, &sizes)?;
             for (slot, region) in memory.iter().enumerate() {
                 let bytes = region_bytes(region);
+                // Pages never touched are still zero, as sent.
+                let touched = crate::snapshot::memory::touched_pages(region);
                 let changed: Vec<usize> = bytes
                     .chunks_exact(PAGE)
                     .enumerate()
+                    .filter(|(i, _)| touched.as_ref().is_none_or(|t| t.get(*i) != Some(&false)))
                     .filter(|(i, page)| sender.hashes[slot][*i] != page_hash(page))
                     .map(|(i, _)| i)
                     .collect();
@@ -494,7 +501,9 @@ mod tests {
             worker: None,
         };
         let mut stream = Vec::new();
-        let config = VmConfig::default();
+        let mut config = VmConfig::default();
+        config.payload.kernel = Some("/nonexistent/vmlinux".into());
+        config.memory.size = 32 << 20;
         send_msg(
             &mut stream,
             MSG_CONFIG,

@@ -62,6 +62,32 @@ fn region_bytes(region: &GuestRegionMmap) -> &[u8] {
     unsafe { std::slice::from_raw_parts(region.as_ptr(), region.len() as usize) }
 }
 
+/// Which pages of `region` the process ever touched, from
+/// `/proc/self/pagemap` (present or swapped); `None` when unknown. Only
+/// for anonymous memory: pages of a file mapping (a lazily restored VM)
+/// hold data before they are touched. Untouched pages are zero and need
+/// not be read, which would fault each one in.
+pub(crate) fn touched_pages(region: &GuestRegionMmap) -> Option<Vec<bool>> {
+    const PRESENT_OR_SWAPPED: u64 = 3 << 62;
+    if region.file_offset().is_some() {
+        return None;
+    }
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let first = region.as_ptr() as u64 / PAGE as u64;
+    let pages = usize::try_from(region.len()).ok()? / PAGE;
+    let mut raw = vec![0u8; pages * 8];
+    pagemap.read_exact_at(&mut raw, first * 8).ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(e);
+                u64::from_le_bytes(b) & PRESENT_OR_SWAPPED != 0
+            })
+            .collect(),
+    )
+}
+
 /// Writes every RAM region of `memory` to `path` (created or truncated),
 /// leaving all-zero pages as holes. Returns where each region went.
 pub fn save(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<MemoryRange>, SnapshotError> {
@@ -75,11 +101,16 @@ pub fn save(memory: &GuestMemoryMmap, path: &Path) -> Result<Vec<MemoryRange>, S
     let mut offset = 0u64;
     for region in memory.iter() {
         let bytes = region_bytes(region);
+        let touched = touched_pages(region);
         // Write runs of non-zero pages with one call each.
         let mut run_start: Option<usize> = None;
         for (i, page) in bytes.chunks(PAGE).enumerate() {
             let at = i * PAGE;
-            match (is_zero(page), run_start) {
+            let zero = match &touched {
+                Some(t) if !t.get(i).copied().unwrap_or(true) => true,
+                _ => is_zero(page),
+            };
+            match (zero, run_start) {
                 (false, None) => run_start = Some(at),
                 (true, Some(start)) => {
                     file.write_all_at(&bytes[start..at], offset + start as u64)
