@@ -107,6 +107,35 @@ fn build_chv() -> Result<(), String> {
     }
 }
 
+/// A scratch directory `chv-<tag>-<pid>` in the temp dir, removed on drop
+/// unless the test failed (then kept for inspection).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// Creates the directory afresh.
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("chv-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// The real Linux guest: a PVH-capable `vmlinux` and a busybox
 /// `initramfs.cpio` whose `/init` prints `GUEST-READY` (see the kit README).
 #[derive(Clone, Debug)]

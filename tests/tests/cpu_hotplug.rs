@@ -15,11 +15,10 @@
 //!   brings vCPU 1 back (on its parked KVM fd) and the file reads `0-1`
 //!   again; the guest then powers off and chv exits 0.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chv_tests::api_client::http;
-use chv_tests::{testguest, Chv};
+use chv_tests::{testguest, Chv, Scratch};
 
 /// Time to the guest's first marker: Linux boots take 40-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -27,32 +26,6 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 /// Console text that ends a wait early as a failure.
 const ABORT: &[&str] = &["Kernel panic", "CPU-FAIL"];
-
-/// A scratch directory, removed on drop unless the test failed.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("chv-cpuhp-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("keeping {} for inspection", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// `PUT vm.resize` with `body`; returns (status, body).
 fn resize(sock: &std::path::Path, body: &str) -> (u16, String) {
@@ -83,7 +56,7 @@ fn ticker(sock: &std::path::Path, cpus: &str) -> Chv {
 
 #[test]
 fn resize_api_with_test_guest() {
-    let dir = Scratch::new("api");
+    let dir = Scratch::new("cpuhp-api");
     let sock = dir.path("api.sock");
     let mut chv = ticker(&sock, "boot=1,max=2");
 
@@ -171,7 +144,7 @@ echo CPU-READDED=$(cat $c/online)";
 /// the script through the serial console.
 #[test]
 fn linux_cpu_hotplug() {
-    let dir = Scratch::new("linux");
+    let dir = Scratch::new("cpuhp-linux");
     let sock = dir.path("api.sock");
     let Some(mut chv) = chv_tests::base_snapshot::restore(&sock, &["-v".to_string()]) else {
         return;

@@ -32,11 +32,11 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use chv_tests::{chv_bin, testguest, Chv};
+use chv_tests::{chv_bin, testguest, Chv, Scratch};
 
 /// Time to the guest's first marker: Linux boots take 40-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -46,32 +46,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 const ABORT: &[&str] = &["Kernel panic", "HP-FAIL"];
 /// Pattern at offset 0 of the hot-added disk.
 const PATTERN: &str = "CHV-HOTPLUG-PATTERN-7d3f";
-
-/// A scratch directory, removed on drop unless the test failed.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("chv-hotplug-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("keeping {} for inspection", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// A network namespace (`ip netns add chvhp-<pid>-<tag>`), deleted on drop,
 /// so the taps chv creates never touch the host's interfaces.
@@ -153,7 +127,7 @@ fn json_str(body: &str, key: &str) -> Option<String> {
 
 #[test]
 fn hotplug_api_with_test_guest() {
-    let dir = Scratch::new("api");
+    let dir = Scratch::new("hotplug-api");
     let sock = dir.path("api.sock");
     let img = dir.path("disk.raw");
     pattern_image(&img);
@@ -301,7 +275,7 @@ fn hotplug_api_with_test_guest() {
 
 #[test]
 fn cold_plug_net_and_vsock_before_boot() {
-    let dir = Scratch::new("cold");
+    let dir = Scratch::new("hotplug-cold");
     let sock = dir.path("api.sock");
     let ns = NetNs::new("cold");
     let mut chv = ns.spawn_chv(&["--api-socket".to_string(), sock.display().to_string()]);
@@ -375,7 +349,7 @@ echo HP-POWER ged=$(awk '/Ged/{print $2}' /proc/interrupts)";
 
 #[test]
 fn linux_disk_hotplug_and_power_button() {
-    let dir = Scratch::new("linux");
+    let dir = Scratch::new("hotplug-linux");
     let sock = dir.path("api.sock");
     let img = dir.path("hot.raw");
     pattern_image(&img);

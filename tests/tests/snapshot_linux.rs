@@ -21,11 +21,11 @@
 //!   truncated memory file, a missing directory) make chv exit 1 with a
 //!   one-line error naming the problem, without starting a guest.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
-use chv_tests::{require_guest_kit, run_to_exit, Chv};
+use chv_tests::{require_guest_kit, run_to_exit, Chv, Scratch};
 
 /// Time to the guest's first tick: Linux boots take 20-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -41,32 +41,6 @@ const GUEST_SCRIPT: &str = "N=$(cat /proc/sys/kernel/random/uuid); i=0; \
 
 const DISK_BEFORE: &str = "DISK-BEFORE-SNAPSHOT";
 const DISK_AFTER: &str = "DISK-AFTER-RESTORE";
-
-/// A scratch directory, removed on drop unless the test failed.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("chv-snap-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("keeping {} for inspection", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// A 1 MiB raw disk whose first line is `line`.
 fn write_disk(path: &Path, line: &str) {
@@ -174,7 +148,7 @@ fn linux_snapshot_restore_continues_the_guest() {
     let Some(kit) = require_guest_kit() else {
         return;
     };
-    let dir = Scratch::new("linux");
+    let dir = Scratch::new("snap-linux");
     let sock = dir.path("api.sock");
     let disk = dir.path("disk.raw");
     let snap = dir.path("snap");
@@ -345,7 +319,7 @@ fn last_tick(console: &str) -> Option<u64> {
 /// snapshot is broken in several ways and each restore fails cleanly.
 #[test]
 fn test_guest_snapshot_restore_and_broken_snapshots() {
-    let dir = Scratch::new("broken");
+    let dir = Scratch::new("snap-broken");
     let sock = dir.path("api.sock");
     let snap = dir.path("snap");
     let mut chv = Chv::spawn(&[
