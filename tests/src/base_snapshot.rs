@@ -45,7 +45,9 @@ fn make(kit: &GuestKit, dir: &Path) {
     let scratch = dir.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).expect("snapshot scratch dir");
-    let sock = scratch.join("api.sock");
+    // In the temp dir: a socket path must fit in 108 bytes.
+    let sock = std::env::temp_dir().join(format!("chv-base-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
     let mut chv = Chv::spawn(&[
         "--kernel".to_string(),
         kit.kernel.display().to_string(),
@@ -80,6 +82,7 @@ fn make(kit: &GuestKit, dir: &Path) {
     let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
     assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
     chv.kill();
+    let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(scratch.join("snap"), dir).expect("move the snapshot into place");
     let _ = std::fs::remove_dir_all(&scratch);

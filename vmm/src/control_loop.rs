@@ -123,6 +123,8 @@ pub fn run(
     restore: Option<RestoreConfig>,
 ) -> Result<VmExit, VmmError> {
     let signals = stop_signal_fd()?;
+    // Without an API socket nothing can hot-plug: describe no slots.
+    crate::device_manager::set_hotplug_possible(api_socket.is_some());
     vcpu::install_kick_handler().map_err(VmmError::ControlLoop)?;
     let filters = ThreadFilters {
         vcpu: seccomp::vcpu_filter(seccomp_mode).map_err(VmmError::Seccomp)?,

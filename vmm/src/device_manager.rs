@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arch::acpi::hotplug::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON};
@@ -79,6 +80,9 @@ pub const HOTPLUG_SPARE_SLOTS: u8 = 8;
 /// [`HOTPLUG_SPARE_SLOTS`], at most 31. `Vm::boot` passes it to the ACPI
 /// tables and [`DeviceManager`] refuses hot-adds beyond it.
 pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
+    if !HOTPLUG_POSSIBLE.load(Ordering::Relaxed) {
+        return 0;
+    }
     let cold = config.disks.as_ref().map_or(0, Vec::len)
         + config.net.as_ref().map_or(0, Vec::len)
         + usize::from(config.console.mode != ConsoleOutputMode::Off)
@@ -86,6 +90,17 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
         + usize::from(config.vsock.is_some());
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
     u8::try_from(slots.min(usize::from(arch::acpi::hotplug::LAST_HOTPLUG_SLOT))).unwrap_or(0)
+}
+
+/// Whether anything can hot-plug devices into this process's VMs (false
+/// when chv runs without an API socket). Without it the ACPI tables
+/// describe no hotplug slot: each one costs the guest boot time.
+static HOTPLUG_POSSIBLE: AtomicBool = AtomicBool::new(true);
+
+/// Tells [`hotplug_slots_for`] whether hotplug can happen at all (an API
+/// socket exists); set once at start-up.
+pub fn set_hotplug_possible(possible: bool) {
+    HOTPLUG_POSSIBLE.store(possible, Ordering::Relaxed);
 }
 
 /// Where a hot-added device landed (Cloud Hypervisor's `PciDeviceInfo`,
