@@ -18,6 +18,7 @@
 
 pub mod api_client;
 pub mod base_snapshot;
+pub mod netns;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

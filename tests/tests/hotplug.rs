@@ -27,16 +27,13 @@
 //!
 //! Requests are raw HTTP/1.1 over the `--api-socket` Unix socket.
 
-use std::fs::File;
-
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use chv_tests::{chv_bin, testguest, Chv, Scratch};
+use chv_tests::netns::NetNs;
+use chv_tests::{testguest, Scratch};
 
 /// Time to the guest's first marker: Linux boots take 40-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -46,61 +43,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 const ABORT: &[&str] = &["Kernel panic", "HP-FAIL"];
 /// Pattern at offset 0 of the hot-added disk.
 const PATTERN: &str = "CHV-HOTPLUG-PATTERN-7d3f";
-
-/// A network namespace (`ip netns add chvhp-<pid>-<tag>`), deleted on drop,
-/// so the taps chv creates never touch the host's interfaces.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(tag: &str) -> NetNs {
-        let name = format!("chvhp-{}-{tag}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("cannot run `ip` (iproute2 installed?)");
-        assert!(
-            out.status.success(),
-            "`ip netns add {name}`: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        NetNs(name)
-    }
-
-    /// Starts chv inside the namespace: the spawning thread joins it first
-    /// (like `ip netns exec`), and the child inherits it.
-    fn spawn_chv(&self, args: &[String]) -> Chv {
-        let _ = chv_bin(); // build outside the namespace
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns(2) with a namespace fd we own; it changes
-                // only this scoped thread's network namespace.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                Chv::spawn_with_input(args)
-            })
-            .join()
-            .expect("spawn thread")
-        })
-    }
-
-    /// Whether interface `name` exists in the namespace.
-    fn has_link(&self, name: &str) -> bool {
-        Command::new("ip")
-            .args(["-n", &self.0, "link", "show", name])
-            .output()
-            .expect("cannot run `ip`")
-            .status
-            .success()
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
 
 /// Whether `path` is a Unix socket.
 fn is_socket(path: &Path) -> bool {

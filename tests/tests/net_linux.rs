@@ -29,17 +29,16 @@
 //! and `ip` and `sha256sum` on the host. A missing kit fails the boot test
 //! unless `CHV_SKIP_LINUX=1`.
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chv_tests::{chv_bin, require_guest_kit, testguest, Chv, GuestKit};
+use chv_tests::netns::NetNs;
+use chv_tests::{require_guest_kit, testguest, Chv, GuestKit};
 
 /// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -72,89 +71,6 @@ const GUEST_IP: &str = "10.0.2.15";
 const TAP: &str = "chvtap0";
 /// The MAC boot 1 gives the guest NIC.
 const MAC: &str = "52:54:00:12:34:56";
-
-/// A network namespace of this test process (`chvtest-<pid>-<n>`), deleted
-/// on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new() -> NetNs {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "chvtest-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("cannot run `ip` (iproute2 installed?)");
-        assert!(
-            out.status.success(),
-            "`ip netns add {name}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        NetNs { name }
-    }
-
-    /// Runs `f` on a fresh thread that first joins this namespace, so the
-    /// sockets and processes `f` creates live in it (a socket keeps its
-    /// namespace whichever thread uses it later; a child inherits the
-    /// namespace of the thread that forked it).
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns(2) on a valid namespace fd we own; it only
-                // changes the network namespace of this (scoped) thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
-    }
-
-    /// Output of `ip -n <ns> <args>` (stdout, or the error text).
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.name)
-            .args(args)
-            .output()
-            .expect("cannot run `ip`");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-
-    /// Starts chv inside the namespace.
-    fn chv<S: AsRef<str> + Sync>(&self, args: &[S]) -> Chv {
-        // Resolve (and maybe build) the binary outside the namespace.
-        let _ = chv_bin();
-        self.run(|| Chv::spawn(args))
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "warning: `ip netns del {}` failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("warning: cannot run `ip netns del {}`: {e}", self.name),
-        }
-    }
-}
 
 /// Deterministic pseudo-random bytes (xorshift64*), so the host-to-guest
 /// data is not trivially compressible or periodic.
@@ -323,7 +239,7 @@ fn serve_recv(
 /// only its loopback and the tap).
 fn listen(ns: &NetNs, port: u16) -> TcpListener {
     ns.run(|| TcpListener::bind(("0.0.0.0", port)))
-        .unwrap_or_else(|e| panic!("bind port {port} in {}: {e}", ns.name))
+        .unwrap_or_else(|e| panic!("bind port {port} in {}: {e}", ns.name()))
 }
 
 /// The value of the single console line `<key>:<value>` (trimmed); fails
@@ -547,7 +463,7 @@ fn check_ping(chv: &Chv, n: u32) {
 /// Boot 1: one vCPU, one queue pair, a given MAC; ping and a transfer
 /// each way.
 fn boot_one(kit: &GuestKit) {
-    let ns = NetNs::new();
+    let ns = NetNs::new("test");
     let stop = Stop::default();
     let peers = HostPeers::start(&ns, 5001, xfer_len(), &stop);
     let cmd = [
@@ -559,7 +475,7 @@ fn boot_one(kit: &GuestKit) {
     ]
     .join("; ");
     let net = format!("tap={TAP},ip={HOST_IP},mask=255.255.255.0,mac={MAC}");
-    let mut chv = ns.chv(&linux_args(kit, 1, &cmd, &net));
+    let mut chv = ns.spawn_chv(&linux_args(kit, 1, &cmd, &net));
     chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
     eprintln!("boot 1: GUEST-READY after {:.1?}", chv.elapsed());
     check_host_tap(&chv, &ns);
@@ -576,7 +492,7 @@ fn boot_one(kit: &GuestKit) {
 /// Boot 2: two vCPUs, two queue pairs (`num_queues=4`), a random MAC; a
 /// transfer each way.
 fn boot_two(kit: &GuestKit) {
-    let ns = NetNs::new();
+    let ns = NetNs::new("test");
     let stop = Stop::default();
     let peers = HostPeers::start(&ns, 5003, xfer_len(), &stop);
     let cmd = [
@@ -589,7 +505,7 @@ fn boot_two(kit: &GuestKit) {
     ]
     .join("; ");
     let net = format!("tap={TAP},ip={HOST_IP},mask=255.255.255.0,num_queues=4,queue_size=512");
-    let mut chv = ns.chv(&linux_args(kit, 2, &cmd, &net));
+    let mut chv = ns.spawn_chv(&linux_args(kit, 2, &cmd, &net));
     chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
     eprintln!("boot 2: GUEST-READY after {:.1?}", chv.elapsed());
     check_host_tap(&chv, &ns);
@@ -627,7 +543,7 @@ fn linux_virtio_net_ping_transfers_and_multiqueue() {
 /// (besides `chv: warn:` lines) containing every one of `needles`, without
 /// booting or panicking.
 fn expect_net_error(net: &str, needles: &[&str]) {
-    let ns = NetNs::new();
+    let ns = NetNs::new("test");
     let args = [
         "--kernel",
         &testguest().display().to_string(),
@@ -640,7 +556,7 @@ fn expect_net_error(net: &str, needles: &[&str]) {
         "--net",
         net,
     ];
-    let mut chv = ns.chv(&args);
+    let mut chv = ns.spawn_chv(&args);
     let st = chv.wait_exit(Duration::from_secs(20));
     if st.is_none() {
         chv.kill();

@@ -35,16 +35,15 @@
 //! `CHV_SKIP_LINUX=1`.
 
 use std::fs;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use chv_tests::netns::NetNs;
 use chv_tests::{chv_bin, require_guest_kit, run_to_exit, testguest, Chv, GuestKit};
 
 /// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
@@ -405,64 +404,6 @@ const NET_RX_PORT: u16 = 5001;
 /// Host port the guest sends to (guest → host, the TX limit).
 const NET_TX_PORT: u16 = 5002;
 
-/// A network namespace of this test (`chvrl-<pid>`), deleted on drop, so
-/// no traffic of the NIC check leaves it.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new() -> NetNs {
-        let name = format!("chvrl-{}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("cannot run `ip` (iproute2 installed?)");
-        assert!(
-            out.status.success(),
-            "`ip netns add {name}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        NetNs { name }
-    }
-
-    /// Runs `f` on a scoped thread that joined the namespace first: the
-    /// sockets and child processes it creates belong to the namespace.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns(2) with a namespace fd we own; it changes
-                // only this scoped thread's network namespace.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        match Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output()
-        {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!(
-                "warning: `ip netns del {}` failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => eprintln!("warning: cannot run `ip netns del {}`: {e}", self.name),
-        }
-    }
-}
-
 /// Waits (until `deadline`) for one TCP connection on `listener`.
 fn accept_tcp(listener: &TcpListener, deadline: Instant) -> Result<TcpStream, String> {
     listener
@@ -578,8 +519,8 @@ fn linux_vsock_both_directions_and_disk_rate_limits() {
     let deadline = Instant::now() + BOOT_TIMEOUT + CMD_TIMEOUT;
     let g2h: JoinHandle<Result<Vec<u8>, String>> =
         std::thread::spawn(move || serve_guest_to_host(listener, deadline));
-    let ns = NetNs::new();
-    let (rx_listener, tx_listener) = ns.enter(|| {
+    let ns = NetNs::new("rl");
+    let (rx_listener, tx_listener) = ns.run(|| {
         let bind = |port: u16| {
             TcpListener::bind(("0.0.0.0", port))
                 .unwrap_or_else(|e| panic!("bind port {port} in the namespace: {e}"))
@@ -613,7 +554,7 @@ fn linux_vsock_both_directions_and_disk_rate_limits() {
     );
     // Resolve the binary outside the namespace, then start chv inside it.
     let _ = chv_bin();
-    let mut chv = ns.enter(|| Chv::spawn(&args));
+    let mut chv = ns.run(|| Chv::spawn(&args));
     chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
     eprintln!("GUEST-READY after {:.1?}", chv.elapsed());
 

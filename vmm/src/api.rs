@@ -436,6 +436,15 @@ impl Vmm {
             }
             Endpoint::VmRestore => {
                 let req: RestoreConfig = parse(body, "RestoreConfig")?;
+                if req.net_fds.iter().flatten().any(|n| n.fds.is_some()) {
+                    // The REST API carries no SCM_RIGHTS: the numbers
+                    // would name the VMM's own fds.
+                    return Err(ApiResponse::error(
+                        400,
+                        "invalid RestoreConfig: net_fds cannot pass fds through the REST API \
+                         (use chv --restore ...,net_fds=[id@[fd,...]])",
+                    ));
+                }
                 if self.vm.is_some() {
                     return Err(ApiResponse::error(
                         409,

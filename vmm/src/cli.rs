@@ -710,15 +710,17 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
     let mut source_url = None;
     let mut prefault = false;
     let mut resume = false;
+    let mut net_fds = None;
     for item in split_options(value)? {
         match item.key.as_str() {
             "source_url" => source_url = Some(item.non_empty_value()?.to_owned()),
+            "net_fds" => net_fds = Some(parse_net_fds(item.non_empty_value()?)?),
             "prefault" => prefault = parse_toggle("prefault", item.value()?)?,
             "resume" => resume = parse_toggle("resume", item.value()?)?,
             _ => {
                 return Err(OptionError::UnknownKey {
                     key: item.key,
-                    expected: "source_url, prefault, resume",
+                    expected: "source_url, prefault, resume, net_fds",
                 })
             }
         }
@@ -730,7 +732,52 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         source_url,
         prefault,
         resume,
+        net_fds,
     })
+}
+
+/// Parses `--restore`'s `net_fds=[id@[fd,...],...]`.
+fn parse_net_fds(value: &str) -> Result<Vec<crate::snapshot::RestoredNetConfig>, OptionError> {
+    let bad = |reason: &str| OptionError::invalid("net_fds", value, reason);
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or_else(|| bad("expected [id@[fd,...],...]"))?;
+    let mut nets = Vec::new();
+    let mut rest = inner;
+    while !rest.is_empty() {
+        let (id, after) = rest
+            .split_once("@[")
+            .ok_or_else(|| bad("expected id@[fd,...]"))?;
+        let (fds, after) = after.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        let id = id.trim();
+        if id.is_empty() {
+            return Err(bad("empty device id"));
+        }
+        let fds = fds
+            .split(',')
+            .map(|f| {
+                f.trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|fd| *fd >= 0)
+                    .ok_or_else(|| bad("fds are non-negative numbers"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        nets.push(crate::snapshot::RestoredNetConfig {
+            id: id.to_owned(),
+            num_fds: fds.len(),
+            fds: Some(fds),
+        });
+        rest = after.strip_prefix(',').unwrap_or(after);
+        if !after.is_empty() && !after.starts_with(',') {
+            return Err(bad("expected , between devices"));
+        }
+    }
+    if nets.is_empty() {
+        return Err(bad("no device"));
+    }
+    Ok(nets)
 }
 
 /// Parses `--seccomp true|false|log`.

@@ -919,3 +919,41 @@ fn non_utf8_kernel_path_is_rejected() {
     };
     assert_eq!(err.to_string(), "--kernel: path is not valid UTF-8");
 }
+
+/// `--restore`'s options, CLI syntax of Cloud Hypervisor.
+#[test]
+fn restore_options() {
+    let cli = parse_args([
+        "chv",
+        "--restore",
+        "source_url=file:///s,prefault=on,resume=true,net_fds=[net0@[3,4],_net1@[5]]",
+    ])
+    .expect("accepted");
+    let r = cli.restore.expect("restore");
+    assert_eq!(r.source_url, "file:///s");
+    assert!(r.prefault && r.resume);
+    let nets = r.net_fds.expect("net_fds");
+    assert_eq!(nets.len(), 2);
+    assert_eq!(nets[0].id, "net0");
+    assert_eq!(nets[0].fds, Some(vec![3, 4]));
+    assert_eq!(nets[1].num_fds, 1);
+
+    let bad = |v: &str| {
+        let e = parse_args(["chv", "--restore", v])
+            .expect_err(v)
+            .to_string();
+        assert!(e.contains("--restore"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        e
+    };
+    assert!(bad("prefault=on").contains("source_url"));
+    assert!(bad("source_url=http://x/s").contains("file://"));
+    assert!(bad("source_url=/s,net_fds=[net0@[x]]").contains("net_fds"));
+    assert!(bad("source_url=/s,net_fds=[@[3]]").contains("net_fds"));
+    assert!(bad("source_url=/s,net_fds=net0").contains("net_fds"));
+    assert!(bad("source_url=/s,colour=red").contains("colour"));
+    let e = parse_args(["chv", "--kernel", "/k", "--restore", "source_url=/s"])
+        .expect_err("both")
+        .to_string();
+    assert!(e.contains("--kernel"), "{e}");
+}

@@ -101,6 +101,58 @@ pub struct RestoreConfig {
     /// until `vm.resume`).
     #[serde(default)]
     pub resume: bool,
+    /// New tap fds for network devices, instead of the taps the snapshot
+    /// names (Cloud Hypervisor's `net_fds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_fds: Option<Vec<RestoredNetConfig>>,
+}
+
+/// Tap fds a restored network device uses instead of its saved tap
+/// (Cloud Hypervisor's `RestoredNetConfig`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RestoredNetConfig {
+    /// The network device's id (`_net0` for the first one without an id).
+    pub id: String,
+    /// How many fds (one per queue pair).
+    pub num_fds: usize,
+    /// The fds, already open in chv (inherited); the REST API cannot pass
+    /// them, so they come from `--restore`.
+    #[serde(default)]
+    pub fds: Option<Vec<i32>>,
+}
+
+impl RestoredNetConfig {
+    /// Points the network device `self.id` of `config` at `self.fds`.
+    pub fn apply(&self, config: &mut VmConfig) -> Result<(), SnapshotError> {
+        let bad = |m: String| SnapshotError::Invalid(format!("net_fds: {}: {m}", self.id));
+        let fds = self.fds.clone().unwrap_or_default();
+        if fds.len() != self.num_fds {
+            return Err(bad(format!(
+                "num_fds={} but {} fds given",
+                self.num_fds,
+                fds.len()
+            )));
+        }
+        let nets = config.net.get_or_insert_with(Vec::new);
+        let position = nets.iter().enumerate().position(|(i, n)| match &n.id {
+            Some(id) => *id == self.id,
+            None => format!("_net{i}") == self.id,
+        });
+        let net = position
+            .and_then(|i| nets.get_mut(i))
+            .ok_or_else(|| bad("no network device with this id in the snapshot".into()))?;
+        let pairs = (net.num_queues / 2).max(1);
+        if fds.len() != pairs {
+            return Err(bad(format!(
+                "{} fds for a device with {pairs} queue pairs",
+                fds.len()
+            )));
+        }
+        net.tap = None;
+        net.fds = Some(fds);
+        Ok(())
+    }
 }
 
 impl RestoreConfig {
