@@ -136,8 +136,29 @@ pub fn restore_args(sock: &Path, extra: &[String]) -> Option<Vec<String>> {
 }
 
 /// Restores the base snapshot in a new chv with an API socket at `sock`
-/// and serial input from [`Chv::send_line`]; the guest runs and waits for
-/// a command line. `extra` goes on the chv command line.
+/// and serial input from [`Chv::send_line`]; returns once the guest runs
+/// commands ([`wait_ready`]). `extra` goes on the chv command line.
 pub fn restore(sock: &Path, extra: &[String]) -> Option<Chv> {
-    Some(Chv::spawn_with_input(&restore_args(sock, extra)?))
+    let mut chv = Chv::spawn_with_input(&restore_args(sock, extra)?);
+    wait_ready(&mut chv);
+    Some(chv)
+}
+
+/// Waits until a restored guest answers a probe command on its console
+/// (the probe is sent again every few seconds, so input the guest missed
+/// while it resumed cannot stall a test); fails the test after a minute.
+pub fn wait_ready(chv: &mut Chv) {
+    const ANSWER: &str = "CMD-PROBE-42";
+    for _ in 0..20 {
+        // An empty line first ends any partial line the guest holds.
+        chv.send_line("");
+        chv.send_line("echo CMD-PROBE-$((40+2))");
+        let seen = chv.wait_until(Duration::from_secs(3), "probe answer", |c| {
+            (c.count(ANSWER) > 0).then_some(())
+        });
+        if seen.is_ok() {
+            return;
+        }
+    }
+    chv.fail("the restored guest does not answer on its serial console");
 }

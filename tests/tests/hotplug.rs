@@ -306,6 +306,7 @@ fn linux_disk_hotplug_and_power_button() {
     // In a namespace: the hot-added network device's tap lands there.
     let ns = NetNs::new("linux");
     let mut chv = ns.spawn_chv(&args);
+    chv_tests::base_snapshot::wait_ready(&mut chv);
     let add = format!(r#"{{"path":"{}","id":"cold0"}}"#, first.display());
     let (status, body) = http(&sock, "PUT", "vm.add-disk", Some(&add));
     assert_eq!(status, 200, "vm.add-disk: {body}\n{}", chv.dump());

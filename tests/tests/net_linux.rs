@@ -311,7 +311,9 @@ fn expect_poweroff(chv: &mut Chv, what: &str) {
 fn restore_base(ns: &NetNs, dir: &Scratch) -> Option<(Chv, std::path::PathBuf)> {
     let sock = dir.path("api.sock");
     let args = chv_tests::base_snapshot::restore_args(&sock, &[])?;
-    Some((ns.spawn_chv(&args), sock))
+    let mut chv = ns.spawn_chv(&args);
+    chv_tests::base_snapshot::wait_ready(&mut chv);
+    Some((chv, sock))
 }
 
 /// Hot-adds a network device with `body` (a NetConfig) to the restored VM.
