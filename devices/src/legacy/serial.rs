@@ -163,9 +163,46 @@ fn register(offset: u64, len: usize) -> Option<u8> {
     (len == 1 && offset < UART_REGISTERS).then_some(offset as u8)
 }
 
+/// UART register offsets and bits the level-triggered RX emulation uses.
+const IER: u8 = 1;
+const IIR: u8 = 2;
+const LCR: u8 = 3;
+const IER_RDA: u8 = 0x01;
+const IIR_NO_INTERRUPT: u8 = 0x01;
+const IIR_ID_MASK: u8 = 0x0f;
+const IIR_RDA: u8 = 0x04;
+const LCR_DLAB: u8 = 0x80;
+/// Receive FIFO size of the emulated 16550A.
+const RX_FIFO_SIZE: usize = 64;
+
+impl SerialDevice {
+    /// A 16550's "received data available" interrupt is a level: IIR
+    /// reports it for as long as the receive FIFO holds data and RDA is
+    /// enabled. vm-superio clears it on every IIR read and sets it again
+    /// only when new bytes arrive, so a driver that stops reading with
+    /// bytes left (Linux reads at most 256 per interrupt, while chv keeps
+    /// refilling the FIFO) would never hear about them until more input
+    /// came. Report RDA here whenever that condition holds.
+    fn level_rx_iir(&mut self, iir: u8) -> u8 {
+        let pending = self.serial.fifo_capacity() < RX_FIFO_SIZE;
+        let dlab = self.serial.read(LCR) & LCR_DLAB != 0;
+        if iir & IIR_NO_INTERRUPT == 0 || !pending || dlab {
+            return iir;
+        }
+        if self.serial.read(IER) & IER_RDA == 0 {
+            return iir;
+        }
+        (iir & !IIR_ID_MASK) | IIR_RDA
+    }
+}
+
 impl BusDevice for SerialDevice {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
         match register(offset, data.len()) {
+            Some(IIR) => {
+                let iir = self.serial.read(IIR);
+                data[0] = self.level_rx_iir(iir);
+            }
             Some(reg) => data[0] = self.serial.read(reg),
             None => data.fill(0xff),
         }
@@ -246,6 +283,31 @@ mod tests {
         dev.enqueue_input(b"b");
         assert_eq!(irq.read().unwrap(), 1);
         assert_eq!(read1(&mut dev, THR), b'b');
+    }
+
+    #[test]
+    fn rx_interrupt_is_a_level_while_the_fifo_holds_data() {
+        let irq = evt();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), None);
+        dev.write(0x3f8, IER, &[0x01]);
+        dev.enqueue_input(b"abc");
+        assert_eq!(irq.read().unwrap(), 1);
+        assert_eq!(read1(&mut dev, IIR) & 0x0f, 0x04);
+        // The driver reads one byte and leaves (as Linux does after its
+        // per-interrupt budget): the next IIR read still reports data.
+        assert_eq!(read1(&mut dev, THR), b'a');
+        assert_eq!(read1(&mut dev, IIR) & 0x0f, 0x04, "data left: RDA");
+        assert_eq!(read1(&mut dev, THR), b'b');
+        assert_eq!(read1(&mut dev, THR), b'c');
+        assert_eq!(
+            read1(&mut dev, IIR) & 0x01,
+            0x01,
+            "FIFO empty: no interrupt"
+        );
+        // With RDA disabled, pending data does not show as an interrupt.
+        dev.write(0x3f8, IER, &[0x00]);
+        dev.enqueue_input(b"d");
+        assert_eq!(read1(&mut dev, IIR) & 0x01, 0x01);
     }
 
     #[test]
