@@ -508,9 +508,11 @@ fn boot_two() {
     chv.check(status == 204, &format!("vm.resize: {status} {answer}"));
     chv.send_line(
         "c=/sys/devices/system/cpu/cpu1; i=0; while [ ! -e $c/online ] && [ $i -lt 120 ]; \
-         do sleep 1; i=$((i+1)); done; echo 1 > $c/online; echo CHK-CPU1:$(cat $c/online)",
+         do sleep 1; i=$((i+1)); done; echo 1 > $c/online; echo CHK-CPU1:$(cat $c/online); \
+         echo CHK-CPU1-DONE",
     );
-    chv.expect("CHK-CPU1:", ABORT, CMD_TIMEOUT);
+    // The next line's marker: the CHK-CPU1 line is complete by then.
+    chv.expect("CHK-CPU1-DONE", ABORT, CMD_TIMEOUT);
     want(&chv, "CHK-CPU1", "1");
     let cmd = [
         guest_ifup(),
