@@ -23,7 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{
-    ActivateError, ActivatedQueue, GuestMemory, VirtioInterrupt, VirtioInterruptType,
+    ActivateError, ActivatedQueue, GuestMemory, PausedQueue, VirtioInterrupt, VirtioInterruptType,
 };
 
 /// Hook the VMM gives a device, run first thing on each worker thread it
@@ -157,6 +157,39 @@ impl<H: QueueHandler> Drop for WorkerHandle<H> {
             let _ = self.stop_inner();
         }
     }
+}
+
+/// Stops `worker`, if one runs, for a device pause. Returns the handler
+/// (which owns the queues) and whether a queue had broken, or `None` when
+/// nothing was running; `what` names the device in errors.
+pub fn stop_for_pause<H: QueueHandler>(
+    worker: &mut Option<WorkerHandle<H>>,
+    what: &str,
+) -> Result<Option<(H, bool)>, ActivateError> {
+    let Some(w) = worker.take() else {
+        return Ok(None);
+    };
+    let broken = w.is_broken();
+    let handler = w
+        .stop()
+        .map_err(|e| ActivateError::Device(format!("{what}: {e}")))?;
+    Ok(Some((handler, broken)))
+}
+
+/// The queues a stopped handler gave back, numbered by their position
+/// (`None` marks a queue the driver never enabled).
+pub fn paused_queues(queues: Vec<Option<Queue>>) -> Vec<PausedQueue> {
+    queues
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, q)| {
+            q.map(|queue| PausedQueue {
+                // Devices have at most MAX_QUEUES (256) queues.
+                index: u16::try_from(i).unwrap_or(u16::MAX),
+                queue,
+            })
+        })
+        .collect()
 }
 
 /// Starts a worker thread called `name` serving `notifies` (queue index and

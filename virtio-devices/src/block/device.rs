@@ -21,7 +21,9 @@ use crate::device::{
     VirtioDevice, VirtioInterrupt,
 };
 use crate::rate_limiter::{RateLimitGroup, RateLimiter};
-use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
+use crate::worker::{
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+};
 
 /// Default size of each request queue.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -313,27 +315,15 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some(w) = self.worker.take() else {
+        let what = format!("virtio-blk {}", self.opts.id);
+        let Some((h, broken)) = stop_for_pause(&mut self.worker, &what)? else {
             return Ok(Vec::new());
         };
-        if w.is_broken() {
+        if broken {
             self.broken.store(true, Ordering::Release);
         }
-        let h = w
-            .stop()
-            .map_err(|e| ActivateError::Device(format!("virtio-blk {}: {e}", self.opts.id)))?;
         self.disk = Some(h.disk);
-        Ok(h.queues
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, q)| {
-                q.map(|queue| PausedQueue {
-                    // Queue counts come from a u16.
-                    index: i as u16,
-                    queue,
-                })
-            })
-            .collect())
+        Ok(paused_queues(h.queues))
     }
 
     fn set_host_locks(&mut self, locked: bool) -> Result<(), ActivateError> {

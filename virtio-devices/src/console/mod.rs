@@ -23,7 +23,7 @@ use crate::device::{
     state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
     VirtioDevice, VirtioInterrupt,
 };
-use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
+use crate::worker::{prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle};
 
 pub use input::{ConsoleInput, INPUT_BUFFER_BYTES};
 use worker::ConsoleHandler;
@@ -231,13 +231,10 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some(w) = self.worker.take() else {
+        let Some((h, broken)) = stop_for_pause(&mut self.worker, "virtio-console")? else {
             return Ok(Vec::new());
         };
-        self.broken |= w.is_broken();
-        let h = w
-            .stop()
-            .map_err(|e| ActivateError::Device(format!("virtio-console: {e}")))?;
+        self.broken |= broken;
         // Buffered input lives in `self.input`, shared with the handler.
         let (output, rx, tx) = h.into_parts();
         self.output = output;

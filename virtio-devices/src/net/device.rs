@@ -25,7 +25,9 @@ use crate::device::{
     VirtioDevice, VirtioInterrupt,
 };
 use crate::rate_limiter::{RateLimiter, RateLimits};
-use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
+use crate::worker::{
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+};
 
 /// Default size of each queue (as Cloud Hypervisor).
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
@@ -413,28 +415,16 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some(w) = self.worker.take() else {
+        let what = format!("virtio-net {}", self.opts.id);
+        let Some((h, broken)) = stop_for_pause(&mut self.worker, &what)? else {
             return Ok(Vec::new());
         };
-        if w.is_broken() {
+        if broken {
             self.rx_broken.store(true, Ordering::Release);
         }
-        let h = w
-            .stop()
-            .map_err(|e| ActivateError::Device(format!("virtio-net {}: {e}", self.opts.id)))?;
         let (queues, resume) = h.into_resume();
         self.resume = Some(resume);
-        Ok(queues
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, q)| {
-                q.map(|queue| PausedQueue {
-                    // At most 33 queues.
-                    index: i as u16,
-                    queue,
-                })
-            })
-            .collect())
+        Ok(paused_queues(queues))
     }
 
     fn snapshot_state(&self) -> serde_json::Value {

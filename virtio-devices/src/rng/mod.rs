@@ -24,8 +24,8 @@ use crate::device::{
 };
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{
-    drain_queue, prepare_queues, spawn_worker, HandlerError, QueueHandler, ThreadSetup,
-    WorkerHandle,
+    drain_queue, prepare_queues, spawn_worker, stop_for_pause, HandlerError, QueueHandler,
+    ThreadSetup, WorkerHandle,
 };
 
 /// Default entropy source.
@@ -168,13 +168,10 @@ impl VirtioDevice for VirtioRng {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some(w) = self.worker.take() else {
+        let Some((h, broken)) = stop_for_pause(&mut self.worker, "virtio-rng")? else {
             return Ok(Vec::new());
         };
-        self.broken |= w.is_broken();
-        let h = w
-            .stop()
-            .map_err(|e| ActivateError::Device(format!("virtio-rng: {e}")))?;
+        self.broken |= broken;
         Ok(vec![PausedQueue {
             index: 0,
             queue: h.queue,

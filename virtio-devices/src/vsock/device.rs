@@ -19,7 +19,9 @@ use crate::device::{
     state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
     VirtioDevice, VirtioInterrupt,
 };
-use crate::worker::{prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
+use crate::worker::{
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+};
 
 /// virtio device id of vsock.
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -242,28 +244,16 @@ impl VirtioDevice for VirtioVsock {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some(w) = self.worker.take() else {
+        let what = format!("virtio-vsock {}", self.id);
+        let Some((h, broken)) = stop_for_pause(&mut self.worker, &what)? else {
             return Ok(Vec::new());
         };
-        if w.is_broken() {
+        if broken {
             self.broken.store(true, Ordering::Release);
         }
-        let h = w
-            .stop()
-            .map_err(|e| ActivateError::Device(format!("virtio-vsock {}: {e}", self.id)))?;
         let (queues, mux) = h.into_parts();
         self.paused_mux = Some(mux);
-        Ok(queues
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, q)| {
-                q.map(|queue| PausedQueue {
-                    // Three queues.
-                    index: i as u16,
-                    queue,
-                })
-            })
-            .collect())
+        Ok(paused_queues(queues))
     }
 
     fn snapshot_state(&self) -> serde_json::Value {
