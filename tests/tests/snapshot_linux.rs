@@ -11,8 +11,9 @@
 //!   then Running after `vm.resume`; the counter continues past where it
 //!   stopped with the same nonce (no reboot: no second `GUEST-READY`), and
 //!   the next ticks show the rewritten disk line (disk I/O after restore).
-//! - A third chv restores the same snapshot again, this time with
-//!   `prefault=on,resume=true`: it continues the same way.
+//! - Before resuming, that restored VM is snapshotted again. A third chv
+//!   restores the first snapshot again, with `prefault=on,resume=true`,
+//!   and a fourth restores the second snapshot: both continue the same way.
 //! - Between the snapshot and the restores, the running guest migrates
 //!   live to a second chv (`vm.receive-migration` / `vm.send-migration`
 //!   over a Unix socket): the source exits 0, the counter goes on at the
@@ -94,6 +95,7 @@ fn restore_and_check(
     opts: &str,
     nonce: &str,
     last: u64,
+    resnapshot: Option<&Path>,
 ) -> Duration {
     let sock = dir.path(&format!("{tag}.sock"));
     let resumes = opts.contains("resume=true");
@@ -107,6 +109,18 @@ fn restore_and_check(
     ]);
     if !resumes {
         assert_eq!(vm_state(&sock), "Paused", "{}", chv.dump());
+        if let Some(again) = resnapshot {
+            // The restored VM, still paused, can be snapshotted again (its
+            // memory is the lazily mapped file of the first snapshot).
+            let url = format!("{{\"destination_url\":\"file://{}\"}}", again.display());
+            let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
+            assert_eq!(
+                status,
+                204,
+                "snapshot of the restored VM: {body}\n{}",
+                chv.dump()
+            );
+        }
         let (status, body) = http(&sock, "PUT", "vm.resume", None);
         assert_eq!(status, 204, "vm.resume: {body}");
     }
@@ -277,8 +291,10 @@ fn linux_snapshot_restore_continues_the_guest() {
     dest.expect_exit(Duration::from_secs(30));
     dest.assert_no_panic();
 
-    let lazy = restore_and_check(&dir, "lazy", &snap, "", &nonce, last);
+    let snap2 = dir.path("snap2");
+    let lazy = restore_and_check(&dir, "lazy", &snap, "", &nonce, last, Some(&snap2));
     eprintln!("restore (lazy) to running: {lazy:?}");
+    // The same snapshot again, eagerly.
     let eager = restore_and_check(
         &dir,
         "eager",
@@ -286,8 +302,12 @@ fn linux_snapshot_restore_continues_the_guest() {
         ",prefault=on,resume=true",
         &nonce,
         last,
+        None,
     );
     eprintln!("restore (prefault) to running: {eager:?}");
+    // The snapshot of the restored VM.
+    let again = restore_and_check(&dir, "again", &snap2, ",resume=true", &nonce, last, None);
+    eprintln!("restore of the second snapshot to running: {again:?}");
 }
 
 /// Runs `chv --restore` on `snap` and returns its stderr, checking it

@@ -295,6 +295,11 @@ impl Vm {
             pci_devices
                 .restore_devices(&snapshot.devices)
                 .map_err(|e| VmmError::Snapshot(e.to_string()))?;
+            // A restored VM starts paused, devices included, so it can be
+            // snapshotted again before it runs; `resume` restarts them.
+            pci_devices
+                .pause_all()
+                .map_err(|e| VmmError::Snapshot(e.to_string()))?;
         }
 
         // vCPUs.
