@@ -111,6 +111,17 @@ pub fn base_snapshot() -> Option<PathBuf> {
     if !dir.join("state.json").is_file() {
         let started = std::time::Instant::now();
         make(&kit, &dir);
+        // Snapshots of older builds are of no use any more.
+        for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let path = old.path();
+            let stale = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("base-") && path != dir && !n.contains(".tmp"));
+            if stale {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
         eprintln!(
             "made the base snapshot {} in {:?}",
             dir.display(),
