@@ -326,6 +326,18 @@ fn failing_restore(snap: &Path) -> String {
     chv.stderr()
 }
 
+/// Pauses the test guest's ticker behind `sock`, snapshots it into
+/// `snap` and stops chv; returns the last tick printed.
+fn pause_snapshot_and_kill(chv: &mut Chv, sock: &Path, snap: &Path) -> u64 {
+    assert_eq!(http(sock, "PUT", "vm.pause", None).0, 204);
+    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
+    let (status, body) = http(sock, "PUT", "vm.snapshot", Some(&url));
+    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
+    let last = last_tick(&chv.stdout()).expect("ticks");
+    chv.kill();
+    last
+}
+
 /// The last `TICK <n>` of the test guest's ticker.
 fn last_tick(console: &str) -> Option<u64> {
     console
@@ -355,12 +367,7 @@ fn test_guest_snapshot_restore_and_broken_snapshots() {
         sock.display().to_string(),
     ]);
     chv.expect("TICK 5\n", &["FAIL"], Duration::from_secs(30));
-    assert_eq!(http(&sock, "PUT", "vm.pause", None).0, 204);
-    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
-    let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
-    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
-    let last = last_tick(&chv.stdout()).expect("ticks");
-    chv.kill();
+    let last = pause_snapshot_and_kill(&mut chv, &sock, &snap);
 
     let sock2 = dir.path("api2.sock");
     let mut restored = Chv::spawn(&[
@@ -480,12 +487,7 @@ fn test_guest_restore_reattaches_the_nic_to_new_tap_fds() {
         sock.display().to_string(),
     ]);
     chv.expect("TICK 3\n", &["FAIL"], Duration::from_secs(30));
-    assert_eq!(http(&sock, "PUT", "vm.pause", None).0, 204);
-    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
-    let (status, body) = http(&sock, "PUT", "vm.snapshot", Some(&url));
-    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
-    let last = last_tick(&chv.stdout()).expect("ticks");
-    chv.kill();
+    let last = pause_snapshot_and_kill(&mut chv, &sock, &snap);
 
     let tap = ns.run(|| open_tap("chvsnapb0"));
     let sock2 = dir.path("api2.sock");
