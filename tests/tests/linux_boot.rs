@@ -11,7 +11,11 @@
 //! - reboot: `reboot -f` from the guest restarts the kernel (the
 //!   `Linux version` banner appears a second time after `GUEST-READY`);
 //! - bzImage: the same kernel as a bzImage, entered through the Linux boot
-//!   protocol's 64-bit entry with a zero page (slow: it decompresses itself).
+//!   protocol's 64-bit entry with a zero page (slow: it decompresses itself);
+//! - `acpi=off` with 2 vCPUs: the guest finds both CPUs and its IO-APIC
+//!   routing in chv's MP table alone (`nproc` prints `2`, the serial line is
+//!   an IO-APIC interrupt) and halts at power-off, as a guest without ACPI
+//!   does.
 //!
 //! A missing guest kit fails these tests unless `CHV_SKIP_LINUX=1`.
 
@@ -109,6 +113,42 @@ fn linux_two_vcpus_are_online() {
         return;
     };
     assert_eq!(out, vec!["2".to_string()], "nproc output");
+}
+
+#[test]
+fn linux_without_acpi_finds_its_cpus_in_the_mp_table() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let cmdline =
+        "console=ttyS0 quiet panic=-1 acpi=off guest_cmd=\"nproc; grep ttyS0 /proc/interrupts\"";
+    let mut chv = Chv::spawn(&linux_args(&kit, 2, cmdline));
+    chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
+    eprintln!("acpi=off: GUEST-READY after {:.1?}", chv.elapsed());
+    // Without ACPI the guest cannot power the machine off: it halts.
+    chv.expect("GUEST-POWEROFF", ABORT, Duration::from_secs(120));
+    let running = chv.wait_exit(Duration::from_secs(1)).is_none();
+    chv.kill();
+    chv.assert_no_panic();
+    let lines = chv.lines();
+    let start = lines.iter().position(|l| l.starts_with("GUEST-UPTIME "));
+    let end = lines.iter().position(|l| l.starts_with("GUEST-CMD-EXIT="));
+    let (Some(start), Some(end)) = (start, end) else {
+        chv.fail("missing GUEST-UPTIME or GUEST-CMD-EXIT line");
+    };
+    let out = &lines[start + 1..end];
+    chv.check(lines[end] == "GUEST-CMD-EXIT=0", "guest command failed");
+    chv.check(
+        out.first().map(String::as_str) == Some("2"),
+        &format!("nproc should print 2 (both CPUs from the MP table): {out:?}"),
+    );
+    chv.check(
+        out.iter()
+            .any(|l| l.contains("IO-APIC") && l.contains("ttyS0")),
+        &format!("ttyS0 should be an IO-APIC interrupt: {out:?}"),
+    );
+    chv.check(running, "chv exited although the guest only halted");
 }
 
 #[test]

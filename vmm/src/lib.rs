@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control_loop;
 pub mod device_manager;
+pub mod guest_profile;
 pub mod interrupt;
 pub mod migration;
 pub mod seccomp;

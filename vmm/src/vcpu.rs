@@ -168,6 +168,11 @@ pub fn spawn_shared(
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            if ctx.seccomp_filter.is_none() {
+                crate::guest_profile::arm_current_thread(kick_signal());
+            } else if crate::guest_profile::enabled() {
+                log::warn!("CHV_GUEST_PROFILE needs --seccomp false; not sampling vcpu{id}");
+            }
             if let Some(filter) = &ctx.seccomp_filter {
                 if let Err(e) = devices::seccomp::apply_current_thread(filter) {
                     ctx.report(VcpuEvent::Error(format!("vcpu{id}: {e}")));
@@ -249,6 +254,11 @@ fn run_loop(
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
+                if crate::guest_profile::enabled() {
+                    if let Ok(regs) = vcpu.get_regs() {
+                        crate::guest_profile::record(id, regs.rip);
+                    }
+                }
             }
             Err(e) => {
                 return Some(VcpuEvent::Error(format!("vcpu{id}: KVM_RUN failed: {e}")));

@@ -572,6 +572,7 @@ impl Vm {
                 log::warn!("a vCPU thread did not stop in time; leaving it behind");
             }
         }
+        crate::guest_profile::flush();
     }
 }
 
@@ -672,6 +673,12 @@ fn load_payload(
         crate::device_manager::hotplug_slots_for(config),
     )
     .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
+    arch::mptable::setup_mptable(
+        memory,
+        num_vcpus,
+        arch::acpi::ioapic_id(config.cpus.max_vcpus),
+    )
+    .map_err(|e| VmmError::Boot(e.to_string()))?;
     let cmdline = payload.cmdline.as_deref().unwrap_or("");
     arch::boot::configure_system(
         memory,

@@ -177,6 +177,12 @@ impl Placer {
     }
 }
 
+/// The IO-APIC's id for a VM with up to `max_cpus` vCPUs: one past the
+/// last local APIC id, so distinct from all of them.
+pub fn ioapic_id(max_cpus: u8) -> u8 {
+    max_cpus
+}
+
 /// Boot and possible vCPU counts.
 #[derive(Clone, Copy)]
 struct Cpus {
@@ -447,8 +453,7 @@ fn create_madt(cpus: Cpus) -> Sdt {
     let mut ioapic = [0u8; MADT_IOAPIC_LEN];
     ioapic[0] = MADT_TYPE_IOAPIC;
     ioapic[1] = MADT_IOAPIC_LEN as u8;
-    // An id distinct from every local APIC id.
-    ioapic[2] = cpus.max;
+    ioapic[2] = ioapic_id(cpus.max);
     ioapic[4..8].copy_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     ioapic[8..12].copy_from_slice(&0u32.to_le_bytes()); // GSI base
     madt.append_slice(&ioapic);

@@ -72,6 +72,14 @@ pub enum BootError {
     /// The kernel command line contains a NUL byte.
     #[error("the kernel command line contains a NUL byte")]
     CmdlineHasNul,
+    /// The MP table does not fit between the EBDA and the ACPI tables.
+    #[error("the MP table needs {size} bytes; only {available} are reserved for it")]
+    MpTableTooLarge {
+        /// Size of the floating pointer plus configuration table.
+        size: usize,
+        /// Bytes between the EBDA and the ACPI tables.
+        available: usize,
+    },
     /// The memory map has more entries than the boot structure can hold.
     #[error("the memory map has {0} entries, more than the boot structures hold")]
     TooManyE820Entries(usize),

@@ -6,6 +6,7 @@ pub mod cpuid;
 pub mod error;
 pub mod layout;
 pub mod memory;
+pub mod mptable;
 pub mod regs;
 pub mod vcpu_state;
 pub mod vm_state;
