@@ -64,6 +64,8 @@ ROWS = [
     ("block", "4 KiB random read, O_DIRECT", "randread_iops", "IOPS", 1, 0),
     ("net", "TCP host -> guest", "h2g_kib_s", "KiB/s", 1, 1),
     ("net", "TCP guest -> host", "g2h_kib_s", "KiB/s", 1, 1),
+    ("io", "VMM CPU outside vCPU threads during the guest I/O command", "io_vmm_cpu_ms", "ms", 1, 0),
+    ("io", "vCPU thread CPU during the guest I/O command", "io_vcpu_cpu_s", "s", 1, 1),
     ("api", "vmm.ping round trip p50 (1,000 requests)", "ping_p50_us", "us", 1, 0),
     ("api", "vmm.ping round trip p99 (1,000 requests)", "ping_p99_us", "us", 1, 0),
     ("api", "exec -> first vmm.ping, no VM", "bare_first_ping_ms", "ms", 1, 2),
@@ -184,8 +186,24 @@ def io_run(vmm, exe, kit, initrd, img, ns, args, want_block, want_net):
                                  os.path.join(HERE, "net.py"), "--peer", str(args.net_kib * 1024)],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        r = B.run_serial(argv, args.timeout, markers=(b"GUEST-READY", b"GUEST-CMD-EXIT"))
+        cpu = {}
+
+        def at_marker(marker, proc):
+            # GUEST-UPTIME comes right before the command, GUEST-CMD-EXIT right after.
+            cpu[marker] = B.cpu_split(proc.pid)
+
+        def peer_died():
+            # The peer exits 0 after the TCP part, before the disk test ends.
+            if peer and peer.poll() not in (None, 0):
+                return f"{vmm}: the host TCP peer failed:\n{peer.stdout.read()[-2000:]}"
+            return None
+
+        r = B.run_serial(argv, args.timeout, on_marker=at_marker, abort_if=peer_died,
+                         markers=(b"GUEST-READY", b"GUEST-UPTIME", b"GUEST-CMD-EXIT"))
         out = {}
+        if b"GUEST-UPTIME" in cpu and b"GUEST-CMD-EXIT" in cpu:
+            (v0, o0), (v1, o1) = cpu[b"GUEST-UPTIME"], cpu[b"GUEST-CMD-EXIT"]
+            out["io_vcpu_cpu_s"], out["io_vmm_cpu_ms"] = v1 - v0, (o1 - o0) * 1e3
         if want_block:
             out.update(parse_chvblk(r["output"], vmm))
             if "randread_iops" not in out:
@@ -335,6 +353,8 @@ def main():
     only = set(args.only)
     if "footprint" in only:
         only.add("boot")  # same run
+    if "block" in only or "net" in only:
+        only.add("io")  # the VMM CPU rows come from the block/net run
     notes = []
     B.ensure_chv(args.chv)
     vmms = {"chv": args.chv}

@@ -50,7 +50,9 @@ def chv_argv(chv, kernel, initrd, cmdline, mem_mib, api=None, disk=None, tap=Non
 def qemu_argv(qemu, kernel, initrd, cmdline, mem_mib, qmp=None, disk=None, tap=None, cpus=1):
     """QEMU microvm command line as in the kit README; PCIe only when devices are added."""
     machine = "microvm,acpi=on" + (",pcie=on" if disk or tap else "")
-    argv = [qemu, "-M", machine, "-enable-kvm", "-cpu", QEMU_CPU, "-smp", str(cpus),
+    # debug-threads names the vCPU threads "CPU N/KVM" (see cpu_split).
+    argv = [qemu, "-M", machine, "-name", "qemu,debug-threads=on", "-enable-kvm", "-cpu", QEMU_CPU,
+            "-smp", str(cpus),
             "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-serial", "stdio", "-kernel", kernel, "-initrd", initrd, "-append", cmdline]
     if qmp:
@@ -65,7 +67,7 @@ def qemu_argv(qemu, kernel, initrd, cmdline, mem_mib, qmp=None, disk=None, tap=N
 
 
 def run_serial(argv, timeout, on_marker=None, markers=(b"GUEST-READY",), kill_after=None,
-               on_start=None):
+               on_start=None, abort_if=None):
     """Runs a VMM whose serial console is its stdout.
 
     Returns {"marks": {marker: seconds since exec}, "total_s", "exit", "output"}.
@@ -87,6 +89,10 @@ def run_serial(argv, timeout, on_marker=None, markers=(b"GUEST-READY",), kill_af
             left = timeout - (time.monotonic() - start)
             if left <= 0:
                 raise RuntimeError(f"timeout after {timeout} s: {argv[0]}\n{tail(buf)}")
+            why = abort_if() if abort_if else None
+            if why:
+                p.kill()
+                raise RuntimeError(f"{why}\n{tail(buf)}")
             r, _, _ = select.select([fd], [], [], min(left, 1.0))
             if r:
                 chunk = os.read(fd, 65536)
@@ -185,6 +191,33 @@ def threads(pid):
             if line.startswith("Threads:"):
                 return int(line.split()[1])
     return None
+
+
+def cpu_split(pid):
+    """(vCPU threads, everything else) CPU seconds of a VMM process so far.
+
+    The process total from /proc/PID/stat also counts threads that already
+    exited (QEMU's I/O worker threads come and go); vCPU threads are named
+    "vcpuN" (chv) or "CPU N/KVM" (QEMU) and live as long as the VM.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat_cpu(path):
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    total = stat_cpu(f"/proc/{pid}/stat")
+    vcpu = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            if re.fullmatch(r"vcpu\d+|CPU \d+/KVM", name):
+                vcpu += stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        except FileNotFoundError:
+            continue
+    return vcpu, total - vcpu
 
 
 def footprint(pid, vmm, mem_mib):

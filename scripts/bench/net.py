@@ -26,11 +26,18 @@ HOST_IP, GUEST_IP = "10.0.2.1", "10.0.2.15"
 
 def peer(nbytes):
     """Host side, run inside the namespace: prints two rates in KiB/s."""
+    deadline = time.monotonic() + 600
     lst = socket.socket()
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lst.bind((HOST_IP, 5001))
+    while True:  # the VMM's tap (and with it HOST_IP) may not be up yet
+        try:
+            lst.bind((HOST_IP, 5001))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     lst.listen(1)
-    deadline = time.monotonic() + 600
     while True:  # the guest's listener comes up after boot
         try:
             s = socket.create_connection((GUEST_IP, 5000), timeout=1)
