@@ -146,7 +146,7 @@ def io_cmd(args, want_block, want_net):
     if want_net:
         n = args.net_kib * 1024
         parts += [f"ip addr add {GUEST_IP}/24 dev eth0", "ip link set eth0 up",
-                  "nc -l -p 5000 > /dev/null", f"head -c {n} /dev/zero | nc {HOST_IP} 5001"]
+                  "echo NET-UP", "nc -l -p 5000 > /dev/null", f"head -c {n} /dev/zero | nc {HOST_IP} 5001"]
     if want_block:
         parts.append(f"/chvblk /dev/vda {args.read_mib} {args.write_mib} {args.rand_ops}")
     return "; ".join(parts)
@@ -182,13 +182,22 @@ def io_run(vmm, exe, kit, initrd, img, ns, args, want_block, want_net):
         argv = ["ip", "netns", "exec", ns, *argv]
         if vmm == "qemu":
             subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", QTAP, "up"], check=True)
+            # A neighbour entry left FAILED by the previous run's probes
+            # otherwise turns into "No route to host" mid-transfer.
+            subprocess.run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "dev", QTAP])
         peer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
-                                 os.path.join(HERE, "net.py"), "--peer", str(args.net_kib * 1024)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                 os.path.join(HERE, "net.py"), "--peer", str(args.net_kib * 1024),
+                                 "--wait-go"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
     try:
         cpu = {}
 
         def at_marker(marker, proc):
+            if marker == b"NET-UP":
+                peer.stdin.write("go\n")
+                peer.stdin.flush()
+                return
             # GUEST-UPTIME comes right before the command, GUEST-CMD-EXIT right after.
             cpu[marker] = B.cpu_split(proc.pid)
 
@@ -199,7 +208,7 @@ def io_run(vmm, exe, kit, initrd, img, ns, args, want_block, want_net):
             return None
 
         r = B.run_serial(argv, args.timeout, on_marker=at_marker, abort_if=peer_died,
-                         markers=(b"GUEST-READY", b"GUEST-UPTIME", b"GUEST-CMD-EXIT"))
+                         markers=(b"GUEST-READY", b"GUEST-UPTIME", b"NET-UP", b"GUEST-CMD-EXIT"))
         out = {}
         if b"GUEST-UPTIME" in cpu and b"GUEST-CMD-EXIT" in cpu:
             (v0, o0), (v1, o1) = cpu[b"GUEST-UPTIME"], cpu[b"GUEST-CMD-EXIT"]

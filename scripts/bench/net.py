@@ -24,8 +24,16 @@ from boot import REPO, kit_dir  # noqa: E402
 HOST_IP, GUEST_IP = "10.0.2.1", "10.0.2.15"
 
 
-def peer(nbytes):
-    """Host side, run inside the namespace: prints two rates in KiB/s."""
+def peer(nbytes, wait_go=False):
+    """Host side, run inside the namespace: prints two rates in KiB/s.
+
+    wait_go: first read a line from stdin, sent once the guest's network is
+    up. Connecting only then keeps the host's ARP probes of a guest that is
+    still booting from leaving a failed neighbour entry behind, which
+    otherwise broke some transfers with "No route to host".
+    """
+    if wait_go:
+        sys.stdin.readline()
     deadline = time.monotonic() + 600
     lst = socket.socket()
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -88,10 +96,11 @@ def main():
     ap.add_argument("--pairs", type=int, default=1)
     ap.add_argument("--kib", type=int, default=512)
     ap.add_argument("--peer", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--wait-go", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--chv", default=os.path.join(REPO, "target/release/chv"))
     args = ap.parse_args()
     if args.peer:
-        return peer(args.peer)
+        return peer(args.peer, args.wait_go)
     nbytes = args.kib * 1024
     kit = kit_dir()
     kernel, initrd = os.path.join(kit, "vmlinux"), os.path.join(kit, "initramfs.cpio")
