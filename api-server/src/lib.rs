@@ -7,7 +7,10 @@
 //! and raw body) to the VMM over a channel, wakes the VMM's epoll loop through
 //! an `EventFd`, and waits for the [`ApiResponse`] the VMM sends back on the
 //! request's own channel. The VMM decodes the JSON bodies and builds the
-//! response bodies, `vmm.ping`'s included.
+//! response bodies. The one exception is `vmm.ping`: when the VMM hands
+//! its (constant) body over in [`ServerOptions::ping_body`], the api thread
+//! answers pings itself, so they are answered while the VMM is busy
+//! building a VM.
 
 mod endpoint;
 mod http;

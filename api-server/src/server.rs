@@ -42,6 +42,10 @@ pub struct ServerOptions {
     /// Most simultaneous connections; further clients wait in the listen
     /// backlog until one closes.
     pub max_connections: usize,
+    /// `vmm.ping`'s JSON body, when the API thread should answer pings
+    /// itself. Its content never changes, and answering here lets a client
+    /// see the VMM up while the VMM thread is still building a VM.
+    pub ping_body: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -51,6 +55,7 @@ impl Default for ServerOptions {
             max_body: 64 * 1024,
             response_timeout: Duration::from_secs(120),
             max_connections: 256,
+            ping_body: None,
         }
     }
 }
@@ -484,6 +489,11 @@ impl Server {
             );
         }
         log::debug!("API {method} {path}");
+        if endpoint == Endpoint::VmmPing && !self.vmm_gone {
+            if let Some(body) = &self.options.ping_body {
+                return (ApiResponse::ok_json(body.clone()), None);
+            }
+        }
         (self.ask_vmm(endpoint, body), None)
     }
 

@@ -541,3 +541,29 @@ fn thread_setup_runs_on_the_api_thread() {
     // The listener was dropped with the thread: nobody accepts any more.
     assert!(UnixStream::connect(&path2).is_err());
 }
+
+#[test]
+fn ping_body_is_answered_by_the_api_thread_while_the_vmm_is_busy() {
+    let dir = tempdir();
+    let path = dir.as_path().join("api.sock");
+    let listener = listener_from_arg(&format!("path={}", path.display())).unwrap();
+    // A VMM that never takes requests, as while it builds a VM.
+    let (tx, _busy_vmm) = mpsc::channel();
+    let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+    let opts = ServerOptions {
+        ping_body: Some(r#"{"version":"own"}"#.to_string()),
+        response_timeout: Duration::from_millis(150),
+        ..ServerOptions::default()
+    };
+    start_server_with_options(listener, tx, wake, None, opts).unwrap();
+    let mut c = Client::connect_path(&path);
+    let r = c.request(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, r#"{"version":"own"}"#);
+    // Everything else still waits for the VMM.
+    let r = c.request(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 500, "{}", r.body);
+    // A wrong method on ping is still refused.
+    let r = c.request(b"PUT /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 405);
+}

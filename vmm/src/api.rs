@@ -62,6 +62,19 @@ struct VmResize {
     desired_balloon: Option<u64>,
 }
 
+/// `vmm.ping`'s JSON body. The API thread answers pings with it directly
+/// (see `api_server::ServerOptions::ping_body`).
+pub fn ping_body() -> String {
+    let ping = VmmPingResponse {
+        build_version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        features: vec![],
+    };
+    // Plain strings and a number: encoding cannot fail.
+    serde_json::to_string(&ping).unwrap_or_else(|_| "{}".into())
+}
+
 fn json<T: Serialize>(value: &T) -> ApiResponse {
     match serde_json::to_string(value) {
         Ok(s) => ApiResponse::ok_json(s),
@@ -188,15 +201,7 @@ impl Vmm {
         body: &[u8],
     ) -> Result<(ApiResponse, Next), ApiResponse> {
         match endpoint {
-            Endpoint::VmmPing => Ok((
-                json(&VmmPingResponse {
-                    build_version: env!("CARGO_PKG_VERSION"),
-                    version: env!("CARGO_PKG_VERSION"),
-                    pid: std::process::id(),
-                    features: vec![],
-                }),
-                Next::Continue,
-            )),
+            Endpoint::VmmPing => Ok((ApiResponse::ok_json(ping_body()), Next::Continue)),
             Endpoint::VmmShutdown => {
                 self.shutdown_vm();
                 Ok((ApiResponse::no_content(), Next::Exit(VmExit::Stopped)))

@@ -146,7 +146,11 @@ pub fn run(
                     devices::seccomp::apply_current_thread(&f).map_err(|e| e.to_string())
                 }) as api_server::ThreadSetup
             });
-            api_server::start_server(listener, tx, server_wake, setup)
+            let options = api_server::ServerOptions {
+                ping_body: Some(crate::api::ping_body()),
+                ..Default::default()
+            };
+            api_server::start_server_with_options(listener, tx, server_wake, setup, options)
                 .map_err(|e| VmmError::Api(e.to_string()))?;
             Some((rx, wake))
         }
