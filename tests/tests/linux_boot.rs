@@ -1,6 +1,6 @@
 //! End-to-end boots of the real Linux guest kit (patched 6.1 vmlinux + busybox
 //! initramfs, see /work/shared/guest/README.md) under chv. Slow: each boot
-//! takes about 40-60 s on the PVM host, so there are only three, run one
+//! takes about 20-30 s on the PVM host, so there are only five, run one
 //! after another (2 host cores).
 //!
 //! Covers:
