@@ -250,13 +250,18 @@ pub struct Chv {
 impl Chv {
     /// Starts `chv` with `args` (stdin is /dev/null).
     pub fn spawn<S: AsRef<str>>(args: &[S]) -> Chv {
-        Self::start(args, false)
+        Self::start(args, false, &[])
+    }
+
+    /// Like [`Self::spawn`], with extra environment variables for chv.
+    pub fn spawn_with_env<S: AsRef<str>>(args: &[S], env: &[(&str, &str)]) -> Chv {
+        Self::start(args, false, env)
     }
 
     /// Starts `chv` with `args` and a pipe on its stdin, which a tty serial
     /// console forwards to the guest ([`Self::send_line`]).
     pub fn spawn_with_input<S: AsRef<str>>(args: &[S]) -> Chv {
-        Self::start(args, true)
+        Self::start(args, true, &[])
     }
 
     /// Writes `line` and a newline to chv's stdin (the guest's serial
@@ -270,11 +275,12 @@ impl Chv {
             .expect("write to chv's stdin");
     }
 
-    fn start<S: AsRef<str>>(args: &[S], input: bool) -> Chv {
+    fn start<S: AsRef<str>>(args: &[S], input: bool, env: &[(&str, &str)]) -> Chv {
         let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
         let bin = chv_bin();
         let mut child = Command::new(&bin)
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(if input { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chv_tests::{console_lines, host_is_pvm, run_to_exit, testguest, unix_time, Chv};
+use chv_tests::{console_lines, host_is_pvm, run_to_exit, testguest, unix_time, Chv, Scratch};
 
 /// How long a test-guest scenario may take to print its verdict.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -186,6 +186,8 @@ fn halted_vcpu_keeps_running_and_sigterm_exits() {
     let running = chv.wait_exit(Duration::ZERO).is_none();
     chv.check(running, "chv exited while the vCPU was halted");
     chv.signal(libc::SIGTERM);
+    let exited = chv.wait_exit(Duration::from_secs(5)).is_some();
+    chv.check(exited, "chv did not exit on SIGTERM");
     let st = chv.wait_exit(Duration::from_secs(5));
     let Some(st) = st else {
         chv.fail("chv did not exit within 5 s of SIGTERM");
@@ -373,4 +375,68 @@ fn zero_vcpus_is_rejected() {
 #[test]
 fn too_little_memory_is_rejected() {
     expect_config_error(&guest_args("serial", "boot=1", "size=1M"));
+}
+
+/// Executable `PT_LOAD` ranges `[start, end)` of a 64-bit ELF file.
+fn elf_exec_ranges(path: &std::path::Path) -> Vec<(u64, u64)> {
+    let elf = std::fs::read(path).expect("read the test guest ELF");
+    let u16_at = |o: usize| u16::from_le_bytes(elf[o..o + 2].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    (0..usize::from(phnum))
+        .map(|i| phoff + i * usize::from(phentsize))
+        .filter(|&ph| u32_at(ph) == 1 && u32_at(ph + 4) & 1 != 0)
+        .map(|ph| (u64_at(ph + 0x10), u64_at(ph + 0x10) + u64_at(ph + 0x28)))
+        .collect()
+}
+
+#[test]
+fn guest_profile_samples_the_guest_rip() {
+    let scratch = Scratch::new("guest-profile");
+    let profile = scratch.path("profile.txt");
+    let profile_str = profile.display().to_string();
+    let mut args = guest_args("ticker", "boot=1", "size=64M");
+    args.extend(["--seccomp".to_string(), "false".to_string()]);
+    // The ticker busy-waits between ticks, so the vCPU burns CPU time.
+    let mut chv = Chv::spawn_with_env(&args, &[("CHV_GUEST_PROFILE", &profile_str)]);
+    chv.expect("TICK 20", ABORT, GUEST_TIMEOUT);
+    chv.signal(libc::SIGTERM);
+    let exited = chv.wait_exit(Duration::from_secs(5)).is_some();
+    chv.check(exited, "chv did not exit on SIGTERM");
+    let text = std::fs::read_to_string(&profile).unwrap_or_default();
+    let ranges = elf_exec_ranges(&testguest());
+    let mut samples = 0;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        chv.check(fields.len() == 3, &format!("bad profile line {line:?}"));
+        chv.check(
+            fields[1] == "0",
+            &format!("sample of a vCPU that does not exist: {line}"),
+        );
+        let rip = u64::from_str_radix(fields[2], 16).unwrap_or(u64::MAX);
+        chv.check(
+            ranges.iter().any(|&(s, e)| (s..e).contains(&rip)),
+            &format!("RIP {rip:#x} is outside the test guest's code {ranges:x?}"),
+        );
+        samples += 1;
+    }
+    // 20 ticks take 400 ms of guest time; one sample per host tick of CPU.
+    chv.check(
+        samples >= 10,
+        &format!("only {samples} samples in {profile_str}"),
+    );
+
+    // With the seccomp filters on, chv refuses to arm the timers, says so,
+    // and runs normally.
+    let mut chv = Chv::spawn_with_env(
+        &guest_args("ticker", "boot=1", "size=64M"),
+        &[("CHV_GUEST_PROFILE", &profile_str)],
+    );
+    chv.expect("TICK 5", ABORT, GUEST_TIMEOUT);
+    chv.check(
+        chv.stderr().contains("needs --seccomp false"),
+        "no warning that profiling needs --seccomp false",
+    );
+    chv.kill();
 }
