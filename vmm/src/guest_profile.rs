@@ -3,11 +3,13 @@
 //! much of that time through what it describes to the guest).
 //!
 //! Set `CHV_GUEST_PROFILE=<file>` and run with `--seccomp false` (the
-//! timers need system calls the filters forbid): every vCPU thread arms a timer on its own
-//! CPU clock that interrupts `KVM_RUN` about once per millisecond of CPU
-//! time, records the guest RIP, and the VMM writes all samples to `<file>`
-//! when the VM shuts down, one `<ms since start> <vcpu> <rip in hex>` line
-//! each. `scripts/bench/guest_profile.py` turns that into a per-function table
+//! timers need system calls the filters forbid). Every vCPU thread then arms
+//! a 1 ms timer on its own CPU clock (it fires at the host's tick, 4 ms
+//! here) that interrupts `KVM_RUN`; the thread records the guest RIP and
+//! re-enters. The VMM appends all samples to `<file>` when the VM shuts
+//! down (or is rebuilt after a guest reset), one
+//! `<ms since start> <vcpu> <rip in hex>` line each.
+//! `scripts/bench/guest_profile.py` turns them into a per-function table
 //! with a `System.map`.
 
 use std::io::Write;
