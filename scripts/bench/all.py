@@ -182,9 +182,6 @@ def io_run(vmm, exe, kit, initrd, img, ns, args, want_block, want_net):
         argv = ["ip", "netns", "exec", ns, *argv]
         if vmm == "qemu":
             subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", QTAP, "up"], check=True)
-            # A neighbour entry left FAILED by the previous run's probes
-            # otherwise turns into "No route to host" mid-transfer.
-            subprocess.run(["ip", "netns", "exec", ns, "ip", "neigh", "flush", "dev", QTAP])
         peer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable,
                                  os.path.join(HERE, "net.py"), "--peer", str(args.net_kib * 1024),
                                  "--wait-go"],

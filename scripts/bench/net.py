@@ -28,24 +28,16 @@ def peer(nbytes, wait_go=False):
     """Host side, run inside the namespace: prints two rates in KiB/s.
 
     wait_go: first read a line from stdin, sent once the guest's network is
-    up. Connecting only then keeps the host's ARP probes of a guest that is
-    still booting from leaving a failed neighbour entry behind, which
-    otherwise broke some transfers with "No route to host".
+    up. Probing a guest that was still booting made about one QEMU run in
+    three fail with "No route to host" mid-transfer; waiting avoids it.
     """
     if wait_go:
         sys.stdin.readline()
-    deadline = time.monotonic() + 600
     lst = socket.socket()
     lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    while True:  # the VMM's tap (and with it HOST_IP) may not be up yet
-        try:
-            lst.bind((HOST_IP, 5001))
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    lst.bind((HOST_IP, 5001))
     lst.listen(1)
+    deadline = time.monotonic() + 600
     while True:  # the guest's listener comes up after boot
         try:
             s = socket.create_connection((GUEST_IP, 5000), timeout=1)
