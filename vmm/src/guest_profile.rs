@@ -32,6 +32,11 @@ struct GuestProfiler {
 
 static PROFILER: OnceLock<Option<GuestProfiler>> = OnceLock::new();
 
+thread_local! {
+    /// Whether this thread's sampling timer is armed.
+    static ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn profiler() -> Option<&'static GuestProfiler> {
     PROFILER
         .get_or_init(|| {
@@ -91,11 +96,22 @@ pub fn arm_current_thread(signal: libc::c_int) {
             "guest profile: timer_settime failed: {}",
             std::io::Error::last_os_error()
         );
+        return;
     }
+    ARMED.with(|a| a.set(true));
 }
 
-/// Records that vCPU `vcpu` was at guest address `rip`.
+/// Whether the calling thread samples (its timer is armed).
+pub fn armed() -> bool {
+    ARMED.with(|a| a.get())
+}
+
+/// Records that vCPU `vcpu` was at guest address `rip`; only threads whose
+/// timer is armed record, so kicks of other threads add no samples.
 pub fn record(vcpu: u8, rip: u64) {
+    if !armed() {
+        return;
+    }
     if let Some(p) = profiler() {
         let ms = u32::try_from(p.start.elapsed().as_millis()).unwrap_or(u32::MAX);
         p.samples

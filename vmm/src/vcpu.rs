@@ -254,7 +254,7 @@ fn run_loop(
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
-                if crate::guest_profile::enabled() {
+                if crate::guest_profile::armed() {
                     if let Ok(regs) = vcpu.get_regs() {
                         crate::guest_profile::record(id, regs.rip);
                     }
