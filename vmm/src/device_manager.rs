@@ -401,8 +401,9 @@ impl DeviceManager {
             })?),
             (None, None) => None,
         };
-        let image = open_disk_with_format(path, disk.image_type.as_deref(), &opts)
-            .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
+        let image =
+            open_disk_with_format(path, disk.image_type.and_then(|t| t.format_name()), &opts)
+                .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
         let mut blk = VirtioBlock::new(
             image,
             BlockOptions {

@@ -188,6 +188,8 @@ pub fn api_thread_rules() -> ThreadRules {
             libc::SYS_epoll_wait,
             libc::SYS_read,
             libc::SYS_recvfrom,
+            // SCM_RIGHTS tap fds from clients.
+            libc::SYS_recvmsg,
             libc::SYS_sendto,
             libc::SYS_shutdown,
         ])

@@ -115,6 +115,12 @@ pub struct Vm {
 fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
     Ok(match cfg.mode {
         ConsoleOutputMode::Off | ConsoleOutputMode::Null => None,
+        ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
+            return Err(VmmError::Config(format!(
+                "--{what}: mode {:?} is not implemented",
+                cfg.mode
+            )))
+        }
         ConsoleOutputMode::Tty => Some(Box::new(std::io::stdout())),
         ConsoleOutputMode::File => {
             let path = cfg.file.as_ref().ok_or_else(|| {
