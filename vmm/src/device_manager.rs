@@ -23,8 +23,6 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arch::acpi::hotplug::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON};
-use arch::layout;
 use devices::acpi::{
     GedDevice, GedEvents, PciHotplugController, PciHotplugState, GED_PCI_HOTPLUG, GED_POWER_BUTTON,
     GED_REGISTER_SIZE, PCI_HOTPLUG_REGISTER_SIZE,
@@ -55,10 +53,15 @@ pub use snapshot::{DevicesSnapshot, PciDeviceSnapshot};
 type SharedVirtioPci = Arc<Mutex<VirtioPciDevice>>;
 
 // The AML (arch) and the register blocks (devices) must agree.
-const _: () = assert!(GED_EVENT_PCI_HOTPLUG == GED_PCI_HOTPLUG);
-const _: () = assert!(GED_EVENT_POWER_BUTTON == GED_POWER_BUTTON);
-const _: () = assert!(layout::GED_PORT_SIZE as u64 == GED_REGISTER_SIZE);
-const _: () = assert!(layout::PCI_HOTPLUG_PORT_SIZE as u64 == PCI_HOTPLUG_REGISTER_SIZE);
+const _: () = assert!(match arch::PLATFORM.acpi_hotplug {
+    Some(l) => {
+        l.event_pci_hotplug == GED_PCI_HOTPLUG
+            && l.event_power_button == GED_POWER_BUTTON
+            && l.ged_port_size as u64 == GED_REGISTER_SIZE
+            && l.pci_hotplug_port_size as u64 == PCI_HOTPLUG_REGISTER_SIZE
+    }
+    None => true,
+});
 
 /// BAR0 offset of `device_status` in the virtio-pci common configuration
 /// (byte 20 of `struct virtio_pci_common_cfg`, virtio 1.2 §4.1.4.3, which
@@ -80,6 +83,9 @@ pub const HOTPLUG_SPARE_SLOTS: u8 = 8;
 /// [`HOTPLUG_SPARE_SLOTS`], at most 31. `Vm::boot` passes it to the ACPI
 /// tables and [`DeviceManager`] refuses hot-adds beyond it.
 pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
+    let Some(acpi) = arch::PLATFORM.acpi_hotplug else {
+        return 0;
+    };
     if !HOTPLUG_POSSIBLE.load(Ordering::Relaxed) {
         return 0;
     }
@@ -89,7 +95,7 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
         + usize::from(config.rng.is_some())
         + usize::from(config.vsock.is_some());
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
-    u8::try_from(slots.min(usize::from(arch::acpi::hotplug::LAST_HOTPLUG_SLOT))).unwrap_or(0)
+    u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }
 
 /// Whether anything can hot-plug devices into this process's VMs (false
@@ -134,6 +140,9 @@ pub enum HotplugError {
     /// The disk or its slot could not be set up.
     #[error("{0}")]
     Device(#[from] VmmError),
+    /// The platform has no way to tell the guest (no ACPI hotplug).
+    #[error("{0}")]
+    Unsupported(String),
     /// The guest could not be told (GED interrupt or hotplug register).
     #[error("cannot notify the guest: {0}")]
     Notify(String),
@@ -196,7 +205,8 @@ pub struct DeviceManager {
     by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
     thread_setup: Option<ThreadSetup>,
     devices: DeviceList,
-    ged: GedEvents,
+    /// The ACPI Generic Event Device, where the platform has ACPI hotplug.
+    ged: Option<GedEvents>,
     hotplug: PciHotplugState,
     /// Slots 1 to this one are hotpluggable ([`hotplug_slots_for`]).
     hotplug_slots: u8,
@@ -287,9 +297,10 @@ fn eject_slot(
 }
 
 impl DeviceManager {
-    /// Creates the PCI root bus and its config-space access paths (0xCF8
-    /// ports and ECAM), the Generic Event Device (interrupting the guest
-    /// on [`layout::GED_IRQ`]) and the PCI hotplug controller.
+    /// Creates the PCI root bus and its config-space access paths (ECAM,
+    /// and the 0xCF8 ports where the platform has them) and, where the
+    /// platform has ACPI hotplug, the Generic Event Device and the PCI
+    /// hotplug controller.
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
@@ -298,19 +309,22 @@ impl DeviceManager {
         thread_setup: Option<ThreadSetup>,
     ) -> Result<Self, VmmError> {
         let router = Arc::new(GsiRouter::new(vm.clone()));
+        let pci = arch::PLATFORM.pci;
         let pci_bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
-        io_bus
-            .insert(
-                Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
-                u64::from(layout::PCI_CONFIG_IO_PORT),
-                8,
-            )
-            .map_err(VmmError::Bus)?;
+        if let Some(port) = pci.config_io_port {
+            io_bus
+                .insert(
+                    Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
+                    u64::from(port),
+                    8,
+                )
+                .map_err(VmmError::Bus)?;
+        }
         mmio_bus
             .insert(
                 Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
-                layout::PCI_MMCONFIG_START,
-                layout::PCI_MMCONFIG_SIZE,
+                pci.ecam.0,
+                pci.ecam.1,
             )
             .map_err(VmmError::Bus)?;
         let by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>> = Arc::default();
@@ -323,42 +337,44 @@ impl DeviceManager {
                 }
             }));
         }
-        let allocator = PciBarAllocator::new(
-            layout::PCI_MMIO32_START,
-            layout::PCI_MMIO32_END,
-            layout::PCI_MMIO64_START,
-            layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
-        );
+        let allocator =
+            PciBarAllocator::new(pci.mmio32.0, pci.mmio32.1, pci.mmio64.0, pci.mmio64.1);
         let devices: DeviceList = Arc::default();
 
-        let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
-        vm.register_irqfd(&ged_irq, layout::GED_IRQ)
-            .map_err(VmmError::Kvm)?;
-        let ged = GedDevice::new(ged_irq);
-        let ged_events = ged.events();
-        io_bus
-            .insert(
-                Arc::new(Mutex::new(ged)),
-                u64::from(layout::GED_PORT),
-                u64::from(layout::GED_PORT_SIZE),
-            )
-            .map_err(VmmError::Bus)?;
         let hotplug = PciHotplugState::new();
-        let on_eject = {
-            let (vm, pci_bus) = (vm.clone(), pci_bus.clone());
-            let (by_slot, devices) = (by_slot.clone(), devices.clone());
-            Box::new(move |slot| eject_slot(&vm, &pci_bus, &by_slot, &devices, slot))
+        let ged_events = match arch::PLATFORM.acpi_hotplug {
+            None => None,
+            Some(acpi) => {
+                let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+                vm.register_irqfd(&ged_irq, acpi.ged_irq)
+                    .map_err(VmmError::Kvm)?;
+                let ged = GedDevice::new(ged_irq);
+                let ged_events = ged.events();
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(ged)),
+                        u64::from(acpi.ged_port),
+                        u64::from(acpi.ged_port_size),
+                    )
+                    .map_err(VmmError::Bus)?;
+                let on_eject = {
+                    let (vm, pci_bus) = (vm.clone(), pci_bus.clone());
+                    let (by_slot, devices) = (by_slot.clone(), devices.clone());
+                    Box::new(move |slot| eject_slot(&vm, &pci_bus, &by_slot, &devices, slot))
+                };
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(PciHotplugController::new(
+                            hotplug.clone(),
+                            on_eject,
+                        ))),
+                        u64::from(acpi.pci_hotplug_port),
+                        u64::from(acpi.pci_hotplug_port_size),
+                    )
+                    .map_err(VmmError::Bus)?;
+                Some(ged_events)
+            }
         };
-        io_bus
-            .insert(
-                Arc::new(Mutex::new(PciHotplugController::new(
-                    hotplug.clone(),
-                    on_eject,
-                ))),
-                u64::from(layout::PCI_HOTPLUG_PORT),
-                u64::from(layout::PCI_HOTPLUG_PORT_SIZE),
-            )
-            .map_err(VmmError::Bus)?;
         Ok(Self {
             vm,
             router,
@@ -644,6 +660,7 @@ impl DeviceManager {
         if self.has_id(&id) {
             return Err(HotplugError::DuplicateId(id));
         }
+        let ged = self.ged()?;
         let slot = self.add_virtio(id.clone(), device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
@@ -653,8 +670,7 @@ impl DeviceManager {
         self.hotplug
             .slot_added(slot)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
-        self.ged
-            .raise(GED_PCI_HOTPLUG)
+        ged.raise(GED_PCI_HOTPLUG)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         Ok(PciDeviceInfo {
             id,
@@ -734,11 +750,11 @@ impl DeviceManager {
             }
             dev.slot
         };
+        let ged = self.ged()?;
         self.hotplug
             .request_eject(slot)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
-        self.ged
-            .raise(GED_PCI_HOTPLUG)
+        ged.raise(GED_PCI_HOTPLUG)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         log::info!("{id}: asked the guest to eject PCI slot {slot}");
         Ok(slot)
@@ -746,12 +762,26 @@ impl DeviceManager {
 
     /// Presses the ACPI power button (`vm.power-button`).
     pub fn power_button(&self) -> std::io::Result<()> {
-        self.ged.raise(GED_POWER_BUTTON)
+        match &self.ged {
+            Some(ged) => ged.raise(GED_POWER_BUTTON),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                arch::PLATFORM.unsupported("the ACPI power button"),
+            )),
+        }
     }
 
-    /// A handle on the GED for events raised elsewhere (CPU hotplug).
-    pub fn ged_events(&self) -> GedEvents {
+    /// A handle on the GED for events raised elsewhere (CPU hotplug);
+    /// `None` on platforms without ACPI hotplug.
+    pub fn ged_events(&self) -> Option<GedEvents> {
         self.ged.clone()
+    }
+
+    /// The GED, or why hotplug cannot be signalled on this platform.
+    fn ged(&self) -> Result<GedEvents, HotplugError> {
+        self.ged
+            .clone()
+            .ok_or_else(|| HotplugError::Unsupported(arch::PLATFORM.unsupported("PCI hotplug")))
     }
 
     /// Ids and slots of the devices on the bus, in the order they were added.

@@ -14,6 +14,7 @@ pub mod device_manager;
 pub mod guest_profile;
 pub mod interrupt;
 pub mod migration;
+pub mod platform_devices;
 pub mod seccomp;
 pub mod snapshot;
 pub mod terminal;

@@ -397,7 +397,7 @@ fn receive_vm(
     config
         .validate()
         .map_err(|e| MigrationError::Vm(format!("the sent VM config is invalid: {e}")))?;
-    let memory = GuestMemoryMmap::from_ranges(&arch::memory::ram_regions(config.memory.size))
+    let memory = GuestMemoryMmap::from_ranges(&arch::ram_regions(config.memory.size))
         .map_err(|e| MigrationError::Vm(format!("guest memory: {e}")))?;
     loop {
         let (kind, body) = recv_msg(input)?;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
 use crate::device_manager::DevicesSnapshot;
-use crate::vm::LegacyDevicesState;
+use crate::platform_devices::LegacyDevicesState;
 
 pub use memory::{MemoryRange, MemoryRestoreMode};
 
@@ -67,11 +67,11 @@ pub struct VmSnapshot {
     pub config: VmConfig,
     /// Where each guest RAM region is in [`MEMORY_FILE`].
     pub memory: Vec<MemoryRange>,
-    /// In-kernel irqchip, PIT and clock.
-    pub vm: arch::vm_state::VmKvmState,
+    /// VM-wide in-kernel state (x86_64: irqchip, PIT and clock).
+    pub vm: arch::VmState,
     /// One entry per vCPU, by id.
-    pub vcpus: Vec<arch::vcpu_state::VcpuState>,
-    /// Serial port, CMOS and the other port-I/O devices.
+    pub vcpus: Vec<arch::VcpuState>,
+    /// Serial port, RTC and the other platform devices.
     pub legacy: LegacyDevicesState,
     /// The PCI devices and their slots.
     pub devices: DevicesSnapshot,
