@@ -349,6 +349,8 @@ pub fn vmm_thread_rules() -> ThreadRules {
             libc::SYS_sched_getaffinity,
             libc::SYS_set_robust_list,
             libc::SYS_statx,
+            // Guest RAM backed by a memfd (`shared=on`, huge pages).
+            libc::SYS_memfd_create,
         ])
         .allow_ioctls(&vm_setup_ioctls())
         .allow_ioctls(&tty_ioctls())

@@ -187,15 +187,18 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(VmmError::Kvm)?);
         let memory = match &source {
-            VmSource::Boot => GuestMemoryMmap::from_ranges(&arch::memory::ram_regions(ram_size))
-                .map_err(|e| VmmError::Memory(e.to_string()))?,
+            VmSource::Boot => {
+                crate::memory::create_for_config(config)
+                    .map_err(|e| VmmError::Memory(e.to_string()))?
+                    .memory
+            }
             VmSource::Restore {
                 snapshot,
                 memory: RestoreMemory::File { dir, mode },
             } => snapshot::memory::restore(
                 &dir.join(snapshot::MEMORY_FILE),
                 &snapshot.memory,
-                ram_size,
+                &crate::memory::zones_for(config),
                 *mode,
             )
             .map_err(|e| VmmError::Snapshot(e.to_string()))?,
