@@ -15,6 +15,7 @@
 //! ioeventfds and drops it (which unregisters its MSI irqfds).
 
 mod snapshot;
+pub mod vhost_env;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -481,6 +482,11 @@ impl DeviceManager {
             let (dev, counters) = self.build_net(net, &id)?;
             self.add_virtio(id.clone(), dev, None)?;
             self.set_net_counters(&id, counters);
+        }
+        for (i, fs) in vhost_env::fs_from_env()?.iter().enumerate() {
+            let dev = virtio_devices::fs::new_virtio_fs(fs, self.thread_setup.clone())
+                .map_err(|e| VmmError::Config(format!("--fs: tag={}: {e}", fs.tag)))?;
+            self.add_virtio(format!("_fs{i}"), Box::new(dev), None)?;
         }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
