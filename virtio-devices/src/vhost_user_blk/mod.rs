@@ -91,3 +91,6 @@ pub fn new_vhost_user_blk(
     }
     Ok(dev)
 }
+
+#[cfg(test)]
+mod tests;
