@@ -46,6 +46,7 @@ pub struct PmemMapping {
     addr: *mut libc::c_void,
     size: u64,
     discard_writes: bool,
+    guest_addr: u64,
 }
 
 // SAFETY: the mapping is plain memory owned by this struct; the pointer is
@@ -107,7 +108,19 @@ impl PmemMapping {
             addr,
             size,
             discard_writes,
+            guest_addr: 0,
         })
+    }
+
+    /// Records where the VMM placed the mapping in guest-physical space.
+    pub fn at(mut self, guest_addr: u64) -> Self {
+        self.guest_addr = guest_addr;
+        self
+    }
+
+    /// Guest-physical address given to [`Self::at`].
+    pub fn guest_addr(&self) -> u64 {
+        self.guest_addr
     }
 
     /// Where the file is mapped in the VMM.
