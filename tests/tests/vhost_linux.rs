@@ -203,3 +203,95 @@ fn guest_mounts_ext4_from_pmem_and_discard_writes_keeps_the_file() {
     );
     chv.assert_no_panic();
 }
+
+/// `vm.info`'s state.
+fn vm_state(sock: &Path) -> String {
+    let (status, body) = http(sock, "GET", "vm.info", None);
+    assert_eq!(status, 200, "vm.info: {body}");
+    let at = body.find("\"state\":\"").expect("state in vm.info") + 9;
+    body[at..].split('"').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd() {
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let scratch = Scratch::new("vhost-snap");
+    let share = scratch.path("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("kept"), "line-before-snapshot\n").unwrap();
+    let sock_a = scratch.path("a.sock");
+    let mut fsd_a = virtiofsd(&share, &sock_a);
+    let api = scratch.path("api.sock");
+    // fd 3 stays open across the snapshot; after the restore the guest
+    // waits for the host's go file, then reads, reads its fd, writes.
+    let guest_cmd = "mount -t virtiofs kataShared /mnt && exec 3</mnt/kept && echo CHK-MOUNTED; \
+                     while [ ! -e /mnt/go ]; do sleep 1; done; echo CHK-AFTER:$(cat /mnt/kept); \
+                     read -r L <&3; echo CHK-FD:$L; echo after > /mnt/written-after; echo CHK-END";
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\"");
+    let args: Vec<String> = vec![
+        "--kernel".into(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--memory".into(),
+        "size=128M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ];
+    let env_a = format!("tag=kataShared,socket={}", sock_a.display());
+    let mut chv = Chv::spawn_with_env(&args, &[("CHV_MEMORY_SHARED", "1"), ("CHV_FS", &env_a)]);
+    chv.expect("CHK-MOUNTED", ABORT, BOOT_TIMEOUT);
+    let (status, body) = http(&api, "PUT", "vm.pause", None);
+    assert_eq!(status, 204, "vm.pause: {body}");
+    let snap = scratch.path("snap");
+    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
+    let (status, body) = http(&api, "PUT", "vm.snapshot", Some(&url));
+    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
+    chv.kill();
+    let _ = fsd_a.kill();
+    let _ = fsd_a.wait();
+
+    // A new virtiofsd on a new socket; the restored VM loads the first
+    // one's state into it.
+    let sock_b = scratch.path("b.sock");
+    let _fsd_b = virtiofsd(&share, &sock_b);
+    let api_b = scratch.path("api-b.sock");
+    let env_b = format!("tag=kataShared,socket={}", sock_b.display());
+    let chv = Chv::spawn_with_env(
+        &[
+            "--api-socket".to_string(),
+            api_b.display().to_string(),
+            "--restore".into(),
+            format!("source_url=file://{}", snap.display()),
+        ],
+        &[("CHV_MEMORY_SHARED", "1"), ("CHV_FS", &env_b)],
+    );
+    assert_eq!(vm_state(&api_b), "Paused", "{}", chv.dump());
+    let (status, body) = http(&api_b, "PUT", "vm.resume", None);
+    assert_eq!(status, 204, "vm.resume: {body}\n{}", chv.dump());
+    std::fs::write(share.join("go"), "").unwrap();
+    chv.expect("CHK-END", ABORT, Duration::from_secs(120));
+    let out = chv.stdout();
+    chv.check(
+        out.contains("CHK-AFTER:line-before-snapshot"),
+        "read through the new virtiofsd",
+    );
+    chv.check(
+        out.contains("CHK-FD:line-before-snapshot"),
+        "fd opened before the snapshot still reads",
+    );
+    chv.check(
+        std::fs::read_to_string(share.join("written-after"))
+            .ok()
+            .as_deref()
+            == Some("after\n"),
+        "write after the restore reached the host",
+    );
+    chv.assert_no_panic();
+}

@@ -522,10 +522,13 @@ impl Vm {
         }
         let vm = arch::vm_state::VmKvmState::save(&self.vm_fd)
             .map_err(|e| SnapshotError::Kvm(e.to_string()))?;
-        let devices = self
-            .devices
-            .snapshot()
-            .map_err(|e| SnapshotError::Device(e.to_string()))?;
+        let devices = self.devices.snapshot().map_err(|e| {
+            if e.contains(snapshot::UNSUPPORTED_MARKER) {
+                SnapshotError::Unsupported(e)
+            } else {
+                SnapshotError::Device(e)
+            }
+        })?;
         let legacy = self.legacy.state();
         Ok(VmSnapshot {
             format: snapshot::SNAPSHOT_FORMAT.into(),

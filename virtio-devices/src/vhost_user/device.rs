@@ -74,6 +74,8 @@ pub struct VhostUserDevice {
     broken: Arc<AtomicBool>,
     /// Backend state to load at the next activation (after a restore).
     pending_backend_state: Option<Vec<u8>>,
+    /// Backend state saved by the last `prepare_snapshot`.
+    saved_backend_state: Option<Vec<u8>>,
 }
 
 impl VhostUserDevice {
@@ -91,6 +93,7 @@ impl VhostUserDevice {
             mem: None,
             broken: Arc::new(AtomicBool::new(false)),
             pending_backend_state: None,
+            saved_backend_state: None,
         }
     }
 
@@ -320,11 +323,30 @@ impl VirtioDevice for VhostUserDevice {
             .map_err(|e| ActivateError::Device(format!("{}: {e}", self.spec.name)))
     }
 
+    fn prepare_snapshot(&mut self) -> Result<(), ActivateError> {
+        self.saved_backend_state = None;
+        if !self.conn.supports_device_state() {
+            return Err(ActivateError::Device(format!(
+                "{}: cannot snapshot: the backend ({}) lacks VHOST_USER_PROTOCOL_F_DEVICE_STATE",
+                self.spec.name,
+                self.conn.socket().display()
+            )));
+        }
+        let state = self.save_backend_state().map_err(|e| {
+            ActivateError::Device(format!("{}: saving backend state: {e}", self.spec.name))
+        })?;
+        self.saved_backend_state = Some(state);
+        Ok(())
+    }
+
     fn snapshot_state(&self) -> serde_json::Value {
         state_to_value(&VhostUserDeviceState {
             version: VHOST_USER_STATE_VERSION,
             acked_features: self.acked,
-            backend_state: None,
+            backend_state: self
+                .saved_backend_state
+                .as_deref()
+                .map(super::state::to_hex),
         })
     }
 
