@@ -18,7 +18,23 @@ use chv_tests::{require_guest_kit, Chv, Scratch};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 const ABORT: &[&str] = &["Kernel panic"];
 
-fn virtiofsd(dir: &Path, socket: &Path) -> Child {
+/// A backend process, killed and reaped on drop.
+struct Backend(Child);
+
+impl Backend {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn virtiofsd(dir: &Path, socket: &Path) -> Backend {
     let child = Command::new("virtiofsd")
         .arg("--socket-path")
         .arg(socket)
@@ -36,7 +52,7 @@ fn virtiofsd(dir: &Path, socket: &Path) -> Child {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    child
+    Backend(child)
 }
 
 #[test]
@@ -101,8 +117,7 @@ fn guest_mounts_virtiofs_reads_writes_renames_and_survives_backend_loss() {
     );
 
     // The backend dies: chv logs it, keeps running and answers the API.
-    let _ = fsd.kill();
-    let _ = fsd.wait();
+    fsd.kill();
     std::thread::sleep(Duration::from_millis(500));
     let (status, body) = http(&api, "GET", "vm.info", None);
     chv.check(
@@ -254,8 +269,7 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
     let (status, body) = http(&api, "PUT", "vm.snapshot", Some(&url));
     assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
     chv.kill();
-    let _ = fsd_a.kill();
-    let _ = fsd_a.wait();
+    fsd_a.kill();
 
     // A new virtiofsd on a new socket; the restored VM loads the first
     // one's state into it.
