@@ -495,8 +495,13 @@ impl Vmm {
                     ));
                 }
                 let started = std::time::Instant::now();
-                vm.snapshot(config, &dir)
-                    .map_err(|e| ApiResponse::error(500, format!("snapshot failed: {e}")))?;
+                vm.snapshot(config, &dir).map_err(|e| {
+                    let status = match e {
+                        snapshot::SnapshotError::Unsupported(_) => 400,
+                        _ => 500,
+                    };
+                    ApiResponse::error(status, format!("snapshot failed: {e}"))
+                })?;
                 log::info!(
                     "snapshot written to {} in {:.1} ms",
                     dir.display(),

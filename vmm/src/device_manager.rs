@@ -15,6 +15,7 @@
 //! ioeventfds and drops it (which unregisters its MSI irqfds).
 
 mod snapshot;
+pub mod vhost_env;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -36,6 +37,7 @@ use virtio_devices::block::disk::{open_disk_with_format, DiskOptions};
 use virtio_devices::block::{BlockCounters, BlockOptions, VirtioBlock};
 use virtio_devices::console::VirtioConsole;
 use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNet};
+use virtio_devices::pmem::{PmemMapping, VirtioPmem as PmemDevice};
 use virtio_devices::rate_limiter::RateLimitGroup;
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
@@ -217,7 +219,16 @@ pub struct DeviceManager {
     vsock_plugged: bool,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
+    /// virtio-pmem backing files, mapped into the guest as KVM slots
+    /// (kept alive as long as the slots).
+    pmem_mappings: Vec<PmemMapping>,
 }
+
+/// First KVM memory slot of virtio-pmem ranges (RAM slots count from 0).
+const PMEM_SLOT_BASE: u32 = 0x100;
+/// Guest-physical alignment of a pmem range (a Linux memory section, so
+/// the guest can give it struct pages for DAX).
+const PMEM_ALIGN: u64 = 128 << 20;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -390,6 +401,7 @@ impl DeviceManager {
             rate_groups: HashMap::new(),
             vsock_plugged: false,
             restore_slots: None,
+            pmem_mappings: Vec::new(),
         })
     }
 
@@ -499,6 +511,14 @@ impl DeviceManager {
             self.add_virtio(id.clone(), dev, None)?;
             self.set_net_counters(&id, counters);
         }
+        for (i, fs) in vhost_env::fs_from_env()?.iter().enumerate() {
+            let dev = virtio_devices::fs::new_virtio_fs(fs, self.thread_setup.clone())
+                .map_err(|e| VmmError::Config(format!("--fs: tag={}: {e}", fs.tag)))?;
+            self.add_virtio(format!("_fs{i}"), Box::new(dev), None)?;
+        }
+        for (i, p) in vhost_env::pmem_from_env()?.iter().enumerate() {
+            self.add_pmem(i, p)?;
+        }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
             let (output, input): (Option<Box<dyn Write + Send>>, _) = match console.mode {
@@ -550,6 +570,42 @@ impl DeviceManager {
             }
             self.add_virtio("_rng".into(), Box::new(dev), None)?;
         }
+        Ok(())
+    }
+
+    /// Maps pmem entry `i`'s file, gives it to KVM as a memory slot above
+    /// the PCI windows and plugs its virtio-pmem device in.
+    fn add_pmem(&mut self, i: usize, p: &vhost_env::PmemEntry) -> Result<(), VmmError> {
+        let mapping = PmemMapping::open(&p.file, p.size, p.discard_writes)
+            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
+        let start = self
+            .pmem_mappings
+            .last()
+            .map_or(arch::PLATFORM.pci.mmio64.1, |m| {
+                (m.guest_addr() + m.size()).next_multiple_of(PMEM_ALIGN)
+            });
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: PMEM_SLOT_BASE + i as u32,
+            guest_phys_addr: start,
+            memory_size: mapping.size(),
+            userspace_addr: mapping.host_addr(),
+            flags: 0,
+        };
+        // SAFETY: the mapping is a live mmap kept in `pmem_mappings` for as
+        // long as the device manager (and so the guest) exists.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(VmmError::Kvm)?;
+        let mut dev = PmemDevice::new(&mapping, start)
+            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        log::info!(
+            "_pmem{i}: {} ({} MiB) at {start:#x}",
+            p.file.display(),
+            mapping.size() >> 20
+        );
+        self.pmem_mappings.push(mapping.at(start));
+        self.add_virtio(format!("_pmem{i}"), Box::new(dev), None)?;
         Ok(())
     }
 

@@ -13,6 +13,7 @@ pub mod control_loop;
 pub mod device_manager;
 pub mod guest_profile;
 pub mod interrupt;
+pub mod memory;
 pub mod migration;
 pub mod platform_devices;
 pub mod seccomp;

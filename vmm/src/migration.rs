@@ -397,8 +397,9 @@ fn receive_vm(
     config
         .validate()
         .map_err(|e| MigrationError::Vm(format!("the sent VM config is invalid: {e}")))?;
-    let memory = GuestMemoryMmap::from_ranges(&arch::ram_regions(config.memory.size))
-        .map_err(|e| MigrationError::Vm(format!("guest memory: {e}")))?;
+    let memory = crate::memory::create_for_config(&config)
+        .map_err(|e| MigrationError::Vm(format!("guest memory: {e}")))?
+        .memory;
     loop {
         let (kind, body) = recv_msg(input)?;
         match kind {

@@ -116,6 +116,14 @@ pub fn worker_thread_rules() -> ThreadRules {
             libc::SYS_recvfrom,
             libc::SYS_sendto,
             libc::SYS_shutdown,
+            // vhost-user: requests with fds on the backend's socket, the
+            // state-transfer pipe, the watchdog's shutdown of a stalled one.
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_setsockopt,
+            libc::SYS_pipe2,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
         ],
     )
     .allow_ioctls(&[libc::TIOCGWINSZ, libc::FIONBIO])
@@ -273,6 +281,8 @@ pub fn vmm_thread_rules() -> ThreadRules {
             libc::SYS_sched_getaffinity,
             libc::SYS_set_robust_list,
             libc::SYS_statx,
+            // Guest RAM backed by a memfd (`shared=on`, huge pages).
+            libc::SYS_memfd_create,
         ])
         .allow_ioctls(&vm_setup_ioctls())
         .allow_ioctls(&tty_ioctls())

@@ -180,15 +180,18 @@ impl Vm {
         let kvm = Kvm::new().map_err(VmmError::Kvm)?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(VmmError::Kvm)?);
         let memory = match &source {
-            VmSource::Boot => GuestMemoryMmap::from_ranges(&arch::ram_regions(ram_size))
-                .map_err(|e| VmmError::Memory(e.to_string()))?,
+            VmSource::Boot => {
+                crate::memory::create_for_config(config)
+                    .map_err(|e| VmmError::Memory(e.to_string()))?
+                    .memory
+            }
             VmSource::Restore {
                 snapshot,
                 memory: RestoreMemory::File { dir, mode },
             } => snapshot::memory::restore(
                 &dir.join(snapshot::MEMORY_FILE),
                 &snapshot.memory,
-                ram_size,
+                &crate::memory::zones_for(config),
                 *mode,
             )
             .map_err(|e| VmmError::Snapshot(e.to_string()))?,
@@ -476,10 +479,13 @@ impl Vm {
             .machine
             .save_state(&self.vm_fd)
             .map_err(|e| SnapshotError::Kvm(e.to_string()))?;
-        let devices = self
-            .devices
-            .snapshot()
-            .map_err(|e| SnapshotError::Device(e.to_string()))?;
+        let devices = self.devices.snapshot().map_err(|e| {
+            if e.contains(snapshot::UNSUPPORTED_MARKER) {
+                SnapshotError::Unsupported(e)
+            } else {
+                SnapshotError::Device(e)
+            }
+        })?;
         let legacy = self.legacy.state();
         Ok(VmSnapshot {
             format: snapshot::SNAPSHOT_FORMAT.into(),

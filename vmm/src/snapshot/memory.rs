@@ -16,6 +16,7 @@ use vm_memory::{
 };
 
 use super::SnapshotError;
+use crate::memory::RamZone;
 
 /// Bytes compared at a time when looking for all-zero pages.
 const PAGE: usize = 4096;
@@ -69,8 +70,16 @@ fn region_bytes(region: &GuestRegionMmap) -> &[u8] {
 /// not be read, which would fault each one in.
 pub(crate) fn touched_pages(region: &GuestRegionMmap) -> Option<Vec<bool>> {
     const PRESENT_OR_SWAPPED: u64 = 3 << 62;
-    if region.file_offset().is_some() {
-        return None;
+    if let Some(fo) = region.file_offset() {
+        // Shared memory (a memfd): the pages that hold data are the
+        // file's, wherever they were written (this process or a vhost-user
+        // backend). A private file mapping holds the file's data untouched.
+        let shared = region.get_mmap().flags() & libc::MAP_SHARED != 0;
+        return if shared {
+            file_data_pages(fo.file(), fo.start(), region.len())
+        } else {
+            None
+        };
     }
     let pagemap = File::open("/proc/self/pagemap").ok()?;
     let first = region.as_ptr() as u64 / PAGE as u64;
@@ -86,6 +95,42 @@ pub(crate) fn touched_pages(region: &GuestRegionMmap) -> Option<Vec<bool>> {
             })
             .collect(),
     )
+}
+
+/// Which pages of `file`'s `[start, start + len)` hold data (are not
+/// holes), from `SEEK_DATA`/`SEEK_HOLE`; `None` where the file system
+/// cannot tell.
+fn file_data_pages(file: &File, start: u64, len: u64) -> Option<Vec<bool>> {
+    use std::os::fd::AsRawFd;
+    let pages = usize::try_from(len).ok()? / PAGE;
+    let mut map = vec![false; pages];
+    let end = start + len;
+    let mut pos = start;
+    while pos < end {
+        // SAFETY: plain lseek on a descriptor the region owns.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            return (e.raw_os_error() == Some(libc::ENXIO)).then_some(map);
+        }
+        let data = data as u64;
+        if data >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return None;
+        }
+        let hole = (hole as u64).min(end);
+        let first = ((data - start) / PAGE as u64) as usize;
+        let last = (hole - start).div_ceil(PAGE as u64) as usize;
+        for page in map.iter_mut().take(last).skip(first) {
+            *page = true;
+        }
+        pos = hole.max(data + 1);
+    }
+    Some(map)
 }
 
 /// Writes every RAM region of `memory` to `path` (created or truncated),
@@ -181,45 +226,41 @@ pub fn validate(ranges: &[MemoryRange], file_len: u64, ram_size: u64) -> Result<
 }
 
 /// Maps guest RAM back from the memory file at `path` as `ranges` describe.
+///
+/// Plain anonymous RAM restores lazily when `mode` asks for it; RAM with
+/// another backing (shared memfd, huge pages, a zone file) is created as
+/// `zones` say and the file's contents copied in, as the guest's pages
+/// must live in that backing.
 pub fn restore(
     path: &Path,
     ranges: &[MemoryRange],
-    ram_size: u64,
+    zones: &[RamZone],
     mode: MemoryRestoreMode,
 ) -> Result<GuestMemoryMmap, SnapshotError> {
     let file = File::open(path).map_err(|e| io("open", path, e))?;
     let file_len = file.metadata().map_err(|e| io("stat", path, e))?.len();
+    let ram_size = zones.iter().map(|z| z.size).sum();
     validate(ranges, file_len, ram_size)?;
+    let plain = zones.iter().all(|z| {
+        let b = &z.backing;
+        !b.shared && !b.hugepages && b.file.is_none()
+    });
+    if !plain || mode == MemoryRestoreMode::Prefault {
+        return restore_into_backing(&file, path, ranges, zones);
+    }
     let mut regions = Vec::with_capacity(ranges.len());
     for r in ranges {
         let len = usize::try_from(r.len)
             .map_err(|_| SnapshotError::Invalid(format!("range at {:#x} too large", r.gpa)))?;
-        let map_err = |e: vm_memory::mmap::MmapRegionError| {
-            SnapshotError::Memory(format!("mapping {len} bytes at {:#x}: {e}", r.gpa))
-        };
-        let builder = MmapRegionBuilder::new(len)
+        let clone = file.try_clone().map_err(|e| io("dup", path, e))?;
+        let mapping = MmapRegionBuilder::new(len)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE);
-        let mapping = match mode {
-            MemoryRestoreMode::Lazy => {
-                let clone = file.try_clone().map_err(|e| io("dup", path, e))?;
-                builder
-                    .with_file_offset(FileOffset::new(clone, r.file_offset))
-                    .build()
-                    .map_err(map_err)?
-            }
-            MemoryRestoreMode::Prefault => {
-                let mapping = builder
-                    .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)
-                    .build()
-                    .map_err(map_err)?;
-                // SAFETY: the fresh anonymous mapping covers `len` bytes and
-                // nothing else refers to it yet.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr(), len) };
-                copy_non_holes(&file, r.file_offset, bytes).map_err(|e| io("read", path, e))?;
-                mapping
-            }
-        };
+            .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE)
+            .with_file_offset(FileOffset::new(clone, r.file_offset))
+            .build()
+            .map_err(|e| {
+                SnapshotError::Memory(format!("mapping {len} bytes at {:#x}: {e}", r.gpa))
+            })?;
         let region = GuestRegionMmap::new(mapping, GuestAddress(r.gpa)).ok_or_else(|| {
             SnapshotError::Invalid(format!("range at {:#x} overflows the address space", r.gpa))
         })?;
@@ -227,6 +268,40 @@ pub fn restore(
     }
     GuestMemoryMmap::from_regions(regions)
         .map_err(|e| SnapshotError::Invalid(format!("memory ranges: {e}")))
+}
+
+/// Creates RAM for `zones` over the snapshot's `ranges` and copies the
+/// memory file's data into it (holes stay unallocated).
+fn restore_into_backing(
+    file: &File,
+    path: &Path,
+    ranges: &[MemoryRange],
+    zones: &[RamZone],
+) -> Result<GuestMemoryMmap, SnapshotError> {
+    let layout: Vec<(GuestAddress, usize)> = ranges
+        .iter()
+        .map(|r| {
+            usize::try_from(r.len)
+                .map(|len| (GuestAddress(r.gpa), len))
+                .map_err(|_| SnapshotError::Invalid(format!("range at {:#x} too large", r.gpa)))
+        })
+        .collect::<Result<_, _>>()?;
+    let ram = crate::memory::create_guest_ram(zones, &layout)
+        .map_err(|e| SnapshotError::Memory(e.to_string()))?;
+    for region in ram.memory.iter() {
+        let gpa = region.start_addr().0;
+        let range = ranges
+            .iter()
+            .find(|r| r.gpa <= gpa && gpa - r.gpa < r.len)
+            .ok_or_else(|| SnapshotError::Invalid(format!("no saved range holds {gpa:#x}")))?;
+        let len = region.len() as usize;
+        // SAFETY: the fresh mapping covers `len` bytes and no vCPU or
+        // device uses it yet.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(region.as_ptr(), len) };
+        copy_non_holes(file, range.file_offset + (gpa - range.gpa), bytes)
+            .map_err(|e| io("read", path, e))?;
+    }
+    Ok(ram.memory)
 }
 
 /// Reads `dst.len()` bytes from `file` at `offset` into `dst`, skipping the
@@ -280,6 +355,14 @@ mod tests {
         mem
     }
 
+    fn plain_zones(size: u64) -> Vec<RamZone> {
+        vec![RamZone {
+            field: "memory".into(),
+            size,
+            backing: crate::memory::RamBacking::default(),
+        }]
+    }
+
     fn roundtrip(mode: MemoryRestoreMode) {
         let dir = std::env::temp_dir().join(format!("chv-mem-{}-{mode:?}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -287,7 +370,8 @@ mod tests {
         let ranges = save(&sample(), &path).unwrap();
         assert_eq!(ranges.len(), 2);
         assert_eq!(ranges[1].file_offset, 1 << 20);
-        let back = restore(&path, &ranges, 3 << 20, mode).unwrap();
+        let zones = plain_zones(3 << 20);
+        let back = restore(&path, &ranges, &zones, mode).unwrap();
         assert_eq!(
             back.read_obj::<u32>(GuestAddress(0x100)).unwrap(),
             0x1234_5678
@@ -300,7 +384,7 @@ mod tests {
         assert_eq!(back.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 0);
         // Writes to the restored guest stay out of the snapshot file.
         back.write_obj(7u32, GuestAddress(0x100)).unwrap();
-        let again = restore(&path, &ranges, 3 << 20, mode).unwrap();
+        let again = restore(&path, &ranges, &zones, mode).unwrap();
         assert_eq!(
             again.read_obj::<u32>(GuestAddress(0x100)).unwrap(),
             0x1234_5678
@@ -316,6 +400,50 @@ mod tests {
     #[test]
     fn prefault_restore_reads_back_what_was_saved() {
         roundtrip(MemoryRestoreMode::Prefault);
+    }
+
+    #[test]
+    fn shared_ram_is_saved_from_the_memfd_and_restored_into_one() {
+        let dir = std::env::temp_dir().join(format!("chv-mem-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("memory");
+        let zones = vec![RamZone {
+            field: "memory".into(),
+            size: 3 << 20,
+            backing: crate::memory::RamBacking {
+                shared: true,
+                ..Default::default()
+            },
+        }];
+        let layout = [(GuestAddress(0), 1 << 20), (GuestAddress(4 << 20), 2 << 20)];
+        let ram = crate::memory::create_guest_ram(&zones, &layout).unwrap();
+        // Written through the memfd, as a vhost-user backend would: not
+        // in this process's page tables, still saved.
+        let region = ram.memory.iter().nth(1).unwrap();
+        let fo = region.file_offset().unwrap();
+        fo.file()
+            .write_all_at(&0xfeed_f00du32.to_le_bytes(), fo.start() + 0x2000)
+            .unwrap();
+        let touched = touched_pages(region).unwrap();
+        assert_eq!(touched.iter().filter(|&&t| t).count(), 1);
+        assert!(touched[2]);
+        let ranges = save(&ram.memory, &path).unwrap();
+        for mode in [MemoryRestoreMode::Lazy, MemoryRestoreMode::Prefault] {
+            let back = restore(&path, &ranges, &zones, mode).unwrap();
+            for region in back.iter() {
+                assert!(
+                    region.file_offset().is_some(),
+                    "restored shared RAM is a memfd"
+                );
+                assert!(region.get_mmap().flags() & libc::MAP_SHARED != 0);
+            }
+            assert_eq!(
+                back.read_obj::<u32>(GuestAddress((4 << 20) + 0x2000))
+                    .unwrap(),
+                0xfeed_f00d
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -51,7 +51,15 @@ pub enum SnapshotError {
     /// The VM is not in a state that allows the operation.
     #[error("{0}")]
     State(String),
+    /// A device cannot be snapshotted at all (a vhost-user backend without
+    /// the protocol feature it takes): a client error, not a failure.
+    #[error("device {0}")]
+    Unsupported(String),
 }
+
+/// Marker in a device's snapshot refusal that makes it
+/// [`SnapshotError::Unsupported`] (the backend lacks a protocol feature).
+pub const UNSUPPORTED_MARKER: &str = "lacks VHOST_USER_PROTOCOL_F_";
 
 /// Everything `state.json` holds.
 #[derive(Serialize, Deserialize)]
