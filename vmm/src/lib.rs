@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;
+pub mod vcpu_placement;
 pub mod vm;
 
 pub use control_loop::run;

@@ -298,10 +298,17 @@ pub fn vmm_thread_rules() -> ThreadRules {
                 libc::F_DUPFD_CLOEXEC as u64,
             ],
         )
+        // vCPU threads inherit this filter and place themselves
+        // (cpus.affinity, cpus.core_scheduling) before adding their own.
+        .allow(&[libc::SYS_sched_setaffinity])
         .allow_arg(
             libc::SYS_prctl,
             0,
-            &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+            &[
+                libc::PR_SET_NAME as u64,
+                libc::PR_SET_NO_NEW_PRIVS as u64,
+                libc::PR_SCHED_CORE as u64,
+            ],
         )
         .allow_arg(
             libc::SYS_seccomp,

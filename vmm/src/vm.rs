@@ -228,6 +228,9 @@ impl Vm {
                     boot_vcpus: num_vcpus,
                     max_vcpus,
                     keep_features: config.cpus.features.keep.clone(),
+                    topology: config.cpus.topology.map(|t| t.to_arch()),
+                    max_phys_bits: config.cpus.max_phys_bits,
+                    nested: config.cpus.nested,
                 },
             )
             .map_err(|e| VmmError::Vcpu(0, e.to_string()))?,
@@ -249,6 +252,7 @@ impl Vm {
             guest_stops: [exit_evt.clone(), reset_evt.clone()],
             pause: pause.clone(),
             seccomp_filter: filters.vcpu.clone(),
+            placement: Arc::new(crate::vcpu_placement::VcpuPlacement::new(&config.cpus)),
         };
         let mut fds = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {
