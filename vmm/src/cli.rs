@@ -568,21 +568,27 @@ fn memory_size(item: &OptionItem) -> Result<u64, OptionError> {
 }
 
 /// What `--serial`/`--console` accept, for error messages.
-const CONSOLE_MODES: &str = "off, null, tty or file=PATH";
+const CONSOLE_MODES: &str = "off, null, pty, tty, file=PATH or socket=PATH";
 
-/// Parses `--serial`/`--console`: `off`, `null`, `tty` or `file=PATH`
-/// (plus Cloud Hypervisor's `iommu=off`).
+/// Parses `--serial`/`--console`: `off`, `null`, `pty`, `tty`, `file=PATH`
+/// or `socket=PATH` (plus Cloud Hypervisor's `iommu=off`).
 fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
     let mut chosen: Option<(String, ConsoleOutputMode)> = None;
     let mut file = None;
+    let mut socket = None;
     for item in split_options(value)? {
         let mode = match item.key.as_str() {
             "off" => ConsoleOutputMode::Off,
             "null" => ConsoleOutputMode::Null,
             "tty" => ConsoleOutputMode::Tty,
+            "pty" => ConsoleOutputMode::Pty,
             "file" => {
                 file = Some(PathBuf::from(item.non_empty_value()?));
                 ConsoleOutputMode::File
+            }
+            "socket" => {
+                socket = Some(PathBuf::from(item.non_empty_value()?));
+                ConsoleOutputMode::Socket
             }
             "iommu" => {
                 if parse_toggle(&item.key, item.value()?)? {
@@ -590,7 +596,6 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
                 }
                 continue;
             }
-            "pty" | "socket" => return Err(OptionError::Unsupported(item.key)),
             _ if item.value.is_none() => {
                 return Err(OptionError::UnknownValue {
                     value: item.key,
@@ -604,7 +609,8 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
                 })
             }
         };
-        if let (Some(value), false) = (&item.value, mode == ConsoleOutputMode::File) {
+        let takes_path = matches!(mode, ConsoleOutputMode::File | ConsoleOutputMode::Socket);
+        if let (Some(value), false) = (&item.value, takes_path) {
             return Err(OptionError::invalid(&item.key, value, "takes no value"));
         }
         if let Some((previous, _)) = chosen {
@@ -613,10 +619,11 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
         chosen = Some((item.key, mode));
     }
     let (_, mode) = chosen.ok_or(OptionError::Missing(
-        "output mode (off, null, tty or file=PATH)",
+        "output mode (off, null, pty, tty, file=PATH or socket=PATH)",
     ))?;
     Ok(ConsoleConfig {
         file,
+        socket,
         ..ConsoleConfig::with_mode(mode)
     })
 }

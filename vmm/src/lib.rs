@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console_host;
 pub mod control_loop;
 pub mod device_manager;
 pub mod guest_profile;

@@ -336,11 +336,12 @@ fn serial_and_console_modes() {
 fn serial_and_console_rejected() {
     assert_eq!(
         error(&["--serial", "bogus"]),
-        "--serial: invalid value 'bogus' (expected off, null, tty or file=PATH)"
+        "--serial: invalid value 'bogus' (expected off, null, pty, tty, file=PATH or socket=PATH)"
     );
     assert_eq!(
         error(&["--console", "bogus=1"]),
-        "--console: unknown option 'bogus' (expected off, null, tty or file=PATH)"
+        "--console: unknown option 'bogus' (expected off, null, pty, tty, file=PATH or \
+         socket=PATH)"
     );
     assert_eq!(
         error(&["--serial", "file="]),
@@ -359,12 +360,26 @@ fn serial_and_console_rejected() {
         "--serial: 'tty' and 'file' cannot be combined"
     );
     assert_eq!(
-        error(&["--console", "pty"]),
-        "--console: 'pty' is not supported by chv"
+        error(&["--console", "pty=1"]),
+        "--console: pty=1: takes no value"
+    );
+    assert_eq!(
+        error(&["--serial", "socket="]),
+        "--serial: socket=: empty value"
+    );
+    let serial = vm(&["--serial", "socket=/tmp/s.sock"]).serial;
+    assert_eq!(serial.mode, ConsoleOutputMode::Socket);
+    assert_eq!(
+        serial.socket.as_deref(),
+        Some(std::path::Path::new("/tmp/s.sock"))
+    );
+    assert_eq!(
+        vm(&["--console", "pty"]).console.mode,
+        ConsoleOutputMode::Pty
     );
     assert_eq!(
         error(&["--serial", "iommu=off"]),
-        "--serial: missing output mode (off, null, tty or file=PATH)"
+        "--serial: missing output mode (off, null, pty, tty, file=PATH or socket=PATH)"
     );
 }
 
