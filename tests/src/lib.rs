@@ -17,6 +17,7 @@
 //!   (without it, a missing kit fails those tests).
 
 pub mod api_client;
+pub mod go_client;
 pub mod base_snapshot;
 pub mod netns;
 

@@ -432,36 +432,6 @@ fn test_guest_snapshot_restore_and_broken_snapshots() {
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
 }
 
-/// Opens (creating) tap `name` in the calling thread's network namespace
-/// as chv wants it (no packet info, virtio-net headers), without
-/// close-on-exec so a chv started afterwards inherits it.
-fn open_tap(name: &str) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .expect("open /dev/net/tun");
-    // SAFETY: ifreq is plain data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
-    // SAFETY: TUNSETIFF reads and writes the ifreq we own.
-    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-    assert_eq!(
-        rc,
-        0,
-        "TUNSETIFF {name}: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: clears FD_CLOEXEC on a descriptor we own.
-    let rc = unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_SETFD, 0) };
-    assert_eq!(rc, 0, "F_SETFD: {}", std::io::Error::last_os_error());
-    tun
-}
-
 /// A restore re-attaches a network device to tap fds it is handed
 /// (`net_fds`, as Cloud Hypervisor's `--restore`) instead of the tap the
 /// snapshot names; the REST API refuses fds it cannot carry.
@@ -489,7 +459,7 @@ fn test_guest_restore_reattaches_the_nic_to_new_tap_fds() {
     chv.expect("TICK 3\n", &["FAIL"], Duration::from_secs(30));
     let last = pause_snapshot_and_kill(&mut chv, &sock, &snap);
 
-    let tap = ns.run(|| open_tap("chvsnapb0"));
+    let tap = ns.run(|| chv_tests::netns::open_tap("chvsnapb0"));
     let sock2 = dir.path("api2.sock");
     let mut restored = ns.spawn_chv(&[
         "--api-socket".to_string(),
