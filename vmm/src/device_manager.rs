@@ -618,9 +618,10 @@ impl DeviceManager {
     ) -> Result<u8, VmmError> {
         let err = |what: String| VmmError::Device(format!("{id}: {what}"));
         let vectors = msix_vectors_for(&*device);
-        let msi: Arc<dyn MsiInterruptGroup> = Arc::new(
+        let group = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
         );
+        let msi: Arc<dyn MsiInterruptGroup> = group.clone();
         let transport =
             VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
@@ -646,6 +647,8 @@ impl DeviceManager {
                 return Err(err(format!("ioeventfd: {e}")));
             }
         }
+        // Bus 0, function 0: the requester id is the slot's devfn.
+        group.set_device_id(u32::from(info.slot) << 3);
         lock(&self.by_slot).insert(info.slot, transport.clone());
         log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
         lock(&self.devices).push(PciDeviceHandle {

@@ -1,0 +1,255 @@
+//! The aarch64 side of the arch interface: the platform description, the
+//! in-kernel GICv3 and ITS ([`Machine`]), vCPU setup ([`CpuConfig`]) and
+//! payload loading ([`load_payload`]).
+
+use kvm_bindings::kvm_vcpu_init;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use super::fdt::FdtConfig;
+use super::gic::Gic;
+use super::layout;
+use super::regs;
+use super::vcpu_state::{StateError, VcpuState};
+use crate::{
+    ArchError, CpuOptions, DeviceBus, IrqchipRoute, Payload, PayloadError, PciLayout, Platform,
+    PlatformDevice, PlatformDeviceKind,
+};
+
+pub use super::boot::BootEntry;
+pub use super::gic_state::GicState as VmState;
+
+/// SPIs below this GSI are platform-device pins; MSI routes start here.
+const FIRST_MSI_GSI: u32 = layout::GIC_NR_IRQS - layout::GIC_SPI_BASE;
+
+const fn mmio(kind: PlatformDeviceKind, base: u64, irq: u32) -> PlatformDevice {
+    PlatformDevice {
+        kind,
+        bus: DeviceBus::Mmio,
+        base,
+        len: layout::PLATFORM_DEVICE_SIZE,
+        irq: Some(irq),
+    }
+}
+
+/// The aarch64 platform: PL011 and PL031 on MMIO, generic ECAM PCI with
+/// MSIs through the GICv3 ITS, no ACPI.
+pub const PLATFORM: Platform = Platform {
+    name: "aarch64",
+    pci: PciLayout {
+        ecam: (layout::PCI_ECAM_START, layout::PCI_ECAM_SIZE),
+        config_io_port: None,
+        mmio32: (layout::PCI_MMIO32_START, layout::PCI_MMIO32_END),
+        mmio64: (
+            layout::PCI_MMIO64_START,
+            layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
+        ),
+    },
+    devices: &[
+        mmio(
+            PlatformDeviceKind::Pl011,
+            layout::UART_START,
+            layout::UART_IRQ,
+        ),
+        mmio(
+            PlatformDeviceKind::Pl031,
+            layout::RTC_START,
+            layout::RTC_IRQ,
+        ),
+    ],
+    acpi_hotplug: None,
+    first_msi_gsi: FIRST_MSI_GSI,
+    msi_device_id: true,
+};
+
+/// GSI n is SPI n of the GIC (irqchip 0, pin n), for every SPI below the
+/// MSI GSIs; kept when MSI routes are added.
+pub fn irqchip_routes() -> Vec<IrqchipRoute> {
+    (0..FIRST_MSI_GSI)
+        .map(|gsi| IrqchipRoute {
+            gsi,
+            chip: 0,
+            pin: gsi,
+        })
+        .collect()
+}
+
+/// Guest RAM: one region from 1 GiB.
+pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
+    vec![(GuestAddress(layout::RAM_START), size as usize)]
+}
+
+/// The in-kernel GICv3 and ITS of one VM.
+pub struct Machine {
+    gic: Gic,
+}
+
+impl Machine {
+    /// Creates the GICv3 (and ITS) and places their frames; before any
+    /// vCPU runs.
+    pub fn create(vm: &VmFd) -> Result<Self, ArchError> {
+        Ok(Self {
+            gic: Gic::create(vm)?,
+        })
+    }
+
+    /// Initialises the GIC once every vCPU exists.
+    pub fn finalize(&mut self, _vm: &VmFd, vcpus: u8) -> Result<(), ArchError> {
+        if vcpus > layout::MAX_VCPUS {
+            return Err(ArchError::Setup(format!(
+                "{vcpus} vCPUs: the GICv3 redistributor area holds {}",
+                layout::MAX_VCPUS
+            )));
+        }
+        self.gic.finalize()
+    }
+
+    /// Whether PCI devices can get MSIs (the GIC has an ITS).
+    pub fn has_msi(&self) -> bool {
+        self.gic.has_its()
+    }
+
+    /// Captures the GIC and ITS state of the paused VM (the ITS tables go
+    /// into guest RAM, so call this before saving memory).
+    pub fn save_state(&self, _vm: &VmFd) -> Result<VmState, StateError> {
+        VmState::save(&self.gic)
+    }
+
+    /// Loads a saved GIC and ITS state (guest RAM must be in place).
+    pub fn restore_state(&self, _vm: &VmFd, state: &VmState) -> Result<(), StateError> {
+        state.restore(&self.gic)
+    }
+}
+
+/// Initialises each vCPU (`KVM_ARM_VCPU_INIT` with PSCI 0.2) and sets the
+/// boot vCPU's entry registers.
+pub struct CpuConfig {
+    init: kvm_vcpu_init,
+}
+
+impl CpuConfig {
+    /// Reads the host's preferred vCPU target once for the VM.
+    pub fn new(_kvm: &Kvm, vm: &VmFd, opts: &CpuOptions) -> Result<Self, ArchError> {
+        if opts.max_vcpus > layout::MAX_VCPUS {
+            return Err(ArchError::Setup(format!(
+                "max_vcpus={}: aarch64 guests can have at most {} vCPUs",
+                opts.max_vcpus,
+                layout::MAX_VCPUS
+            )));
+        }
+        Ok(Self {
+            init: regs::vcpu_init_template(vm)?,
+        })
+    }
+
+    /// Initialises vCPU `id`; the boot vCPU (`boot = Some`) starts at the
+    /// kernel with x0 at the device tree, the others powered off.
+    pub fn configure(
+        &self,
+        vcpu: &VcpuFd,
+        id: u8,
+        boot: Option<(&GuestMemoryMmap, &BootEntry)>,
+    ) -> Result<(), ArchError> {
+        regs::init_vcpu(vcpu, &self.init, id)?;
+        if let Some((_, entry)) = boot {
+            regs::set_boot_registers(vcpu, entry.pc, entry.fdt)?;
+        }
+        Ok(())
+    }
+
+    /// Initialises a fresh vCPU and loads a saved state into it.
+    pub fn restore(&self, vcpu: &VcpuFd, id: u8, state: &VcpuState) -> Result<(), ArchError> {
+        regs::init_vcpu(vcpu, &self.init, id)?;
+        state
+            .restore(vcpu)
+            .map_err(|e| ArchError::Setup(e.to_string()))
+    }
+}
+
+/// Checks the `--cpus features=` names: aarch64 has none to select.
+pub fn validate_cpu_features(names: &[String]) -> Result<(), String> {
+    match names.first() {
+        None => Ok(()),
+        Some(name) => Err(format!(
+            "{name}: selecting CPU features is not supported on aarch64"
+        )),
+    }
+}
+
+/// The guest program counter of a vCPU outside `KVM_RUN`.
+pub fn instruction_pointer(vcpu: &VcpuFd) -> Result<u64, kvm_ioctls::Error> {
+    regs::get_u64(vcpu, regs::PC)
+}
+
+/// Nothing host-specific to add to a KVM internal-error report here.
+pub fn internal_error_hint() -> Option<String> {
+    None
+}
+
+/// Loads the `Image` and initramfs and writes the device tree of this
+/// machine; returns where the boot vCPU starts.
+pub fn load_payload(
+    memory: &GuestMemoryMmap,
+    machine: &Machine,
+    payload: Payload<'_>,
+) -> Result<BootEntry, PayloadError> {
+    if payload.ram_size > layout::MAX_RAM_SIZE {
+        return Err(PayloadError::Boot(format!(
+            "{} GiB of RAM: aarch64 guests can have at most {} GiB",
+            payload.ram_size >> 30,
+            layout::MAX_RAM_SIZE >> 30
+        )));
+    }
+    super::boot::load(
+        memory,
+        payload.kernel,
+        payload.initramfs,
+        FdtConfig {
+            cmdline: payload.cmdline,
+            ram_size: payload.ram_size,
+            vcpus: payload.boot_vcpus,
+            initrd: None,
+            its: machine.has_msi(),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_devices_are_pl011_and_pl031_on_mmio() {
+        let uart = PLATFORM.device(PlatformDeviceKind::Pl011).unwrap();
+        assert_eq!(
+            (uart.bus, uart.base, uart.irq),
+            (DeviceBus::Mmio, 0x0900_0000, Some(1))
+        );
+        assert!(PLATFORM.device(PlatformDeviceKind::Pl031).is_some());
+        assert!(PLATFORM.device(PlatformDeviceKind::Uart16550).is_none());
+        assert!(PLATFORM.acpi_hotplug.is_none());
+        assert_eq!(PLATFORM.pci.config_io_port, None);
+    }
+
+    #[test]
+    fn routes_cover_the_platform_spis_only() {
+        let routes = irqchip_routes();
+        assert_eq!(routes.len() as u32, PLATFORM.first_msi_gsi);
+        for dev in PLATFORM.devices {
+            let irq = dev.irq.unwrap();
+            assert!(routes.iter().any(|r| r.gsi == irq && r.pin == irq));
+        }
+    }
+
+    #[test]
+    fn ram_starts_at_1_gib() {
+        assert_eq!(ram_regions(1 << 30), vec![(GuestAddress(1 << 30), 1 << 30)]);
+    }
+
+    #[test]
+    fn cpu_features_are_refused_by_name() {
+        assert!(validate_cpu_features(&[]).is_ok());
+        let err = validate_cpu_features(&["amx".into()]).unwrap_err();
+        assert!(err.contains("amx") && err.contains("aarch64"), "{err}");
+    }
+}
