@@ -709,7 +709,9 @@ impl DeviceManager {
 
     /// Plugs a virtio device into a free slot of the running guest: as a
     /// cold-plugged device (BAR, MSI-X irqfds, ioeventfds), then marks the
-    /// slot in `PCIU` and raises the GED so the guest scans it.
+    /// slot in `PCIU` and raises the GED so the guest scans it. A platform
+    /// without ACPI hotplug has no way to tell the guest: the device is
+    /// plugged and the guest finds it when it rescans the bus.
     pub fn hotplug_virtio(
         &mut self,
         id: String,
@@ -719,7 +721,16 @@ impl DeviceManager {
         if self.has_id(&id) {
             return Err(HotplugError::DuplicateId(id));
         }
-        let ged = self.ged()?;
+        let Some(ged) = self.ged.clone() else {
+            let slot = self.add_virtio(id.clone(), device, block_counters)?;
+            let bdf = format!("0000:00:{slot:02x}.0");
+            log::info!(
+                "{id}: plugged at {bdf}; {} has no PCI hotplug notification, so the guest \
+                 finds it when it rescans the bus (echo 1 > /sys/bus/pci/rescan)",
+                arch::PLATFORM.name
+            );
+            return Ok(PciDeviceInfo { id, bdf });
+        };
         let slot = self.add_virtio(id.clone(), device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
