@@ -45,6 +45,21 @@ case_devices() {
     pass devices
 }
 
+# The unit-test binaries in $H/unit (devices, vmm) that need a real
+# aarch64 kernel: seccomp filters, KVM, memory advice and huge pages.
+case_unit() {
+    why=
+    for t in $H/unit/*; do
+        [ -x "$t" ] || continue
+        name=$(basename "$t")
+        (cd $W && "$t" --test-threads=2 > $W/unit-$name.out 2>&1)
+        rc=$?
+        grep -E "^test result|FAILED|panicked" $W/unit-$name.out
+        [ $rc = 0 ] || why="$why $name:rc=$rc"
+    done
+    [ -z "$why" ] && pass unit || fail unit "$why"
+}
+
 # wait_for FILE TEXT SECONDS
 wait_for() {
     i=0
@@ -85,7 +100,7 @@ case_api() {
     [ -z "$why" ] && pass api || fail api "$why"
 }
 
-cases=${*:-devices api}
+cases=${*:-unit devices api}
 for c in $cases; do
     t0=$(cut -d' ' -f1 /proc/uptime)
     case_$c
