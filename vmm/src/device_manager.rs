@@ -47,6 +47,7 @@ use virtio_devices::{GuestMemory, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleOutputMode, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::console_host::HostConsole;
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
 
@@ -206,6 +207,8 @@ pub struct DeviceManager {
     allocator: PciBarAllocator,
     by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
     thread_setup: Option<ThreadSetup>,
+    /// The virtio console's pty path in `Pty` mode.
+    pub console_pty: Option<std::path::PathBuf>,
     devices: DeviceList,
     /// The ACPI Generic Event Device, where the platform has ACPI hotplug.
     ged: Option<GedEvents>,
@@ -394,6 +397,7 @@ impl DeviceManager {
             allocator,
             by_slot,
             thread_setup,
+            console_pty: None,
             devices,
             ged: ged_events,
             hotplug,
@@ -546,6 +550,15 @@ impl DeviceManager {
                             ))
                         })?;
                     (Some(Box::new(f)), None)
+                }
+                ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
+                    let host = HostConsole::open(console, "console", self.thread_setup.clone())
+                        .map_err(VmmError::Config)?
+                        .ok_or_else(|| VmmError::Config("console: no host end".into()))?;
+                    let input = host.device_end.try_clone().map_err(VmmError::Thread)?;
+                    let output = host.output().map_err(VmmError::Thread)?;
+                    self.console_pty = host.pty_path;
+                    (Some(output), Some(input))
                 }
                 _ => (None, None),
             };
