@@ -61,7 +61,7 @@ step "binaries built"
 log=$repo/target/aarch64-l1.log
 set +e
 timeout "${L1_TIMEOUT:-900}" "$KIT/run-l1.sh" --share "$share" \
-    --cmd "sh /mnt/host/l1-tests.sh unit devices api" < /dev/null > "$log" 2>&1
+    --cmd "sh /mnt/host/l1-tests.sh unit devices api snapshot" < /dev/null > "$log" 2>&1
 rc=$?
 set -e
 tr -d '\r' < "$log" | grep -E '^(ARM-|test result|GUEST-CMD-EXIT=)' || true

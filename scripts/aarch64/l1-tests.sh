@@ -100,7 +100,43 @@ case_api() {
     [ -z "$why" ] && pass api || fail api "$why"
 }
 
-cases=${*:-unit devices api}
+# Snapshot and restore: a guest writing its disk once a second (virtio-blk
+# completions are MSI-X through the ITS) is paused, snapshotted (vCPU
+# registers, GIC, ITS, devices, RAM) and its chv stopped; a second chv
+# restores it, resumes, and the guest goes on counting and writing.
+case_snapshot() {
+    a=$W/snap-a.sock; b=$W/snap-b.sock; snap=$W/snap; rm -rf $a $b $snap
+    dd if=/dev/zero of=$W/snap.raw bs=1M count=2 2>/dev/null
+    cmd='n=0; while true; do n=$((n+1)); echo tick-$n | dd of=/dev/vda conv=fsync 2>/dev/null; echo TICK-$n; sleep 0.3; done'
+    $H/chv $KERNEL --cmdline "$BASE guest_cmd=\"$cmd\"" --cpus boot=2 --memory size=256M --serial tty \
+        --console off --disk path=$W/snap.raw --api-socket $a > $W/snap-a.out 2>&1 &
+    pa=$!
+    R="$H/chv-remote --api-socket"
+    why=
+    wait_for $W/snap-a.out TICK-3 120 || why="guest did not tick"
+    [ -z "$why" ] && { $R $a pause >/dev/null || why=pause; }
+    [ -z "$why" ] && { $R $a snapshot file://$snap > $W/snap.err 2>&1 || why="snapshot: $(cat $W/snap.err)"; }
+    $R $a shutdown-vmm >/dev/null 2>&1; sleep 0.5; kill -9 $pa 2>/dev/null; wait $pa
+    last=$(tr -d '\r' < $W/snap-a.out | sed -n 's/^TICK-//p' | tail -1)
+    if [ -z "$why" ]; then
+        $H/chv --api-socket $b --restore source_url=file://$snap > $W/snap-b.out 2>&1 &
+        pb=$!
+        i=0; while [ ! -S $b ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        $R $b info | grep -q Paused || why="restored VM not paused: $(cat $W/snap-b.out)"
+        [ -z "$why" ] && { $R $b resume >/dev/null || why=resume; }
+        next=$((last + 2))
+        [ -z "$why" ] && { wait_for $W/snap-b.out "TICK-$next" 120 || why="restored guest did not go on (last tick $last)"; }
+        [ -z "$why" ] && { head -c 12 $W/snap.raw | grep -q "tick-" || why="disk"; }
+        first=$(tr -d '\r' < $W/snap-b.out | sed -n 's/^TICK-//p' | head -1)
+        [ -z "$why" ] && [ "${first:-0}" -le "$last" ] && why="restored guest restarted counting at $first"
+        $R $b shutdown-vmm >/dev/null 2>&1; sleep 0.5; kill -9 $pb 2>/dev/null; wait $pb
+        tail -n 3 $W/snap-b.out
+    fi
+    echo "snapshot: last tick before $last, ticks after: $(tr -d '\r' < $W/snap-b.out 2>/dev/null | grep -c '^TICK-')"
+    [ -z "$why" ] && pass snapshot || fail snapshot "$why"
+}
+
+cases=${*:-unit devices api snapshot}
 for c in $cases; do
     t0=$(cut -d' ' -f1 /proc/uptime)
     case_$c

@@ -82,6 +82,8 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
 /// The in-kernel GICv3 and ITS of one VM.
 pub struct Machine {
     gic: Gic,
+    /// vCPUs the GIC was initialised for.
+    vcpus: u8,
 }
 
 impl Machine {
@@ -90,6 +92,7 @@ impl Machine {
     pub fn create(vm: &VmFd) -> Result<Self, ArchError> {
         Ok(Self {
             gic: Gic::create(vm)?,
+            vcpus: 0,
         })
     }
 
@@ -101,6 +104,7 @@ impl Machine {
                 layout::MAX_VCPUS
             )));
         }
+        self.vcpus = vcpus;
         self.gic.finalize()
     }
 
@@ -112,11 +116,18 @@ impl Machine {
     /// Captures the GIC and ITS state of the paused VM (the ITS tables go
     /// into guest RAM, so call this before saving memory).
     pub fn save_state(&self, _vm: &VmFd) -> Result<VmState, StateError> {
-        VmState::save(&self.gic)
+        VmState::save(&self.gic, self.vcpus)
     }
 
     /// Loads a saved GIC and ITS state (guest RAM must be in place).
     pub fn restore_state(&self, _vm: &VmFd, state: &VmState) -> Result<(), StateError> {
+        if state.redist.len() != usize::from(self.vcpus) {
+            return Err(StateError::Invalid(format!(
+                "the GIC state has {} redistributors, this VM {} vCPUs",
+                state.redist.len(),
+                self.vcpus
+            )));
+        }
         state.restore(&self.gic)
     }
 }
@@ -136,6 +147,19 @@ impl CpuConfig {
                 opts.max_vcpus,
                 layout::MAX_VCPUS
             )));
+        }
+        check_topology(opts)?;
+        if opts.max_phys_bits != 0 && opts.max_phys_bits < IPA_BITS {
+            return Err(ArchError::Setup(format!(
+                "cpus.max_phys_bits={}: the aarch64 memory map needs {IPA_BITS} bits",
+                opts.max_phys_bits
+            )));
+        }
+        if opts.nested {
+            log::info!(
+                "cpus.nested=true: chv offers no nested virtualization (FEAT_NV) to aarch64 \
+                 guests; they run at EL1"
+            );
         }
         Ok(Self {
             init: regs::vcpu_init_template(vm)?,
@@ -163,6 +187,25 @@ impl CpuConfig {
         state
             .restore(vcpu)
             .map_err(|e| ArchError::Setup(e.to_string()))
+    }
+}
+
+/// Guest-physical address bits of the memory map (KVM's default IPA size,
+/// which every arm64 KVM host offers).
+const IPA_BITS: u8 = 40;
+
+/// Refuses a topology the device tree cannot describe (it has no
+/// `cpu-map`: every vCPU is a core of one cluster).
+fn check_topology(opts: &CpuOptions) -> Result<(), ArchError> {
+    match opts.topology {
+        Some(t) if t.threads_per_core > 1 || t.dies_per_package > 1 || t.packages > 1 => {
+            Err(ArchError::Setup(format!(
+                "cpus.topology {}:{}:{}:{}: only one package of single-threaded cores is \
+                 supported on aarch64",
+                t.threads_per_core, t.cores_per_die, t.dies_per_package, t.packages
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -244,6 +287,23 @@ mod tests {
     #[test]
     fn ram_starts_at_1_gib() {
         assert_eq!(ram_regions(1 << 30), vec![(GuestAddress(1 << 30), 1 << 30)]);
+    }
+
+    #[test]
+    fn only_flat_topologies_are_accepted() {
+        let mut opts = CpuOptions {
+            topology: Some(crate::CpuTopology::flat(4)),
+            ..CpuOptions::default()
+        };
+        assert!(check_topology(&opts).is_ok());
+        opts.topology = Some(crate::CpuTopology {
+            threads_per_core: 2,
+            cores_per_die: 2,
+            dies_per_package: 1,
+            packages: 1,
+        });
+        let err = check_topology(&opts).unwrap_err().to_string();
+        assert!(err.contains("cpus.topology 2:2:1:1"), "{err}");
     }
 
     #[test]

@@ -53,20 +53,16 @@ pub struct VcpuState {
     pub omitted: Vec<String>,
 }
 
-/// Registers a vCPU has: KVM says how many when the list is too short.
+/// Most registers kvm-bindings' `RegList` holds (its FAM limit).
+const MAX_REGISTERS: usize = 500;
+
+/// The registers a vCPU has.
 fn register_ids(vcpu: &VcpuFd) -> Result<Vec<u64>, StateError> {
-    let mut capacity = 512;
-    loop {
-        let mut list = RegList::new(capacity)
-            .map_err(|e| StateError::Invalid(format!("register list: {e:?}")))?;
-        match vcpu.get_reg_list(&mut list) {
-            Ok(()) => return Ok(list.as_slice().to_vec()),
-            Err(e) if e.errno() == libc::E2BIG && capacity < 8192 => {
-                capacity = (list.as_fam_struct_ref().n as usize).max(capacity * 2);
-            }
-            Err(e) => return Err(kvm_err("KVM_GET_REG_LIST")(e)),
-        }
-    }
+    let mut list = RegList::new(MAX_REGISTERS)
+        .map_err(|e| StateError::Invalid(format!("register list: {e:?}")))?;
+    vcpu.get_reg_list(&mut list)
+        .map_err(kvm_err("KVM_GET_REG_LIST"))?;
+    Ok(list.as_slice().to_vec())
 }
 
 impl VcpuState {
