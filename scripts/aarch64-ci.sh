@@ -28,6 +28,7 @@ if [ -z "${DEBIAN_MIRROR:-}" ]; then
     DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 fi
 export DEBIAN_MIRROR
+export CARGO_TERM_PROGRESS_WHEN=never
 X() { "$KIT/cross-env.sh" "$@"; }
 t0=$SECONDS
 step() { echo "aarch64-ci: $1 (at $((SECONDS - t0)) s)"; }
