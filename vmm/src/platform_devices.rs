@@ -190,49 +190,38 @@ impl PlatformDevices {
     /// Loads a saved state; the snapshot and this VM must have the same
     /// devices.
     pub fn restore(&self, state: &LegacyDevicesState) -> Result<(), VmmError> {
-        let bad = |what: &str, e: String| VmmError::Snapshot(format!("{what}: {e}"));
-        let mismatch = |what: &str| {
-            bad(
-                what,
-                "the snapshot and this VM disagree on whether the device exists".into(),
-            )
-        };
-        match (&self.uart16550, &state.serial) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("serial", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("serial")),
+        restore_one("serial", &self.uart16550, &state.serial, |d, s| {
+            d.restore_state(s)
+        })?;
+        restore_one("pl011", &self.pl011, &state.pl011, |d, s| {
+            d.restore_state(s)
+        })?;
+        restore_one("pl031", &self.pl031, &state.pl031, |d, s| {
+            d.restore_state(s)
+        })?;
+        restore_one("cmos", &self.cmos, &state.cmos, |d, s| d.restore_state(s))?;
+        restore_one("ACPI PM timer", &self.pm_timer, &state.pm_timer, |d, s| {
+            d.restore_state(s)
+        })
+    }
+}
+
+/// Restores one device's saved state; the device and its state must both
+/// exist or both be absent.
+fn restore_one<D, S>(
+    what: &str,
+    dev: &Option<Arc<Mutex<D>>>,
+    state: &Option<S>,
+    restore: impl FnOnce(&mut D, &S) -> Result<(), devices::legacy::StateError>,
+) -> Result<(), VmmError> {
+    match (dev, state) {
+        (Some(dev), Some(s)) => {
+            restore(&mut lock(dev), s).map_err(|e| VmmError::Snapshot(format!("{what}: {e}")))
         }
-        match (&self.pl011, &state.pl011) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("pl011", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("pl011")),
-        }
-        match (&self.pl031, &state.pl031) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("pl031", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("pl031")),
-        }
-        match (&self.cmos, &state.cmos) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("cmos", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("cmos")),
-        }
-        match (&self.pm_timer, &state.pm_timer) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("ACPI PM timer", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("ACPI PM timer")),
-        }
-        Ok(())
+        (None, None) => Ok(()),
+        _ => Err(VmmError::Snapshot(format!(
+            "{what}: the snapshot and this VM disagree on whether the device exists"
+        ))),
     }
 }
 
