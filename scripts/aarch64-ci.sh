@@ -47,8 +47,9 @@ step "arch and virtio-devices unit tests passed under qemu-user"
 share=$repo/target/aarch64-l1-share
 rm -rf "$share" && mkdir -p "$share/unit"
 X cargo build --bin chv --bin chv-remote
-built=$(X cargo test -p devices -p vmm --lib --no-run 2>&1 | tee /dev/stderr |
-    sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p')
+no_run=$(X cargo test -p devices -p vmm --lib --no-run 2>&1) || { echo "$no_run" >&2; exit 1; }
+echo "$no_run"
+built=$(echo "$no_run" | sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p')
 for t in $built; do
     name=$(basename "$t"); cp "$t" "$share/unit/${name%%-*}"
 done
