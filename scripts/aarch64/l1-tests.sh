@@ -45,8 +45,9 @@ case_devices() {
     pass devices
 }
 
-# The unit-test binaries in $H/unit (devices, vmm) that need a real
-# aarch64 kernel: seccomp filters, KVM, memory advice and huge pages.
+# The unit-test binaries in $H/unit (arch, devices, vmm) that need a real
+# aarch64 kernel: KVM (vCPU, GIC and ITS state), seccomp filters, memory
+# advice and huge pages.
 case_unit() {
     why=
     for t in $H/unit/*; do

@@ -313,3 +313,91 @@ mod tests {
         assert!(err.contains("amx") && err.contains("aarch64"), "{err}");
     }
 }
+
+/// Against the host's KVM: run inside the aarch64 L1 machine by
+/// `scripts/aarch64-ci.sh`; under qemu-user (whose KVM ioctls reach the x86
+/// host's /dev/kvm and fail with ENOTTY) they say so and return.
+#[cfg(test)]
+mod kvm_tests {
+    use super::*;
+    use kvm_bindings::{KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_STOPPED};
+
+    fn kvm_vm() -> Option<(Kvm, VmFd)> {
+        let kvm = Kvm::new().ok()?;
+        match kvm.create_vm() {
+            Ok(vm) => Some((kvm, vm)),
+            Err(e) if e.errno() == libc::ENOTTY => {
+                eprintln!("no aarch64 KVM here (qemu-user?): run this test in L1");
+                None
+            }
+            Err(e) => panic!("KVM_CREATE_VM: {e}"),
+        }
+    }
+
+    fn two_vcpus(kvm: &Kvm, vm: &VmFd) -> (Machine, CpuConfig, VcpuFd, VcpuFd) {
+        let machine = Machine::create(vm).unwrap();
+        let opts = CpuOptions {
+            boot_vcpus: 2,
+            max_vcpus: 2,
+            ..CpuOptions::default()
+        };
+        let cfg = CpuConfig::new(kvm, vm, &opts).unwrap();
+        (
+            machine,
+            cfg,
+            vm.create_vcpu(0).unwrap(),
+            vm.create_vcpu(1).unwrap(),
+        )
+    }
+
+    #[test]
+    fn boot_registers_psci_power_state_and_gic_state_survive_a_round_trip() {
+        let Some((kvm, vm)) = kvm_vm() else { return };
+        let (mut machine, cfg, v0, v1) = two_vcpus(&kvm, &vm);
+        assert!(machine.has_msi(), "this host's vGICv3 has an ITS");
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(layout::RAM_START), 4 << 20)]).unwrap();
+        let entry = BootEntry {
+            pc: layout::RAM_START + 0x1000,
+            fdt: layout::RAM_START + 0x20_0000,
+        };
+        cfg.configure(&v0, 0, Some((&mem, &entry))).unwrap();
+        cfg.configure(&v1, 1, None).unwrap();
+        machine.finalize(&vm, 2).unwrap();
+        assert_eq!(instruction_pointer(&v0).unwrap(), entry.pc);
+        assert_eq!(regs::get_u64(&v0, regs::xreg(0)).unwrap(), entry.fdt);
+        assert_eq!(regs::get_u64(&v0, regs::PSTATE).unwrap(), regs::PSTATE_BOOT);
+
+        let s0 = VcpuState::save(&v0, &kvm).unwrap();
+        let s1 = VcpuState::save(&v1, &kvm).unwrap();
+        assert_eq!(s0.mp_state, KVM_MP_STATE_RUNNABLE);
+        assert_eq!(s1.mp_state, KVM_MP_STATE_STOPPED, "secondaries start off");
+        assert!(s0.registers.iter().any(|r| r.id == regs::PC));
+        let gic = machine.save_state(&vm).unwrap();
+        assert_eq!(gic.redist.len(), 2);
+        assert!(!gic.its.is_empty());
+
+        // A second VM built from the saved state.
+        let vm2 = kvm.create_vm().unwrap();
+        let (mut machine2, cfg2, w0, w1) = two_vcpus(&kvm, &vm2);
+        cfg2.restore(&w0, 0, &s0).unwrap();
+        cfg2.restore(&w1, 1, &s1).unwrap();
+        machine2.finalize(&vm2, 2).unwrap();
+        machine2.restore_state(&vm2, &gic).unwrap();
+        assert_eq!(instruction_pointer(&w0).unwrap(), entry.pc);
+        assert_eq!(regs::get_u64(&w0, regs::xreg(0)).unwrap(), entry.fdt);
+        assert_eq!(
+            VcpuState::save(&w1, &kvm).unwrap().mp_state,
+            KVM_MP_STATE_STOPPED
+        );
+        let again = machine2.save_state(&vm2).unwrap();
+        assert_eq!(again.dist, gic.dist);
+        assert_eq!(again.redist, gic.redist);
+
+        // A state for another vCPU count is refused by name.
+        let mut short = gic.clone();
+        short.redist.pop();
+        let err = machine2.restore_state(&vm2, &short).unwrap_err();
+        assert!(err.to_string().contains("redistributors"), "{err}");
+    }
+}
