@@ -113,6 +113,9 @@ pub struct Platform {
     pub acpi_hotplug: Option<AcpiHotplugLayout>,
     /// First GSI free for MSI routes (those below are irqchip pins).
     pub first_msi_gsi: u32,
+    /// MSI routes carry the PCI requester id as device id
+    /// (`KVM_MSI_VALID_DEVID`): the GICv3 ITS translates by it.
+    pub msi_device_id: bool,
 }
 
 impl Platform {

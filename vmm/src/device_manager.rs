@@ -631,9 +631,10 @@ impl DeviceManager {
     ) -> Result<u8, VmmError> {
         let err = |what: String| VmmError::Device(format!("{id}: {what}"));
         let vectors = msix_vectors_for(&*device);
-        let msi: Arc<dyn MsiInterruptGroup> = Arc::new(
+        let group = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
         );
+        let msi: Arc<dyn MsiInterruptGroup> = group.clone();
         let transport =
             VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
@@ -659,6 +660,8 @@ impl DeviceManager {
                 return Err(err(format!("ioeventfd: {e}")));
             }
         }
+        // Bus 0, function 0: the requester id is the slot's devfn.
+        group.set_device_id(u32::from(info.slot) << 3);
         lock(&self.by_slot).insert(info.slot, transport.clone());
         log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
         lock(&self.devices).push(PciDeviceHandle {
@@ -719,7 +722,9 @@ impl DeviceManager {
 
     /// Plugs a virtio device into a free slot of the running guest: as a
     /// cold-plugged device (BAR, MSI-X irqfds, ioeventfds), then marks the
-    /// slot in `PCIU` and raises the GED so the guest scans it.
+    /// slot in `PCIU` and raises the GED so the guest scans it. A platform
+    /// without ACPI hotplug has no way to tell the guest: the device is
+    /// plugged and the guest finds it when it rescans the bus.
     pub fn hotplug_virtio(
         &mut self,
         id: String,
@@ -729,7 +734,16 @@ impl DeviceManager {
         if self.has_id(&id) {
             return Err(HotplugError::DuplicateId(id));
         }
-        let ged = self.ged()?;
+        let Some(ged) = self.ged.clone() else {
+            let slot = self.add_virtio(id.clone(), device, block_counters)?;
+            let bdf = format!("0000:00:{slot:02x}.0");
+            log::info!(
+                "{id}: plugged at {bdf}; {} has no PCI hotplug notification, so the guest \
+                 finds it when it rescans the bus (echo 1 > /sys/bus/pci/rescan)",
+                arch::PLATFORM.name
+            );
+            return Ok(PciDeviceInfo { id, bdf });
+        };
         let slot = self.add_virtio(id.clone(), device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
@@ -869,6 +883,11 @@ mod tests {
     #[test]
     fn hotplug_slots_cover_cold_devices_plus_spares() {
         let mut config = VmConfig::default();
+        if arch::PLATFORM.acpi_hotplug.is_none() {
+            // No ACPI slot devices to describe on this platform.
+            assert_eq!(hotplug_slots_for(&config), 0);
+            return;
+        }
         config.console.mode = ConsoleOutputMode::Off;
         assert_eq!(hotplug_slots_for(&config), HOTPLUG_SPARE_SLOTS);
         config.console.mode = ConsoleOutputMode::Tty;

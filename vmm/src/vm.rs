@@ -207,7 +207,7 @@ impl Vm {
 
         // Payload (a restored VM has it in its memory already).
         let kernel = match &source {
-            VmSource::Boot => Some(load_payload(config, &memory, num_vcpus)?),
+            VmSource::Boot => Some(load_payload(config, &memory, &machine, num_vcpus)?),
             VmSource::Restore { .. } => None,
         };
 
@@ -566,6 +566,7 @@ impl Drop for Vm {
 fn load_payload(
     config: &VmConfig,
     memory: &GuestMemoryMmap,
+    machine: &arch::Machine,
     num_vcpus: u8,
 ) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
@@ -580,6 +581,7 @@ fn load_payload(
     };
     arch::load_payload(
         memory,
+        machine,
         arch::Payload {
             kernel: &mut kernel_file,
             initramfs: initramfs_file.as_mut(),

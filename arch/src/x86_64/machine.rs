@@ -84,6 +84,7 @@ pub const PLATFORM: Platform = Platform {
         last_hotplug_slot: LAST_HOTPLUG_SLOT,
     }),
     first_msi_gsi: IOAPIC_PINS,
+    msi_device_id: false,
 };
 
 /// KVM's default legacy routes (PIC pins 0-15, IOAPIC pins 0-23, GSI n to
@@ -266,6 +267,7 @@ pub fn internal_error_hint() -> Option<String> {
 /// protocol; returns where the kernel starts.
 pub fn load_payload(
     memory: &GuestMemoryMmap,
+    _machine: &Machine,
     payload: Payload<'_>,
 ) -> Result<BootEntry, PayloadError> {
     let kernel = super::boot::load_kernel(memory, payload.kernel)
