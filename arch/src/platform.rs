@@ -144,6 +144,8 @@ pub struct Payload<'a> {
     /// PCI slots `1..=hotplug_slots` the firmware tables describe as
     /// hotpluggable.
     pub hotplug_slots: u8,
+    /// The machine identity for the SMBIOS tables.
+    pub identity: &'a MachineIdentity,
 }
 
 /// Why the payload could not be loaded; the VMM adds the file names.
@@ -196,4 +198,29 @@ pub struct CpuOptions {
     pub max_vcpus: u8,
     /// CPU features to expose even though chv would hide them.
     pub keep_features: Vec<String>,
+}
+
+/// The machine identity the firmware tables give the guest (SMBIOS on
+/// x86_64): Cloud Hypervisor's `platform` serial number, UUID, OEM strings
+/// and system fields. `None` or empty: not specified.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineIdentity {
+    /// System manufacturer (default: the VMM's name).
+    pub manufacturer: Option<String>,
+    /// Product name (default: the VMM's name).
+    pub product_name: Option<String>,
+    /// System version.
+    pub version: Option<String>,
+    /// System serial number.
+    pub serial_number: Option<String>,
+    /// System UUID, in the order it is written (`00112233-4455-…`).
+    pub uuid: Option<[u8; 16]>,
+    /// SKU number.
+    pub sku_number: Option<String>,
+    /// Family.
+    pub family: Option<String>,
+    /// Chassis asset tag.
+    pub chassis_asset_tag: Option<String>,
+    /// OEM strings.
+    pub oem_strings: Vec<String>,
 }

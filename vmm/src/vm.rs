@@ -553,6 +553,7 @@ fn load_payload(
     num_vcpus: u8,
 ) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
+    let identity = config.platform.clone().unwrap_or_default().identity();
     let kernel_path = payload
         .kernel
         .as_ref()
@@ -572,6 +573,7 @@ fn load_payload(
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
+            identity: &identity,
         },
     )
     .map_err(|e| match e {

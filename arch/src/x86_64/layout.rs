@@ -37,8 +37,13 @@ pub const CMDLINE_MAX_SIZE: usize = 4096;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first) live in the BIOS read-only area.
 pub const ACPI_START: u64 = 0xe0000;
-/// End of the BIOS area reserved for the tables.
-pub const ACPI_END: u64 = 0x100000;
+/// End of the BIOS area reserved for the ACPI tables.
+pub const ACPI_END: u64 = SMBIOS_START;
+/// SMBIOS entry point and tables: the F segment, which Linux scans for the
+/// `_SM3_` anchor.
+pub const SMBIOS_START: u64 = 0xf0000;
+/// End of the SMBIOS area (and of the BIOS area).
+pub const SMBIOS_END: u64 = 0x100000;
 /// First byte of "high" RAM, where kernels are loaded.
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 

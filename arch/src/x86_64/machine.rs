@@ -239,7 +239,7 @@ pub fn internal_error_hint() -> Option<String> {
 }
 
 /// Loads the kernel (ELF vmlinux or bzImage) and initramfs, writes the
-/// ACPI tables, the MP table and the boot parameters of the kernel's entry
+/// ACPI tables, the MP table, the SMBIOS tables and the boot parameters of the kernel's entry
 /// protocol; returns where the kernel starts.
 pub fn load_payload(
     memory: &GuestMemoryMmap,
@@ -267,6 +267,8 @@ pub fn load_payload(
         super::acpi::ioapic_id(payload.max_vcpus),
     )
     .map_err(|e| PayloadError::Firmware(e.to_string()))?;
+    super::smbios::setup_smbios(memory, payload.identity)
+        .map_err(|e| PayloadError::Firmware(e.to_string()))?;
     super::boot::configure_system(
         memory,
         &kernel,
