@@ -104,6 +104,9 @@ pub const CPU_HOTPLUG_PORT_SIZE: u16 = 8;
 pub const PCI_MMCONFIG_START: u64 = 0xe000_0000;
 /// ECAM size: 1 MiB covers bus 0 (32 devices × 8 functions × 4 KiB).
 pub const PCI_MMCONFIG_SIZE: u64 = 0x10_0000;
+/// Most PCI segments (Cloud Hypervisor's limit); their ECAM windows follow
+/// one another from `PCI_MMCONFIG_START`.
+pub const PCI_MAX_SEGMENTS: u16 = 96;
 /// Start of the 32-bit PCI MMIO window (BARs below 4 GiB).
 pub const PCI_MMIO32_START: u64 = MEM_32BIT_GAP_START;
 /// End (exclusive) of the 32-bit PCI MMIO window: ECAM follows it.
@@ -129,7 +132,8 @@ pub const PCI_IO_WINDOW_START: u16 = 0x0d00;
 // and the 64-bit window starts above the RAM of a 63 GiB guest.
 const _: () = assert!(PCI_MMIO32_START >= MEM_32BIT_GAP_START);
 const _: () = assert!(PCI_MMIO32_END <= PCI_MMCONFIG_START);
-const _: () = assert!(PCI_MMCONFIG_START + PCI_MMCONFIG_SIZE <= IOAPIC_START);
+const _: () =
+    assert!(PCI_MMCONFIG_START + PCI_MAX_SEGMENTS as u64 * PCI_MMCONFIG_SIZE <= IOAPIC_START);
 const _: () = assert!(RAM_64BIT_START + ((63 << 30) - MEM_32BIT_GAP_START) <= PCI_MMIO64_START);
 // The GED and hotplug blocks sit between the PM timer and the PCI I/O window.
 const _: () = assert!(ACPI_PM_TIMER_PORT as u32 + 4 <= GED_PORT as u32);

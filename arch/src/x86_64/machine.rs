@@ -52,6 +52,7 @@ pub const PLATFORM: Platform = Platform {
             layout::PCI_MMIO64_START,
             layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
         ),
+        max_segments: layout::PCI_MAX_SEGMENTS,
     },
     devices: &[
         pio(
@@ -259,6 +260,7 @@ pub fn load_payload(
         payload.boot_vcpus,
         payload.max_vcpus,
         payload.hotplug_slots,
+        payload.pci_segments,
     )
     .map_err(|e| PayloadError::Firmware(format!("ACPI tables: {e}")))?;
     super::mptable::setup_mptable(
