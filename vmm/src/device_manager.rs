@@ -154,7 +154,9 @@ pub enum HotplugError {
 pub struct PciDeviceHandle {
     /// Device id (`disk0`, `rng`, …, or the user's `id=`).
     pub id: String,
-    /// PCI slot on bus 0.
+    /// PCI segment (host bridge).
+    pub segment: u16,
+    /// PCI slot on bus 0 of that segment.
     pub slot: u8,
     /// The transport wrapping the device.
     pub device: SharedVirtioPci,
@@ -196,15 +198,43 @@ fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
 /// Devices in the order they were added; shared with the eject handler.
 type DeviceList = Arc<Mutex<Vec<PciDeviceHandle>>>;
 
+/// Transports by slot, for the BAR-move callback and ejects.
+type SlotMap = Arc<Mutex<HashMap<u8, SharedVirtioPci>>>;
+
+/// One PCI segment: the root bus behind its host bridge, the BAR windows
+/// it hands out and its transports by slot.
+struct PciSegment {
+    bus: Arc<Mutex<PciBus>>,
+    allocator: PciBarAllocator,
+    by_slot: SlotMap,
+}
+
+/// The layout of each PCI segment `config` asks for
+/// (`platform.num_pci_segments`, `platform.pci_segments` weights).
+pub fn pci_segment_layouts(config: &VmConfig) -> Result<Vec<arch::PciSegmentLayout>, VmmError> {
+    let platform = config.platform.clone().unwrap_or_default();
+    let mut weights = vec![(1, 1); usize::from(platform.num_pci_segments)];
+    for p in config.pci_segments.iter().flatten() {
+        if let Some(w) = weights.get_mut(usize::from(p.pci_segment)) {
+            *w = (p.mmio32_aperture_weight, p.mmio64_aperture_weight);
+        }
+    }
+    arch::PLATFORM.pci.segments(&weights).map_err(|e| {
+        VmmError::Config(format!(
+            "platform.num_pci_segments={} / pci_segments: {e}",
+            platform.num_pci_segments
+        ))
+    })
+}
+
 /// The VM's PCI bus, the virtio devices on it, and the ACPI devices that
 /// announce hotplug and power-button events.
 pub struct DeviceManager {
     vm: Arc<VmFd>,
     router: Arc<GsiRouter>,
     mem: GuestMemory,
-    pci_bus: Arc<Mutex<PciBus>>,
-    allocator: PciBarAllocator,
-    by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
+    /// The PCI segments, by number; hotplug is on segment 0.
+    segments: Vec<PciSegment>,
     thread_setup: Option<ThreadSetup>,
     devices: DeviceList,
     /// The ACPI Generic Event Device, where the platform has ACPI hotplug.
@@ -278,7 +308,8 @@ fn eject_slot(
 ) {
     let handle = {
         let mut devs = lock(devices);
-        let at = devs.iter().position(|d| d.slot == slot);
+        // ACPI hotplug (and so eject) is on segment 0 only.
+        let at = devs.iter().position(|d| d.segment == 0 && d.slot == slot);
         at.map(|i| devs.remove(i))
     };
     let Some(handle) = handle else {
@@ -308,48 +339,67 @@ fn eject_slot(
 }
 
 impl DeviceManager {
-    /// Creates the PCI root bus and its config-space access paths (ECAM,
-    /// and the 0xCF8 ports where the platform has them) and, where the
-    /// platform has ACPI hotplug, the Generic Event Device and the PCI
-    /// hotplug controller.
+    /// Creates a PCI root bus per segment of `pci_segments` with its
+    /// config-space access paths (its ECAM window; for segment 0 also the
+    /// 0xCF8 ports where the platform has them) and, where the platform has
+    /// ACPI hotplug, the Generic Event Device and the PCI hotplug
+    /// controller (segment 0).
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
         io_bus: &Bus,
         mmio_bus: Arc<Bus>,
         thread_setup: Option<ThreadSetup>,
+        pci_segments: &[arch::PciSegmentLayout],
     ) -> Result<Self, VmmError> {
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let pci = arch::PLATFORM.pci;
-        let pci_bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
-        if let Some(port) = pci.config_io_port {
-            io_bus
+        let mut segments = Vec::with_capacity(pci_segments.len());
+        for layout in pci_segments {
+            let bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
+            if let (0, Some(port)) = (layout.segment, arch::PLATFORM.pci.config_io_port) {
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+                        u64::from(port),
+                        8,
+                    )
+                    .map_err(VmmError::Bus)?;
+            }
+            mmio_bus
                 .insert(
-                    Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
-                    u64::from(port),
-                    8,
+                    Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
+                    layout.ecam.0,
+                    layout.ecam.1,
                 )
                 .map_err(VmmError::Bus)?;
+            let by_slot: SlotMap = Arc::default();
+            {
+                let vm = vm.clone();
+                let by_slot = by_slot.clone();
+                lock(&bus).set_reprogram_callback(Box::new(move |slot, r| {
+                    if let Some(dev) = lock(&by_slot).get(&slot) {
+                        move_ioeventfds(&vm, dev, r);
+                    }
+                }));
+            }
+            let allocator = PciBarAllocator::new(
+                layout.mmio32.0,
+                layout.mmio32.1,
+                layout.mmio64.0,
+                layout.mmio64.1,
+            );
+            segments.push(PciSegment {
+                bus,
+                allocator,
+                by_slot,
+            });
         }
-        mmio_bus
-            .insert(
-                Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
-                pci.ecam.0,
-                pci.ecam.1,
-            )
-            .map_err(VmmError::Bus)?;
-        let by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>> = Arc::default();
-        {
-            let vm = vm.clone();
-            let by_slot = by_slot.clone();
-            lock(&pci_bus).set_reprogram_callback(Box::new(move |slot, r| {
-                if let Some(dev) = lock(&by_slot).get(&slot) {
-                    move_ioeventfds(&vm, dev, r);
-                }
-            }));
-        }
-        let allocator =
-            PciBarAllocator::new(pci.mmio32.0, pci.mmio32.1, pci.mmio64.0, pci.mmio64.1);
+        let Some(segment0) = segments.first() else {
+            return Err(VmmError::Config(
+                "platform.num_pci_segments: at least 1".into(),
+            ));
+        };
+        let (pci_bus, by_slot) = (segment0.bus.clone(), segment0.by_slot.clone());
         let devices: DeviceList = Arc::default();
 
         let hotplug = PciHotplugState::new();
@@ -390,9 +440,7 @@ impl DeviceManager {
             vm,
             router,
             mem,
-            pci_bus,
-            allocator,
-            by_slot,
+            segments,
             thread_setup,
             devices,
             ged: ged_events,
@@ -503,18 +551,18 @@ impl DeviceManager {
         for (i, disk) in config.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
             let (blk, counters) = self.build_disk(disk, &id)?;
-            self.add_virtio(id, blk, Some(counters))?;
+            self.add_virtio(id, disk.pci_segment, blk, Some(counters))?;
         }
         for (i, net) in config.net.iter().flatten().enumerate() {
             let id = net.id.clone().unwrap_or_else(|| format!("_net{i}"));
             let (dev, counters) = self.build_net(net, &id)?;
-            self.add_virtio(id.clone(), dev, None)?;
+            self.add_virtio(id.clone(), net.pci_segment, dev, None)?;
             self.set_net_counters(&id, counters);
         }
         for (i, fs) in vhost_env::fs_from_env()?.iter().enumerate() {
             let dev = virtio_devices::fs::new_virtio_fs(fs, self.thread_setup.clone())
                 .map_err(|e| VmmError::Config(format!("--fs: tag={}: {e}", fs.tag)))?;
-            self.add_virtio(format!("_fs{i}"), Box::new(dev), None)?;
+            self.add_virtio(format!("_fs{i}"), 0, Box::new(dev), None)?;
         }
         for (i, p) in vhost_env::pmem_from_env()?.iter().enumerate() {
             self.add_pmem(i, p)?;
@@ -554,12 +602,12 @@ impl DeviceManager {
             if let Some(s) = &self.thread_setup {
                 dev.set_thread_setup(s.clone());
             }
-            self.add_virtio("_console".into(), Box::new(dev), None)?;
+            self.add_virtio("_console".into(), console.pci_segment, Box::new(dev), None)?;
         }
         if let Some(vsock) = &config.vsock {
             let id = vsock.id.clone().unwrap_or_else(|| VSOCK_DEFAULT_ID.into());
             let dev = self.build_vsock(vsock, &id)?;
-            self.add_virtio(id, dev, None)?;
+            self.add_virtio(id, vsock.pci_segment, dev, None)?;
             self.vsock_plugged = true;
         }
         if let Some(rng) = &config.rng {
@@ -568,7 +616,7 @@ impl DeviceManager {
             if let Some(s) = &self.thread_setup {
                 dev.set_thread_setup(s.clone());
             }
-            self.add_virtio("_rng".into(), Box::new(dev), None)?;
+            self.add_virtio("_rng".into(), rng.pci_segment, Box::new(dev), None)?;
         }
         Ok(())
     }
@@ -605,18 +653,27 @@ impl DeviceManager {
             mapping.size() >> 20
         );
         self.pmem_mappings.push(mapping.at(start));
-        self.add_virtio(format!("_pmem{i}"), Box::new(dev), None)?;
+        self.add_virtio(format!("_pmem{i}"), 0, Box::new(dev), None)?;
         Ok(())
     }
 
-    /// Wraps `device` in a virtio-pci transport and plugs it into the bus.
+    /// Wraps `device` in a virtio-pci transport and plugs it into bus 0 of
+    /// PCI segment `segment`.
     pub fn add_virtio(
         &mut self,
         id: String,
+        segment: u16,
         device: Box<dyn VirtioDevice>,
         block_counters: Option<Arc<BlockCounters>>,
     ) -> Result<u8, VmmError> {
         let err = |what: String| VmmError::Device(format!("{id}: {what}"));
+        let count = self.segments.len();
+        let Some(seg) = self.segments.get_mut(usize::from(segment)) else {
+            return Err(VmmError::Config(format!(
+                "{id}: pci_segment={segment}: the VM has {count} PCI segment(s) \
+                 (platform.num_pci_segments)"
+            )));
+        };
         let vectors = msix_vectors_for(&*device);
         let msi: Arc<dyn MsiInterruptGroup> = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
@@ -628,8 +685,8 @@ impl DeviceManager {
             .restore_slots
             .as_ref()
             .and_then(|slots| slots.get(&id).copied());
-        let info = lock(&self.pci_bus)
-            .add_device_at(slot, transport.clone(), &mut self.allocator)
+        let info = lock(&seg.bus)
+            .add_device_at(slot, transport.clone(), &mut seg.allocator)
             .map_err(|e| err(e.to_string()))?;
         if let Some(bar0) = info.bars.iter().find(|b| b.index == 0) {
             let registered = register_ioeventfds(&self.vm, &lock(&transport), bar0.base);
@@ -642,14 +699,19 @@ impl DeviceManager {
                             .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch);
                 }
                 drop(dev);
-                lock(&self.pci_bus).remove_device(info.slot);
+                lock(&seg.bus).remove_device(info.slot);
                 return Err(err(format!("ioeventfd: {e}")));
             }
         }
-        lock(&self.by_slot).insert(info.slot, transport.clone());
-        log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
+        lock(&seg.by_slot).insert(info.slot, transport.clone());
+        log::info!(
+            "{id}: PCI {segment:04x}:00:{:02x}.0 ({})",
+            info.slot,
+            lock(&transport).name()
+        );
         lock(&self.devices).push(PciDeviceHandle {
             id,
+            segment,
             slot: info.slot,
             device: transport,
             block_counters,
@@ -689,6 +751,23 @@ impl DeviceManager {
     }
 }
 
+/// `SSSS:BB:DD.F` of slot `slot` on bus 0 of segment `segment`.
+pub fn pci_bdf(segment: u16, slot: u8) -> String {
+    format!("{segment:04x}:00:{slot:02x}.0")
+}
+
+/// Hotplug goes through segment 0's ACPI slots: refuses `pci_segment` ≥ 1.
+fn refuse_hotplug_segment(what: &str, segment: u16) -> Result<(), HotplugError> {
+    if segment == 0 {
+        return Ok(());
+    }
+    Err(HotplugError::Unsupported(format!(
+        "{what}.pci_segment={segment}: chv hot-plugs devices on PCI segment 0 only (its ACPI \
+         hotplug slots are on segment 0's host bridge); cold-plug the device on segment \
+         {segment} instead (in the VM config, or before vm.boot)"
+    )))
+}
+
 impl DeviceManager {
     /// Whether a device uses `id`.
     fn has_id(&self, id: &str) -> bool {
@@ -706,7 +785,8 @@ impl DeviceManager {
 
     /// Plugs a virtio device into a free slot of the running guest: as a
     /// cold-plugged device (BAR, MSI-X irqfds, ioeventfds), then marks the
-    /// slot in `PCIU` and raises the GED so the guest scans it.
+    /// slot in `PCIU` and raises the GED so the guest scans it. Only
+    /// segment 0 has ACPI hotplug slots.
     pub fn hotplug_virtio(
         &mut self,
         id: String,
@@ -717,10 +797,11 @@ impl DeviceManager {
             return Err(HotplugError::DuplicateId(id));
         }
         let ged = self.ged()?;
-        let slot = self.add_virtio(id.clone(), device, block_counters)?;
+        let slot = self.add_virtio(id.clone(), 0, device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
-            eject_slot(&self.vm, &self.pci_bus, &self.by_slot, &self.devices, slot);
+            let seg = &self.segments[0];
+            eject_slot(&self.vm, &seg.bus, &seg.by_slot, &self.devices, slot);
             return Err(HotplugError::NoHotplugSlot(self.hotplug_slots));
         }
         self.hotplug
@@ -730,13 +811,14 @@ impl DeviceManager {
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         Ok(PciDeviceInfo {
             id,
-            bdf: format!("0000:00:{slot:02x}.0"),
+            bdf: pci_bdf(0, slot),
         })
     }
 
     /// Hot-adds `disk` (`vm.add-disk` on a running VM); gives it an id
     /// first when it has none, so the caller can record it in the config.
     pub fn hotplug_disk(&mut self, disk: &mut DiskConfig) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("disk", disk.pci_segment)?;
         let id = match &disk.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
@@ -752,6 +834,7 @@ impl DeviceManager {
     /// tap on this (VMM) thread; gives it an id (`_net<N>`) first when it
     /// has none, so the caller can record it in the config.
     pub fn hotplug_net(&mut self, net: &mut NetConfig) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("net", net.pci_segment)?;
         let id = match &net.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
@@ -771,6 +854,7 @@ impl DeviceManager {
         &mut self,
         vsock: &mut VsockConfig,
     ) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("vsock", vsock.pci_segment)?;
         if self.vsock_plugged {
             return Err(HotplugError::VsockExists);
         }
@@ -803,6 +887,12 @@ impl DeviceManager {
             // may not do; console and rng are not hotplugged.
             if dev.block_counters.is_none() && dev.net_counters.is_none() {
                 return Err(HotplugError::NotRemovable(id.to_string()));
+            }
+            if dev.segment != 0 {
+                return Err(HotplugError::Unsupported(format!(
+                    "{id}: on PCI segment {} (pci_segment): chv unplugs devices on segment 0 only",
+                    dev.segment
+                )));
             }
             dev.slot
         };
@@ -838,6 +928,11 @@ impl DeviceManager {
         self.ged
             .clone()
             .ok_or_else(|| HotplugError::Unsupported(arch::PLATFORM.unsupported("PCI hotplug")))
+    }
+
+    /// The root bus of PCI segment `segment`.
+    fn segment_bus(&self, segment: u16) -> Option<&Arc<Mutex<PciBus>>> {
+        self.segments.get(usize::from(segment)).map(|s| &s.bus)
     }
 
     /// Ids and slots of the devices on the bus, in the order they were added.

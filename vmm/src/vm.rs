@@ -301,6 +301,7 @@ impl Vm {
                     devices::seccomp::apply_current_thread(&f).map_err(|e| e.to_string())
                 }) as virtio_devices::worker::ThreadSetup
             }),
+            &crate::device_manager::pci_segment_layouts(config)?,
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
@@ -554,6 +555,7 @@ fn load_payload(
 ) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
     let identity = config.platform.clone().unwrap_or_default().identity();
+    let pci_segments = crate::device_manager::pci_segment_layouts(config)?;
     let kernel_path = payload
         .kernel
         .as_ref()
@@ -573,6 +575,7 @@ fn load_payload(
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
+            pci_segments: &pci_segments,
             identity: &identity,
         },
     )

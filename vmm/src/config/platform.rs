@@ -96,8 +96,8 @@ pub fn default_num_pci_segments() -> u16 {
     1
 }
 
-/// Most PCI segments chv gives a VM.
-pub const MAX_PCI_SEGMENTS: u16 = 16;
+/// Most PCI segments chv gives a VM (Cloud Hypervisor's limit).
+pub const MAX_PCI_SEGMENTS: u16 = 96;
 
 impl PlatformConfig {
     /// The SMBIOS serial number, under either of its names.
