@@ -145,6 +145,9 @@ pub enum HotplugError {
     /// The platform has no way to tell the guest (no ACPI hotplug).
     #[error("{0}")]
     Unsupported(String),
+    /// Hotplug or unplug asked for on a PCI segment other than 0.
+    #[error("{0}")]
+    NotOnSegment0(String),
     /// The guest could not be told (GED interrupt or hotplug register).
     #[error("cannot notify the guest: {0}")]
     Notify(String),
@@ -761,7 +764,7 @@ fn refuse_hotplug_segment(what: &str, segment: u16) -> Result<(), HotplugError> 
     if segment == 0 {
         return Ok(());
     }
-    Err(HotplugError::Unsupported(format!(
+    Err(HotplugError::NotOnSegment0(format!(
         "{what}.pci_segment={segment}: chv hot-plugs devices on PCI segment 0 only (its ACPI \
          hotplug slots are on segment 0's host bridge); cold-plug the device on segment \
          {segment} instead (in the VM config, or before vm.boot)"
@@ -889,7 +892,7 @@ impl DeviceManager {
                 return Err(HotplugError::NotRemovable(id.to_string()));
             }
             if dev.segment != 0 {
-                return Err(HotplugError::Unsupported(format!(
+                return Err(HotplugError::NotOnSegment0(format!(
                     "{id}: on PCI segment {} (pci_segment): chv unplugs devices on segment 0 only",
                     dev.segment
                 )));
