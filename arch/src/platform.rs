@@ -281,6 +281,63 @@ impl ArchError {
     }
 }
 
+/// How the guest's vCPUs are grouped into cores, dies and packages
+/// (Cloud Hypervisor's `cpus.topology`). vCPU `n` gets the `n`th id in
+/// thread, core, die, package order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTopology {
+    /// Hardware threads per core.
+    pub threads_per_core: u8,
+    /// Cores per die.
+    pub cores_per_die: u8,
+    /// Dies per package.
+    pub dies_per_package: u8,
+    /// Packages (sockets).
+    pub packages: u8,
+}
+
+impl CpuTopology {
+    /// One package of `vcpus` single-threaded cores (the default shape).
+    pub fn flat(vcpus: u8) -> Self {
+        Self {
+            threads_per_core: 1,
+            cores_per_die: vcpus.max(1),
+            dies_per_package: 1,
+            packages: 1,
+        }
+    }
+
+    /// How many vCPUs the topology describes.
+    pub fn vcpus(&self) -> u32 {
+        u32::from(self.threads_per_core)
+            * u32::from(self.cores_per_die)
+            * u32::from(self.dies_per_package)
+            * u32::from(self.packages)
+    }
+
+    /// Why vCPU ids numbered contiguously cannot express this topology, if
+    /// they cannot: a level's count must be a power of two whenever a
+    /// higher level has more than one member, or ids would straddle it.
+    pub fn contiguity_error(&self) -> Option<String> {
+        let levels = [
+            ("threads_per_core", self.threads_per_core),
+            ("cores_per_die", self.cores_per_die),
+            ("dies_per_package", self.dies_per_package),
+            ("packages", self.packages),
+        ];
+        for (i, (name, count)) in levels.iter().enumerate().take(3) {
+            let above: u32 = levels[i + 1..].iter().map(|l| u32::from(l.1)).product();
+            if above > 1 && !count.is_power_of_two() {
+                return Some(format!(
+                    "{name}={count} must be a power of two when a higher level has more \
+                     than one member (vCPU ids are contiguous)"
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// The vCPU options the arch layer needs.
 #[derive(Clone, Debug, Default)]
 pub struct CpuOptions {
@@ -290,6 +347,12 @@ pub struct CpuOptions {
     pub max_vcpus: u8,
     /// CPU features to expose even though chv would hide them.
     pub keep_features: Vec<String>,
+    /// The guest topology (`None`: one package of single-threaded cores).
+    pub topology: Option<CpuTopology>,
+    /// Widest guest-physical address the guest is told of (`0`: the host's).
+    pub max_phys_bits: u8,
+    /// Offer the host's hardware virtualization extensions to the guest.
+    pub nested: bool,
 }
 
 /// The machine identity the firmware tables give the guest (SMBIOS on

@@ -6,6 +6,7 @@
 //! line naming the option and the problem, e.g.
 //! `--cpus: boot=0: must be between 1 and 254`.
 
+mod cpus_options;
 mod device_options;
 mod options;
 mod rate_limit_options;
@@ -20,11 +21,12 @@ use clap::{ArgAction, Parser};
 use thiserror::Error;
 
 use crate::config::{
-    ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
-    PayloadConfig, VmConfig, MAX_MEMORY_SIZE, MAX_VCPUS, MEMORY_ALIGNMENT,
+    ConfigError, ConsoleConfig, ConsoleOutputMode, MemoryConfig, PayloadConfig, VmConfig,
+    MAX_MEMORY_SIZE, MEMORY_ALIGNMENT,
 };
+use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
+use options::{parse_size, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
 use rate_limit_options::parse_rate_limit_group;
 
@@ -519,85 +521,6 @@ fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliEr
     Ok(PathBuf::from(path))
 }
 
-/// Keys accepted by `--cpus`, for error messages.
-const CPUS_KEYS: &str = "boot, max or features";
-
-/// Parses `--cpus boot=N,max=M,features=[a,b]`.
-fn parse_cpus(value: &str) -> Result<CpusConfig, OptionError> {
-    let mut boot = None;
-    let mut max = None;
-    let mut features = CpuFeatures::default();
-    for item in split_options(value)? {
-        match item.key.as_str() {
-            "boot" => boot = Some(vcpu_count(&item, 1)?),
-            "max" => max = Some(item),
-            "features" => features.keep = parse_features(&item)?,
-            "topology" | "kvm_hyperv" | "max_phys_bits" | "affinity" | "nested"
-            | "core_scheduling" => return Err(OptionError::Unsupported(item.key)),
-            _ => {
-                return Err(OptionError::UnknownKey {
-                    key: item.key,
-                    expected: CPUS_KEYS,
-                })
-            }
-        }
-    }
-    let boot_vcpus = boot.unwrap_or(1);
-    let max_vcpus = match max {
-        Some(item) => vcpu_count(&item, boot_vcpus)?,
-        None => boot_vcpus,
-    };
-    Ok(CpusConfig {
-        boot_vcpus,
-        max_vcpus,
-        features,
-        ..CpusConfig::default()
-    })
-}
-
-/// Parses a vCPU count that must lie in `min..=MAX_VCPUS`.
-fn vcpu_count(item: &OptionItem, min: u8) -> Result<u8, OptionError> {
-    let value = item.value()?;
-    let count = parse_u64(&item.key, value)?;
-    match u8::try_from(count) {
-        Ok(count) if (min..=MAX_VCPUS).contains(&count) => Ok(count),
-        _ if min == 1 => Err(OptionError::invalid(
-            &item.key,
-            value,
-            format!("must be between 1 and {MAX_VCPUS}"),
-        )),
-        _ => Err(OptionError::invalid(
-            &item.key,
-            value,
-            format!("must be between boot ({min}) and {MAX_VCPUS}"),
-        )),
-    }
-}
-
-/// Parses `features=[a,b]` or `features=a` into lower-case, de-duplicated
-/// names. Whether a name is known is decided by the CPUID code.
-fn parse_features(item: &OptionItem) -> Result<Vec<String>, OptionError> {
-    let value = item.value()?;
-    let mut names: Vec<String> = Vec::new();
-    for name in parse_list(&item.key, value)? {
-        let valid = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if !valid {
-            return Err(OptionError::invalid(
-                &item.key,
-                value,
-                format!("invalid feature name '{name}'"),
-            ));
-        }
-        let name = name.to_ascii_lowercase();
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
-
 /// Keys accepted by `--memory`, for error messages.
 const MEMORY_KEYS: &str = "size, shared=off or hugepages=off";
 
@@ -645,21 +568,27 @@ fn memory_size(item: &OptionItem) -> Result<u64, OptionError> {
 }
 
 /// What `--serial`/`--console` accept, for error messages.
-const CONSOLE_MODES: &str = "off, null, tty or file=PATH";
+const CONSOLE_MODES: &str = "off, null, pty, tty, file=PATH or socket=PATH";
 
-/// Parses `--serial`/`--console`: `off`, `null`, `tty` or `file=PATH`
-/// (plus Cloud Hypervisor's `iommu=off`).
+/// Parses `--serial`/`--console`: `off`, `null`, `pty`, `tty`, `file=PATH`
+/// or `socket=PATH` (plus Cloud Hypervisor's `iommu=off`).
 fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
     let mut chosen: Option<(String, ConsoleOutputMode)> = None;
     let mut file = None;
+    let mut socket = None;
     for item in split_options(value)? {
         let mode = match item.key.as_str() {
             "off" => ConsoleOutputMode::Off,
             "null" => ConsoleOutputMode::Null,
             "tty" => ConsoleOutputMode::Tty,
+            "pty" => ConsoleOutputMode::Pty,
             "file" => {
                 file = Some(PathBuf::from(item.non_empty_value()?));
                 ConsoleOutputMode::File
+            }
+            "socket" => {
+                socket = Some(PathBuf::from(item.non_empty_value()?));
+                ConsoleOutputMode::Socket
             }
             "iommu" => {
                 if parse_toggle(&item.key, item.value()?)? {
@@ -667,7 +596,6 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
                 }
                 continue;
             }
-            "pty" | "socket" => return Err(OptionError::Unsupported(item.key)),
             _ if item.value.is_none() => {
                 return Err(OptionError::UnknownValue {
                     value: item.key,
@@ -681,7 +609,8 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
                 })
             }
         };
-        if let (Some(value), false) = (&item.value, mode == ConsoleOutputMode::File) {
+        let takes_path = matches!(mode, ConsoleOutputMode::File | ConsoleOutputMode::Socket);
+        if let (Some(value), false) = (&item.value, takes_path) {
             return Err(OptionError::invalid(&item.key, value, "takes no value"));
         }
         if let Some((previous, _)) = chosen {
@@ -690,10 +619,11 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
         chosen = Some((item.key, mode));
     }
     let (_, mode) = chosen.ok_or(OptionError::Missing(
-        "output mode (off, null, tty or file=PATH)",
+        "output mode (off, null, pty, tty, file=PATH or socket=PATH)",
     ))?;
     Ok(ConsoleConfig {
         file,
+        socket,
         ..ConsoleConfig::with_mode(mode)
     })
 }

@@ -47,6 +47,7 @@ use virtio_devices::{GuestMemory, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleOutputMode, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::console_host::HostConsole;
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
 
@@ -239,6 +240,8 @@ pub struct DeviceManager {
     /// The PCI segments, by number; hotplug is on segment 0.
     segments: Vec<PciSegment>,
     thread_setup: Option<ThreadSetup>,
+    /// The virtio console's pty path in `Pty` mode.
+    pub console_pty: Option<std::path::PathBuf>,
     devices: DeviceList,
     /// The ACPI Generic Event Device, where the platform has ACPI hotplug.
     ged: Option<GedEvents>,
@@ -445,6 +448,7 @@ impl DeviceManager {
             mem,
             segments,
             thread_setup,
+            console_pty: None,
             devices,
             ged: ged_events,
             hotplug,
@@ -597,6 +601,15 @@ impl DeviceManager {
                             ))
                         })?;
                     (Some(Box::new(f)), None)
+                }
+                ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
+                    let host = HostConsole::open(console, "console", self.thread_setup.clone())
+                        .map_err(VmmError::Config)?
+                        .ok_or_else(|| VmmError::Config("console: no host end".into()))?;
+                    let input = host.device_end.try_clone().map_err(VmmError::Thread)?;
+                    let output = host.output().map_err(VmmError::Thread)?;
+                    self.console_pty = host.pty_path;
+                    (Some(output), Some(input))
                 }
                 _ => (None, None),
             };

@@ -17,8 +17,8 @@ use super::layout;
 use super::vcpu_state::{StateError, VcpuState};
 use super::vm_state::VmKvmState;
 use crate::{
-    AcpiHotplugLayout, ArchError, CpuOptions, DeviceBus, IrqchipRoute, Payload, PayloadError,
-    PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
+    AcpiHotplugLayout, ArchError, CpuOptions, CpuTopology, DeviceBus, IrqchipRoute, Payload,
+    PayloadError, PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
 };
 
 /// Where the boot vCPU starts.
@@ -148,7 +148,7 @@ impl Machine {
 pub struct CpuConfig {
     supported: CpuId,
     policy: CpuidPolicy,
-    max_vcpus: u8,
+    topology: CpuTopology,
 }
 
 impl CpuConfig {
@@ -157,13 +157,18 @@ impl CpuConfig {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ArchError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        log_nested(&supported, opts.nested);
         Ok(Self {
             supported,
             policy: CpuidPolicy {
                 hide_pvm_unsupported: cpuid::is_pvm_host(),
                 keep: opts.keep_features.clone(),
+                nested: opts.nested,
+                max_phys_bits: opts.max_phys_bits,
             },
-            max_vcpus: opts.max_vcpus,
+            topology: opts
+                .topology
+                .unwrap_or_else(|| CpuTopology::flat(opts.max_vcpus)),
         })
     }
 
@@ -177,7 +182,7 @@ impl CpuConfig {
         id: u8,
         boot: Option<(&GuestMemoryMmap, &BootEntry)>,
     ) -> Result<(), ArchError> {
-        let cpuid = cpuid::vcpu_cpuid(&self.supported, id, self.max_vcpus, &self.policy)
+        let cpuid = cpuid::vcpu_cpuid(&self.supported, id, &self.topology, &self.policy)
             .map_err(|e| ArchError::Setup(e.to_string()))?;
         super::regs::configure_vcpu(vcpu, &cpuid, boot)
             .map_err(|e| ArchError::Setup(e.to_string()))?;
@@ -214,6 +219,24 @@ impl CpuConfig {
             }
             Err(e) => log::debug!("cannot read back the vCPU CPUID: {e}"),
         }
+    }
+}
+
+/// Says what `cpus.nested` means on this host: whether KVM offers VMX or
+/// SVM to guests at all.
+fn log_nested(supported: &CpuId, nested: bool) {
+    let offered = supported.as_slice().iter().any(|e| {
+        (e.function == 1 && e.ecx & cpuid::LEAF1_ECX_VMX != 0)
+            || (e.function == 0x8000_0001 && e.ecx & cpuid::EXT1_ECX_SVM != 0)
+    });
+    match (nested, offered) {
+        (true, true) => log::info!("cpus.nested=true: the guest sees VMX/SVM and may run KVM"),
+        (true, false) => log::info!(
+            "cpus.nested=true: this host's KVM offers no nested virtualization (no VMX/SVM in \
+             KVM_GET_SUPPORTED_CPUID{}), so the guest gets none",
+            if cpuid::is_pvm_host() { ", PVM" } else { "" }
+        ),
+        (false, _) => log::info!("cpus.nested=false: VMX/SVM hidden from the guest"),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod mptable;
 pub mod regs;
 pub mod seccomp;
 pub mod smbios;
+pub mod topology;
 pub mod vcpu_state;
 pub mod vm_state;
 

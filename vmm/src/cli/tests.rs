@@ -1,7 +1,7 @@
 //! Tests of [`super::parse_args`] on accepted and rejected command lines.
 
 use super::*;
-use crate::config::{DiskConfig, NetConfig, RngConfig};
+use crate::config::{CoreScheduling, CpusConfig, DiskConfig, NetConfig, RngConfig};
 
 /// Parses `chv --kernel /vmlinux <extra...>`.
 fn with_kernel(extra: &[&str]) -> Result<Cli, CliError> {
@@ -156,6 +156,67 @@ fn cpus_features() {
 }
 
 #[test]
+fn cpus_cloud_hypervisor_keys() {
+    let cpus = vm(&[
+        "--cpus",
+        "boot=2,max=4,topology=2:2:1:1,kvm_hyperv=off,max_phys_bits=40,nested=off,\
+         affinity=[0@[0],1@[0-1]],core_scheduling=vcpu",
+    ])
+    .cpus;
+    let t = cpus.topology.unwrap();
+    assert_eq!(
+        (
+            t.threads_per_core,
+            t.cores_per_die,
+            t.dies_per_package,
+            t.packages
+        ),
+        (2, 2, 1, 1)
+    );
+    assert_eq!(
+        (cpus.max_phys_bits, cpus.nested, cpus.kvm_hyperv),
+        (40, false, false)
+    );
+    let affinity = cpus.affinity.unwrap();
+    assert_eq!(affinity[1].host_cpus, [0, 1]);
+    assert_eq!(cpus.core_scheduling, CoreScheduling::Vcpu);
+    for (value, message) in [
+        (
+            "topology=1:2:1",
+            "topology=1:2:1: expected threads_per_core:cores_per_die:dies_per_package:packages",
+        ),
+        (
+            "topology=0:1:1:1",
+            "topology=0:1:1:1: each count must be between 1 and 255",
+        ),
+        (
+            "affinity=[x@[1]]",
+            "affinity=[x@[1]]: 'x' is not a vCPU number",
+        ),
+        (
+            "affinity=[0@[3-1]]",
+            "affinity=[0@[3-1]]: range 3-1 is backwards",
+        ),
+        (
+            "core_scheduling=all",
+            "core_scheduling=all: expected vm, vcpu or off",
+        ),
+        (
+            "kvm_hyperv=on",
+            "cpus.kvm_hyperv=true: not supported by chv (chv has no Hyper-V enlightenments)",
+        ),
+        (
+            "boot=6,topology=3:2:1:1",
+            "cpus.topology: not supported by chv (threads_per_core=3 must be a power of two \
+             when a higher level has more than one member (vCPU ids are contiguous))",
+        ),
+    ] {
+        let text = error(&["--cpus", value]);
+        assert!(text.ends_with(message), "{value}: {text}");
+    }
+}
+
+#[test]
 fn cpus_rejected() {
     assert_eq!(
         error(&["--cpus", "boot=0"]),
@@ -171,7 +232,8 @@ fn cpus_rejected() {
     );
     assert_eq!(
         error(&["--cpus", "boot=2,foo=1"]),
-        "--cpus: unknown option 'foo' (expected boot, max or features)"
+        "--cpus: unknown option 'foo' (expected boot, max, topology, kvm_hyperv, max_phys_bits, \
+         affinity, nested, core_scheduling or features)"
     );
     assert_eq!(
         error(&["--cpus", "boot=two"]),
@@ -187,8 +249,9 @@ fn cpus_rejected() {
     );
     assert_eq!(error(&["--cpus", ""]), "--cpus: empty value");
     assert_eq!(
-        error(&["--cpus", "topology=1:1:1:1"]),
-        "--cpus: 'topology' is not supported by chv"
+        error(&["--cpus", "boot=2,topology=1:1:1:1"]),
+        "--cpus: cpus.topology: threads_per_core=1 x cores_per_die=1 x dies_per_package=1 x \
+         packages=1 must be max_vcpus=2 (and none zero)"
     );
 }
 
@@ -273,11 +336,12 @@ fn serial_and_console_modes() {
 fn serial_and_console_rejected() {
     assert_eq!(
         error(&["--serial", "bogus"]),
-        "--serial: invalid value 'bogus' (expected off, null, tty or file=PATH)"
+        "--serial: invalid value 'bogus' (expected off, null, pty, tty, file=PATH or socket=PATH)"
     );
     assert_eq!(
         error(&["--console", "bogus=1"]),
-        "--console: unknown option 'bogus' (expected off, null, tty or file=PATH)"
+        "--console: unknown option 'bogus' (expected off, null, pty, tty, file=PATH or \
+         socket=PATH)"
     );
     assert_eq!(
         error(&["--serial", "file="]),
@@ -296,12 +360,26 @@ fn serial_and_console_rejected() {
         "--serial: 'tty' and 'file' cannot be combined"
     );
     assert_eq!(
-        error(&["--console", "pty"]),
-        "--console: 'pty' is not supported by chv"
+        error(&["--console", "pty=1"]),
+        "--console: pty=1: takes no value"
+    );
+    assert_eq!(
+        error(&["--serial", "socket="]),
+        "--serial: socket=: empty value"
+    );
+    let serial = vm(&["--serial", "socket=/tmp/s.sock"]).serial;
+    assert_eq!(serial.mode, ConsoleOutputMode::Socket);
+    assert_eq!(
+        serial.socket.as_deref(),
+        Some(std::path::Path::new("/tmp/s.sock"))
+    );
+    assert_eq!(
+        vm(&["--console", "pty"]).console.mode,
+        ConsoleOutputMode::Pty
     );
     assert_eq!(
         error(&["--serial", "iommu=off"]),
-        "--serial: missing output mode (off, null, tty or file=PATH)"
+        "--serial: missing output mode (off, null, pty, tty, file=PATH or socket=PATH)"
     );
 }
 

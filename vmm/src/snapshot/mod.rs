@@ -1,11 +1,13 @@
 //! Snapshots of a paused VM: a directory holding `state.json` (a versioned,
 //! self-describing description of the VM: its config, the KVM state of
-//! every vCPU and of the in-kernel irqchip/PIT/clock, every device's state)
-//! and `memory.bin` (guest RAM, see [`memory`]).
+//! every vCPU and of the in-kernel irqchip/PIT/clock, every device's state),
+//! `config.json` (the config alone, editable before a restore, see
+//! [`config_file`]) and `memory.bin` (guest RAM, see [`memory`]).
 //!
 //! `state.json` is written last, through a rename, so an interrupted
 //! snapshot has none and is refused as "not a snapshot" on restore.
 
+pub mod config_file;
 pub mod memory;
 
 use std::path::{Path, PathBuf};
@@ -198,6 +200,7 @@ impl VmSnapshot {
     /// [`memory::save`]). The write goes through a temporary file and a
     /// rename so a crash never leaves a partial state file.
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
+        config_file::write(dir, &self.config)?;
         let json = serde_json::to_vec(self)
             .map_err(|e| SnapshotError::Io(format!("encoding the state: {e}")))?;
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
@@ -224,7 +227,11 @@ impl VmSnapshot {
                 dir.display()
             ))
         })?;
-        Self::parse(&bytes)
+        let mut snapshot = Self::parse(&bytes)?;
+        if let Some(edited) = config_file::read_edited(dir, &snapshot.config)? {
+            snapshot.config = edited;
+        }
+        Ok(snapshot)
     }
 
     /// Parses a state file's bytes (see [`Self::read`]).
