@@ -92,11 +92,24 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
     if !HOTPLUG_POSSIBLE.load(Ordering::Relaxed) {
         return 0;
     }
-    let cold = config.disks.as_ref().map_or(0, Vec::len)
-        + config.net.as_ref().map_or(0, Vec::len)
+    // Cold-plugged devices on segment 0 take its first slots.
+    let on0 = |seg: u16| usize::from(seg == 0);
+    let cold = config
+        .disks
+        .iter()
+        .flatten()
+        .map(|d| on0(d.pci_segment))
+        .sum::<usize>()
+        + config
+            .net
+            .iter()
+            .flatten()
+            .map(|n| on0(n.pci_segment))
+            .sum::<usize>()
         + usize::from(config.console.mode != ConsoleOutputMode::Off)
-        + usize::from(config.rng.is_some())
-        + usize::from(config.vsock.is_some());
+            * on0(config.console.pci_segment)
+        + config.rng.as_ref().map_or(0, |r| on0(r.pci_segment))
+        + config.vsock.as_ref().map_or(0, |v| on0(v.pci_segment));
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
     u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }
@@ -974,5 +987,12 @@ mod tests {
         assert_eq!(hotplug_slots_for(&config), 4 + HOTPLUG_SPARE_SLOTS);
         config.disks = Some(vec![DiskConfig::default(); 40]);
         assert_eq!(hotplug_slots_for(&config), 31, "bus 0 has 31 slots");
+        // Devices on segment 1 take no slot of segment 0.
+        let on1 = DiskConfig {
+            pci_segment: 1,
+            ..DiskConfig::default()
+        };
+        config.disks = Some(vec![on1; 3]);
+        assert_eq!(hotplug_slots_for(&config), 1 + HOTPLUG_SPARE_SLOTS);
     }
 }
