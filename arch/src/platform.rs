@@ -202,6 +202,8 @@ pub struct Platform {
     pub acpi_hotplug: Option<AcpiHotplugLayout>,
     /// First GSI free for MSI routes (those below are irqchip pins).
     pub first_msi_gsi: u32,
+    /// Whether the firmware tables carry SMBIOS ([`MachineIdentity`]).
+    pub smbios: bool,
 }
 
 impl Platform {

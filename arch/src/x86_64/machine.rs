@@ -85,6 +85,7 @@ pub const PLATFORM: Platform = Platform {
         last_hotplug_slot: LAST_HOTPLUG_SLOT,
     }),
     first_msi_gsi: IOAPIC_PINS,
+    smbios: true,
 };
 
 /// KVM's default legacy routes (PIC pins 0-15, IOAPIC pins 0-23, GSI n to

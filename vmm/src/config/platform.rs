@@ -182,6 +182,12 @@ impl PlatformConfig {
                 ));
             }
         }
+        if !arch::PLATFORM.smbios && self.identity() != arch::MachineIdentity::default() {
+            return Err(invalid(
+                "platform.serial_number/uuid/oem_strings/system_*/chassis_asset_tag",
+                arch::PLATFORM.unsupported("SMBIOS"),
+            ));
+        }
         if self.oem_strings.as_ref().is_some_and(|s| s.len() > 255) {
             return Err(invalid("platform.oem_strings", "at most 255 strings"));
         }
