@@ -129,9 +129,9 @@ impl Vmm {
             return Ok(done());
         };
         let info = (kind.hotplug)(&mut vm.devices, &mut device).map_err(|e| match e {
-            HotplugError::DuplicateId(_) | HotplugError::VsockExists => {
-                ApiResponse::error(400, e.to_string())
-            }
+            HotplugError::DuplicateId(_)
+            | HotplugError::VsockExists
+            | HotplugError::NotOnSegment0(_) => ApiResponse::error(400, e.to_string()),
             _ => ApiResponse::error(500, format!("cannot hot-add the {}: {e}", kind.what)),
         })?;
         // Record it with the id it got, so vm.info, a reboot and
@@ -433,7 +433,9 @@ impl Vmm {
                     use crate::device_manager::HotplugError;
                     vm.devices.request_unplug(&req.id).map_err(|e| match e {
                         HotplugError::NotFound(_) => ApiResponse::error(404, e.to_string()),
-                        HotplugError::NotRemovable(_) => ApiResponse::error(400, e.to_string()),
+                        HotplugError::NotRemovable(_) | HotplugError::NotOnSegment0(_) => {
+                            ApiResponse::error(400, e.to_string())
+                        }
                         _ => ApiResponse::error(500, format!("cannot unplug: {e}")),
                     })?;
                 }

@@ -9,6 +9,7 @@
 mod cpus_options;
 mod device_options;
 mod options;
+mod platform_options;
 mod rate_limit_options;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
 use options::{parse_size, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
+use platform_options::parse_platform;
 use rate_limit_options::parse_rate_limit_group;
 
 /// What the command line asks chv to do.
@@ -237,6 +239,14 @@ struct Args {
     #[arg(long, value_name = "VSOCK", verbatim_doc_comment)]
     vsock: Option<String>,
 
+    /// Platform: num_pci_segments=<n>,serial_number=<s>,uuid=<u>,oem_strings=[<s>,...]
+    ///
+    /// num_pci_segments: PCI host bridges (1..=96), each with its own ECAM
+    /// window; devices choose one with pci_segment=<n>. serial_number, uuid
+    /// and oem_strings: the SMBIOS identity the guest reads.
+    #[arg(long, value_name = "PLATFORM", verbatim_doc_comment)]
+    platform: Option<String>,
+
     /// Write log messages to this file instead of stderr.
     #[arg(long, value_name = "PATH", value_parser = clap::value_parser!(OsString))]
     log_file: Option<OsString>,
@@ -390,6 +400,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_rate_limit_group(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--rate-limit-group"))?;
+    let platform = args
+        .platform
+        .as_deref()
+        .map(parse_platform)
+        .transpose()
+        .map_err(option_error("--platform"))?;
     let initramfs = args
         .initramfs
         .map(|path| non_empty_path("--initramfs", path))
@@ -408,6 +424,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
             ("--vsock", vsock.is_some()),
+            ("--platform", platform.is_some()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -430,6 +447,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,
+        platform,
         ..VmConfig::default()
     };
     config.validate().map_err(|source| CliError::Config {
