@@ -695,6 +695,10 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         prefault,
         resume,
         net_fds,
+        memory_restore_mode: None,
+        vfio_fds: None,
+        iommufd_fd: None,
+        zone_updates: Vec::new(),
     })
 }
 
