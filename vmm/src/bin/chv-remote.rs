@@ -82,9 +82,14 @@ fn restore_body(option: &str) -> Result<String, String> {
         let value = match key {
             "source_url" => serde_json::Value::from(value),
             "prefault" | "resume" => serde_json::Value::from(matches!(value, "on" | "true")),
+            "memory_restore_mode" => serde_json::Value::from(match value {
+                "copy" | "Copy" => "Copy",
+                "ondemand" | "OnDemand" => "OnDemand",
+                other => other,
+            }),
             _ => {
                 return Err(format!(
-                    "restore: unknown option {key:?} (expected source_url, prefault, resume)"
+                    "restore: unknown option {key:?} (expected source_url, prefault, resume, memory_restore_mode)"
                 ))
             }
         };
@@ -92,6 +97,40 @@ fn restore_body(option: &str) -> Result<String, String> {
     }
     if !body.contains_key("source_url") {
         return Err("restore: missing source_url=".into());
+    }
+    Ok(serde_json::Value::Object(body).to_string())
+}
+
+/// `vm.send-migration`'s body from ch-remote's `destination_url=…,
+/// downtime_ms=…,…` syntax (a bare URL is accepted too).
+fn send_migration_body(arg: &str) -> Result<String, String> {
+    if !arg.contains('=') {
+        return Ok(serde_json::json!({ "destination_url": arg }).to_string());
+    }
+    let mut body = serde_json::Map::new();
+    for item in arg.split(',') {
+        let (key, value) = item.split_once('=').unwrap_or((item, ""));
+        let value = match key {
+            "destination_url" | "timeout_strategy" | "tls_dir" | "memory_mode" => {
+                serde_json::Value::from(value)
+            }
+            "local" => serde_json::Value::from(matches!(value, "on" | "true")),
+            "downtime_ms" | "timeout_s" | "connections" => serde_json::Value::from(
+                value
+                    .parse::<u64>()
+                    .map_err(|_| format!("send-migration: {key}={value:?} is not a number"))?,
+            ),
+            _ => {
+                return Err(format!(
+                    "send-migration: unknown option {key:?} (expected destination_url, local, \
+                     downtime_ms, timeout_s, timeout_strategy, connections, tls_dir, memory_mode)"
+                ))
+            }
+        };
+        body.insert(key.to_string(), value);
+    }
+    if !body.contains_key("destination_url") {
+        return Err("send-migration: missing destination_url=".into());
     }
     Ok(serde_json::Value::Object(body).to_string())
 }
@@ -191,11 +230,16 @@ fn run(args: Args) -> Result<String, String> {
         Command::Restore { restore } => put("vm.restore", Some(restore_body(&restore)?))?,
         Command::SendMigration { destination_url } => put(
             "vm.send-migration",
-            Some(serde_json::json!({ "destination_url": destination_url }).to_string()),
+            Some(send_migration_body(&destination_url)?),
         )?,
         Command::ReceiveMigration { receiver_url } => put(
             "vm.receive-migration",
-            Some(serde_json::json!({ "receiver_url": receiver_url }).to_string()),
+            Some(
+                serde_json::json!({
+                    "receiver_url": receiver_url.strip_prefix("receiver_url=").unwrap_or(&receiver_url)
+                })
+                .to_string(),
+            ),
         )?,
         Command::Resize { cpus } => put(
             "vm.resize",
@@ -205,7 +249,10 @@ fn run(args: Args) -> Result<String, String> {
     if (200..300).contains(&status) {
         Ok(body)
     } else {
-        Err(format!("{status}: {}", body.trim()))
+        // Cloud Hypervisor's error chain: a JSON array, outermost first.
+        let chain: Vec<String> =
+            serde_json::from_str(&body).unwrap_or_else(|_| vec![body.trim().to_string()]);
+        Err(format!("{status}: {}", chain.join("\n  caused by: ")))
     }
 }
 
