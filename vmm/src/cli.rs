@@ -26,8 +26,8 @@ use crate::config::{
 };
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use options::{parse_size, parse_toggle, parse_u64, split_options, OptionItem};
-pub use options::{OptionError, SizeError};
+pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
+use options::{parse_toggle, parse_u64};
 use rate_limit_options::parse_rate_limit_group;
 
 /// What the command line asks chv to do.
