@@ -582,6 +582,8 @@ pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
+pub use netns::open_tap;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
-use chv_tests::{require_guest_kit, run_to_exit, Chv, Scratch};
+use chv_tests::{open_tap, require_guest_kit, run_to_exit, Chv, Scratch};
 
 /// Time to the guest's first tick: Linux boots take 20-60 s here.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -459,7 +459,7 @@ fn test_guest_restore_reattaches_the_nic_to_new_tap_fds() {
     chv.expect("TICK 3\n", &["FAIL"], Duration::from_secs(30));
     let last = pause_snapshot_and_kill(&mut chv, &sock, &snap);
 
-    let tap = ns.run(|| chv_tests::netns::open_tap("chvsnapb0"));
+    let tap = ns.run(|| open_tap("chvsnapb0"));
     let sock2 = dir.path("api2.sock");
     let mut restored = ns.spawn_chv(&[
         "--api-socket".to_string(),

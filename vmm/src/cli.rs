@@ -27,8 +27,8 @@ use crate::config::{
 };
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use options::{parse_size, parse_toggle, parse_u64, split_options, OptionItem};
-pub use options::{OptionError, SizeError};
+pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
+use options::{parse_toggle, parse_u64};
 use platform_options::parse_platform;
 use rate_limit_options::parse_rate_limit_group;
 
@@ -713,6 +713,10 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         prefault,
         resume,
         net_fds,
+        memory_restore_mode: None,
+        vfio_fds: None,
+        iommufd_fd: None,
+        zone_updates: Vec::new(),
     })
 }
 
