@@ -155,10 +155,10 @@ endpoints! {
     VmReceiveMigration => ("vm.receive-migration", Put, true),
     /// `PUT vm.add-device`: VFIO device hot-add (not implemented).
     VmAddDevice => ("vm.add-device", Put, false),
-    /// `PUT vm.add-fs`: virtio-fs hot-add (not implemented).
-    VmAddFs => ("vm.add-fs", Put, false),
-    /// `PUT vm.add-pmem`: virtio-pmem hot-add (not implemented).
-    VmAddPmem => ("vm.add-pmem", Put, false),
+    /// `PUT vm.add-fs`: hot-add a virtio-fs share from an `FsConfig` body.
+    VmAddFs => ("vm.add-fs", Put, true),
+    /// `PUT vm.add-pmem`: hot-add a virtio-pmem device from a `PmemConfig` body.
+    VmAddPmem => ("vm.add-pmem", Put, true),
     /// `PUT vm.add-user-device`: vfio-user device hot-add (not implemented).
     VmAddUserDevice => ("vm.add-user-device", Put, false),
     /// `PUT vm.add-vdpa`: vDPA device hot-add (not implemented).
@@ -244,10 +244,10 @@ mod tests {
     fn implemented_set() {
         assert!(Endpoint::VmmPing.is_implemented());
         assert!(Endpoint::VmReceiveMigration.is_implemented());
+        assert!(Endpoint::VmAddFs.is_implemented());
+        assert!(Endpoint::VmAddPmem.is_implemented());
         for e in [
             Endpoint::VmAddDevice,
-            Endpoint::VmAddFs,
-            Endpoint::VmAddPmem,
             Endpoint::VmAddUserDevice,
             Endpoint::VmAddVdpa,
             Endpoint::VmResizeZone,
