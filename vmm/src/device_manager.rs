@@ -14,8 +14,8 @@
 //! resets the device (stopping its worker), unmaps its BAR, unregisters its
 //! ioeventfds and drops it (which unregisters its MSI irqfds).
 
+mod fs_pmem;
 mod snapshot;
-pub mod vhost_env;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -37,7 +37,6 @@ use virtio_devices::block::disk::{open_disk_with_format, DiskOptions};
 use virtio_devices::block::{BlockCounters, BlockOptions, VirtioBlock};
 use virtio_devices::console::VirtioConsole;
 use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNet};
-use virtio_devices::pmem::{PmemMapping, VirtioPmem as PmemDevice};
 use virtio_devices::rate_limiter::RateLimitGroup;
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
@@ -51,6 +50,7 @@ use crate::console_host::HostConsole;
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
 
+pub use fs_pmem::PmemPlacement;
 pub use snapshot::{DevicesSnapshot, PciDeviceSnapshot};
 
 type SharedVirtioPci = Arc<Mutex<VirtioPciDevice>>;
@@ -70,6 +70,15 @@ const _: () = assert!(match arch::PLATFORM.acpi_hotplug {
 /// (byte 20 of `struct virtio_pci_common_cfg`, virtio 1.2 §4.1.4.3, which
 /// our transport puts at BAR0 offset 0). Writing 0 resets the device.
 const VIRTIO_PCI_DEVICE_STATUS: u64 = 0x14;
+
+/// Device types `vm.remove-device` may unplug: net (1) and block (2, also
+/// vhost-user; virtio 1.2 §5), virtio-fs and pmem.
+const REMOVABLE_TYPES: [u32; 4] = [
+    1,
+    2,
+    virtio_devices::fs::VIRTIO_ID_FS,
+    virtio_devices::pmem::VIRTIO_ID_PMEM,
+];
 
 /// Id of a vsock device configured without one (a VM has at most one).
 const VSOCK_DEFAULT_ID: &str = "_vsock";
@@ -109,7 +118,9 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
         + usize::from(config.console.mode != ConsoleOutputMode::Off)
             * on0(config.console.pci_segment)
         + config.rng.as_ref().map_or(0, |r| on0(r.pci_segment))
-        + config.vsock.as_ref().map_or(0, |v| on0(v.pci_segment));
+        + config.vsock.as_ref().map_or(0, |v| on0(v.pci_segment))
+        + config.fs.iter().flatten().map(|f| on0(f.pci_segment)).sum::<usize>()
+        + config.pmem.iter().flatten().map(|p| on0(p.pci_segment)).sum::<usize>();
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
     u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }
@@ -147,8 +158,8 @@ pub enum HotplugError {
     /// No device has this id.
     #[error("no device with id {0}")]
     NotFound(String),
-    /// Only disks and network devices can be unplugged.
-    #[error("device {0} cannot be unplugged (only disks and network devices can)")]
+    /// Only disks, network, virtio-fs and pmem devices can be unplugged.
+    #[error("device {0} cannot be unplugged (only disk, net, fs and pmem devices can)")]
     NotRemovable(String),
     /// The VM already has its (single) vsock device.
     #[error("the VM already has a vsock device")]
@@ -181,6 +192,8 @@ pub struct PciDeviceHandle {
     pub block_counters: Option<Arc<BlockCounters>>,
     /// Traffic counters, for network devices.
     pub net_counters: Option<Arc<NetCounters>>,
+    /// Whether `vm.remove-device` may unplug it (disk, net, fs, pmem).
+    pub removable: bool,
 }
 
 /// The virtio-net options a `--net` entry asks for.
@@ -211,6 +224,9 @@ fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
         rate_limit: net.rate_limiter_config.as_ref().map(|c| c.limits()),
     })
 }
+
+/// A disk's device and, for chv's own virtio-blk, its I/O counters.
+type BuiltDisk = (Box<dyn VirtioDevice>, Option<Arc<BlockCounters>>);
 
 /// Devices in the order they were added; shared with the eject handler.
 type DeviceList = Arc<Mutex<Vec<PciDeviceHandle>>>;
@@ -268,16 +284,11 @@ pub struct DeviceManager {
     vsock_plugged: bool,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
-    /// virtio-pmem backing files, mapped into the guest as KVM slots
-    /// (kept alive as long as the slots).
-    pmem_mappings: Vec<PmemMapping>,
+    /// virtio-pmem backing files, mapped into the guest as KVM slots.
+    pmem: Vec<fs_pmem::PmemPlug>,
+    /// While restoring a snapshot: the guest address of each pmem id.
+    restore_pmem: Option<HashMap<String, u64>>,
 }
-
-/// First KVM memory slot of virtio-pmem ranges (RAM slots count from 0).
-const PMEM_SLOT_BASE: u32 = 0x100;
-/// Guest-physical alignment of a pmem range (a Linux memory section, so
-/// the guest can give it struct pages for DAX).
-const PMEM_ALIGN: u64 = 128 << 20;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -469,16 +480,16 @@ impl DeviceManager {
             rate_groups: HashMap::new(),
             vsock_plugged: false,
             restore_slots: None,
-            pmem_mappings: Vec::new(),
+            pmem: Vec::new(),
+            restore_pmem: None,
         })
     }
 
     /// Opens `disk`'s image and builds its virtio-blk device with id `id`.
-    fn build_disk(
-        &self,
-        disk: &DiskConfig,
-        id: &str,
-    ) -> Result<(Box<dyn VirtioDevice>, Arc<BlockCounters>), VmmError> {
+    fn build_disk(&self, disk: &DiskConfig, id: &str) -> Result<BuiltDisk, VmmError> {
+        if disk.vhost_user {
+            return Ok((self.build_vhost_user_disk(disk, id)?, None));
+        }
         let path = disk
             .path
             .as_ref()
@@ -516,7 +527,7 @@ impl DeviceManager {
         if let Some(s) = &self.thread_setup {
             blk.set_thread_setup(s.clone());
         }
-        Ok((Box::new(blk), counters))
+        Ok((Box::new(blk), Some(counters)))
     }
 
     /// Opens (or creates) `net`'s tap and builds its virtio-net device with
@@ -571,7 +582,7 @@ impl DeviceManager {
         for (i, disk) in config.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
             let (blk, counters) = self.build_disk(disk, &id)?;
-            self.add_virtio(id, disk.pci_segment, blk, Some(counters))?;
+            self.add_virtio(id, disk.pci_segment, blk, counters)?;
         }
         for (i, net) in config.net.iter().flatten().enumerate() {
             let id = net.id.clone().unwrap_or_else(|| format!("_net{i}"));
@@ -579,13 +590,15 @@ impl DeviceManager {
             self.add_virtio(id.clone(), net.pci_segment, dev, None)?;
             self.set_net_counters(&id, counters);
         }
-        for (i, fs) in vhost_env::fs_from_env()?.iter().enumerate() {
-            let dev = virtio_devices::fs::new_virtio_fs(fs, self.thread_setup.clone())
-                .map_err(|e| VmmError::Config(format!("--fs: tag={}: {e}", fs.tag)))?;
-            self.add_virtio(format!("_fs{i}"), 0, Box::new(dev), None)?;
+        for (i, fs) in config.fs.iter().flatten().enumerate() {
+            let id = fs.id.clone().unwrap_or_else(|| format!("_fs{i}"));
+            let dev = self.build_fs(fs)?;
+            self.add_virtio(id, fs.pci_segment, dev, None)?;
         }
-        for (i, p) in vhost_env::pmem_from_env()?.iter().enumerate() {
-            self.add_pmem(i, p)?;
+        for (i, p) in config.pmem.iter().flatten().enumerate() {
+            let id = p.id.clone().unwrap_or_else(|| format!("_pmem{i}"));
+            let dev = self.build_pmem(p, &id)?;
+            self.add_virtio(id, p.pci_segment, dev, None)?;
         }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
@@ -650,42 +663,6 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Maps pmem entry `i`'s file, gives it to KVM as a memory slot above
-    /// the PCI windows and plugs its virtio-pmem device in.
-    fn add_pmem(&mut self, i: usize, p: &vhost_env::PmemEntry) -> Result<(), VmmError> {
-        let mapping = PmemMapping::open(&p.file, p.size, p.discard_writes)
-            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
-        let start = self
-            .pmem_mappings
-            .last()
-            .map_or(arch::PLATFORM.pci.mmio64.1, |m| {
-                (m.guest_addr() + m.size()).next_multiple_of(PMEM_ALIGN)
-            });
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: PMEM_SLOT_BASE + i as u32,
-            guest_phys_addr: start,
-            memory_size: mapping.size(),
-            userspace_addr: mapping.host_addr(),
-            flags: 0,
-        };
-        // SAFETY: the mapping is a live mmap kept in `pmem_mappings` for as
-        // long as the device manager (and so the guest) exists.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(VmmError::Kvm)?;
-        let mut dev = PmemDevice::new(&mapping, start)
-            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
-        if let Some(s) = &self.thread_setup {
-            dev.set_thread_setup(s.clone());
-        }
-        log::info!(
-            "_pmem{i}: {} ({} MiB) at {start:#x}",
-            p.file.display(),
-            mapping.size() >> 20
-        );
-        self.pmem_mappings.push(mapping.at(start));
-        self.add_virtio(format!("_pmem{i}"), 0, Box::new(dev), None)?;
-        Ok(())
-    }
-
     /// Wraps `device` in a virtio-pci transport and plugs it into bus 0 of
     /// PCI segment `segment`.
     pub fn add_virtio(
@@ -704,6 +681,7 @@ impl DeviceManager {
             )));
         };
         let vectors = msix_vectors_for(&*device);
+        let removable = REMOVABLE_TYPES.contains(&device.device_type());
         let group = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
         );
@@ -748,6 +726,7 @@ impl DeviceManager {
             device: transport,
             block_counters,
             net_counters: None,
+            removable,
         });
         Ok(info.slot)
     }
@@ -789,7 +768,7 @@ pub fn pci_bdf(segment: u16, slot: u8) -> String {
 }
 
 /// Hotplug goes through segment 0's ACPI slots: refuses `pci_segment` ≥ 1.
-fn refuse_hotplug_segment(what: &str, segment: u16) -> Result<(), HotplugError> {
+pub(super) fn refuse_hotplug_segment(what: &str, segment: u16) -> Result<(), HotplugError> {
     if segment == 0 {
         return Ok(());
     }
@@ -868,7 +847,7 @@ impl DeviceManager {
             None => self.unused_id("_disk"),
         };
         let (blk, counters) = self.build_disk(disk, &id)?;
-        let info = self.hotplug_virtio(id.clone(), blk, Some(counters))?;
+        let info = self.hotplug_virtio(id.clone(), blk, counters)?;
         disk.id = Some(id);
         Ok(info)
     }
@@ -919,16 +898,17 @@ impl DeviceManager {
     /// slot in `PCID` and raises the GED. The device goes away when the
     /// guest ejects the slot; returns the slot.
     pub fn request_unplug(&mut self, id: &str) -> Result<u8, HotplugError> {
+        self.reap_pmem();
         let slot = {
             let devs = lock(&self.devices);
             let dev = devs
                 .iter()
                 .find(|d| d.id == id)
                 .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
-            // Disks and network devices only: dropping a vsock device
-            // unlinks its socket, which the vCPU thread running the eject
-            // may not do; console and rng are not hotplugged.
-            if dev.block_counters.is_none() && dev.net_counters.is_none() {
+            // Disk, net, fs and pmem devices only: dropping a vsock
+            // device unlinks its socket, which the vCPU thread running the
+            // eject may not do; console and rng are not hotplugged.
+            if !dev.removable {
                 return Err(HotplugError::NotRemovable(id.to_string()));
             }
             if dev.segment != 0 {

@@ -20,17 +20,11 @@ use crate::config::{VsockConfig, MAX_VSOCK_CID, MIN_VSOCK_CID};
 
 /// Keys accepted by `--disk`, for error messages.
 const DISK_KEYS: &str = "path, readonly, direct, num_queues, queue_size, serial, id, image_type, \
-                         bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off";
+                         bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+                         or iommu=off";
 
 /// `--disk` keys Cloud Hypervisor knows that chv does not implement.
-const DISK_UNSUPPORTED: [&str; 6] = [
-    "vhost_user",
-    "socket",
-    "vhost_socket",
-    "queue_affinity",
-    "backing_files",
-    "sparse",
-];
+const DISK_UNSUPPORTED: [&str; 3] = ["queue_affinity", "backing_files", "sparse"];
 
 /// Image types Cloud Hypervisor opens that chv does not.
 const IMAGE_TYPES_UNSUPPORTED: [&str; 2] = ["vhd", "vhdx"];
@@ -63,6 +57,8 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
             "rate_limit_group" => disk.rate_limit_group = Some(group_id(&item)?),
             "pci_segment" => disk.pci_segment = pci_segment(&item)?,
             "iommu" => reject_iommu_on(&item)?,
+            "vhost_user" => disk.vhost_user = parse_toggle(&item.key, item.value()?)?,
+            "socket" => disk.vhost_socket = Some(item.non_empty_value()?.to_owned()),
             key if DISK_UNSUPPORTED.contains(&key) => {
                 return Err(OptionError::Unsupported(item.key))
             }
@@ -74,8 +70,19 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
             }
         }
     }
-    if disk.path.is_none() {
-        return Err(OptionError::Missing("path (path=...)"));
+    match (disk.vhost_user, &disk.path, &disk.vhost_socket) {
+        (false, None, _) => return Err(OptionError::Missing("path (path=...)")),
+        (false, _, Some(_)) => {
+            return Err(OptionError::Conflict(
+                "socket".into(),
+                "vhost_user=off".into(),
+            ))
+        }
+        (true, _, None) => return Err(OptionError::Missing("socket (vhost_user=on,socket=...)")),
+        (true, Some(_), _) => {
+            return Err(OptionError::Conflict("path".into(), "vhost_user=on".into()))
+        }
+        _ => {}
     }
     disk.rate_limiter_config = rate.finish()?;
     if disk.rate_limiter_config.is_some() && disk.rate_limit_group.is_some() {
@@ -132,7 +139,7 @@ fn serial(item: &OptionItem) -> Result<String, OptionError> {
 }
 
 /// Parses `id=`: non-empty and not in the namespace of generated ids.
-fn device_id(item: &OptionItem) -> Result<String, OptionError> {
+pub(super) fn device_id(item: &OptionItem) -> Result<String, OptionError> {
     let value = item.non_empty_value()?;
     if !valid_device_id(value) {
         return Err(OptionError::invalid(
@@ -171,7 +178,7 @@ pub(super) fn pci_segment(item: &OptionItem) -> Result<u16, OptionError> {
 }
 
 /// Accepts `iommu=off` (Cloud Hypervisor's default); chv has no vIOMMU.
-fn reject_iommu_on(item: &OptionItem) -> Result<(), OptionError> {
+pub(super) fn reject_iommu_on(item: &OptionItem) -> Result<(), OptionError> {
     if parse_toggle(&item.key, item.value()?)? {
         return Err(OptionError::Unsupported("iommu=on".into()));
     }

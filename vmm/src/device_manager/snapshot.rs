@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use virtio_devices::transport::VirtioPciState;
 
-use super::{lock, DeviceManager};
+use super::{lock, DeviceManager, PmemPlacement};
 
 /// Config-space offsets of BAR0's two dwords (a 64-bit memory BAR).
 const BAR0_LOW: u64 = 0x10;
@@ -37,6 +37,9 @@ pub struct DevicesSnapshot {
     pub hotplug_slots: u8,
     /// Every device on the bus, in the order it was added.
     pub pci: Vec<PciDeviceSnapshot>,
+    /// Where each virtio-pmem range sits in guest-physical space.
+    #[serde(default)]
+    pub pmem: Vec<PmemPlacement>,
 }
 
 impl DeviceManager {
@@ -93,12 +96,14 @@ impl DeviceManager {
         Ok(DevicesSnapshot {
             hotplug_slots: self.hotplug_slots,
             pci,
+            pmem: self.pmem_placements(),
         })
     }
 
     /// Makes the devices added next land in the slots `snapshot` records
     /// for their ids (call before adding the configured devices).
     pub fn restore_slots(&mut self, snapshot: &DevicesSnapshot) {
+        self.restore_pmem_placements(&snapshot.pmem);
         self.restore_slots = Some(
             snapshot
                 .pci
@@ -113,6 +118,7 @@ impl DeviceManager {
     /// workers of devices the driver had started).
     pub fn restore_devices(&mut self, snapshot: &DevicesSnapshot) -> Result<(), String> {
         self.restore_slots = None;
+        self.restore_pmem = None;
         self.hotplug_slots = snapshot.hotplug_slots;
         let built: Vec<(String, u8)> = self.device_slots();
         if built.len() != snapshot.pci.len() {
