@@ -94,6 +94,8 @@ pub struct Vm {
     /// The pty paths of the serial port and the virtio console in `Pty`
     /// mode (reported in `vm.info` as their `file`).
     pub pty_paths: [Option<std::path::PathBuf>; 2],
+    /// Guest address of the VM generation ID, if the guest has one.
+    generation_id: Option<u64>,
 }
 
 fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
@@ -209,6 +211,16 @@ impl Vm {
         let kernel = match &source {
             VmSource::Boot => Some(load_payload(config, &memory, &machine, num_vcpus)?),
             VmSource::Restore { .. } => None,
+        };
+        let generation_id = match &source {
+            VmSource::Boot => match arch::PLATFORM.generation_id {
+                Some(layout) => {
+                    crate::generation_id::write_fresh(&memory, layout.addr)?;
+                    Some(layout.addr)
+                }
+                None => None,
+            },
+            VmSource::Restore { snapshot, .. } => snapshot.generation_id,
         };
 
         // Buses and the guest's stop requests.
@@ -332,6 +344,20 @@ impl Vm {
                 .restore_state(&vm_fd, &snapshot.vm)
                 .map_err(|e| VmmError::Snapshot(e.to_string()))?;
         }
+        if let VmSource::Restore {
+            memory: RestoreMemory::File { .. },
+            ..
+        } = &source
+        {
+            // A copy of the snapshotted VM, not the VM itself (as after a
+            // migration): the guest must learn it, after the irqchip state
+            // is back so the GED interrupt is not lost.
+            crate::generation_id::renew_after_restore(
+                &memory,
+                generation_id,
+                pci_devices.ged_events().as_ref(),
+            )?;
+        }
         let cpu_hotplug = match (arch::PLATFORM.acpi_hotplug, pci_devices.ged_events()) {
             (Some(layout), Some(ged)) if max_vcpus > num_vcpus => {
                 let setup = VcpuSetup {
@@ -372,6 +398,7 @@ impl Vm {
                 serial_host.and_then(|h| h.pty_path),
                 pci_devices_console_pty,
             ],
+            generation_id,
         })
     }
 
@@ -515,6 +542,7 @@ impl Vm {
             legacy,
             devices,
             omitted,
+            generation_id: self.generation_id,
         })
     }
 

@@ -34,6 +34,8 @@ use crate::PciSegmentLayout;
 pub mod cpu;
 #[path = "acpi_hotplug.rs"]
 pub mod hotplug;
+#[path = "acpi_vmgenid.rs"]
+pub mod vmgenid;
 
 /// OEM id written into every table header.
 const OEM_ID: [u8; 6] = *b"CHVVMM";
@@ -280,7 +282,8 @@ fn write(
 /// IRQ is only mapped when a PNP0501 device names it) and the CMOS RTC;
 /// the PCI host bridge; the Generic Event Device with the power button and
 /// the PCI hotplug slots (see [`hotplug`]); the processor devices when
-/// vCPUs can be hot-plugged (see [`cpu`]).
+/// vCPUs can be hot-plugged (see [`cpu`]); the VM generation ID device
+/// (see [`vmgenid`]).
 /// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
 fn create_dsdt(cpus: Cpus, hotplug_slots: u8, pci_segments: &[PciSegmentLayout]) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
@@ -312,9 +315,18 @@ fn create_dsdt(cpus: Cpus, hotplug_slots: u8, pci_segments: &[PciSegmentLayout])
     } else {
         RawAml(Vec::new())
     };
+    let vmgenid = vmgenid::vmgenid_aml(layout::VMGENID_START);
     let sb = aml::Scope::new(
         "\\_SB_".into(),
-        vec![&com1, &rtc, &pci, &ged, &pci_hotplug, &cpu_hotplug],
+        vec![
+            &com1,
+            &rtc,
+            &pci,
+            &ged,
+            &pci_hotplug,
+            &cpu_hotplug,
+            &vmgenid,
+        ],
     );
     dsdt.append_slice(&to_bytes(&sb));
     dsdt
@@ -771,6 +783,7 @@ mod tests {
         let pci0 = find_once(aml, b"PCI0\x08_HID");
         let ged = find_once(aml, b"GED_\x08_HID");
         let pwrb = find_once(aml, b"PWRB\x08_HID");
+        find_once(aml, b"VGEN\x08_HID");
         // `Scope (PCI0)` (ScopeOp, 1-byte length, name) with the slots
         // comes after the device it extends.
         let scope = aml

@@ -88,6 +88,10 @@ pub struct VmSnapshot {
     /// State the host could not provide and that is therefore not saved
     /// (for example nested virtualization state on PVM hosts).
     pub omitted: Vec<String>,
+    /// Guest address of the VM generation ID the firmware tables describe
+    /// (absent in snapshots of VMs without one); a restore renews it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<u64>,
 }
 
 /// `vm.snapshot`'s body (Cloud Hypervisor's `VmSnapshotConfig`).
