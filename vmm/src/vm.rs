@@ -314,21 +314,24 @@ impl Vm {
             reset_evt: &reset_evt,
         })?;
         let serial = legacy.console();
-        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
-            host.feed_serial(serial.clone(), worker_setup.clone())
-                .map_err(VmmError::Thread)?;
-        }
         let mut pci_devices = DeviceManager::new(
             vm_fd.clone(),
             GuestMemoryAtomic::new(memory.clone()),
             &io_bus,
             mmio_bus.clone(),
-            worker_setup,
+            worker_setup.clone(),
             &crate::device_manager::pci_segment_layouts(config)?,
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
             pci_devices.restore_slots(&snapshot.devices);
+        }
+        // Host input reaches the UART only once its saved state is back:
+        // bytes fed before would be overwritten by the restore (a clone's
+        // first command lost).
+        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
+            host.feed_serial(serial.clone(), worker_setup.clone())
+                .map_err(VmmError::Thread)?;
         }
         pci_devices.add_configured_devices(config)?;
         if let VmSource::Restore { snapshot, .. } = &source {
