@@ -18,6 +18,8 @@ medians and chv/QEMU ratios and writes all runs and medians as JSON.
   api        vmm.ping p50/p99 over 1,000 requests, exec -> first vmm.ping (chv)
   snapshot   vm.snapshot time and restore exec -> running (chv, only when
              `chv --help` offers --restore)
+  density    N clones of one snapshot started at once, and N cold boots,
+             chv and QEMU (scripts/bench/density.py; --quick: N=10, chv)
 
 block and net share one boot per VMM and pair (disk + NIC attached).
 
@@ -42,7 +44,7 @@ import benchlib as B  # noqa: E402
 from block import host_dd  # noqa: E402
 from net import GUEST_IP, HOST_IP  # noqa: E402
 
-BENCHES = ("boot", "footprint", "block", "net", "api", "snapshot")
+BENCHES = ("boot", "footprint", "block", "net", "api", "snapshot", "density")
 BOOT_CMDLINE = "console=ttyS0 quiet panic=-1 -- echo hello"
 MEM_MIB = 128
 QTAP, CTAP = "qtap0", "btap0"
@@ -427,6 +429,13 @@ def main():
                 attempt("chv", "api", lambda: api_run(args.chv))
             if snap_ok:
                 attempt("chv", "snapshot", lambda: snapshot_run(args.chv, kit, work))
+        if "density" in only:
+            # Its own waves and table (not paired runs): density.py.
+            extra = ["--quick"] if args.quick else []
+            rc = subprocess.run([sys.executable, os.path.join(HERE, "density.py"), "--chv",
+                                 args.chv, "--json", args.json + ".density.json", *extra]).returncode
+            if rc:
+                failures.append(f"density: density.py exited with {rc}")
     finally:
         if ns:
             subprocess.run(["ip", "netns", "del", ns])
