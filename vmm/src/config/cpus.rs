@@ -37,6 +37,26 @@ pub struct CpusConfig {
     /// Core scheduling (Cloud Hypervisor's `Vm`, `Vcpu` or `Off`).
     #[serde(default)]
     pub core_scheduling: CoreScheduling,
+    /// Cloud Hypervisor's CPU model for migration compatibility; chv
+    /// passes the host's CPU through (only `host`).
+    #[serde(default)]
+    pub profile: CpuProfile,
+}
+
+/// Cloud Hypervisor's CPU profiles (JSON spellings `host`, `dev-laptop`,
+/// `skylake`, `sapphire-rapids`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuProfile {
+    /// The host's CPU model.
+    #[default]
+    Host,
+    /// Cloud Hypervisor's development profile (refused).
+    DevLaptop,
+    /// Intel Skylake (refused).
+    Skylake,
+    /// Intel Sapphire Rapids (refused).
+    SapphireRapids,
 }
 
 impl Default for CpusConfig {
@@ -51,6 +71,7 @@ impl Default for CpusConfig {
             affinity: None,
             features: CpuFeatures::default(),
             core_scheduling: CoreScheduling::default(),
+            profile: CpuProfile::Host,
         }
     }
 }
@@ -219,6 +240,14 @@ impl CpusConfig {
                 ));
             }
         }
+        refuse_if(
+            self.profile != CpuProfile::Host,
+            format!(
+                "cpus.profile={}",
+                serde_json::to_string(&self.profile).unwrap_or_default()
+            ),
+            "chv passes the host CPU model through (profile host)",
+        )?;
         refuse_if(
             self.features.amx,
             "cpus.features.amx=true",
