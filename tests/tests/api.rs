@@ -995,7 +995,7 @@ fn bad_requests_keep_the_vmm_serving() {
             &format!("{method} {endpoint}: Allow {:?}", r.header("allow")),
         );
     }
-    for endpoint in ["vm.nmi", "vm.coredump", "vm.add-fs"] {
+    for endpoint in ["vm.nmi", "vm.coredump", "vm.add-vdpa"] {
         expect_status(&chv, endpoint, &put(&sock, endpoint, Some("{}")), 501);
     }
     ping_ok("routing errors");

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use api_server::{ApiResponse, Endpoint};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::config::{DiskConfig, FsConfig, NetConfig, PmemConfig, VmConfig, VsockConfig};
 use crate::control_loop::{Next, VmState, Vmm};
 use crate::device_manager::{DeviceManager, HotplugError, PciDeviceInfo};
 use crate::migration;
@@ -244,6 +244,78 @@ struct AddDevice<T> {
     hotplug: fn(&mut DeviceManager, &mut T) -> Result<PciDeviceInfo, HotplugError>,
 }
 
+/// Position of device `id` in a device list: by its id, or for devices
+/// without one by the id they got from their position (`_disk<i>`,
+/// `_fs<i>`, …), as when they were plugged at boot.
+fn position_of(ids: &[Option<&str>], prefix: &str, id: &str) -> Option<usize> {
+    ids.iter().position(|d| *d == Some(id)).or_else(|| {
+        ids.iter()
+            .enumerate()
+            .position(|(i, d)| d.is_none() && format!("{prefix}{i}") == id)
+    })
+}
+
+/// Removes device `id` (disk, net, fs or pmem) from `config`; false when
+/// no such device is configured. The devices of that kind left without an
+/// id get the one they have on the bus first, which their new positions
+/// would no longer give.
+fn remove_from_config(config: &mut VmConfig, id: &str) -> bool {
+    /// Reads and sets a device config's `id`.
+    struct Ids<T> {
+        get: fn(&T) -> Option<&str>,
+        set: fn(&mut T, String),
+    }
+    fn take<T>(list: &mut Option<Vec<T>>, prefix: &str, id: &str, ids: Ids<T>) -> bool {
+        let Some(items) = list.as_mut() else {
+            return false;
+        };
+        let known: Vec<Option<&str>> = items.iter().map(ids.get).collect();
+        let Some(at) = position_of(&known, prefix, id) else {
+            return false;
+        };
+        for (i, item) in items.iter_mut().enumerate() {
+            if (ids.get)(item).is_none() {
+                (ids.set)(item, format!("{prefix}{i}"));
+            }
+        }
+        items.remove(at);
+        true
+    }
+    take(
+        &mut config.disks,
+        "_disk",
+        id,
+        Ids {
+            get: |d| d.id.as_deref(),
+            set: |d, id| d.id = Some(id),
+        },
+    ) || take(
+        &mut config.net,
+        "_net",
+        id,
+        Ids {
+            get: |n| n.id.as_deref(),
+            set: |n, id| n.id = Some(id),
+        },
+    ) || take(
+        &mut config.fs,
+        "_fs",
+        id,
+        Ids {
+            get: |f| f.id.as_deref(),
+            set: |f, id| f.id = Some(id),
+        },
+    ) || take(
+        &mut config.pmem,
+        "_pmem",
+        id,
+        Ids {
+            get: |p| p.id.as_deref(),
+            set: |p, id| p.id = Some(id),
+        },
+    )
+}
+
 impl Vmm {
     /// `vm.add-disk`/`add-net`/`add-vsock`: validates the configuration with
     /// the device added; before boot only records it (204), on a running VM
@@ -268,9 +340,9 @@ impl Vmm {
             return Ok(done());
         };
         let info = (kind.hotplug)(&mut vm.devices, &mut device).map_err(|e| match e {
-            HotplugError::DuplicateId(_) | HotplugError::VsockExists => {
-                ApiResponse::error(400, e.to_string())
-            }
+            HotplugError::DuplicateId(_)
+            | HotplugError::VsockExists
+            | HotplugError::NotOnSegment0(_) => ApiResponse::error(400, e.to_string()),
             _ => ApiResponse::error(500, format!("cannot hot-add the {}: {e}", kind.what)),
         })?;
         // Record it with the id it got, so vm.info, a reboot and
@@ -609,6 +681,30 @@ impl Vmm {
                     },
                 )
             }
+            Endpoint::VmAddFs => {
+                let fs: FsConfig = parse(body, "FsConfig")?;
+                self.add_device(
+                    fs,
+                    AddDevice {
+                        schema: "FsConfig",
+                        what: "virtio-fs device",
+                        record: |c, f| c.fs.get_or_insert_with(Vec::new).push(f),
+                        hotplug: DeviceManager::hotplug_fs,
+                    },
+                )
+            }
+            Endpoint::VmAddPmem => {
+                let pmem: PmemConfig = parse(body, "PmemConfig")?;
+                self.add_device(
+                    pmem,
+                    AddDevice {
+                        schema: "PmemConfig",
+                        what: "pmem device",
+                        record: |c, p| c.pmem.get_or_insert_with(Vec::new).push(p),
+                        hotplug: DeviceManager::hotplug_pmem,
+                    },
+                )
+            }
             Endpoint::VmRemoveDevice => {
                 let req: VmRemoveDevice = parse(body, "VmRemoveDevice")?;
                 let config = self
@@ -619,40 +715,20 @@ impl Vmm {
                     use crate::device_manager::HotplugError;
                     vm.devices.request_unplug(&req.id).map_err(|e| match e {
                         HotplugError::NotFound(_) => ApiResponse::error(404, e.to_string()),
-                        HotplugError::NotRemovable(_) => ApiResponse::error(400, e.to_string()),
+                        HotplugError::NotRemovable(_) | HotplugError::NotOnSegment0(_) => {
+                            ApiResponse::error(400, e.to_string())
+                        }
                         _ => ApiResponse::error(500, format!("cannot unplug: {e}")),
                     })?;
                 }
-                // Devices without an id are known by their position
-                // (`_disk<i>`, `_net<i>`), as when they were plugged at boot.
-                let find = |ids: Vec<Option<&str>>, prefix: &str| {
-                    let id = req.id.as_str();
-                    ids.iter().position(|d| *d == Some(id)).or_else(|| {
-                        ids.iter()
-                            .enumerate()
-                            .position(|(i, d)| d.is_none() && format!("{prefix}{i}") == id)
-                    })
-                };
-                let disks = config.disks.as_deref().unwrap_or_default();
-                let nets = config.net.as_deref().unwrap_or_default();
-                let at_disk = find(disks.iter().map(|d| d.id.as_deref()).collect(), "_disk");
-                let at_net = find(nets.iter().map(|n| n.id.as_deref()).collect(), "_net");
-                match (at_disk, at_net) {
-                    (Some(i), _) => {
-                        config.disks.get_or_insert_with(Vec::new).remove(i);
-                    }
-                    (None, Some(i)) => {
-                        config.net.get_or_insert_with(Vec::new).remove(i);
-                    }
-                    (None, None) if self.vm.is_some() => {
-                        log::warn!("{}: unplugged, but not found in the VM config", req.id);
-                    }
-                    (None, None) => {
+                if !remove_from_config(config, &req.id) {
+                    if self.vm.is_none() {
                         return Err(ApiResponse::error(
                             404,
                             format!("no device with id {}", req.id),
-                        ))
+                        ));
                     }
+                    log::warn!("{}: unplugged, but not found in the VM config", req.id);
                 }
                 Ok(done())
             }
@@ -790,12 +866,6 @@ impl Vmm {
                      core dumps)",
                 ))
             }
-            Endpoint::VmAddFs => self.add_unplugged(body, "FsConfig", |c, d| {
-                c.fs.get_or_insert_with(Vec::new).push(d)
-            }),
-            Endpoint::VmAddPmem => self.add_unplugged(body, "PmemConfig", |c, d| {
-                c.pmem.get_or_insert_with(Vec::new).push(d)
-            }),
             Endpoint::VmAddDevice => self.add_unplugged(body, "DeviceConfig", |c, d| {
                 c.devices.get_or_insert_with(Vec::new).push(d)
             }),
