@@ -32,7 +32,6 @@ struct VmInfo<'a> {
 
 /// `vm.send-migration`'s body (Cloud Hypervisor's `SendMigrationData`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SendMigration {
     destination_url: String,
     /// Cloud Hypervisor's same-host flag (memory passed as fds). chv sends
@@ -84,7 +83,6 @@ enum MigrationMode {
 
 /// `vm.receive-migration`'s body (Cloud Hypervisor's `ReceiveMigrationData`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ReceiveMigration {
     receiver_url: String,
     /// TLS certificates directory (chv: none).
@@ -163,7 +161,6 @@ impl ReceiveMigration {
 
 /// `vm.resize-zone`'s body (Cloud Hypervisor's `VmResizeZone`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmResizeZone {
     id: String,
     #[allow(dead_code)]
@@ -172,7 +169,6 @@ struct VmResizeZone {
 
 /// `vm.resize-disk`'s body (Cloud Hypervisor's `VmResizeDisk`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmResizeDisk {
     id: String,
     #[allow(dead_code)]
@@ -181,7 +177,6 @@ struct VmResizeDisk {
 
 /// `vm.coredump`'s body (Cloud Hypervisor's `VmCoredumpData`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmCoredump {
     #[allow(dead_code)]
     destination_url: String,
@@ -189,14 +184,12 @@ struct VmCoredump {
 
 /// `vm.remove-device`'s body.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmRemoveDevice {
     id: String,
 }
 
 /// `vm.resize`'s body (Cloud Hypervisor's `VmResize`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmResize {
     desired_vcpus: Option<u32>,
     desired_ram: Option<u64>,
@@ -216,6 +209,20 @@ pub fn ping_body() -> String {
     serde_json::to_string(&ping).unwrap_or_else(|_| "{}".into())
 }
 
+/// `vm.info`'s `memory_actual_size`, computed as Cloud Hypervisor does: the
+/// boot RAM plus what was hot-plugged, over all zones, less what a balloon
+/// holds (chv has no balloon device, so nothing).
+fn memory_actual_size(config: &VmConfig) -> u64 {
+    let m = &config.memory;
+    let zones = m.zones.iter().flatten().fold(0u64, |sum, z| {
+        sum.saturating_add(z.size)
+            .saturating_add(z.hotplugged_size.unwrap_or(0))
+    });
+    m.size
+        .saturating_add(m.hotplugged_size.unwrap_or(0))
+        .saturating_add(zones)
+}
+
 fn json<T: Serialize>(value: &T) -> ApiResponse {
     match serde_json::to_string(value) {
         Ok(s) => ApiResponse::ok_json(s),
@@ -223,8 +230,12 @@ fn json<T: Serialize>(value: &T) -> ApiResponse {
     }
 }
 
+/// Parses a request body. Keys that are not part of the schema are
+/// ignored, as Cloud Hypervisor's serde structs ignore them (none of them
+/// denies unknown fields, and clients such as Kata's send keys of other
+/// generations); each one is logged.
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ApiResponse> {
-    serde_json::from_slice(body)
+    crate::config::parse_json(body, what)
         .map_err(|e| ApiResponse::error(400, format!("invalid {what} body: {e}")))
 }
 
@@ -561,7 +572,7 @@ impl Vmm {
                     json(&VmInfo {
                         config,
                         state: self.state.name(),
-                        memory_actual_size: config.memory.size,
+                        memory_actual_size: memory_actual_size(config),
                     }),
                     Next::Continue,
                 ))
@@ -836,9 +847,9 @@ impl Vmm {
                     .as_ref()
                     .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
                 Err(ApiResponse::error(
-                    404,
+                    400,
                     format!(
-                        "invalid VmResizeZone: id={}: no such memory zone (chv VMs have no \
+                        "invalid VmResizeZone: id={}: not supported by chv (chv VMs have no \
                          memory zones)",
                         req.id
                     ),

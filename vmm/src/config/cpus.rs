@@ -6,7 +6,6 @@ use super::*;
 
 /// `--cpus boot=N,max=M,topology=…,…` (Cloud Hypervisor's `CpusConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpusConfig {
     /// vCPUs started at boot.
     pub boot_vcpus: u8,
@@ -90,7 +89,6 @@ pub const MAX_HOST_CPUS: usize = 1024;
 
 /// The CPU topology the guest sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuTopology {
     /// Hardware threads per core.
     pub threads_per_core: u8,
@@ -121,7 +119,6 @@ impl CpuTopology {
 
 /// The host CPUs one vCPU may run on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuAffinity {
     /// The vCPU index.
     pub vcpu: u8,
@@ -147,7 +144,6 @@ pub enum CoreScheduling {
 /// run; each name listed here is exposed to the guest again (`all` re-exposes
 /// every hidden feature).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuFeatures {
     /// Intel AMX (Cloud Hypervisor's; chv cannot expose it: `true` is
     /// refused).

@@ -11,7 +11,6 @@ use super::*;
 
 /// `--rng src=PATH` (Cloud Hypervisor's `RngConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RngConfig {
     /// Host entropy source.
     pub src: PathBuf,
@@ -57,7 +56,6 @@ impl RngConfig {
 /// CID `cid`; host programs connect to the Unix socket `socket` and write
 /// `CONNECT <port>`, guest connections to host port P reach `socket_P`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// Guest context id (3..=u32::MAX-1).
     pub cid: u32,
@@ -104,7 +102,6 @@ impl VsockConfig {
 
 /// `--balloon size=…` (Cloud Hypervisor's `BalloonConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BalloonConfig {
     /// Device id.
     #[serde(default)]
@@ -130,7 +127,6 @@ pub struct BalloonConfig {
 
 /// A VFIO device (Cloud Hypervisor's `DeviceConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Sysfs path of the device.
     #[serde(default)]
@@ -158,7 +154,6 @@ pub struct DeviceConfig {
 /// A vfio-user device (Cloud Hypervisor's `UserDeviceConfig`; also the
 /// body of `vm.add-user-device`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UserDeviceConfig {
     /// The backend's socket.
     pub socket: PathBuf,
@@ -175,7 +170,6 @@ pub struct UserDeviceConfig {
 
 /// A vDPA device (Cloud Hypervisor's `VdpaConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VdpaConfig {
     /// The vhost-vdpa character device.
     pub path: PathBuf,
@@ -203,7 +197,6 @@ fn default_one() -> usize {
 /// A generic vhost-user device (Cloud Hypervisor's
 /// `GenericVhostUserConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GenericVhostUserConfig {
     /// The backend's socket.
     pub socket: PathBuf,
@@ -224,15 +217,16 @@ pub struct GenericVhostUserConfig {
 
 /// A TPM emulator socket (Cloud Hypervisor's `TpmConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TpmConfig {
     /// swtpm's control socket.
     pub socket: PathBuf,
 }
 
+/// The debug console's default I/O port.
+pub const DEBUG_CONSOLE_IOBASE: u16 = 0xe9;
+
 /// The port-0xe9 debug console (Cloud Hypervisor's `DebugConsoleConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DebugConsoleConfig {
     /// Output file when `mode` is `File`.
     #[serde(default)]
@@ -249,14 +243,14 @@ impl Default for DebugConsoleConfig {
         Self {
             file: None,
             mode: ConsoleOutputMode::Off,
-            iobase: None,
+            // Cloud Hypervisor's default port.
+            iobase: Some(DEBUG_CONSOLE_IOBASE),
         }
     }
 }
 
 /// An emulated RTC on PCI (Cloud Hypervisor's `RtcConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RtcConfig {
     /// Device id.
     #[serde(default)]
@@ -274,7 +268,6 @@ pub struct RtcConfig {
 
 /// An SGX enclave page cache section (older Cloud Hypervisor).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SgxEpcConfig {
     /// Section id.
     pub id: String,

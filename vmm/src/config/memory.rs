@@ -6,7 +6,6 @@ use super::*;
 
 /// `--memory size=…,…` (Cloud Hypervisor's `MemoryConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Guest RAM in bytes (at boot).
     pub size: u64,
@@ -76,7 +75,6 @@ pub enum HotplugMethod {
 
 /// One memory zone (Cloud Hypervisor's `MemoryZoneConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemoryZoneConfig {
     /// Zone id.
     pub id: String,

@@ -6,7 +6,9 @@
 //! Hypervisor's schema is known: a value chv provides, or that asks for
 //! Cloud Hypervisor's default or "off", is accepted and echoed in `vm.info`;
 //! any other is refused by [`VmConfig::validate`] with the field named,
-//! never ignored.
+//! never ignored. Keys that are not part of the schema are ignored (and
+//! logged by [`parse_json`]), as in Cloud Hypervisor, none of whose config
+//! structs denies unknown fields.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +44,6 @@ pub use rate_limit::{RateLimitGroupConfig, RateLimiterConfig, TokenBucketConfig}
 
 /// Everything needed to build and boot one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// vCPU topology and CPUID tweaks.
     #[serde(default)]
@@ -318,6 +319,21 @@ impl VmConfig {
         fs::validate_fs_and_pmem(self)?;
         rate_limit::validate(self)
     }
+}
+
+/// Deserializes a configuration or request body from `bytes` (one JSON
+/// value, optionally surrounded by whitespace). Unknown keys are ignored,
+/// as Cloud Hypervisor ignores them, and each is logged with its path.
+pub fn parse_json<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    what: &str,
+) -> Result<T, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_ignored::deserialize(&mut de, |path| {
+        log::warn!("{what}: ignoring unknown field {path}");
+    })?;
+    de.end()?;
+    Ok(value)
 }
 
 /// `#[serde(default = …)]` for settings that are on unless turned off.

@@ -92,7 +92,6 @@ pub struct VmSnapshot {
 
 /// `vm.snapshot`'s body (Cloud Hypervisor's `VmSnapshotConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct SnapshotConfig {
     /// `file:///dir` to write the snapshot into.
     pub destination_url: String,
@@ -100,7 +99,6 @@ pub struct SnapshotConfig {
 
 /// `vm.restore`'s body and `--restore` (Cloud Hypervisor's `RestoreConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RestoreConfig {
     /// `file:///dir` of the snapshot.
     pub source_url: String,
@@ -145,7 +143,6 @@ pub enum ChMemoryRestoreMode {
 /// Tap fds a restored network device uses instead of its saved tap
 /// (Cloud Hypervisor's `RestoredNetConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RestoredNetConfig {
     /// The network device's id (`_net0` for the first one without an id).
     pub id: String,
