@@ -204,6 +204,8 @@ pub struct DeviceManager {
     router: Arc<GsiRouter>,
     mem: GuestMemory,
     pci_bus: Arc<Mutex<PciBus>>,
+    /// The MMIO bus the ECAM window and the BARs are on.
+    mmio_bus: Arc<Bus>,
     allocator: PciBarAllocator,
     by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
     thread_setup: Option<ThreadSetup>,
@@ -394,6 +396,7 @@ impl DeviceManager {
             router,
             mem,
             pci_bus,
+            mmio_bus,
             allocator,
             by_slot,
             thread_setup,
@@ -873,6 +876,24 @@ impl DeviceManager {
             .iter()
             .map(|d| (d.id.clone(), d.slot))
             .collect()
+    }
+}
+
+impl Drop for DeviceManager {
+    /// The PCI bus and the MMIO bus refer to each other (the ECAM window is
+    /// a device on the MMIO bus, the BARs of the PCI bus' devices are
+    /// mapped there), so nothing on them would be dropped with the VM.
+    /// Taking the devices and the ECAM window out ends every device with
+    /// its VM: workers joined, images unlocked and files closed before a
+    /// guest reset builds the VM again from the same configuration.
+    fn drop(&mut self) {
+        let slots: Vec<u8> = lock(&self.devices).iter().map(|d| d.slot).collect();
+        for slot in slots {
+            lock(&self.pci_bus).remove_device(slot);
+        }
+        lock(&self.by_slot).clear();
+        lock(&self.devices).clear();
+        let _ = self.mmio_bus.remove(arch::PLATFORM.pci.ecam.0);
     }
 }
 
