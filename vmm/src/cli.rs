@@ -9,9 +9,11 @@
 mod cpus_options;
 mod device_options;
 mod options;
+mod platform_options;
 mod rate_limit_options;
 #[cfg(test)]
 mod tests;
+mod vhost_options;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -26,9 +28,11 @@ use crate::config::{
 };
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use options::{parse_size, parse_toggle, parse_u64, split_options, OptionItem};
-pub use options::{OptionError, SizeError};
+pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
+use options::{parse_toggle, parse_u64};
+use platform_options::parse_platform;
 use rate_limit_options::parse_rate_limit_group;
+use vhost_options::{parse_fs, parse_pmem};
 
 /// What the command line asks chv to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -136,11 +140,12 @@ struct Args {
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     cpus: Option<String>,
 
-    /// Guest RAM: size=<bytes>[K|M|G|T]
+    /// Guest RAM: size=<bytes>[K|M|G|T][,shared=on|off]
     ///
     /// size: binary units (512M = 512 MiB); a multiple of 4 KiB, at most
-    /// 1T (default 512M). shared=off and hugepages=off are accepted;
-    /// 'on' is not supported.
+    /// 1T (default 512M). shared=on backs RAM with a shared memfd, which
+    /// vhost-user backends (--fs, --disk vhost_user=on) need (default off).
+    /// hugepages=off is accepted; 'on' is not supported.
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     memory: Option<String>,
 
@@ -163,8 +168,11 @@ struct Args {
     /// [,queue_size=<n>][,serial=<s>][,id=<id>][,image_type=raw|qcow2]
     /// [,bw_size=<bytes>,bw_refill_time=<ms>][,ops_size=<n>,ops_refill_time=<ms>]
     /// [,rate_limit_group=<id>]
+    /// or vhost_user=on,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>]
     ///
-    /// path: raw or qcow2 image (required).
+    /// path: raw or qcow2 image (required unless vhost_user=on).
+    /// vhost_user=on: a vhost-user-blk backend (qemu-storage-daemon, SPDK)
+    /// on socket serves the disk; needs --memory shared=on.
     /// readonly: read-only disk (default off). direct: O_DIRECT (default off).
     /// num_queues: 1..=16 (default 1). queue_size: power of two, 2..=1024
     /// (default 128). serial: at most 20 bytes. id: unique device id.
@@ -236,6 +244,46 @@ struct Args {
     /// connections to host port P go to the socket <path>_P.
     #[arg(long, value_name = "VSOCK", verbatim_doc_comment)]
     vsock: Option<String>,
+
+    /// Platform: num_pci_segments=<n>,serial_number=<s>,uuid=<u>,oem_strings=[<s>,...]
+    ///
+    /// num_pci_segments: PCI host bridges (1..=96), each with its own ECAM
+    /// window; devices choose one with pci_segment=<n>. serial_number, uuid
+    /// and oem_strings: the SMBIOS identity the guest reads.
+    #[arg(long, value_name = "PLATFORM", verbatim_doc_comment)]
+    platform: Option<String>,
+    /// virtio-fs shares served by a vhost-user backend (virtiofsd); one
+    /// flag may take several, and may be repeated:
+    /// tag=<tag>,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>]
+    ///
+    /// tag: the guest's mount tag, 1 to 36 bytes. socket: the backend's
+    /// vhost-user socket. num_queues: request queues (default 1).
+    /// queue_size: power of two up to 32768 (default 1024). Needs
+    /// --memory shared=on. pci_segment=0 and iommu=off are accepted.
+    #[arg(
+        long,
+        value_name = "FS",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    fs: Vec<String>,
+
+    /// virtio-pmem devices (the guest's /dev/pmem<N>); one flag may take
+    /// several, and may be repeated:
+    /// file=<path>[,size=<bytes>][,discard_writes=on|off][,id=<id>]
+    ///
+    /// file: backing file (created/extended to size unless
+    /// discard_writes). size: a multiple of 2 MiB (default: the file's).
+    /// discard_writes: map the file privately, so it never changes.
+    #[arg(
+        long,
+        value_name = "PMEM",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    pmem: Vec<String>,
 
     /// Write log messages to this file instead of stderr.
     #[arg(long, value_name = "PATH", value_parser = clap::value_parser!(OsString))]
@@ -390,6 +438,24 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_rate_limit_group(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--rate-limit-group"))?;
+    let platform = args
+        .platform
+        .as_deref()
+        .map(parse_platform)
+        .transpose()
+        .map_err(option_error("--platform"))?;
+    let fs = args
+        .fs
+        .iter()
+        .map(|value| parse_fs(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--fs"))?;
+    let pmem = args
+        .pmem
+        .iter()
+        .map(|value| parse_pmem(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--pmem"))?;
     let initramfs = args
         .initramfs
         .map(|path| non_empty_path("--initramfs", path))
@@ -408,6 +474,9 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
             ("--vsock", vsock.is_some()),
+            ("--platform", platform.is_some()),
+            ("--fs", !fs.is_empty()),
+            ("--pmem", !pmem.is_empty()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -430,6 +499,9 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,
+        platform,
+        fs: (!fs.is_empty()).then_some(fs),
+        pmem: (!pmem.is_empty()).then_some(pmem),
         ..VmConfig::default()
     };
     config.validate().map_err(|source| CliError::Config {
@@ -522,15 +594,16 @@ fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliEr
 }
 
 /// Keys accepted by `--memory`, for error messages.
-const MEMORY_KEYS: &str = "size, shared=off or hugepages=off";
+const MEMORY_KEYS: &str = "size, shared or hugepages=off";
 
-/// Parses `--memory size=SIZE[,shared=off][,hugepages=off]`.
+/// Parses `--memory size=SIZE[,shared=on|off][,hugepages=off]`.
 fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
     let mut config = MemoryConfig::default();
     for item in split_options(value)? {
         match item.key.as_str() {
             "size" => config.size = memory_size(&item)?,
-            "shared" | "hugepages" => {
+            "shared" => config.shared = parse_toggle(&item.key, item.value()?)?,
+            "hugepages" => {
                 if parse_toggle(&item.key, item.value()?)? {
                     return Err(OptionError::Unsupported(format!("{}=on", item.key)));
                 }
@@ -695,6 +768,10 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         prefault,
         resume,
         net_fds,
+        memory_restore_mode: None,
+        vfio_fds: None,
+        iommufd_fd: None,
+        zone_updates: Vec::new(),
     })
 }
 

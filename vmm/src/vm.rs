@@ -312,6 +312,7 @@ impl Vm {
             &io_bus,
             mmio_bus.clone(),
             worker_setup,
+            &crate::device_manager::pci_segment_layouts(config)?,
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
@@ -570,6 +571,8 @@ fn load_payload(
     num_vcpus: u8,
 ) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
+    let identity = config.platform.clone().unwrap_or_default().identity();
+    let pci_segments = crate::device_manager::pci_segment_layouts(config)?;
     let kernel_path = payload
         .kernel
         .as_ref()
@@ -590,6 +593,8 @@ fn load_payload(
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
+            pci_segments: &pci_segments,
+            identity: &identity,
         },
     )
     .map_err(|e| match e {

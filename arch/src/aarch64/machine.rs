@@ -44,6 +44,8 @@ pub const PLATFORM: Platform = Platform {
             layout::PCI_MMIO64_START,
             layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
         ),
+        // The device tree describes one host bridge.
+        max_segments: 1,
     },
     devices: &[
         mmio(
@@ -60,6 +62,7 @@ pub const PLATFORM: Platform = Platform {
     acpi_hotplug: None,
     first_msi_gsi: FIRST_MSI_GSI,
     msi_device_id: true,
+    smbios: false,
 };
 
 /// GSI n is SPI n of the GIC (irqchip 0, pin n), for every SPI below the

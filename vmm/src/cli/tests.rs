@@ -291,8 +291,8 @@ fn memory_rejected() {
         "--memory: size=99999999T: size does not fit in 64 bits"
     );
     assert_eq!(
-        error(&["--memory", "size=1G,shared=on"]),
-        "--memory: 'shared=on' is not supported by chv"
+        error(&["--memory", "size=1G,hugepages=on"]),
+        "--memory: 'hugepages=on' is not supported by chv"
     );
     assert_eq!(
         error(&["--memory", "hugepages=maybe"]),
@@ -300,7 +300,7 @@ fn memory_rejected() {
     );
     assert_eq!(
         error(&["--memory", "128M"]),
-        "--memory: unknown option '128M' (expected size, shared=off or hugepages=off)"
+        "--memory: unknown option '128M' (expected size, shared or hugepages=off)"
     );
     assert_eq!(
         error(&["--memory", "hotplug_size=1G"]),
@@ -637,12 +637,14 @@ fn disk_rejected() {
         (
             "path=/a,cache=none",
             "unknown option 'cache' (expected path, readonly, direct, num_queues, \
-             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off)",
+             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+             or iommu=off)",
         ),
         (
             "/disk.img",
             "unknown option '/disk.img' (expected path, readonly, direct, num_queues, \
-             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off)",
+             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+             or iommu=off)",
         ),
         ("path=/a,iommu=on", "'iommu=on' is not supported by chv"),
     ] {
@@ -656,14 +658,7 @@ fn disk_rejected() {
 
 #[test]
 fn disk_unsupported_cloud_hypervisor_keys() {
-    for key in [
-        "vhost_user",
-        "socket",
-        "vhost_socket",
-        "queue_affinity",
-        "backing_files",
-        "sparse",
-    ] {
+    for key in ["queue_affinity", "backing_files", "sparse"] {
         assert_eq!(
             error(&["--disk", &format!("path=/a,{key}=1")]),
             format!("--disk: '{key}' is not supported by chv")
@@ -681,7 +676,8 @@ fn disk_errors_in_later_disks() {
     assert_eq!(
         error(&["--disk", "path=/a", "--disk", "path=/b,bogus=1"]),
         "--disk: unknown option 'bogus' (expected path, readonly, direct, num_queues, \
-         queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off)"
+         queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+             or iommu=off)"
     );
     // Duplicate ids across disks, in both spellings.
     assert_eq!(
@@ -722,7 +718,7 @@ fn rng_accepted_and_rejected() {
     );
     assert_eq!(
         error(&["--rng", "size=4"]),
-        "--rng: unknown option 'size' (expected src or iommu=off)"
+        "--rng: unknown option 'size' (expected src, pci_segment or iommu=off)"
     );
     assert!(matches!(
         with_kernel(&["--rng", "src=/a", "--rng", "src=/b"]),
@@ -852,13 +848,11 @@ fn net_rejected() {
         assert_eq!(error(&["--net", value]), format!("--net: {message}"), "{value}");
     }
     assert!(error(&["--net", "colour=red"]).starts_with("--net: unknown option 'colour'"));
-    for key in [
-        "vhost_user",
-        "socket",
-        "vhost_mode",
-        "host_mac",
-        "pci_segment",
-    ] {
+    assert_eq!(
+        error(&["--net", "tap=a,pci_segment=1"]),
+        "--net: net[0].pci_segment=1: the VM has 1 PCI segment(s) (platform.num_pci_segments)"
+    );
+    for key in ["vhost_user", "socket", "vhost_mode", "host_mac"] {
         assert_eq!(
             error(&["--net", &format!("tap=a,{key}=1")]),
             format!("--net: '{key}' is not supported by chv")
@@ -972,7 +966,7 @@ fn vsock_accepted_and_rejected() {
     );
     assert_eq!(
         bad("cid=3,socket=/tmp/v,pci_segment=1"),
-        "--vsock: 'pci_segment' is not supported by chv"
+        "--vsock: vsock.pci_segment=1: the VM has 1 PCI segment(s) (platform.num_pci_segments)"
     );
     assert!(bad("cid=3,socket=/tmp/v,id=__x").contains("reserved"));
     assert!(bad("cid=3,socket=/tmp/v,foo=1").starts_with("--vsock: unknown option 'foo'"));
@@ -1040,4 +1034,161 @@ fn restore_options() {
         .expect_err("both")
         .to_string();
     assert!(e.contains("--kernel"), "{e}");
+}
+
+#[test]
+fn platform_segments_and_device_pci_segment() {
+    let vm = vm(&[
+        "--platform",
+        "num_pci_segments=2,serial_number=s1,oem_strings=[a,b]",
+        "--disk",
+        "path=/d,pci_segment=1",
+        "--net",
+        "tap=t0,pci_segment=1",
+        "--rng",
+        "pci_segment=1",
+        "--vsock",
+        "cid=3,socket=/tmp/v,pci_segment=1",
+    ]);
+    let platform = vm.platform.as_ref().unwrap();
+    assert_eq!(platform.num_pci_segments, 2);
+    assert_eq!(platform.serial(), Some("s1"));
+    assert_eq!(vm.disks.unwrap()[0].pci_segment, 1);
+    assert_eq!(vm.net.unwrap()[0].pci_segment, 1);
+    assert_eq!(vm.rng.unwrap().pci_segment, 1);
+    assert_eq!(vm.vsock.unwrap().pci_segment, 1);
+    assert_eq!(
+        error(&["--platform", "num_pci_segments=97"]),
+        "--platform: platform.num_pci_segments=97: must be between 1 and 96"
+    );
+}
+
+/// The VM `args` (after a kernel) describe, or the one-line error.
+fn vm_of(args: &[&str]) -> Result<VmConfig, String> {
+    let mut argv = vec!["chv", "--kernel", "/vmlinux"];
+    argv.extend_from_slice(args);
+    parse_args(argv)
+        .map(|cli| cli.vm.expect("a VM"))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn fs_pmem_and_vhost_user_disks_parse_as_cloud_hypervisor() {
+    let vm = vm_of(&[
+        "--memory",
+        "size=256M,shared=on",
+        "--fs",
+        "tag=kataShared,socket=/run/fs.sock,num_queues=1,queue_size=512,id=share",
+        "tag=second,socket=/run/fs2.sock",
+        "--pmem",
+        "file=/img,size=64M,discard_writes=on,id=rootfs",
+        "--disk",
+        "vhost_user=on,socket=/run/blk.sock,num_queues=2",
+    ])
+    .unwrap();
+    assert!(vm.memory.shared);
+    let fs = vm.fs.unwrap();
+    assert_eq!(fs[0].tag, "kataShared");
+    assert_eq!(fs[0].socket, PathBuf::from("/run/fs.sock"));
+    assert_eq!((fs[0].num_queues, fs[0].queue_size), (1, 512));
+    assert_eq!(fs[0].id.as_deref(), Some("share"));
+    assert_eq!(
+        (fs[1].num_queues, fs[1].queue_size),
+        (1, 1024),
+        "CH defaults"
+    );
+    let pmem = vm.pmem.unwrap();
+    assert_eq!(pmem[0].size, Some(64 << 20));
+    assert!(pmem[0].discard_writes);
+    let disk = &vm.disks.unwrap()[0];
+    assert!(disk.vhost_user && disk.path.is_none());
+    assert_eq!(disk.vhost_socket.as_deref(), Some("/run/blk.sock"));
+    assert_eq!(disk.num_queues, 2);
+}
+
+#[test]
+fn fs_pmem_and_vhost_user_disk_errors_name_the_option() {
+    for (args, message) in [
+        (
+            &["--fs", "tag=a,socket=/s"][..],
+            "--memory: memory.shared=false: fs[0] is a vhost-user device",
+        ),
+        (
+            &["--disk", "vhost_user=on,socket=/s"],
+            "--memory: memory.shared=false: disks[0].vhost_user=true is a vhost-user device",
+        ),
+        (&["--fs", "socket=/s"], "--fs: missing tag (tag=...)"),
+        (&["--fs", "tag=a"], "--fs: missing socket (socket=...)"),
+        (
+            &["--fs", "tag=a,socket=/s,queue_size=1000"],
+            "--fs: queue_size=1000: must be a power of two",
+        ),
+        (
+            &["--fs", "tag=a,socket=/s,cache=always"],
+            "--fs: unknown option 'cache'",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--fs",
+                &format!("tag={},socket=/s", "t".repeat(37)),
+            ],
+            "--fs: fs[0].tag=ttt",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--fs",
+                "tag=a,socket=/s,pci_segment=1",
+            ],
+            "--fs: fs[0].pci_segment=1: the VM has 1 PCI segment(s)",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--fs",
+                "tag=a,socket=/s,id=x",
+                "--pmem",
+                "file=/f,id=x",
+            ],
+            "--pmem: pmem[0].id=x: used by more than one device",
+        ),
+        (&["--pmem", "size=1G"], "--pmem: missing file (file=...)"),
+        (&["--pmem", "file=/f,size=lots"], "--pmem: size=lots: "),
+        (
+            &["--pmem", "file=/f,size=3M"],
+            "--pmem: pmem[0].size=3145728: must be a non-zero multiple of 2 MiB",
+        ),
+        (
+            &["--pmem", "file=/f,discard_writes=maybe"],
+            "--pmem: discard_writes=maybe: expected on or off",
+        ),
+        (
+            &["--disk", "vhost_user=on"],
+            "--disk: missing socket (vhost_user=on,socket=...)",
+        ),
+        (
+            &["--disk", "path=/a,vhost_user=on,socket=/s"],
+            "--disk: 'path' and 'vhost_user=on' cannot be combined",
+        ),
+        (
+            &["--disk", "path=/a,socket=/s"],
+            "--disk: 'socket' and 'vhost_user=off' cannot be combined",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--disk",
+                "vhost_user=on,socket=/s,readonly=on",
+            ],
+            "--disk: disks[0].readonly=true: not supported by chv",
+        ),
+    ] {
+        let err = vm_of(args).unwrap_err();
+        assert!(err.starts_with(message), "{args:?}: {err}");
+    }
 }

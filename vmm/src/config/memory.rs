@@ -144,7 +144,6 @@ impl MemoryConfig {
             not_yet,
         )?;
         refuse_if(self.mergeable, "memory.mergeable=true", not_yet)?;
-        refuse_if(self.shared, "memory.shared=true", not_yet)?;
         refuse_if(self.hugepages, "memory.hugepages=true", not_yet)?;
         refuse_if(
             self.hugepage_size.is_some(),

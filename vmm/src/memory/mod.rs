@@ -9,14 +9,10 @@ use crate::config::VmConfig;
 
 pub use backing::{BackingError, RamBacking, ZoneBacking};
 
-/// Temporary switch for `shared=on` until the configuration schema has
-/// the memory options: `CHV_MEMORY_SHARED=1` backs guest RAM with a memfd
-/// mapped shared. Removed once `memory.shared` exists.
-const SHARED_ENV: &str = "CHV_MEMORY_SHARED";
-
-/// The zones of guest RAM `config` describes.
+/// The zones of guest RAM `config` describes. `memory.shared` backs RAM
+/// with a memfd mapped shared (vhost-user backends map it).
 pub fn zones_for(config: &VmConfig) -> Vec<RamZone> {
-    let shared = std::env::var_os(SHARED_ENV).is_some_and(|v| v == "1");
+    let shared = config.memory.shared;
     vec![RamZone {
         field: "memory".into(),
         size: config.memory.size,
