@@ -1007,8 +1007,15 @@ fn bad_requests_keep_the_vmm_serving() {
             &format!("{method} {endpoint}: Allow {:?}", r.header("allow")),
         );
     }
-    for endpoint in ["vm.nmi", "vm.coredump", "vm.add-vdpa"] {
-        expect_status(&chv, endpoint, &put(&sock, endpoint, Some("{}")), 501);
+    expect_status(&chv, "vm.nmi", &put(&sock, "vm.nmi", Some("{}")), 501);
+    // Served endpoints whose body misses a required field: 400 naming it.
+    for (endpoint, field) in [("vm.coredump", "destination_url"), ("vm.add-vdpa", "path")] {
+        let r = put(&sock, endpoint, Some("{}"));
+        expect_status(&chv, endpoint, &r, 400);
+        chv.check(
+            r.body.contains(field),
+            &format!("{endpoint}: {} does not name {field}", r.body),
+        );
     }
     ping_ok("routing errors");
 

@@ -248,6 +248,8 @@ type SlotMap = Arc<Mutex<HashMap<u8, SharedVirtioPci>>>;
 /// it hands out and its transports by slot.
 struct PciSegment {
     bus: Arc<Mutex<PciBus>>,
+    /// Base of its ECAM window on the MMIO bus.
+    ecam: u64,
     allocator: PciBarAllocator,
     by_slot: SlotMap,
 }
@@ -278,6 +280,8 @@ pub struct DeviceManager {
     mem: GuestMemory,
     /// The PCI segments, by number; hotplug is on segment 0.
     segments: Vec<PciSegment>,
+    /// The MMIO bus the ECAM windows and the BARs are on.
+    mmio_bus: Arc<Bus>,
     thread_setup: Option<ThreadSetup>,
     /// The virtio console's pty path in `Pty` mode.
     pub console_pty: Option<std::path::PathBuf>,
@@ -430,6 +434,7 @@ impl DeviceManager {
             );
             segments.push(PciSegment {
                 bus,
+                ecam: layout.ecam.0,
                 allocator,
                 by_slot,
             });
@@ -481,6 +486,7 @@ impl DeviceManager {
             router,
             mem,
             segments,
+            mmio_bus,
             thread_setup,
             console_pty: None,
             devices,
@@ -974,6 +980,31 @@ impl DeviceManager {
             .iter()
             .map(|d| (d.id.clone(), d.slot))
             .collect()
+    }
+}
+
+impl Drop for DeviceManager {
+    /// The PCI bus and the MMIO bus refer to each other (the ECAM window is
+    /// a device on the MMIO bus, the BARs of the PCI bus' devices are
+    /// mapped there), so nothing on them would be dropped with the VM.
+    /// Taking the devices and the ECAM window out ends every device with
+    /// its VM: workers joined, images unlocked and files closed before a
+    /// guest reset builds the VM again from the same configuration.
+    fn drop(&mut self) {
+        let placed: Vec<(u16, u8)> = lock(&self.devices)
+            .iter()
+            .map(|d| (d.segment, d.slot))
+            .collect();
+        for (segment, slot) in placed {
+            if let Some(s) = self.segments.get(usize::from(segment)) {
+                lock(&s.bus).remove_device(slot);
+            }
+        }
+        lock(&self.devices).clear();
+        for s in &self.segments {
+            lock(&s.by_slot).clear();
+            let _ = self.mmio_bus.remove(s.ecam);
+        }
     }
 }
 
