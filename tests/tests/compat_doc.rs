@@ -3,7 +3,10 @@
 //! 400 saying `<property>…: not supported by chv`, while the same body
 //! without it is accepted; and every property chv.yaml leaves out of its
 //! positive values (the `Off`, `Absent` and `NoneOf` schemas) is listed in
-//! one of the document's tables.
+//! one of the document's tables. Also: `vm.info` of a default config
+//! against Cloud Hypervisor's serialisation of it
+//! (`tests/golden/ch-vm-info-default.json`), the deliberate differences
+//! listed.
 
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixStream;
@@ -196,4 +199,81 @@ fn spec_restrictions_are_documented() {
         missing.is_empty(),
         "restricted in chv.yaml but not in docs/compatibility.md: {missing:?}"
     );
+}
+
+/// Where chv's defaults differ from Cloud Hypervisor's on purpose (see
+/// docs/compatibility.md, "vm.info").
+const DEFAULT_DEVIATIONS: &[&str] = &[".config.console.mode", ".config.rng"];
+
+/// Compares `ch` (Cloud Hypervisor's serialisation) with `chv` at `path`:
+/// every value CH writes must be there and equal; what chv writes beyond
+/// it must be a default (null, false, 0 or empty).
+fn compare(path: &str, ch: &Value, chv: &Value, diffs: &mut Vec<String>) {
+    if DEFAULT_DEVIATIONS.contains(&path) {
+        return;
+    }
+    match (ch, chv) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = format!("{path}.{k}");
+                match b.get(k) {
+                    Some(w) => compare(&p, v, w, diffs),
+                    None => diffs.push(format!("{p}: missing")),
+                }
+            }
+            for (k, w) in b.iter().filter(|(k, _)| !a.contains_key(*k)) {
+                let default = matches!(w, Value::Null | Value::Bool(false))
+                    || w.as_u64() == Some(0)
+                    || w.as_array().is_some_and(|a| a.is_empty());
+                if !default {
+                    diffs.push(format!(
+                        "{path}.{k}: chv writes {w} where CH writes nothing"
+                    ));
+                }
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => diffs.push(format!("{path}: CH {a}, chv {b}")),
+    }
+}
+
+#[test]
+fn vm_info_matches_cloud_hypervisor_defaults() {
+    let dir = Scratch::new("compat-info");
+    let sock = dir.path("api.sock");
+    let chv = Chv::spawn(&["--api-socket", &format!("path={}", sock.display())]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        if Instant::now() > deadline {
+            chv.fail("the API socket never accepted");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let kernel = testguest().display().to_string();
+    let body = json!({"payload": {"kernel": kernel}}).to_string();
+    let (st, text) = http(&sock, "PUT", "vm.create", Some(&body));
+    chv.check(st == 204, &format!("vm.create: {st} {text}"));
+    let (st, text) = http(&sock, "GET", "vm.info", None);
+    chv.check(st == 200, &format!("vm.info: {st} {text}"));
+    let info: Value = serde_json::from_str(&text).expect("vm.info JSON");
+    let golden =
+        std::fs::read_to_string(workspace_dir().join("tests/golden/ch-vm-info-default.json"))
+            .expect("golden vm.info")
+            .replace("/KERNEL", &kernel);
+    let golden: Value = serde_json::from_str(&golden).expect("golden JSON");
+    let mut diffs = Vec::new();
+    compare("", &golden, &info, &mut diffs);
+    chv.check(
+        diffs.is_empty(),
+        &format!("vm.info differs from Cloud Hypervisor's: {diffs:#?}\n{text}"),
+    );
+    // Every field of the config is present, defaults included.
+    for key in [
+        "disks", "net", "fs", "pmem", "balloon", "platform", "numa", "tpm",
+    ] {
+        chv.check(
+            info["config"].get(key).is_some(),
+            &format!("vm.info config lacks {key}"),
+        );
+    }
 }
