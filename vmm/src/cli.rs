@@ -823,6 +823,24 @@ pub fn parse_disk_option(value: &str) -> Result<crate::config::DiskConfig, CliEr
     })
 }
 
+/// Parses one `--fs` value (`tag=…,socket=…`) into an
+/// [`FsConfig`](crate::config::FsConfig), for `chv-remote add-fs`.
+pub fn parse_fs_option(value: &str) -> Result<crate::config::FsConfig, CliError> {
+    parse_fs(value).map_err(|source| CliError::Option {
+        option: "--fs",
+        source,
+    })
+}
+
+/// Parses one `--pmem` value (`file=…[,size=…]`) into a
+/// [`PmemConfig`](crate::config::PmemConfig), for `chv-remote add-pmem`.
+pub fn parse_pmem_option(value: &str) -> Result<crate::config::PmemConfig, CliError> {
+    parse_pmem(value).map_err(|source| CliError::Option {
+        option: "--pmem",
+        source,
+    })
+}
+
 /// Parses one `--net` value (`tap=…,mac=…,…`) into a [`NetConfig`](crate::config::NetConfig),
 /// for clients such as `chv-remote add-net`.
 pub fn parse_net_option(value: &str) -> Result<crate::config::NetConfig, CliError> {

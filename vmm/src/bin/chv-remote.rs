@@ -55,6 +55,10 @@ enum Command {
     AddNet { net: String },
     /// Add the vsock device: `cid=N,socket=PATH[,id=X]` (the `--vsock` syntax).
     AddVsock { vsock: String },
+    /// Add a virtio-fs share: `tag=T,socket=PATH[,…]` (the `--fs` syntax).
+    AddFs { fs: String },
+    /// Add a pmem device: `file=PATH[,size=…,…]` (the `--pmem` syntax).
+    AddPmem { pmem: String },
     /// Remove the device with this id.
     RemoveDevice { id: String },
     /// Change the number of vCPUs.
@@ -177,6 +181,20 @@ fn run(args: Args) -> Result<String, String> {
             let cfg = vmm::cli::parse_vsock_option(&vsock).map_err(|e| e.to_string())?;
             put(
                 "vm.add-vsock",
+                Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
+            )?
+        }
+        Command::AddFs { fs } => {
+            let cfg = vmm::cli::parse_fs_option(&fs).map_err(|e| e.to_string())?;
+            put(
+                "vm.add-fs",
+                Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
+            )?
+        }
+        Command::AddPmem { pmem } => {
+            let cfg = vmm::cli::parse_pmem_option(&pmem).map_err(|e| e.to_string())?;
+            put(
+                "vm.add-pmem",
                 Some(serde_json::to_string(&cfg).map_err(|e| e.to_string())?),
             )?
         }
