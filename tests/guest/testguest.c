@@ -589,6 +589,8 @@ void guest_main(const u8 *boot_params)
         test_ticker();
     else if (streq(name, "pci-enum"))
         test_pci_enum();
+    else if (streq(name, "firmware-id"))
+        test_firmware_id();
     else if (streq(name, "virtio-blk-rw"))
         test_virtio_blk_rw();
     else if (streq(name, "virtio-blk-ro"))

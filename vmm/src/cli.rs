@@ -9,6 +9,7 @@
 mod cpus_options;
 mod device_options;
 mod options;
+mod platform_options;
 mod rate_limit_options;
 #[cfg(test)]
 mod tests;
@@ -27,8 +28,9 @@ use crate::config::{
 };
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use options::{parse_size, parse_toggle, parse_u64, split_options, OptionItem};
-pub use options::{OptionError, SizeError};
+pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
+use options::{parse_toggle, parse_u64};
+use platform_options::parse_platform;
 use rate_limit_options::parse_rate_limit_group;
 use vhost_options::{parse_fs, parse_pmem};
 
@@ -243,6 +245,13 @@ struct Args {
     #[arg(long, value_name = "VSOCK", verbatim_doc_comment)]
     vsock: Option<String>,
 
+    /// Platform: num_pci_segments=<n>,serial_number=<s>,uuid=<u>,oem_strings=[<s>,...]
+    ///
+    /// num_pci_segments: PCI host bridges (1..=96), each with its own ECAM
+    /// window; devices choose one with pci_segment=<n>. serial_number, uuid
+    /// and oem_strings: the SMBIOS identity the guest reads.
+    #[arg(long, value_name = "PLATFORM", verbatim_doc_comment)]
+    platform: Option<String>,
     /// virtio-fs shares served by a vhost-user backend (virtiofsd); one
     /// flag may take several, and may be repeated:
     /// tag=<tag>,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>]
@@ -429,6 +438,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_rate_limit_group(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--rate-limit-group"))?;
+    let platform = args
+        .platform
+        .as_deref()
+        .map(parse_platform)
+        .transpose()
+        .map_err(option_error("--platform"))?;
     let fs = args
         .fs
         .iter()
@@ -459,6 +474,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
             ("--vsock", vsock.is_some()),
+            ("--platform", platform.is_some()),
             ("--fs", !fs.is_empty()),
             ("--pmem", !pmem.is_empty()),
         ];
@@ -483,6 +499,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,
+        platform,
         fs: (!fs.is_empty()).then_some(fs),
         pmem: (!pmem.is_empty()).then_some(pmem),
         ..VmConfig::default()
@@ -751,6 +768,10 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         prefault,
         resume,
         net_fds,
+        memory_restore_mode: None,
+        vfio_fds: None,
+        iommufd_fd: None,
+        zone_updates: Vec::new(),
     })
 }
 
@@ -819,24 +840,6 @@ fn parse_seccomp(value: &str) -> Result<SeccompMode, CliError> {
 pub fn parse_disk_option(value: &str) -> Result<crate::config::DiskConfig, CliError> {
     parse_disk(value).map_err(|source| CliError::Option {
         option: "--disk",
-        source,
-    })
-}
-
-/// Parses one `--fs` value (`tag=…,socket=…`) into an
-/// [`FsConfig`](crate::config::FsConfig), for `chv-remote add-fs`.
-pub fn parse_fs_option(value: &str) -> Result<crate::config::FsConfig, CliError> {
-    parse_fs(value).map_err(|source| CliError::Option {
-        option: "--fs",
-        source,
-    })
-}
-
-/// Parses one `--pmem` value (`file=…[,size=…]`) into a
-/// [`PmemConfig`](crate::config::PmemConfig), for `chv-remote add-pmem`.
-pub fn parse_pmem_option(value: &str) -> Result<crate::config::PmemConfig, CliError> {
-    parse_pmem(value).map_err(|source| CliError::Option {
-        option: "--pmem",
         source,
     })
 }

@@ -194,6 +194,8 @@ impl Vmm {
             .ok_or_else(|| VmmError::Config("no VM configuration (vm.create first)".into()))?;
         self.vm = Some(Vm::boot(config, &self.filters)?);
         self.state = VmState::Running;
+        // A VM created over the API may have its serial port on the tty.
+        self.take_serial_input();
         self.record_pty_paths();
         Ok(())
     }

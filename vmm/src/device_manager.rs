@@ -101,13 +101,26 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
     if !HOTPLUG_POSSIBLE.load(Ordering::Relaxed) {
         return 0;
     }
-    let cold = config.disks.as_ref().map_or(0, Vec::len)
-        + config.net.as_ref().map_or(0, Vec::len)
+    // Cold-plugged devices on segment 0 take its first slots.
+    let on0 = |seg: u16| usize::from(seg == 0);
+    let cold = config
+        .disks
+        .iter()
+        .flatten()
+        .map(|d| on0(d.pci_segment))
+        .sum::<usize>()
+        + config
+            .net
+            .iter()
+            .flatten()
+            .map(|n| on0(n.pci_segment))
+            .sum::<usize>()
         + usize::from(config.console.mode != ConsoleOutputMode::Off)
-        + usize::from(config.rng.is_some())
-        + usize::from(config.vsock.is_some())
-        + config.fs.as_ref().map_or(0, Vec::len)
-        + config.pmem.as_ref().map_or(0, Vec::len);
+            * on0(config.console.pci_segment)
+        + config.rng.as_ref().map_or(0, |r| on0(r.pci_segment))
+        + config.vsock.as_ref().map_or(0, |v| on0(v.pci_segment))
+        + config.fs.iter().flatten().map(|f| on0(f.pci_segment)).sum::<usize>()
+        + config.pmem.iter().flatten().map(|p| on0(p.pci_segment)).sum::<usize>();
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
     u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }
@@ -157,6 +170,9 @@ pub enum HotplugError {
     /// The platform has no way to tell the guest (no ACPI hotplug).
     #[error("{0}")]
     Unsupported(String),
+    /// Hotplug or unplug asked for on a PCI segment other than 0.
+    #[error("{0}")]
+    NotOnSegment0(String),
     /// The guest could not be told (GED interrupt or hotplug register).
     #[error("cannot notify the guest: {0}")]
     Notify(String),
@@ -166,7 +182,9 @@ pub enum HotplugError {
 pub struct PciDeviceHandle {
     /// Device id (`disk0`, `rng`, …, or the user's `id=`).
     pub id: String,
-    /// PCI slot on bus 0.
+    /// PCI segment (host bridge).
+    pub segment: u16,
+    /// PCI slot on bus 0 of that segment.
     pub slot: u8,
     /// The transport wrapping the device.
     pub device: SharedVirtioPci,
@@ -213,15 +231,43 @@ type BuiltDisk = (Box<dyn VirtioDevice>, Option<Arc<BlockCounters>>);
 /// Devices in the order they were added; shared with the eject handler.
 type DeviceList = Arc<Mutex<Vec<PciDeviceHandle>>>;
 
+/// Transports by slot, for the BAR-move callback and ejects.
+type SlotMap = Arc<Mutex<HashMap<u8, SharedVirtioPci>>>;
+
+/// One PCI segment: the root bus behind its host bridge, the BAR windows
+/// it hands out and its transports by slot.
+struct PciSegment {
+    bus: Arc<Mutex<PciBus>>,
+    allocator: PciBarAllocator,
+    by_slot: SlotMap,
+}
+
+/// The layout of each PCI segment `config` asks for
+/// (`platform.num_pci_segments`, `platform.pci_segments` weights).
+pub fn pci_segment_layouts(config: &VmConfig) -> Result<Vec<arch::PciSegmentLayout>, VmmError> {
+    let platform = config.platform.clone().unwrap_or_default();
+    let mut weights = vec![(1, 1); usize::from(platform.num_pci_segments)];
+    for p in config.pci_segments.iter().flatten() {
+        if let Some(w) = weights.get_mut(usize::from(p.pci_segment)) {
+            *w = (p.mmio32_aperture_weight, p.mmio64_aperture_weight);
+        }
+    }
+    arch::PLATFORM.pci.segments(&weights).map_err(|e| {
+        VmmError::Config(format!(
+            "platform.num_pci_segments={} / pci_segments: {e}",
+            platform.num_pci_segments
+        ))
+    })
+}
+
 /// The VM's PCI bus, the virtio devices on it, and the ACPI devices that
 /// announce hotplug and power-button events.
 pub struct DeviceManager {
     vm: Arc<VmFd>,
     router: Arc<GsiRouter>,
     mem: GuestMemory,
-    pci_bus: Arc<Mutex<PciBus>>,
-    allocator: PciBarAllocator,
-    by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
+    /// The PCI segments, by number; hotplug is on segment 0.
+    segments: Vec<PciSegment>,
     thread_setup: Option<ThreadSetup>,
     /// The virtio console's pty path in `Pty` mode.
     pub console_pty: Option<std::path::PathBuf>,
@@ -292,7 +338,8 @@ fn eject_slot(
 ) {
     let handle = {
         let mut devs = lock(devices);
-        let at = devs.iter().position(|d| d.slot == slot);
+        // ACPI hotplug (and so eject) is on segment 0 only.
+        let at = devs.iter().position(|d| d.segment == 0 && d.slot == slot);
         at.map(|i| devs.remove(i))
     };
     let Some(handle) = handle else {
@@ -322,48 +369,67 @@ fn eject_slot(
 }
 
 impl DeviceManager {
-    /// Creates the PCI root bus and its config-space access paths (ECAM,
-    /// and the 0xCF8 ports where the platform has them) and, where the
-    /// platform has ACPI hotplug, the Generic Event Device and the PCI
-    /// hotplug controller.
+    /// Creates a PCI root bus per segment of `pci_segments` with its
+    /// config-space access paths (its ECAM window; for segment 0 also the
+    /// 0xCF8 ports where the platform has them) and, where the platform has
+    /// ACPI hotplug, the Generic Event Device and the PCI hotplug
+    /// controller (segment 0).
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
         io_bus: &Bus,
         mmio_bus: Arc<Bus>,
         thread_setup: Option<ThreadSetup>,
+        pci_segments: &[arch::PciSegmentLayout],
     ) -> Result<Self, VmmError> {
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let pci = arch::PLATFORM.pci;
-        let pci_bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
-        if let Some(port) = pci.config_io_port {
-            io_bus
+        let mut segments = Vec::with_capacity(pci_segments.len());
+        for layout in pci_segments {
+            let bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
+            if let (0, Some(port)) = (layout.segment, arch::PLATFORM.pci.config_io_port) {
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+                        u64::from(port),
+                        8,
+                    )
+                    .map_err(VmmError::Bus)?;
+            }
+            mmio_bus
                 .insert(
-                    Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
-                    u64::from(port),
-                    8,
+                    Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
+                    layout.ecam.0,
+                    layout.ecam.1,
                 )
                 .map_err(VmmError::Bus)?;
+            let by_slot: SlotMap = Arc::default();
+            {
+                let vm = vm.clone();
+                let by_slot = by_slot.clone();
+                lock(&bus).set_reprogram_callback(Box::new(move |slot, r| {
+                    if let Some(dev) = lock(&by_slot).get(&slot) {
+                        move_ioeventfds(&vm, dev, r);
+                    }
+                }));
+            }
+            let allocator = PciBarAllocator::new(
+                layout.mmio32.0,
+                layout.mmio32.1,
+                layout.mmio64.0,
+                layout.mmio64.1,
+            );
+            segments.push(PciSegment {
+                bus,
+                allocator,
+                by_slot,
+            });
         }
-        mmio_bus
-            .insert(
-                Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
-                pci.ecam.0,
-                pci.ecam.1,
-            )
-            .map_err(VmmError::Bus)?;
-        let by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>> = Arc::default();
-        {
-            let vm = vm.clone();
-            let by_slot = by_slot.clone();
-            lock(&pci_bus).set_reprogram_callback(Box::new(move |slot, r| {
-                if let Some(dev) = lock(&by_slot).get(&slot) {
-                    move_ioeventfds(&vm, dev, r);
-                }
-            }));
-        }
-        let allocator =
-            PciBarAllocator::new(pci.mmio32.0, pci.mmio32.1, pci.mmio64.0, pci.mmio64.1);
+        let Some(segment0) = segments.first() else {
+            return Err(VmmError::Config(
+                "platform.num_pci_segments: at least 1".into(),
+            ));
+        };
+        let (pci_bus, by_slot) = (segment0.bus.clone(), segment0.by_slot.clone());
         let devices: DeviceList = Arc::default();
 
         let hotplug = PciHotplugState::new();
@@ -404,9 +470,7 @@ impl DeviceManager {
             vm,
             router,
             mem,
-            pci_bus,
-            allocator,
-            by_slot,
+            segments,
             thread_setup,
             console_pty: None,
             devices,
@@ -518,23 +582,23 @@ impl DeviceManager {
         for (i, disk) in config.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
             let (blk, counters) = self.build_disk(disk, &id)?;
-            self.add_virtio(id, blk, counters)?;
+            self.add_virtio(id, disk.pci_segment, blk, counters)?;
         }
         for (i, net) in config.net.iter().flatten().enumerate() {
             let id = net.id.clone().unwrap_or_else(|| format!("_net{i}"));
             let (dev, counters) = self.build_net(net, &id)?;
-            self.add_virtio(id.clone(), dev, None)?;
+            self.add_virtio(id.clone(), net.pci_segment, dev, None)?;
             self.set_net_counters(&id, counters);
         }
         for (i, fs) in config.fs.iter().flatten().enumerate() {
             let id = fs.id.clone().unwrap_or_else(|| format!("_fs{i}"));
             let dev = self.build_fs(fs)?;
-            self.add_virtio(id, dev, None)?;
+            self.add_virtio(id, fs.pci_segment, dev, None)?;
         }
         for (i, p) in config.pmem.iter().flatten().enumerate() {
             let id = p.id.clone().unwrap_or_else(|| format!("_pmem{i}"));
             let dev = self.build_pmem(p, &id)?;
-            self.add_virtio(id, dev, None)?;
+            self.add_virtio(id, p.pci_segment, dev, None)?;
         }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
@@ -580,12 +644,12 @@ impl DeviceManager {
             if let Some(s) = &self.thread_setup {
                 dev.set_thread_setup(s.clone());
             }
-            self.add_virtio("_console".into(), Box::new(dev), None)?;
+            self.add_virtio("_console".into(), console.pci_segment, Box::new(dev), None)?;
         }
         if let Some(vsock) = &config.vsock {
             let id = vsock.id.clone().unwrap_or_else(|| VSOCK_DEFAULT_ID.into());
             let dev = self.build_vsock(vsock, &id)?;
-            self.add_virtio(id, dev, None)?;
+            self.add_virtio(id, vsock.pci_segment, dev, None)?;
             self.vsock_plugged = true;
         }
         if let Some(rng) = &config.rng {
@@ -594,24 +658,34 @@ impl DeviceManager {
             if let Some(s) = &self.thread_setup {
                 dev.set_thread_setup(s.clone());
             }
-            self.add_virtio("_rng".into(), Box::new(dev), None)?;
+            self.add_virtio("_rng".into(), rng.pci_segment, Box::new(dev), None)?;
         }
         Ok(())
     }
 
-    /// Wraps `device` in a virtio-pci transport and plugs it into the bus.
+    /// Wraps `device` in a virtio-pci transport and plugs it into bus 0 of
+    /// PCI segment `segment`.
     pub fn add_virtio(
         &mut self,
         id: String,
+        segment: u16,
         device: Box<dyn VirtioDevice>,
         block_counters: Option<Arc<BlockCounters>>,
     ) -> Result<u8, VmmError> {
         let err = |what: String| VmmError::Device(format!("{id}: {what}"));
+        let count = self.segments.len();
+        let Some(seg) = self.segments.get_mut(usize::from(segment)) else {
+            return Err(VmmError::Config(format!(
+                "{id}: pci_segment={segment}: the VM has {count} PCI segment(s) \
+                 (platform.num_pci_segments)"
+            )));
+        };
         let vectors = msix_vectors_for(&*device);
         let removable = REMOVABLE_TYPES.contains(&device.device_type());
-        let msi: Arc<dyn MsiInterruptGroup> = Arc::new(
+        let group = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
         );
+        let msi: Arc<dyn MsiInterruptGroup> = group.clone();
         let transport =
             VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
@@ -619,8 +693,8 @@ impl DeviceManager {
             .restore_slots
             .as_ref()
             .and_then(|slots| slots.get(&id).copied());
-        let info = lock(&self.pci_bus)
-            .add_device_at(slot, transport.clone(), &mut self.allocator)
+        let info = lock(&seg.bus)
+            .add_device_at(slot, transport.clone(), &mut seg.allocator)
             .map_err(|e| err(e.to_string()))?;
         if let Some(bar0) = info.bars.iter().find(|b| b.index == 0) {
             let registered = register_ioeventfds(&self.vm, &lock(&transport), bar0.base);
@@ -633,14 +707,21 @@ impl DeviceManager {
                             .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch);
                 }
                 drop(dev);
-                lock(&self.pci_bus).remove_device(info.slot);
+                lock(&seg.bus).remove_device(info.slot);
                 return Err(err(format!("ioeventfd: {e}")));
             }
         }
-        lock(&self.by_slot).insert(info.slot, transport.clone());
-        log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
+        // Bus 0, function 0: the requester id is the slot's devfn.
+        group.set_device_id(u32::from(info.slot) << 3);
+        lock(&seg.by_slot).insert(info.slot, transport.clone());
+        log::info!(
+            "{id}: PCI {segment:04x}:00:{:02x}.0 ({})",
+            info.slot,
+            lock(&transport).name()
+        );
         lock(&self.devices).push(PciDeviceHandle {
             id,
+            segment,
             slot: info.slot,
             device: transport,
             block_counters,
@@ -681,6 +762,23 @@ impl DeviceManager {
     }
 }
 
+/// `SSSS:BB:DD.F` of slot `slot` on bus 0 of segment `segment`.
+pub fn pci_bdf(segment: u16, slot: u8) -> String {
+    format!("{segment:04x}:00:{slot:02x}.0")
+}
+
+/// Hotplug goes through segment 0's ACPI slots: refuses `pci_segment` ≥ 1.
+pub(super) fn refuse_hotplug_segment(what: &str, segment: u16) -> Result<(), HotplugError> {
+    if segment == 0 {
+        return Ok(());
+    }
+    Err(HotplugError::NotOnSegment0(format!(
+        "{what}.pci_segment={segment}: chv hot-plugs devices on PCI segment 0 only (its ACPI \
+         hotplug slots are on segment 0's host bridge); cold-plug the device on segment \
+         {segment} instead (in the VM config, or before vm.boot)"
+    )))
+}
+
 impl DeviceManager {
     /// Whether a device uses `id`.
     fn has_id(&self, id: &str) -> bool {
@@ -698,7 +796,10 @@ impl DeviceManager {
 
     /// Plugs a virtio device into a free slot of the running guest: as a
     /// cold-plugged device (BAR, MSI-X irqfds, ioeventfds), then marks the
-    /// slot in `PCIU` and raises the GED so the guest scans it.
+    /// slot in `PCIU` and raises the GED so the guest scans it. Only
+    /// segment 0 has ACPI hotplug slots. A platform without ACPI hotplug has
+    /// no way to tell the guest: the device is plugged and the guest finds it
+    /// when it rescans the bus.
     pub fn hotplug_virtio(
         &mut self,
         id: String,
@@ -708,11 +809,21 @@ impl DeviceManager {
         if self.has_id(&id) {
             return Err(HotplugError::DuplicateId(id));
         }
-        let ged = self.ged()?;
-        let slot = self.add_virtio(id.clone(), device, block_counters)?;
+        let Some(ged) = self.ged.clone() else {
+            let slot = self.add_virtio(id.clone(), 0, device, block_counters)?;
+            let bdf = format!("0000:00:{slot:02x}.0");
+            log::info!(
+                "{id}: plugged at {bdf}; {} has no PCI hotplug notification, so the guest \
+                 finds it when it rescans the bus (echo 1 > /sys/bus/pci/rescan)",
+                arch::PLATFORM.name
+            );
+            return Ok(PciDeviceInfo { id, bdf });
+        };
+        let slot = self.add_virtio(id.clone(), 0, device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
-            eject_slot(&self.vm, &self.pci_bus, &self.by_slot, &self.devices, slot);
+            let seg = &self.segments[0];
+            eject_slot(&self.vm, &seg.bus, &seg.by_slot, &self.devices, slot);
             return Err(HotplugError::NoHotplugSlot(self.hotplug_slots));
         }
         self.hotplug
@@ -722,13 +833,14 @@ impl DeviceManager {
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         Ok(PciDeviceInfo {
             id,
-            bdf: format!("0000:00:{slot:02x}.0"),
+            bdf: pci_bdf(0, slot),
         })
     }
 
     /// Hot-adds `disk` (`vm.add-disk` on a running VM); gives it an id
     /// first when it has none, so the caller can record it in the config.
     pub fn hotplug_disk(&mut self, disk: &mut DiskConfig) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("disk", disk.pci_segment)?;
         let id = match &disk.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
@@ -744,6 +856,7 @@ impl DeviceManager {
     /// tap on this (VMM) thread; gives it an id (`_net<N>`) first when it
     /// has none, so the caller can record it in the config.
     pub fn hotplug_net(&mut self, net: &mut NetConfig) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("net", net.pci_segment)?;
         let id = match &net.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
@@ -763,6 +876,7 @@ impl DeviceManager {
         &mut self,
         vsock: &mut VsockConfig,
     ) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("vsock", vsock.pci_segment)?;
         if self.vsock_plugged {
             return Err(HotplugError::VsockExists);
         }
@@ -796,6 +910,12 @@ impl DeviceManager {
             // eject may not do; console and rng are not hotplugged.
             if !dev.removable {
                 return Err(HotplugError::NotRemovable(id.to_string()));
+            }
+            if dev.segment != 0 {
+                return Err(HotplugError::NotOnSegment0(format!(
+                    "{id}: on PCI segment {} (pci_segment): chv unplugs devices on segment 0 only",
+                    dev.segment
+                )));
             }
             dev.slot
         };
@@ -833,6 +953,11 @@ impl DeviceManager {
             .ok_or_else(|| HotplugError::Unsupported(arch::PLATFORM.unsupported("PCI hotplug")))
     }
 
+    /// The root bus of PCI segment `segment`.
+    fn segment_bus(&self, segment: u16) -> Option<&Arc<Mutex<PciBus>>> {
+        self.segments.get(usize::from(segment)).map(|s| &s.bus)
+    }
+
     /// Ids and slots of the devices on the bus, in the order they were added.
     pub fn device_slots(&self) -> Vec<(String, u8)> {
         lock(&self.devices)
@@ -849,6 +974,11 @@ mod tests {
     #[test]
     fn hotplug_slots_cover_cold_devices_plus_spares() {
         let mut config = VmConfig::default();
+        if arch::PLATFORM.acpi_hotplug.is_none() {
+            // No ACPI slot devices to describe on this platform.
+            assert_eq!(hotplug_slots_for(&config), 0);
+            return;
+        }
         config.console.mode = ConsoleOutputMode::Off;
         assert_eq!(hotplug_slots_for(&config), HOTPLUG_SPARE_SLOTS);
         config.console.mode = ConsoleOutputMode::Tty;
@@ -856,5 +986,12 @@ mod tests {
         assert_eq!(hotplug_slots_for(&config), 4 + HOTPLUG_SPARE_SLOTS);
         config.disks = Some(vec![DiskConfig::default(); 40]);
         assert_eq!(hotplug_slots_for(&config), 31, "bus 0 has 31 slots");
+        // Devices on segment 1 take no slot of segment 0.
+        let on1 = DiskConfig {
+            pci_segment: 1,
+            ..DiskConfig::default()
+        };
+        config.disks = Some(vec![on1; 3]);
+        assert_eq!(hotplug_slots_for(&config), 1 + HOTPLUG_SPARE_SLOTS);
     }
 }

@@ -122,7 +122,6 @@ pub fn worker_thread_rules() -> ThreadRules {
             libc::SYS_recvmsg,
             libc::SYS_setsockopt,
             libc::SYS_pipe2,
-            libc::SYS_poll,
             libc::SYS_ppoll,
         ],
     )

@@ -207,7 +207,7 @@ impl Vm {
 
         // Payload (a restored VM has it in its memory already).
         let kernel = match &source {
-            VmSource::Boot => Some(load_payload(config, &memory, num_vcpus)?),
+            VmSource::Boot => Some(load_payload(config, &memory, &machine, num_vcpus)?),
             VmSource::Restore { .. } => None,
         };
 
@@ -312,6 +312,7 @@ impl Vm {
             &io_bus,
             mmio_bus.clone(),
             worker_setup,
+            &crate::device_manager::pci_segment_layouts(config)?,
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
@@ -566,9 +567,12 @@ impl Drop for Vm {
 fn load_payload(
     config: &VmConfig,
     memory: &GuestMemoryMmap,
+    machine: &arch::Machine,
     num_vcpus: u8,
 ) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
+    let identity = config.platform.clone().unwrap_or_default().identity();
+    let pci_segments = crate::device_manager::pci_segment_layouts(config)?;
     let kernel_path = payload
         .kernel
         .as_ref()
@@ -580,6 +584,7 @@ fn load_payload(
     };
     arch::load_payload(
         memory,
+        machine,
         arch::Payload {
             kernel: &mut kernel_file,
             initramfs: initramfs_file.as_mut(),
@@ -588,6 +593,8 @@ fn load_payload(
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
+            pci_segments: &pci_segments,
+            identity: &identity,
         },
     )
     .map_err(|e| match e {

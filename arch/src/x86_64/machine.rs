@@ -52,6 +52,7 @@ pub const PLATFORM: Platform = Platform {
             layout::PCI_MMIO64_START,
             layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
         ),
+        max_segments: layout::PCI_MAX_SEGMENTS,
     },
     devices: &[
         pio(
@@ -84,6 +85,8 @@ pub const PLATFORM: Platform = Platform {
         last_hotplug_slot: LAST_HOTPLUG_SLOT,
     }),
     first_msi_gsi: IOAPIC_PINS,
+    msi_device_id: false,
+    smbios: true,
 };
 
 /// KVM's default legacy routes (PIC pins 0-15, IOAPIC pins 0-23, GSI n to
@@ -262,10 +265,11 @@ pub fn internal_error_hint() -> Option<String> {
 }
 
 /// Loads the kernel (ELF vmlinux or bzImage) and initramfs, writes the
-/// ACPI tables, the MP table and the boot parameters of the kernel's entry
+/// ACPI tables, the MP table, the SMBIOS tables and the boot parameters of the kernel's entry
 /// protocol; returns where the kernel starts.
 pub fn load_payload(
     memory: &GuestMemoryMmap,
+    _machine: &Machine,
     payload: Payload<'_>,
 ) -> Result<BootEntry, PayloadError> {
     let kernel = super::boot::load_kernel(memory, payload.kernel)
@@ -282,6 +286,7 @@ pub fn load_payload(
         payload.boot_vcpus,
         payload.max_vcpus,
         payload.hotplug_slots,
+        payload.pci_segments,
     )
     .map_err(|e| PayloadError::Firmware(format!("ACPI tables: {e}")))?;
     super::mptable::setup_mptable(
@@ -290,6 +295,8 @@ pub fn load_payload(
         super::acpi::ioapic_id(payload.max_vcpus),
     )
     .map_err(|e| PayloadError::Firmware(e.to_string()))?;
+    super::smbios::setup_smbios(memory, payload.identity)
+        .map_err(|e| PayloadError::Firmware(e.to_string()))?;
     super::boot::configure_system(
         memory,
         &kernel,

@@ -186,7 +186,7 @@ pub(super) fn reject_iommu_on(item: &OptionItem) -> Result<(), OptionError> {
 }
 
 /// Keys accepted by `--rng`, for error messages.
-const RNG_KEYS: &str = "src or iommu=off";
+const RNG_KEYS: &str = "src, pci_segment or iommu=off";
 
 /// Parses `--rng src=PATH[,iommu=off]`; `src` defaults to `/dev/urandom`.
 pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
@@ -194,6 +194,7 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
     for item in split_options(value)? {
         match item.key.as_str() {
             "src" => rng.src = PathBuf::from(item.non_empty_value()?),
+            "pci_segment" => rng.pci_segment = pci_segment(&item)?,
             "iommu" => reject_iommu_on(&item)?,
             _ => {
                 return Err(OptionError::UnknownKey {
@@ -208,16 +209,10 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
 
 /// Keys accepted by `--net`, for error messages.
 const NET_KEYS: &str = "tap, fd, mac, ip, mask, mtu, num_queues, queue_size, id, offload_tso, \
-                        offload_csum, offload_ufo, bw_*/ops_* limits or iommu=off";
+                        offload_csum, offload_ufo, pci_segment, bw_*/ops_* limits or iommu=off";
 
 /// `--net` keys Cloud Hypervisor knows that chv does not implement.
-const NET_UNSUPPORTED: [&str; 5] = [
-    "vhost_user",
-    "socket",
-    "vhost_mode",
-    "host_mac",
-    "pci_segment",
-];
+const NET_UNSUPPORTED: [&str; 4] = ["vhost_user", "socket", "vhost_mode", "host_mac"];
 
 /// Parses one `--net` value, e.g. `tap=tap0,mac=12:34:56:78:9a:bc`.
 ///
@@ -245,6 +240,7 @@ pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
             }
             "queue_size" => net.queue_size = net_queue_size(&item)?,
             "id" => net.id = Some(device_id(&item)?),
+            "pci_segment" => net.pci_segment = pci_segment(&item)?,
             "offload_tso" => net.offload_tso = parse_toggle(&item.key, item.value()?)?,
             "offload_csum" => net.offload_csum = parse_toggle(&item.key, item.value()?)?,
             "offload_ufo" => net.offload_ufo = parse_toggle(&item.key, item.value()?)?,
@@ -371,7 +367,7 @@ fn net_queue_size(item: &OptionItem) -> Result<u16, OptionError> {
 }
 
 /// Keys accepted by `--vsock`, for error messages.
-const VSOCK_KEYS: &str = "cid, socket, id or iommu=off";
+const VSOCK_KEYS: &str = "cid, socket, id, pci_segment or iommu=off";
 
 /// Parses `--vsock cid=N,socket=PATH[,id=X]` (Cloud Hypervisor syntax).
 ///
@@ -381,13 +377,14 @@ pub(super) fn parse_vsock(value: &str) -> Result<VsockConfig, OptionError> {
     let mut cid = None;
     let mut socket = None;
     let mut id = None;
+    let mut segment = 0;
     for item in split_options(value)? {
         match item.key.as_str() {
             "cid" => cid = Some(vsock_cid(&item)?),
             "socket" => socket = Some(vsock_socket(&item)?),
             "id" => id = Some(device_id(&item)?),
             "iommu" => reject_iommu_on(&item)?,
-            "pci_segment" => return Err(OptionError::Unsupported(item.key)),
+            "pci_segment" => segment = pci_segment(&item)?,
             _ => {
                 return Err(OptionError::UnknownKey {
                     key: item.key,
@@ -401,7 +398,7 @@ pub(super) fn parse_vsock(value: &str) -> Result<VsockConfig, OptionError> {
         socket: socket.ok_or(OptionError::Missing("socket (socket=...)"))?,
         iommu: false,
         id,
-        pci_segment: 0,
+        pci_segment: segment,
         pci_device_id: None,
     })
 }

@@ -718,7 +718,7 @@ fn rng_accepted_and_rejected() {
     );
     assert_eq!(
         error(&["--rng", "size=4"]),
-        "--rng: unknown option 'size' (expected src or iommu=off)"
+        "--rng: unknown option 'size' (expected src, pci_segment or iommu=off)"
     );
     assert!(matches!(
         with_kernel(&["--rng", "src=/a", "--rng", "src=/b"]),
@@ -848,13 +848,11 @@ fn net_rejected() {
         assert_eq!(error(&["--net", value]), format!("--net: {message}"), "{value}");
     }
     assert!(error(&["--net", "colour=red"]).starts_with("--net: unknown option 'colour'"));
-    for key in [
-        "vhost_user",
-        "socket",
-        "vhost_mode",
-        "host_mac",
-        "pci_segment",
-    ] {
+    assert_eq!(
+        error(&["--net", "tap=a,pci_segment=1"]),
+        "--net: net[0].pci_segment=1: the VM has 1 PCI segment(s) (platform.num_pci_segments)"
+    );
+    for key in ["vhost_user", "socket", "vhost_mode", "host_mac"] {
         assert_eq!(
             error(&["--net", &format!("tap=a,{key}=1")]),
             format!("--net: '{key}' is not supported by chv")
@@ -968,7 +966,7 @@ fn vsock_accepted_and_rejected() {
     );
     assert_eq!(
         bad("cid=3,socket=/tmp/v,pci_segment=1"),
-        "--vsock: 'pci_segment' is not supported by chv"
+        "--vsock: vsock.pci_segment=1: the VM has 1 PCI segment(s) (platform.num_pci_segments)"
     );
     assert!(bad("cid=3,socket=/tmp/v,id=__x").contains("reserved"));
     assert!(bad("cid=3,socket=/tmp/v,foo=1").starts_with("--vsock: unknown option 'foo'"));
@@ -1036,6 +1034,33 @@ fn restore_options() {
         .expect_err("both")
         .to_string();
     assert!(e.contains("--kernel"), "{e}");
+}
+
+#[test]
+fn platform_segments_and_device_pci_segment() {
+    let vm = vm(&[
+        "--platform",
+        "num_pci_segments=2,serial_number=s1,oem_strings=[a,b]",
+        "--disk",
+        "path=/d,pci_segment=1",
+        "--net",
+        "tap=t0,pci_segment=1",
+        "--rng",
+        "pci_segment=1",
+        "--vsock",
+        "cid=3,socket=/tmp/v,pci_segment=1",
+    ]);
+    let platform = vm.platform.as_ref().unwrap();
+    assert_eq!(platform.num_pci_segments, 2);
+    assert_eq!(platform.serial(), Some("s1"));
+    assert_eq!(vm.disks.unwrap()[0].pci_segment, 1);
+    assert_eq!(vm.net.unwrap()[0].pci_segment, 1);
+    assert_eq!(vm.rng.unwrap().pci_segment, 1);
+    assert_eq!(vm.vsock.unwrap().pci_segment, 1);
+    assert_eq!(
+        error(&["--platform", "num_pci_segments=97"]),
+        "--platform: platform.num_pci_segments=97: must be between 1 and 96"
+    );
 }
 
 /// The VM `args` (after a kernel) describe, or the one-line error.
@@ -1118,7 +1143,7 @@ fn fs_pmem_and_vhost_user_disk_errors_name_the_option() {
                 "--fs",
                 "tag=a,socket=/s,pci_segment=1",
             ],
-            "--fs: fs[0].pci_segment=1: not supported by chv",
+            "--fs: fs[0].pci_segment=1: the VM has 1 PCI segment(s)",
         ),
         (
             &[

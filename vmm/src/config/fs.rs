@@ -81,23 +81,17 @@ impl FsConfig {
             ));
         }
         refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
-        refuse_placement(&field, self.pci_segment, self.pci_device_id)?;
+        refuse_placement(&field, self.pci_device_id)?;
         check_id(&field, self.id.as_deref())
     }
 }
 
-/// Refuses a PCI placement chv does not honour for the devices added in
-/// slot order on segment 0.
+/// Refuses a PCI placement chv does not honour (the segment is checked
+/// against `platform.num_pci_segments` with the whole config).
 pub(crate) fn refuse_placement(
     field: &dyn Fn(&str) -> String,
-    pci_segment: u16,
     pci_device_id: Option<u8>,
 ) -> Result<(), ConfigError> {
-    refuse_if(
-        pci_segment != 0,
-        field(&format!("pci_segment={pci_segment}")),
-        "virtio-fs and pmem devices sit on PCI segment 0 until chv has multi-segment support",
-    )?;
     refuse_if(
         pci_device_id.is_some(),
         field("pci_device_id"),

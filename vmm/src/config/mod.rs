@@ -229,6 +229,12 @@ impl VmConfig {
         for (i, n) in self.net.iter().flatten().enumerate() {
             check(format!("net[{i}]"), n.pci_segment)?;
         }
+        for (i, f) in self.fs.iter().flatten().enumerate() {
+            check(format!("fs[{i}]"), f.pci_segment)?;
+        }
+        for (i, p) in self.pmem.iter().flatten().enumerate() {
+            check(format!("pmem[{i}]"), p.pci_segment)?;
+        }
         if let Some(r) = &self.rng {
             check("rng".into(), r.pci_segment)?;
         }
@@ -238,11 +244,17 @@ impl VmConfig {
         check("console".into(), self.console.pci_segment)?;
         for (i, p) in self.pci_segments.iter().flatten().enumerate() {
             check(format!("pci_segments[{i}]"), p.pci_segment)?;
-            refuse_if(
-                p.mmio32_aperture_weight != 1 || p.mmio64_aperture_weight != 1,
-                format!("pci_segments[{i}].mmio*_aperture_weight"),
-                "every segment gets an equal share of the MMIO windows",
-            )?;
+            for (name, w) in [
+                ("mmio32_aperture_weight", p.mmio32_aperture_weight),
+                ("mmio64_aperture_weight", p.mmio64_aperture_weight),
+            ] {
+                if w == 0 {
+                    return Err(invalid(
+                        format!("pci_segments[{i}].{name}=0"),
+                        "a segment's share of the MMIO windows must be at least 1",
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -52,7 +52,7 @@ impl PmemConfig {
             }
         }
         refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
-        refuse_placement(&field, self.pci_segment, self.pci_device_id)?;
+        refuse_placement(&field, self.pci_device_id)?;
         check_id(&field, self.id.as_deref())
     }
 }

@@ -129,11 +129,11 @@ impl DeviceManager {
             ));
         }
         for saved in &snapshot.pci {
-            let device = {
+            let (device, segment) = {
                 let devs = lock(&self.devices);
                 let found = devs.iter().find(|d| d.id == saved.id);
                 match found {
-                    Some(d) if d.slot == saved.slot => d.device.clone(),
+                    Some(d) if d.slot == saved.slot => (d.device.clone(), d.segment),
                     Some(d) => {
                         return Err(format!(
                             "{}: rebuilt in slot {} but saved in slot {}",
@@ -147,7 +147,10 @@ impl DeviceManager {
             if let (Some(to), true) = (saved.bar0, saved.bar0 != current) {
                 // Through the bus, as a guest write would: that moves the
                 // MMIO mapping and the ioeventfds with it.
-                let mut bus = lock(&self.pci_bus);
+                let Some(bus) = self.segment_bus(segment) else {
+                    return Err(format!("{}: no PCI segment {segment}", saved.id));
+                };
+                let mut bus = lock(bus);
                 bus.config_write(0, saved.slot, 0, BAR0_LOW, &(to as u32).to_le_bytes());
                 bus.config_write(
                     0,

@@ -82,6 +82,8 @@ fn check_same_machine(saved: &VmConfig, edited: &VmConfig) -> Result<(), Snapsho
         "/memory/hotplug_size",
         "/memory/hotplugged_size",
         "/platform/num_pci_segments",
+        "/pci_segments",
+        "/console/pci_segment",
         "/serial/mode",
         "/console/mode",
         "/iommu",
