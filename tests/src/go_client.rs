@@ -71,9 +71,9 @@ impl GoClient {
         req.push_str("Accept-Encoding: gzip\r\n\r\n");
         req.push_str(body);
         let stream = self.reader.get_ref();
-        let sent = stream.send_with_fds(&[req.as_bytes()], fds).map_err(|e| {
-            std::io::Error::other(format!("sendmsg: {e}"))
-        })?;
+        let sent = stream
+            .send_with_fds(&[req.as_bytes()], fds)
+            .map_err(|e| std::io::Error::other(format!("sendmsg: {e}")))?;
         if sent != req.len() {
             // The socket took part of it: send the rest plainly.
             use std::io::Write;

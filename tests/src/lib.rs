@@ -17,8 +17,8 @@
 //!   (without it, a missing kit fails those tests).
 
 pub mod api_client;
-pub mod go_client;
 pub mod base_snapshot;
+pub mod go_client;
 pub mod netns;
 
 use std::io::Read;

@@ -154,7 +154,10 @@ fn guest(chv: &mut Chv, cmd: &str, marker: &str) {
     let n = STEP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     chv.send_line(&format!("{cmd}; echo CHK-STEP-$(({n}+1000))"));
     chv.expect(&format!("CHK-STEP-{}", n + 1000), ABORT, STEP_TIMEOUT);
-    chv.check(chv.stdout().contains(marker), &format!("no {marker} from the guest"));
+    chv.check(
+        chv.stdout().contains(marker),
+        &format!("no {marker} from the guest"),
+    );
 }
 
 /// The value printed after `key:` on the console.
@@ -197,14 +200,24 @@ fn kata_driven_lifecycle() {
     let body = kata_create_body(&kit.kernel, &kit.initramfs, &fs_a, &vsock_a);
     let r = call(&chv, &mut api, "PUT", "vm.create", Some(&body), &[]);
     expect_status(&chv, &r, &[204], "vm.create (Kata body)");
-    chv.check(vm_state(&chv, &mut api) == "Created", "state after vm.create");
+    chv.check(
+        vm_state(&chv, &mut api) == "Created",
+        "state after vm.create",
+    );
 
     // 2. Cold add-net with the tap fd in the same sendmsg, then boot.
     let tap = ns.run(|| open_tap(TAP));
     let net = format!(
         r#"{{"iommu":false,"ip":"192.168.249.1","mac":"{MAC}","mask":"255.255.255.0","num_queues":2,"queue_size":256,"vhost_mode":"Client","vhost_user":false}}"#
     );
-    let r = call(&chv, &mut api, "PUT", "vm.add-net", Some(&net), &[tap.as_raw_fd()]);
+    let r = call(
+        &chv,
+        &mut api,
+        "PUT",
+        "vm.add-net",
+        Some(&net),
+        &[tap.as_raw_fd()],
+    );
     expect_status(&chv, &r, &[204], "cold vm.add-net");
     chv.check(r.body.is_empty(), "204 with a body");
     let r = call(&chv, &mut api, "PUT", "vm.boot", None, &[]);
@@ -299,7 +312,10 @@ fn kata_driven_lifecycle() {
     let r = call(&chv, &mut api, "PUT", "vm.snapshot", Some(&url), &[]);
     expect_status(&chv, &r, &[204], "vm.snapshot");
     for file in ["config.json", "state.json"] {
-        chv.check(snap.join(file).is_file(), &format!("snapshot has no {file}"));
+        chv.check(
+            snap.join(file).is_file(),
+            &format!("snapshot has no {file}"),
+        );
     }
     let fs_b = scratch.path("fs-b.sock");
     let vsock_b = scratch.path("vsock-b.sock");
@@ -309,7 +325,10 @@ fn kata_driven_lifecycle() {
     config["fs"][0]["socket"] = fs_b.display().to_string().into();
     config["vsock"]["socket"] = vsock_b.display().to_string().into();
     std::fs::write(&config_path, config.to_string()).unwrap();
-    let net_id = config["net"][0]["id"].as_str().unwrap_or("_net0").to_string();
+    let net_id = config["net"][0]["id"]
+        .as_str()
+        .unwrap_or("_net0")
+        .to_string();
     let r = call(&chv, &mut api, "PUT", "vmm.shutdown", None, &[]);
     expect_status(&chv, &r, &[200, 204], "vmm.shutdown");
     let st = chv.expect_exit(Duration::from_secs(10));
@@ -324,17 +343,26 @@ fn kata_driven_lifecycle() {
     while !api_b.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let mut api =
-        GoClient::connect(&api_b).unwrap_or_else(|e| chv.fail(&format!("connect: {e}")));
+    let mut api = GoClient::connect(&api_b).unwrap_or_else(|e| chv.fail(&format!("connect: {e}")));
     let restore = format!(
         r#"{{"source_url":"file://{}","net_fds":[{{"id":"{net_id}","num_fds":1}}]}}"#,
         snap.display()
     );
-    let r = call(&chv, &mut api, "PUT", "vm.restore", Some(&restore), &[tap.as_raw_fd()]);
+    let r = call(
+        &chv,
+        &mut api,
+        "PUT",
+        "vm.restore",
+        Some(&restore),
+        &[tap.as_raw_fd()],
+    );
     expect_status(&chv, &r, &[204], "vm.restore");
     let r = call(&chv, &mut api, "PUT", "vm.resume", None, &[]);
     expect_status(&chv, &r, &[204], "vm.resume");
-    chv.check(vsock_b.exists(), "the edited vsock socket path is not served");
+    chv.check(
+        vsock_b.exists(),
+        "the edited vsock socket path is not served",
+    );
     guest(
         &mut chv,
         "echo CHK-AFTER:$(cat /mnt/hello):$(cat /sys/devices/system/cpu/online)",

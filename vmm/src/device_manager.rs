@@ -119,8 +119,18 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
             * on0(config.console.pci_segment)
         + config.rng.as_ref().map_or(0, |r| on0(r.pci_segment))
         + config.vsock.as_ref().map_or(0, |v| on0(v.pci_segment))
-        + config.fs.iter().flatten().map(|f| on0(f.pci_segment)).sum::<usize>()
-        + config.pmem.iter().flatten().map(|p| on0(p.pci_segment)).sum::<usize>();
+        + config
+            .fs
+            .iter()
+            .flatten()
+            .map(|f| on0(f.pci_segment))
+            .sum::<usize>()
+        + config
+            .pmem
+            .iter()
+            .flatten()
+            .map(|p| on0(p.pci_segment))
+            .sum::<usize>();
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
     u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }

@@ -41,6 +41,22 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::DEVICE_STATE
+        | VhostUserProtocolFeatures::STATUS
+}
+
+/// `VHOST_USER_SET_STATUS` (the `vhost` crate's frontend does not send it).
+const SET_STATUS: u32 = 39;
+/// Header flags: protocol version 1, and "needs a reply".
+const HDR_VERSION: u32 = 0x1;
+const HDR_NEED_REPLY: u32 = 0x8;
+const HDR_REPLY: u32 = 0x4;
+
+/// Virtio device status bits the frontend reports with `SET_STATUS`.
+pub mod status {
+    /// ACKNOWLEDGE | DRIVER | FEATURES_OK: features are settled.
+    pub const FEATURES_OK: u8 = 0x1 | 0x2 | 0x8;
+    /// ... and DRIVER_OK: the vrings are live.
+    pub const DRIVER_OK: u8 = FEATURES_OK | 0x4;
 }
 
 /// Where a vring lives and how it is signalled, for [`VhostUserConnection::start_vring`].
@@ -284,6 +300,19 @@ impl VhostUserConnection {
         })
     }
 
+    /// Reports the device status to a backend that negotiated
+    /// `VHOST_USER_PROTOCOL_F_STATUS` (a no-op otherwise): FEATURES_OK
+    /// after the features, DRIVER_OK once the vrings run, 0 when stopped.
+    pub fn set_status(&mut self, status: u8) -> Result<(), VhostUserError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::STATUS) {
+            return Ok(());
+        }
+        let need_reply = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        self.call("SET_STATUS", |f| {
+            send_set_status(f.as_raw_fd(), status, need_reply)
+        })
+    }
+
     /// Whether the backend can hand over its internal state.
     pub fn supports_device_state(&self) -> bool {
         self.protocol
@@ -312,6 +341,42 @@ impl VhostUserConnection {
     pub fn check_device_state(&mut self) -> Result<(), VhostUserError> {
         self.call("CHECK_DEVICE_STATE", |f| f.check_device_state())
     }
+}
+
+/// Sends `SET_STATUS` on the raw socket and, if asked for, checks the
+/// backend's acknowledgement: a reply for another request, a short one or
+/// a non-zero code is an error.
+fn send_set_status(fd: std::os::fd::RawFd, status: u8, need_reply: bool) -> vhost::Result<()> {
+    use std::io::{Read, Write};
+    use std::mem::ManuallyDrop;
+    use std::os::fd::FromRawFd;
+    let proto = |e: vhost::vhost_user::Error| vhost::Error::VhostUserProtocol(e);
+    let io = |e: std::io::Error| proto(vhost::vhost_user::Error::SocketError(e));
+    // SAFETY: borrows the frontend's open socket for this exchange only;
+    // ManuallyDrop keeps it from being closed here.
+    let mut sock = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let flags = HDR_VERSION | if need_reply { HDR_NEED_REPLY } else { 0 };
+    let mut msg = Vec::with_capacity(20);
+    msg.extend_from_slice(&SET_STATUS.to_le_bytes());
+    msg.extend_from_slice(&flags.to_le_bytes());
+    msg.extend_from_slice(&8u32.to_le_bytes());
+    msg.extend_from_slice(&u64::from(status).to_le_bytes());
+    sock.write_all(&msg).map_err(io)?;
+    if !need_reply {
+        return Ok(());
+    }
+    let mut reply = [0u8; 20];
+    sock.read_exact(&mut reply).map_err(io)?;
+    let word = |i: usize| u32::from_le_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
+    if word(0) != SET_STATUS || word(4) & HDR_REPLY == 0 || word(8) != 8 {
+        return Err(proto(vhost::vhost_user::Error::InvalidMessage));
+    }
+    let mut code = [0u8; 8];
+    code.copy_from_slice(&reply[12..]);
+    if u64::from_le_bytes(code) != 0 {
+        return Err(proto(vhost::vhost_user::Error::BackendInternalError));
+    }
+    Ok(())
 }
 
 /// The memory table for `mem`: one entry per (file-backed) region.

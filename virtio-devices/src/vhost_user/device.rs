@@ -13,7 +13,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::connection::{VhostUserConnection, VringSetup};
+use super::connection::{status, VhostUserConnection, VringSetup};
 use super::relay::Relay;
 use super::VhostUserError;
 use crate::device::{
@@ -148,6 +148,7 @@ impl VhostUserDevice {
         }
         let guard = mem.memory();
         self.conn.set_features_and_memory(self.acked, &guard)?;
+        self.conn.set_status(status::FEATURES_OK)?;
         if let Some(state) = self.pending_backend_state.take() {
             super::state::load(&mut self.conn, &state)?;
         }
@@ -179,6 +180,7 @@ impl VhostUserDevice {
                 kick: aq.notify,
             });
         }
+        self.conn.set_status(status::DRIVER_OK)?;
         let relay = Relay {
             name: self.spec.name.clone(),
             interrupt,
@@ -228,6 +230,11 @@ impl VhostUserDevice {
                 index: v.index,
                 queue: v.queue,
             });
+        }
+        if first_err.is_none() && !paused.is_empty() {
+            if let Err(e) = self.conn.set_status(0) {
+                first_err = Some(e);
+            }
         }
         match first_err {
             Some(e) => Err(e),

@@ -321,16 +321,19 @@ fn activation_needs_shared_memory() {
 /// A vhost-user message as the fake backend reads it.
 struct Msg {
     code: u32,
+    flags: u32,
+    body: Vec<u8>,
 }
 
 fn read_msg(s: &mut UnixStream) -> Option<Msg> {
     let mut hdr = [0u8; 12];
     s.read_exact(&mut hdr).ok()?;
     let code = u32::from_le_bytes(hdr[..4].try_into().unwrap());
+    let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
     let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
     let mut body = vec![0u8; size.min(1 << 16)];
     s.read_exact(&mut body).ok()?;
-    Some(Msg { code })
+    Some(Msg { code, flags, body })
 }
 
 fn reply_u64(s: &mut UnixStream, code: u32, v: u64) {
@@ -448,18 +451,23 @@ fn minimal_backend(
     }
 }
 
+/// A virtio-fs model of `queues` rings of 64 offering VERSION_1 only.
+fn fake_fs_spec(queues: usize) -> VhostUserSpec {
+    VhostUserSpec {
+        name: "fake-fs".into(),
+        device_type: crate::fs::VIRTIO_ID_FS,
+        queue_sizes: vec![64; queues],
+        features: VERSION_1,
+        config: vec![],
+    }
+}
+
 fn fake_fs_device(
     backend: impl FnOnce(UnixStream) + Send + 'static,
 ) -> (VhostUserDevice, FuseDriver) {
     // Two queues without the MQ protocol feature (virtio-fs's fixed pair).
     let (r, _) = against_with(backend, 2);
-    let spec = VhostUserSpec {
-        name: "fake-fs".into(),
-        device_type: crate::fs::VIRTIO_ID_FS,
-        queue_sizes: vec![64, 64],
-        features: VERSION_1,
-        config: vec![],
-    };
+    let spec = fake_fs_spec(2);
     let mut dev = VhostUserDevice::new(spec, r.expect("minimal backend negotiates"));
     dev.ack_features(VERSION_1);
     let drv = activate(&mut dev);
@@ -506,13 +514,7 @@ fn pause_against_a_stalled_backend_fails_in_bounded_time() {
 #[test]
 fn vring_outside_guest_memory_is_refused() {
     let (r, _) = against(minimal_backend(|mut s| while read_msg(&mut s).is_some() {}));
-    let spec = VhostUserSpec {
-        name: "fake-fs".into(),
-        device_type: crate::fs::VIRTIO_ID_FS,
-        queue_sizes: vec![64],
-        features: VERSION_1,
-        config: vec![],
-    };
+    let spec = fake_fs_spec(1);
     let mut dev = VhostUserDevice::new(spec, r.unwrap());
     let vm = TestVm::shared();
     let (_q, mut aq) = vm.queues(1, 64);
@@ -521,4 +523,61 @@ fn vring_outside_guest_memory_is_refused() {
         .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
         .unwrap_err();
     assert!(err.to_string().contains("not inside guest memory"), "{err}");
+}
+
+const GET_PROTOCOL_FEATURES: u32 = 15;
+const SET_STATUS: u32 = 39;
+const NEED_REPLY: u32 = 0x8;
+
+/// A backend that offers protocol features `STATUS | REPLY_ACK`, answers
+/// every request, acks `SET_STATUS` with `status_ack` and reports each
+/// `SET_STATUS` value it gets.
+fn status_backend(
+    status_ack: u64,
+    seen: std::sync::mpsc::Sender<u64>,
+) -> impl FnOnce(UnixStream) + Send + 'static {
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+    move |mut s| {
+        while let Some(m) = read_msg(&mut s) {
+            match m.code {
+                GET_FEATURES => reply_u64(&mut s, m.code, VERSION_1 | (1 << 30)),
+                GET_PROTOCOL_FEATURES => {
+                    reply_u64(&mut s, m.code, (P::STATUS | P::REPLY_ACK).bits())
+                }
+                // VhostUserVringState: the index asked for, ring position 0.
+                GET_VRING_BASE => reply_u64(&mut s, m.code, u64::from(m.body[0])),
+                SET_STATUS => {
+                    let _ = seen.send(u64::from_le_bytes(m.body[..8].try_into().unwrap()));
+                    reply_u64(&mut s, m.code, status_ack);
+                }
+                _ if m.flags & NEED_REPLY != 0 => reply_u64(&mut s, m.code, 0),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn set_status_follows_the_device_where_the_backend_supports_it() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut dev, _drv) = fake_fs_device(status_backend(0, tx));
+    assert!(!dev.needs_reset());
+    // Activation: FEATURES_OK, then DRIVER_OK once the vrings run.
+    let got: Vec<u64> = rx.try_iter().collect();
+    assert_eq!(got, [0x0b, 0x0f]);
+    assert!(dev.reset());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)), Ok(0));
+
+    // A backend that refuses SET_STATUS fails the activation, naming it.
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let (r, _) = against_with(status_backend(1, tx), 2);
+    let spec = fake_fs_spec(2);
+    let mut dev = VhostUserDevice::new(spec, r.unwrap());
+    dev.ack_features(VERSION_1);
+    let vm = TestVm::shared();
+    let (_q, aq) = vm.queues(2, 64);
+    let err = dev
+        .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
+        .unwrap_err();
+    assert!(err.to_string().contains("SET_STATUS"), "{err}");
 }
