@@ -13,7 +13,11 @@
 //!   hot-removed (the guest ejects it); virtiofsd is killed and chv keeps
 //!   running and answering the API. A share without shared memory is
 //!   refused naming `memory.shared`.
-//! - `vhost_user_blk_writes_reach_the_qemu_storage_daemon_image`.
+//! - `vhost_user_blk_writes_reach_the_qemu_storage_daemon_image`: a
+//!   `conv=fsync` write is on the image; a snapshot is refused (400 naming
+//!   `VHOST_USER_PROTOCOL_F_DEVICE_STATE`); the daemon is killed and a new
+//!   one started on the same socket, chv reconnects by itself and the next
+//!   write lands too.
 //! - `pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file`.
 //! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`.
 //!
@@ -281,7 +285,7 @@ fn vhost_user_blk_writes_reach_the_qemu_storage_daemon_image() {
     let image = scratch.path("disk.raw");
     std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
     let sock = scratch.path("blk.sock");
-    let _qsd = qemu_storage_daemon(&image, &sock);
+    let mut qsd = qemu_storage_daemon(&image, &sock);
     let api = scratch.path("api.sock");
     let Some(mut chv) = restore_shared(&scratch, &api) else {
         return;
@@ -310,6 +314,43 @@ fn vhost_user_blk_writes_reach_the_qemu_storage_daemon_image() {
     chv.check(
         data.starts_with(b"VHOST-BLK-DATA\n"),
         "the guest's write is on the host image",
+    );
+
+    // qemu-storage-daemon cannot hand over its state: a snapshot is
+    // refused with a 4xx naming the missing protocol feature.
+    let (status, reply) = http(&api, "PUT", "vm.pause", None);
+    assert_eq!(status, 204, "vm.pause: {reply}");
+    let snap = scratch.path("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (status, reply) = put(&api, "vm.snapshot", &url);
+    chv.check(
+        status == 400 && reply.contains("VHOST_USER_PROTOCOL_F_DEVICE_STATE"),
+        &format!("vm.snapshot with vhost-user-blk: {status} {reply}"),
+    );
+    let (status, reply) = http(&api, "PUT", "vm.resume", None);
+    assert_eq!(status, 204, "vm.resume: {reply}\n{}", chv.dump());
+
+    // The daemon dies and a new one listens on the same socket: chv
+    // reconnects on its own and the guest's next write lands.
+    qsd.kill();
+    chv.check(
+        wait_log(&chv, "the backend disconnected"),
+        "chv logged the daemon's exit",
+    );
+    let _qsd2 = qemu_storage_daemon(&image, &sock);
+    chv.check(
+        wait_log(&chv, "vrings handed over"),
+        "chv reconnected to the new daemon",
+    );
+    chv.send_line(
+        "echo AFTER-RECONNECT | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; \
+         echo CHK-BLK-AGAIN",
+    );
+    chv.expect("CHK-BLK-AGAIN", ABORT, STEP);
+    let data = std::fs::read(&image).unwrap();
+    chv.check(
+        data[4096..].starts_with(b"AFTER-RECONNECT\n"),
+        "the write after the reconnect is on the host image",
     );
     let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"vblk"}"#);
     chv.check(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use log::info;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
-    VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -42,6 +42,15 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::DEVICE_STATE
         | VhostUserProtocolFeatures::STATUS
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+}
+
+/// The backend's shared record of requests in flight
+/// (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`): the frontend keeps the fd so
+/// a restarted backend can pick up what its predecessor had not finished.
+pub struct Inflight {
+    info: VhostUserInflight,
+    file: std::fs::File,
 }
 
 /// `VHOST_USER_SET_STATUS` (the `vhost` crate's frontend does not send it).
@@ -83,6 +92,7 @@ pub struct VringSetup<'a> {
 pub struct VhostUserConnection {
     frontend: Frontend,
     socket: PathBuf,
+    num_queues: usize,
     timeout: Duration,
     setup: Option<ThreadSetup>,
     backend_features: u64,
@@ -121,6 +131,7 @@ impl VhostUserConnection {
         let mut conn = VhostUserConnection {
             frontend: Frontend::from_stream(stream, num_queues as u64),
             socket: socket.to_path_buf(),
+            num_queues,
             timeout,
             setup,
             backend_features: 0,
@@ -190,6 +201,17 @@ impl VhostUserConnection {
                 VhostUserError::Request { op, source: e }
             }
         })
+    }
+
+    /// A new connection to the same socket with the same parameters (a
+    /// restarted backend).
+    pub fn reopen(&self) -> Result<Self, VhostUserError> {
+        Self::connect(
+            &self.socket,
+            self.num_queues,
+            self.timeout,
+            self.setup.clone(),
+        )
     }
 
     /// Socket path of the backend.
@@ -311,6 +333,40 @@ impl VhostUserConnection {
         self.call("SET_STATUS", |f| {
             send_set_status(f.as_raw_fd(), status, need_reply)
         })
+    }
+
+    /// Whether the backend keeps an in-flight record the frontend holds.
+    pub fn supports_inflight(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// Asks the backend for a fresh in-flight record for `num_queues`
+    /// rings of up to `queue_size` entries.
+    pub fn get_inflight(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<Inflight, VhostUserError> {
+        let ask = VhostUserInflight::new(0, 0, num_queues, queue_size);
+        let (info, file) = self.call("GET_INFLIGHT_FD", |f| f.get_inflight_fd(&ask))?;
+        if info.mmap_size == 0 {
+            return Err(VhostUserError::BadReply {
+                op: "GET_INFLIGHT_FD",
+                what: "an empty in-flight area".into(),
+            });
+        }
+        // The frontend never maps the area; it only hands it back.
+        Ok(Inflight {
+            info: VhostUserInflight::new(info.mmap_size, info.mmap_offset, num_queues, queue_size),
+            file,
+        })
+    }
+
+    /// Gives the backend the in-flight record (before the vrings start).
+    pub fn set_inflight(&mut self, inflight: &Inflight) -> Result<(), VhostUserError> {
+        let fd = inflight.file.as_raw_fd();
+        self.call("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&inflight.info, fd))
     }
 
     /// Whether the backend can hand over its internal state.
