@@ -19,7 +19,9 @@
 //!   one started on the same socket, chv reconnects by itself and the next
 //!   write lands too.
 //! - `pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file`.
-//! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`.
+//! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`:
+//!   then a live migration to another chv, whose virtiofsd gets the
+//!   state of the one before (vhost-user device-state transfer).
 //!
 //! Needs /dev/kvm, the guest kit, `virtiofsd` and `qemu-storage-daemon`
 //! (`.ci/run` installs them).
@@ -549,5 +551,63 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
             == Some("after\n"),
         "write after the restore reached the host",
     );
+
+    // Live migration to another chv with a third virtiofsd. The sent
+    // config names b.sock, so virtiofsd C's socket takes that name (B keeps
+    // its accepted connection); the receiver loads B's state into C.
+    let sock_c = scratch.path("c.sock");
+    let _fsd_c = virtiofsd(&share, &sock_c);
+    std::fs::rename(&sock_c, &sock_b).unwrap();
+    let api2 = scratch.path("api2.sock");
+    let mut chv2 = Chv::spawn_with_input(&["--api-socket".to_string(), api2.display().to_string()]);
+    let mig = scratch.path("mig.sock");
+    let receiver = {
+        let (api2, body) = (
+            api2.clone(),
+            format!(r#"{{"receiver_url":"unix:{}"}}"#, mig.display()),
+        );
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !api2.exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            put(&api2, "vm.receive-migration", &body)
+        })
+    };
+    let start = Instant::now();
+    while !mig.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "receiver not listening\n{}",
+            chv2.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = format!(r#"{{"destination_url":"unix:{}"}}"#, mig.display());
+    let (status, reply) = put(&api, "vm.send-migration", &body);
+    assert_eq!(status, 204, "vm.send-migration: {reply}\n{}", chv.dump());
+    let (status, reply) = receiver.join().expect("receiver thread");
+    assert_eq!(
+        status,
+        204,
+        "vm.receive-migration: {reply}\n{}",
+        chv2.dump()
+    );
+    chv2.send_line(
+        "echo CHK-MIG:$(cat /mnt/kept); echo moved > /mnt/written-migrated; echo CHK-MIG-END",
+    );
+    chv2.expect("CHK-MIG-END", ABORT, STEP);
+    chv2.check(
+        chv2.stdout().contains("CHK-MIG:line-before-snapshot"),
+        "read through virtiofsd C after the migration",
+    );
+    chv2.check(
+        std::fs::read_to_string(share.join("written-migrated"))
+            .ok()
+            .as_deref()
+            == Some("moved\n"),
+        "write after the migration reached the host",
+    );
     chv.assert_no_panic();
+    chv2.assert_no_panic();
 }
