@@ -98,7 +98,6 @@ fn kata_create_body(kernel: &Path, initramfs: &Path, fs_sock: &Path, vsock: &Pat
         "landlock_enable": false,
         "memory": {
             "hotplug_method": "Acpi",
-            "hotplug_size": 268435456u64,
             "hugepages": false,
             "mergeable": false,
             "prefault": false,
@@ -298,8 +297,9 @@ fn kata_driven_lifecycle() {
     }
     guest(
         &mut chv,
-        "i=0; while [ \"$(cat /sys/devices/system/cpu/online)\" != 0-2 ] && [ $i -lt 60 ]; do \
-         sleep 1; i=$((i+1)); done; echo CHK-ONLINE:$(cat /sys/devices/system/cpu/online)",
+        "c=/sys/devices/system/cpu; i=0; while [ ! -e $c/cpu2/online ] && [ $i -lt 60 ]; do \
+         sleep 1; i=$((i+1)); done; [ \"$(cat $c/cpu2/online)\" = 1 ] || echo 1 > $c/cpu2/online; \
+         echo CHK-ONLINE:$(cat $c/online)",
         "CHK-ONLINE:",
     );
     chv.check(value(&chv, "CHK-ONLINE") == "0-2", "hot-added vCPU online");
