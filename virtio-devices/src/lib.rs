@@ -4,9 +4,11 @@
 //! `transport` holds virtio-pci; `worker` the thread that serves a device's
 //! queues; each device has its own folder (`block`, `console`, `rng`).
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod discard;
 pub mod net;
 pub mod rate_limiter;
 pub mod rng;
