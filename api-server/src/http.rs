@@ -145,45 +145,18 @@ fn parse_content_length(value: &str) -> Option<usize> {
     value.parse().ok()
 }
 
-/// The reason phrase for a status code.
-pub(crate) fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        415 => "Unsupported Media Type",
-        417 => "Expectation Failed",
-        422 => "Unprocessable Content",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        507 => "Insufficient Storage",
-        _ => "Unknown",
-    }
-}
-
 /// The interim answer to `Expect: 100-continue`.
-pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 \r\n\r\n";
 
 /// Appends the serialized `resp` to `out`.
 ///
-/// A status outside 200..=599 becomes 500. 2xx bodies are sent as
-/// `application/json`, others as `text/plain`. 204 carries neither body nor
-/// `Content-Length`. `allow` adds an `Allow:` header (405), `close` a
-/// `Connection: close`.
+/// The status line is Cloud Hypervisor's: `HTTP/1.1 <code> ` with an empty
+/// reason phrase (valid HTTP/1.1). CH's own client takes everything between
+/// the version and the first `\r` as the code, so a reason phrase would
+/// break it. A status outside 200..=599 becomes 500. Bodies are JSON (an
+/// error's is an array of strings, outermost error first). 204 carries
+/// neither body nor `Content-Length`. `allow` adds an `Allow:` header (405),
+/// `close` a `Connection: close`.
 pub(crate) fn write_response(
     out: &mut Vec<u8>,
     resp: &ApiResponse,
@@ -200,15 +173,10 @@ pub(crate) fn write_response(
     } else {
         Some(resp.body.as_deref().unwrap_or(""))
     };
-    let mut head = format!("HTTP/1.1 {status} {}\r\nServer: chv\r\n", reason(status));
+    let mut head = format!("HTTP/1.1 {status} \r\nServer: chv\r\n");
     if let Some(body) = body {
         if !body.is_empty() {
-            let ctype = if (200..300).contains(&status) {
-                "application/json"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            head.push_str(&format!("Content-Type: {ctype}\r\n"));
+            head.push_str("Content-Type: application/json\r\n");
         }
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
@@ -374,21 +342,21 @@ mod tests {
         write_response(&mut out, &ApiResponse::ok_json("{}".into()), None, false);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\nServer: chv\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            b"HTTP/1.1 200 \r\nServer: chv\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
         );
 
         out.clear();
         write_response(&mut out, &ApiResponse::no_content(), None, true);
         assert_eq!(
             out,
-            b"HTTP/1.1 204 No Content\r\nServer: chv\r\nConnection: close\r\n\r\n"
+            b"HTTP/1.1 204 \r\nServer: chv\r\nConnection: close\r\n\r\n"
         );
 
         out.clear();
         write_response(&mut out, &ApiResponse::error(405, "no"), Some("GET"), false);
         assert_eq!(
             out,
-            b"HTTP/1.1 405 Method Not Allowed\r\nServer: chv\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 2\r\nAllow: GET\r\n\r\nno"
+            b"HTTP/1.1 405 \r\nServer: chv\r\nContent-Type: application/json\r\nContent-Length: 6\r\nAllow: GET\r\n\r\n[\"no\"]"
         );
 
         out.clear();
@@ -397,7 +365,7 @@ mod tests {
             body: None,
         };
         write_response(&mut out, &odd, None, false);
-        assert!(out.starts_with(b"HTTP/1.1 500 Internal Server Error\r\n"));
+        assert!(out.starts_with(b"HTTP/1.1 500 \r\n"));
         assert!(out.ends_with(b"Content-Length: 0\r\n\r\n"));
     }
 }

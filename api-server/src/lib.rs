@@ -32,6 +32,10 @@ pub struct ApiRequest {
     /// The raw request body (JSON for the endpoints that take one; may be
     /// empty). The VMM decodes and validates it.
     pub body: Vec<u8>,
+    /// File descriptors the client sent with the request (SCM_RIGHTS), in
+    /// order: tap fds for `vm.add-net` and `vm.restore`'s `net_fds`. The VMM
+    /// takes what it needs; the rest are closed when the request is dropped.
+    pub fds: Vec<std::os::fd::OwnedFd>,
     /// Where the VMM sends the answer. Exactly one answer is expected; if the
     /// sender is dropped unanswered the client gets 500.
     pub respond: Sender<ApiResponse>,
@@ -39,13 +43,15 @@ pub struct ApiRequest {
 
 /// The VMM's answer to an [`ApiRequest`].
 ///
-/// A 2xx body is sent as `application/json`, any other as `text/plain`; a 204
-/// never carries a body. A status outside 200..=599 is sent as 500.
+/// Every body is JSON: a 2xx body is the endpoint's answer, an error body
+/// is Cloud Hypervisor's error chain, a JSON array of strings with the
+/// outermost error first (`ch-remote` prints it that way). A 204 never
+/// carries a body. A status outside 200..=599 is sent as 500.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiResponse {
     /// The HTTP status code.
     pub status: u16,
-    /// JSON text (2xx) or a plain error message (4xx/5xx).
+    /// JSON text: the answer (2xx) or the error chain (4xx/5xx).
     pub body: Option<String>,
 }
 
@@ -66,12 +72,43 @@ impl ApiResponse {
         }
     }
 
-    /// An error status with a plain-text message.
+    /// An error status with a one-message error chain.
     pub fn error(status: u16, msg: impl Into<String>) -> Self {
+        Self::error_chain(status, &[msg.into()])
+    }
+
+    /// An error status with an error chain, outermost error first.
+    pub fn error_chain<S: AsRef<str>>(status: u16, chain: &[S]) -> Self {
+        let chain: Vec<&str> = chain.iter().map(AsRef::as_ref).collect();
+        // A list of strings always encodes.
+        let body = serde_json::to_string(&chain).unwrap_or_else(|_| "[]".to_string());
         ApiResponse {
             status,
-            body: Some(msg.into()),
+            body: Some(body),
         }
+    }
+
+    /// An error status whose chain is `err` followed by its sources.
+    pub fn from_error(status: u16, err: &dyn std::error::Error) -> Self {
+        let mut chain = vec![err.to_string()];
+        let mut source = err.source();
+        while let Some(e) = source {
+            chain.push(e.to_string());
+            source = e.source();
+        }
+        Self::error_chain(status, &chain)
+    }
+
+    /// The messages of an error response's chain (empty for a success or a
+    /// body that is not an error chain).
+    pub fn error_messages(&self) -> Vec<String> {
+        if (200..300).contains(&self.status) {
+            return Vec::new();
+        }
+        self.body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+            .unwrap_or_default()
     }
 }
 

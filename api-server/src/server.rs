@@ -3,8 +3,8 @@
 //! requests to the VMM one at a time.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::http::{self, Framed, Limits};
 use crate::{ApiError, ApiRequest, ApiResponse, Endpoint, Method};
@@ -25,6 +26,12 @@ const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// How often a paused listener (connection limit or accept error) is retried.
 const LISTENER_RETRY_MS: i32 = 100;
+/// Most file descriptors accepted with one `recvmsg` (SCM_RIGHTS); a client
+/// sending more in one message has its connection closed.
+const MAX_FDS_PER_READ: usize = 16;
+/// Most received descriptors a connection may hold for requests not yet
+/// framed (beyond: the connection is closed).
+const MAX_PENDING_FDS: usize = 64;
 
 /// Work run on the api thread before it serves anything (the VMM installs the
 /// thread's seccomp filter); an `Err` stops the server from starting.
@@ -150,6 +157,12 @@ struct Connection {
     token: u64,
     /// Received bytes not yet consumed as requests.
     input: Vec<u8>,
+    /// Descriptors received (SCM_RIGHTS) not yet handed to a request, each
+    /// with the offset in `input` just past the bytes read with it. Linux
+    /// ends a stream read at the message that carries descriptors, so they
+    /// came with the last byte of that read, and belong to the request that
+    /// holds that byte (clients send them with a request's first bytes).
+    fds: Vec<(usize, OwnedFd)>,
     /// Serialized responses; `output[written..]` is still to be sent.
     output: Vec<u8>,
     written: usize,
@@ -168,23 +181,56 @@ impl Connection {
         self.output.len() - self.written
     }
 
-    /// Reads what is available, up to `cap` buffered bytes.
+    /// Reads what is available, up to `cap` buffered bytes, with any file
+    /// descriptors sent along (SCM_RIGHTS, as CH's and Kata's clients pass
+    /// tap fds).
     fn fill(&mut self, cap: usize) -> io::Result<()> {
         let mut chunk = [0u8; READ_CHUNK];
         while self.input.len() < cap {
             let want = READ_CHUNK.min(cap - self.input.len());
-            match self.stream.read(&mut chunk[..want]) {
-                Ok(0) => {
-                    self.read_closed = true;
-                    break;
+            let mut iov = [libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: want,
+            }];
+            let mut raw: [RawFd; MAX_FDS_PER_READ] = [-1; MAX_FDS_PER_READ];
+            // SAFETY: the iovec points at `chunk`, valid for `want` bytes
+            // for the whole call and written only by the kernel.
+            let got = unsafe { self.stream.recv_with_fds(&mut iov, &mut raw) };
+            match got {
+                Ok((n, nfds)) => {
+                    let at = self.input.len() + n;
+                    for &fd in &raw[..nfds] {
+                        // SAFETY: the kernel just installed `fd` in this
+                        // process for us; nothing else owns it.
+                        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                        self.fds.push((at, fd));
+                    }
+                    if self.fds.len() > MAX_PENDING_FDS {
+                        return Err(io::Error::other("too many file descriptors sent"));
+                    }
+                    if n == 0 {
+                        // End of stream (a stream socket cannot carry
+                        // descriptors without data).
+                        self.read_closed = true;
+                        break;
+                    }
+                    self.input.extend_from_slice(&chunk[..n]);
                 }
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.errno() == libc::EAGAIN => break,
+                Err(e) if e.errno() == libc::EINTR => continue,
+                Err(e) => return Err(io::Error::from_raw_os_error(e.errno())),
             }
         }
         Ok(())
+    }
+
+    /// Removes the first `len` input bytes (one framed request) and returns
+    /// the descriptors that arrived with them.
+    fn consume(&mut self, len: usize) -> Vec<OwnedFd> {
+        self.input.drain(..len);
+        let (mine, rest): (Vec<_>, Vec<_>) = self.fds.drain(..).partition(|(at, _)| *at <= len);
+        self.fds = rest.into_iter().map(|(at, fd)| (at - len, fd)).collect();
+        mine.into_iter().map(|(_, fd)| fd).collect()
     }
 
     /// Sends as much pending output as the socket takes.
@@ -352,6 +398,7 @@ impl Server {
                 stream,
                 token,
                 input: Vec::new(),
+                fds: Vec::new(),
                 output: Vec::new(),
                 written: 0,
                 read_closed: false,
@@ -442,12 +489,14 @@ impl Server {
                 Framed::Reject { status, message } => {
                     log::debug!("API request refused: {status} {message}");
                     conn.input.clear();
+                    conn.fds.clear();
                     conn.respond(&ApiResponse::error(status, message), None, true);
                 }
                 Framed::Request { request, len } => {
-                    conn.input.drain(..len);
+                    let fds = conn.consume(len);
                     conn.continue_sent = false;
-                    let (resp, allow) = self.dispatch(&request.method, &request.path, request.body);
+                    let (resp, allow) =
+                        self.dispatch(&request.method, &request.path, request.body, fds);
                     conn.respond(&resp, allow, request.close || self.vmm_gone);
                     // Send now: later pipelined requests may wait on the VMM.
                     conn.flush()?;
@@ -464,6 +513,7 @@ impl Server {
         method: &str,
         path: &str,
         body: Vec<u8>,
+        fds: Vec<OwnedFd>,
     ) -> (ApiResponse, Option<&'static str>) {
         let Some(endpoint) = Endpoint::from_path(path) else {
             log::debug!("API {method} {path}: unknown endpoint");
@@ -494,15 +544,16 @@ impl Server {
                 return (ApiResponse::ok_json(body.clone()), None);
             }
         }
-        (self.ask_vmm(endpoint, body), None)
+        (self.ask_vmm(endpoint, body, fds), None)
     }
 
     /// Sends a request to the VMM and waits for its answer.
-    fn ask_vmm(&mut self, endpoint: Endpoint, body: Vec<u8>) -> ApiResponse {
+    fn ask_vmm(&mut self, endpoint: Endpoint, body: Vec<u8>, fds: Vec<OwnedFd>) -> ApiResponse {
         let (respond, answer) = mpsc::channel();
         let request = ApiRequest {
             endpoint,
             body,
+            fds,
             respond,
         };
         if self.tx.send(request).is_err() {

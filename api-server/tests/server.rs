@@ -214,8 +214,11 @@ fn keep_alive_several_requests() {
     assert_eq!(r.status, 204);
     assert_eq!(r.header("Content-Length"), None);
     let r = c.request(&put("/api/v1/vm.pause", ""));
-    assert_eq!((r.status, r.body.as_str()), (409, "VM is not running"));
-    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (409, r#"["VM is not running"]"#)
+    );
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
     let r = c.request(b"GET /api/v1/vmm.ping HTTP/1.1\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("Connection"), Some("close"));

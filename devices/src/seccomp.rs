@@ -82,6 +82,23 @@ pub enum Args {
     OneOf(Vec<Vec<ArgEq>>),
 }
 
+/// System calls of x86_64 that aarch64 (the asm-generic table) lacks, each
+/// with the generic call that replaces it: allowing the generic call allows
+/// the older form too, so one list serves every architecture.
+#[cfg(target_arch = "x86_64")]
+pub const LEGACY_FORMS: &[(libc::c_long, libc::c_long)] = &[
+    (libc::SYS_epoll_pwait, libc::SYS_epoll_wait),
+    (libc::SYS_ppoll, libc::SYS_poll),
+    (libc::SYS_renameat, libc::SYS_rename),
+    (libc::SYS_mkdirat, libc::SYS_mkdir),
+    (libc::SYS_unlinkat, libc::SYS_unlink),
+];
+
+/// System calls of x86_64 that this architecture lacks (none: it only has
+/// the generic forms).
+#[cfg(not(target_arch = "x86_64"))]
+pub const LEGACY_FORMS: &[(libc::c_long, libc::c_long)] = &[];
+
 /// The allow-list of one kind of thread: system call numbers and, for some,
 /// the argument values they may be called with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,10 +121,18 @@ impl ThreadRules {
         self.name
     }
 
-    /// Allows each of `syscalls` with any arguments.
+    /// Allows each of `syscalls` with any arguments. Lists name the
+    /// generic calls every architecture has (`epoll_pwait`, `ppoll`,
+    /// `renameat`, ...); where the architecture also has an older form that
+    /// libc may use instead, that form is allowed too ([`LEGACY_FORMS`]).
     pub fn allow(mut self, syscalls: &[libc::c_long]) -> Self {
         for &nr in syscalls {
             self.syscalls.insert(nr, Args::Any);
+            for &(generic, legacy) in LEGACY_FORMS {
+                if generic == nr {
+                    self.syscalls.insert(legacy, Args::Any);
+                }
+            }
         }
         self
     }
@@ -375,7 +400,6 @@ pub fn virtio_worker_rules(name: &'static str, extra: &[libc::c_long]) -> Thread
         .allow(&[
             libc::SYS_epoll_ctl,
             libc::SYS_epoll_pwait,
-            libc::SYS_epoll_wait,
             libc::SYS_fallocate,
             libc::SYS_fdatasync,
             libc::SYS_fsync,
@@ -401,6 +425,21 @@ mod tests {
             .find(|l| l.starts_with("Seccomp:"))
             .unwrap()
             .to_owned()
+    }
+
+    #[test]
+    fn generic_calls_bring_their_legacy_forms() {
+        let listed = [libc::SYS_epoll_pwait, libc::SYS_ppoll];
+        let rules = ThreadRules::new("t").allow(&listed);
+        let mut expected = listed.len();
+        for &(generic, legacy) in LEGACY_FORMS {
+            let brought = listed.contains(&generic);
+            assert_eq!(rules.get(legacy).is_some(), brought, "legacy form {legacy}");
+            expected += usize::from(brought);
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(rules.get(libc::SYS_epoll_wait), Some(&Args::Any));
+        assert_eq!(rules.syscalls().count(), expected);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Sends one request and returns (status, body). Waits for the socket to
-/// appear first (chv creates it at start-up).
+/// appear first (chv creates it at start-up). An error body must be Cloud
+/// Hypervisor's error chain (a JSON array of strings); it is returned as its
+/// messages joined with ": ".
 pub fn http(sock: &Path, method: &str, endpoint: &str, body: Option<&str>) -> (u16, String) {
     let mut stream = None;
     for _ in 0..200 {
@@ -58,5 +60,10 @@ pub fn http(sock: &Path, method: &str, endpoint: &str, body: Option<&str>) -> (u
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+    if status >= 300 {
+        let chain: Vec<String> = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("error body is not a JSON array of strings ({e}): {body}"));
+        return (status, chain.join(": "));
+    }
     (status, body)
 }

@@ -133,6 +133,13 @@ pub trait VirtioDevice: Send {
             self.name()
         )))
     }
+    /// Called (paused or never activated) right before
+    /// [`Self::snapshot_state`]: devices whose state lives outside the VMM
+    /// (a vhost-user backend's) fetch it here; an error refuses the
+    /// snapshot.
+    fn prepare_snapshot(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
     /// The device's own state for a snapshot (acked features and whatever
     /// the device needs beyond the transport); taken while paused or
     /// never activated.

@@ -1,6 +1,8 @@
 //! Answers REST API requests (Cloud Hypervisor's endpoints and JSON bodies)
 //! on the VMM thread.
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
 use api_server::{ApiResponse, Endpoint};
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +140,57 @@ impl Vmm {
         Ok((json(&info), Next::Continue))
     }
 
+    /// Points `net` at the tap fds that came with `vm.add-net` (preferred
+    /// over any `fds` numbers in the JSON, as Cloud Hypervisor does) and
+    /// returns them, to be kept open while the device exists.
+    fn take_tap_fds(
+        &self,
+        net: &mut NetConfig,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Vec<OwnedFd>, ApiResponse> {
+        if fds.is_empty() {
+            return Ok(fds);
+        }
+        if fds.len() * 2 != net.num_queues {
+            return Err(ApiResponse::error(
+                400,
+                format!(
+                    "invalid NetConfig: {} tap fds sent for num_queues={} (one per RX/TX pair)",
+                    fds.len(),
+                    net.num_queues
+                ),
+            ));
+        }
+        net.fds = Some(fds.iter().map(AsRawFd::as_raw_fd).collect());
+        net.tap = None;
+        Ok(fds)
+    }
+
+    /// Hands the tap fds that came with `vm.restore` to the `net_fds`
+    /// entries, `num_fds` each, in order (Cloud Hypervisor's rule).
+    fn take_restore_fds(
+        &self,
+        req: &mut RestoreConfig,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Vec<OwnedFd>, ApiResponse> {
+        let wanted: usize = req.net_fds.iter().flatten().map(|n| n.num_fds).sum();
+        if req.net_fds.iter().flatten().any(|n| n.fds.is_some()) || wanted != fds.len() {
+            return Err(ApiResponse::error(
+                400,
+                format!(
+                    "invalid RestoreConfig: net_fds asks for {wanted} fds and {} were sent \
+                     with the request (SCM_RIGHTS)",
+                    fds.len()
+                ),
+            ));
+        }
+        let mut next = fds.iter().map(AsRawFd::as_raw_fd);
+        for net in req.net_fds.iter_mut().flatten() {
+            net.fds = Some(next.by_ref().take(net.num_fds).collect());
+        }
+        Ok(fds)
+    }
+
     /// `vm.resize`: only `desired_vcpus` (vCPU hotplug). Before boot it
     /// only changes the configured count; on a running VM it hot-adds vCPUs
     /// or asks the guest to eject some (204 once requested; the guest
@@ -188,8 +241,13 @@ impl Vmm {
 
     /// Handles one request; returns the response and what the control loop
     /// must do next.
-    pub(crate) fn handle_api(&mut self, endpoint: Endpoint, body: &[u8]) -> (ApiResponse, Next) {
-        match self.dispatch(endpoint, body) {
+    pub(crate) fn handle_api(
+        &mut self,
+        endpoint: Endpoint,
+        body: &[u8],
+        fds: Vec<OwnedFd>,
+    ) -> (ApiResponse, Next) {
+        match self.dispatch(endpoint, body, fds) {
             Ok(r) => r,
             Err(resp) => (resp, Next::Continue),
         }
@@ -199,6 +257,7 @@ impl Vmm {
         &mut self,
         endpoint: Endpoint,
         body: &[u8],
+        fds: Vec<OwnedFd>,
     ) -> Result<(ApiResponse, Next), ApiResponse> {
         match endpoint {
             Endpoint::VmmPing => Ok((ApiResponse::ok_json(ping_body()), Next::Continue)),
@@ -306,6 +365,7 @@ impl Vmm {
             Endpoint::VmDelete => {
                 self.shutdown_vm();
                 self.config = None;
+                self.preserved_fds.clear();
                 Ok((ApiResponse::no_content(), Next::Rearm))
             }
             Endpoint::VmAddDisk => {
@@ -321,16 +381,17 @@ impl Vmm {
                 )
             }
             Endpoint::VmAddNet => {
-                let net: NetConfig = parse(body, "NetConfig")?;
-                if net.fds.is_some() {
-                    // The REST API carries no SCM_RIGHTS: the numbers
-                    // would name the VMM's own fds.
+                let mut net: NetConfig = parse(body, "NetConfig")?;
+                if fds.is_empty() && net.fds.is_some() {
+                    // Numbers without descriptors would name the VMM's
+                    // own fds.
                     return Err(ApiResponse::error(
                         400,
-                        "invalid NetConfig: fds cannot be passed through the REST API (use tap=)",
+                        "invalid NetConfig: fds must be sent with the request (SCM_RIGHTS)",
                     ));
                 }
-                self.add_device(
+                let received = self.take_tap_fds(&mut net, fds)?;
+                let added = self.add_device(
                     net,
                     AddDevice {
                         schema: "NetConfig",
@@ -338,7 +399,11 @@ impl Vmm {
                         record: |c, n| c.net.get_or_insert_with(Vec::new).push(n),
                         hotplug: DeviceManager::hotplug_net,
                     },
-                )
+                );
+                if added.is_ok() {
+                    self.preserved_fds.extend(received);
+                }
+                added
             }
             Endpoint::VmAddVsock => {
                 let vsock: VsockConfig = parse(body, "VsockConfig")?;
@@ -430,8 +495,13 @@ impl Vmm {
                     ));
                 }
                 let started = std::time::Instant::now();
-                vm.snapshot(config, &dir)
-                    .map_err(|e| ApiResponse::error(500, format!("snapshot failed: {e}")))?;
+                vm.snapshot(config, &dir).map_err(|e| {
+                    let status = match e {
+                        snapshot::SnapshotError::Unsupported(_) => 400,
+                        _ => 500,
+                    };
+                    ApiResponse::error(status, format!("snapshot failed: {e}"))
+                })?;
                 log::info!(
                     "snapshot written to {} in {:.1} ms",
                     dir.display(),
@@ -440,16 +510,8 @@ impl Vmm {
                 Ok(done())
             }
             Endpoint::VmRestore => {
-                let req: RestoreConfig = parse(body, "RestoreConfig")?;
-                if req.net_fds.iter().flatten().any(|n| n.fds.is_some()) {
-                    // The REST API carries no SCM_RIGHTS: the numbers
-                    // would name the VMM's own fds.
-                    return Err(ApiResponse::error(
-                        400,
-                        "invalid RestoreConfig: net_fds cannot pass fds through the REST API \
-                         (use chv --restore ...,net_fds=[id@[fd,...]])",
-                    ));
-                }
+                let mut req: RestoreConfig = parse(body, "RestoreConfig")?;
+                let received = self.take_restore_fds(&mut req, fds)?;
                 if self.vm.is_some() {
                     return Err(ApiResponse::error(
                         409,
@@ -460,6 +522,7 @@ impl Vmm {
                     .map_err(|e| ApiResponse::error(400, format!("cannot restore: {e}")))?;
                 self.restore_snapshot(&req, &dir, snap)
                     .map_err(|e| ApiResponse::error(500, format!("cannot restore: {e}")))?;
+                self.preserved_fds = received;
                 Ok((ApiResponse::no_content(), Next::Rearm))
             }
             Endpoint::VmSendMigration => {

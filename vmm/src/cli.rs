@@ -419,6 +419,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             kernel: Some(non_empty_path("--kernel", kernel)?),
             initramfs,
             cmdline: args.cmdline,
+            ..PayloadConfig::default()
         },
         serial: serial.unwrap_or_else(ConsoleConfig::default_serial),
         console: console.unwrap_or_else(ConsoleConfig::default_console),
@@ -427,6 +428,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,
+        ..VmConfig::default()
     };
     config.validate().map_err(|source| CliError::Config {
         option: config_error_option(&source),
@@ -476,6 +478,32 @@ fn config_error_option(err: &ConfigError) -> &'static str {
         | ConfigError::VsockId(_)
         | ConfigError::EmptyPath("vsock.socket") => "--vsock",
         ConfigError::KernelMissing | ConfigError::EmptyPath(_) => "--kernel",
+        ConfigError::Unsupported { field, .. } | ConfigError::Invalid { field, .. } => {
+            option_of_field(field)
+        }
+    }
+}
+
+/// The command-line option that sets a configuration field (by the field
+/// path's first part: `disks[1].iommu` → `--disk`).
+fn option_of_field(field: &str) -> &'static str {
+    let top = field.split(['.', '[', '=']).next().unwrap_or_default();
+    match top {
+        "cpus" => "--cpus",
+        "memory" => "--memory",
+        "payload" => "--kernel",
+        "disks" => "--disk",
+        "net" => "--net",
+        "rng" => "--rng",
+        "serial" => "--serial",
+        "console" => "--console",
+        "vsock" => "--vsock",
+        "balloon" => "--balloon",
+        "fs" => "--fs",
+        "pmem" => "--pmem",
+        "platform" => "--platform",
+        "rate_limit_groups" => "--rate-limit-group",
+        _ => "--api",
     }
 }
 
@@ -523,6 +551,7 @@ fn parse_cpus(value: &str) -> Result<CpusConfig, OptionError> {
         boot_vcpus,
         max_vcpus,
         features,
+        ..CpusConfig::default()
     })
 }
 
@@ -663,7 +692,10 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
     let (_, mode) = chosen.ok_or(OptionError::Missing(
         "output mode (off, null, tty or file=PATH)",
     ))?;
-    Ok(ConsoleConfig { mode, file })
+    Ok(ConsoleConfig {
+        file,
+        ..ConsoleConfig::with_mode(mode)
+    })
 }
 
 /// Checks `--api-socket`: a bare path, `path=PATH` or `fd=N`.

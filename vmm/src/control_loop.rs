@@ -74,6 +74,10 @@ pub struct Vmm {
     /// full; the loop polls for room instead of dropping input.
     stdin_throttled: bool,
     api: Option<(Receiver<ApiRequest>, EventFd)>,
+    /// Descriptors clients passed over the API socket (tap fds) that the
+    /// configuration refers to by number; they stay open while the VM
+    /// configuration exists, so a reboot can open them again.
+    pub(crate) preserved_fds: Vec<std::os::fd::OwnedFd>,
 }
 
 /// How often a throttled stdin checks the serial receive FIFO for room.
@@ -171,6 +175,7 @@ pub fn run(
         tty_input,
         stdin_throttled: false,
         api,
+        preserved_fds: Vec::new(),
     };
     let result = vmm.run_loop(restore);
     if let Some(mut vm) = vmm.vm.take() {
@@ -441,7 +446,7 @@ impl Vmm {
         let requests: Vec<ApiRequest> = rx.try_iter().collect();
         let mut next = Next::Continue;
         for req in requests {
-            let (response, after) = self.handle_api(req.endpoint, &req.body);
+            let (response, after) = self.handle_api(req.endpoint, &req.body, req.fds);
             // The API thread may have given up waiting; nothing to do then.
             let _ = req.respond.send(response);
             if matches!(after, Next::Exit(_)) {

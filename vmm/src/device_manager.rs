@@ -15,6 +15,7 @@
 //! ioeventfds and drops it (which unregisters its MSI irqfds).
 
 mod snapshot;
+pub mod vhost_env;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -23,8 +24,6 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arch::acpi::hotplug::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON};
-use arch::layout;
 use devices::acpi::{
     GedDevice, GedEvents, PciHotplugController, PciHotplugState, GED_PCI_HOTPLUG, GED_POWER_BUTTON,
     GED_REGISTER_SIZE, PCI_HOTPLUG_REGISTER_SIZE,
@@ -38,6 +37,7 @@ use virtio_devices::block::disk::{open_disk_with_format, DiskOptions};
 use virtio_devices::block::{BlockCounters, BlockOptions, VirtioBlock};
 use virtio_devices::console::VirtioConsole;
 use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNet};
+use virtio_devices::pmem::{PmemMapping, VirtioPmem as PmemDevice};
 use virtio_devices::rate_limiter::RateLimitGroup;
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
@@ -55,10 +55,15 @@ pub use snapshot::{DevicesSnapshot, PciDeviceSnapshot};
 type SharedVirtioPci = Arc<Mutex<VirtioPciDevice>>;
 
 // The AML (arch) and the register blocks (devices) must agree.
-const _: () = assert!(GED_EVENT_PCI_HOTPLUG == GED_PCI_HOTPLUG);
-const _: () = assert!(GED_EVENT_POWER_BUTTON == GED_POWER_BUTTON);
-const _: () = assert!(layout::GED_PORT_SIZE as u64 == GED_REGISTER_SIZE);
-const _: () = assert!(layout::PCI_HOTPLUG_PORT_SIZE as u64 == PCI_HOTPLUG_REGISTER_SIZE);
+const _: () = assert!(match arch::PLATFORM.acpi_hotplug {
+    Some(l) => {
+        l.event_pci_hotplug == GED_PCI_HOTPLUG
+            && l.event_power_button == GED_POWER_BUTTON
+            && l.ged_port_size as u64 == GED_REGISTER_SIZE
+            && l.pci_hotplug_port_size as u64 == PCI_HOTPLUG_REGISTER_SIZE
+    }
+    None => true,
+});
 
 /// BAR0 offset of `device_status` in the virtio-pci common configuration
 /// (byte 20 of `struct virtio_pci_common_cfg`, virtio 1.2 §4.1.4.3, which
@@ -80,6 +85,9 @@ pub const HOTPLUG_SPARE_SLOTS: u8 = 8;
 /// [`HOTPLUG_SPARE_SLOTS`], at most 31. `Vm::boot` passes it to the ACPI
 /// tables and [`DeviceManager`] refuses hot-adds beyond it.
 pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
+    let Some(acpi) = arch::PLATFORM.acpi_hotplug else {
+        return 0;
+    };
     if !HOTPLUG_POSSIBLE.load(Ordering::Relaxed) {
         return 0;
     }
@@ -89,7 +97,7 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
         + usize::from(config.rng.is_some())
         + usize::from(config.vsock.is_some());
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
-    u8::try_from(slots.min(usize::from(arch::acpi::hotplug::LAST_HOTPLUG_SLOT))).unwrap_or(0)
+    u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }
 
 /// Whether anything can hot-plug devices into this process's VMs (false
@@ -134,6 +142,9 @@ pub enum HotplugError {
     /// The disk or its slot could not be set up.
     #[error("{0}")]
     Device(#[from] VmmError),
+    /// The platform has no way to tell the guest (no ACPI hotplug).
+    #[error("{0}")]
+    Unsupported(String),
     /// The guest could not be told (GED interrupt or hotplug register).
     #[error("cannot notify the guest: {0}")]
     Notify(String),
@@ -196,7 +207,8 @@ pub struct DeviceManager {
     by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
     thread_setup: Option<ThreadSetup>,
     devices: DeviceList,
-    ged: GedEvents,
+    /// The ACPI Generic Event Device, where the platform has ACPI hotplug.
+    ged: Option<GedEvents>,
     hotplug: PciHotplugState,
     /// Slots 1 to this one are hotpluggable ([`hotplug_slots_for`]).
     hotplug_slots: u8,
@@ -207,7 +219,16 @@ pub struct DeviceManager {
     vsock_plugged: bool,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
+    /// virtio-pmem backing files, mapped into the guest as KVM slots
+    /// (kept alive as long as the slots).
+    pmem_mappings: Vec<PmemMapping>,
 }
+
+/// First KVM memory slot of virtio-pmem ranges (RAM slots count from 0).
+const PMEM_SLOT_BASE: u32 = 0x100;
+/// Guest-physical alignment of a pmem range (a Linux memory section, so
+/// the guest can give it struct pages for DAX).
+const PMEM_ALIGN: u64 = 128 << 20;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -287,9 +308,10 @@ fn eject_slot(
 }
 
 impl DeviceManager {
-    /// Creates the PCI root bus and its config-space access paths (0xCF8
-    /// ports and ECAM), the Generic Event Device (interrupting the guest
-    /// on [`layout::GED_IRQ`]) and the PCI hotplug controller.
+    /// Creates the PCI root bus and its config-space access paths (ECAM,
+    /// and the 0xCF8 ports where the platform has them) and, where the
+    /// platform has ACPI hotplug, the Generic Event Device and the PCI
+    /// hotplug controller.
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
@@ -298,19 +320,22 @@ impl DeviceManager {
         thread_setup: Option<ThreadSetup>,
     ) -> Result<Self, VmmError> {
         let router = Arc::new(GsiRouter::new(vm.clone()));
+        let pci = arch::PLATFORM.pci;
         let pci_bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
-        io_bus
-            .insert(
-                Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
-                u64::from(layout::PCI_CONFIG_IO_PORT),
-                8,
-            )
-            .map_err(VmmError::Bus)?;
+        if let Some(port) = pci.config_io_port {
+            io_bus
+                .insert(
+                    Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
+                    u64::from(port),
+                    8,
+                )
+                .map_err(VmmError::Bus)?;
+        }
         mmio_bus
             .insert(
                 Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
-                layout::PCI_MMCONFIG_START,
-                layout::PCI_MMCONFIG_SIZE,
+                pci.ecam.0,
+                pci.ecam.1,
             )
             .map_err(VmmError::Bus)?;
         let by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>> = Arc::default();
@@ -323,42 +348,44 @@ impl DeviceManager {
                 }
             }));
         }
-        let allocator = PciBarAllocator::new(
-            layout::PCI_MMIO32_START,
-            layout::PCI_MMIO32_END,
-            layout::PCI_MMIO64_START,
-            layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
-        );
+        let allocator =
+            PciBarAllocator::new(pci.mmio32.0, pci.mmio32.1, pci.mmio64.0, pci.mmio64.1);
         let devices: DeviceList = Arc::default();
 
-        let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
-        vm.register_irqfd(&ged_irq, layout::GED_IRQ)
-            .map_err(VmmError::Kvm)?;
-        let ged = GedDevice::new(ged_irq);
-        let ged_events = ged.events();
-        io_bus
-            .insert(
-                Arc::new(Mutex::new(ged)),
-                u64::from(layout::GED_PORT),
-                u64::from(layout::GED_PORT_SIZE),
-            )
-            .map_err(VmmError::Bus)?;
         let hotplug = PciHotplugState::new();
-        let on_eject = {
-            let (vm, pci_bus) = (vm.clone(), pci_bus.clone());
-            let (by_slot, devices) = (by_slot.clone(), devices.clone());
-            Box::new(move |slot| eject_slot(&vm, &pci_bus, &by_slot, &devices, slot))
+        let ged_events = match arch::PLATFORM.acpi_hotplug {
+            None => None,
+            Some(acpi) => {
+                let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+                vm.register_irqfd(&ged_irq, acpi.ged_irq)
+                    .map_err(VmmError::Kvm)?;
+                let ged = GedDevice::new(ged_irq);
+                let ged_events = ged.events();
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(ged)),
+                        u64::from(acpi.ged_port),
+                        u64::from(acpi.ged_port_size),
+                    )
+                    .map_err(VmmError::Bus)?;
+                let on_eject = {
+                    let (vm, pci_bus) = (vm.clone(), pci_bus.clone());
+                    let (by_slot, devices) = (by_slot.clone(), devices.clone());
+                    Box::new(move |slot| eject_slot(&vm, &pci_bus, &by_slot, &devices, slot))
+                };
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(PciHotplugController::new(
+                            hotplug.clone(),
+                            on_eject,
+                        ))),
+                        u64::from(acpi.pci_hotplug_port),
+                        u64::from(acpi.pci_hotplug_port_size),
+                    )
+                    .map_err(VmmError::Bus)?;
+                Some(ged_events)
+            }
         };
-        io_bus
-            .insert(
-                Arc::new(Mutex::new(PciHotplugController::new(
-                    hotplug.clone(),
-                    on_eject,
-                ))),
-                u64::from(layout::PCI_HOTPLUG_PORT),
-                u64::from(layout::PCI_HOTPLUG_PORT_SIZE),
-            )
-            .map_err(VmmError::Bus)?;
         Ok(Self {
             vm,
             router,
@@ -374,6 +401,7 @@ impl DeviceManager {
             rate_groups: HashMap::new(),
             vsock_plugged: false,
             restore_slots: None,
+            pmem_mappings: Vec::new(),
         })
     }
 
@@ -401,8 +429,9 @@ impl DeviceManager {
             })?),
             (None, None) => None,
         };
-        let image = open_disk_with_format(path, disk.image_type.as_deref(), &opts)
-            .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
+        let image =
+            open_disk_with_format(path, disk.image_type.and_then(|t| t.format_name()), &opts)
+                .map_err(|e| VmmError::Config(format!("--disk: path={}: {e}", path.display())))?;
         let mut blk = VirtioBlock::new(
             image,
             BlockOptions {
@@ -482,6 +511,14 @@ impl DeviceManager {
             self.add_virtio(id.clone(), dev, None)?;
             self.set_net_counters(&id, counters);
         }
+        for (i, fs) in vhost_env::fs_from_env()?.iter().enumerate() {
+            let dev = virtio_devices::fs::new_virtio_fs(fs, self.thread_setup.clone())
+                .map_err(|e| VmmError::Config(format!("--fs: tag={}: {e}", fs.tag)))?;
+            self.add_virtio(format!("_fs{i}"), Box::new(dev), None)?;
+        }
+        for (i, p) in vhost_env::pmem_from_env()?.iter().enumerate() {
+            self.add_pmem(i, p)?;
+        }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
             let (output, input): (Option<Box<dyn Write + Send>>, _) = match console.mode {
@@ -533,6 +570,42 @@ impl DeviceManager {
             }
             self.add_virtio("_rng".into(), Box::new(dev), None)?;
         }
+        Ok(())
+    }
+
+    /// Maps pmem entry `i`'s file, gives it to KVM as a memory slot above
+    /// the PCI windows and plugs its virtio-pmem device in.
+    fn add_pmem(&mut self, i: usize, p: &vhost_env::PmemEntry) -> Result<(), VmmError> {
+        let mapping = PmemMapping::open(&p.file, p.size, p.discard_writes)
+            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
+        let start = self
+            .pmem_mappings
+            .last()
+            .map_or(arch::PLATFORM.pci.mmio64.1, |m| {
+                (m.guest_addr() + m.size()).next_multiple_of(PMEM_ALIGN)
+            });
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: PMEM_SLOT_BASE + i as u32,
+            guest_phys_addr: start,
+            memory_size: mapping.size(),
+            userspace_addr: mapping.host_addr(),
+            flags: 0,
+        };
+        // SAFETY: the mapping is a live mmap kept in `pmem_mappings` for as
+        // long as the device manager (and so the guest) exists.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(VmmError::Kvm)?;
+        let mut dev = PmemDevice::new(&mapping, start)
+            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        log::info!(
+            "_pmem{i}: {} ({} MiB) at {start:#x}",
+            p.file.display(),
+            mapping.size() >> 20
+        );
+        self.pmem_mappings.push(mapping.at(start));
+        self.add_virtio(format!("_pmem{i}"), Box::new(dev), None)?;
         Ok(())
     }
 
@@ -643,6 +716,7 @@ impl DeviceManager {
         if self.has_id(&id) {
             return Err(HotplugError::DuplicateId(id));
         }
+        let ged = self.ged()?;
         let slot = self.add_virtio(id.clone(), device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
@@ -652,8 +726,7 @@ impl DeviceManager {
         self.hotplug
             .slot_added(slot)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
-        self.ged
-            .raise(GED_PCI_HOTPLUG)
+        ged.raise(GED_PCI_HOTPLUG)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         Ok(PciDeviceInfo {
             id,
@@ -733,11 +806,11 @@ impl DeviceManager {
             }
             dev.slot
         };
+        let ged = self.ged()?;
         self.hotplug
             .request_eject(slot)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
-        self.ged
-            .raise(GED_PCI_HOTPLUG)
+        ged.raise(GED_PCI_HOTPLUG)
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         log::info!("{id}: asked the guest to eject PCI slot {slot}");
         Ok(slot)
@@ -745,12 +818,26 @@ impl DeviceManager {
 
     /// Presses the ACPI power button (`vm.power-button`).
     pub fn power_button(&self) -> std::io::Result<()> {
-        self.ged.raise(GED_POWER_BUTTON)
+        match &self.ged {
+            Some(ged) => ged.raise(GED_POWER_BUTTON),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                arch::PLATFORM.unsupported("the ACPI power button"),
+            )),
+        }
     }
 
-    /// A handle on the GED for events raised elsewhere (CPU hotplug).
-    pub fn ged_events(&self) -> GedEvents {
+    /// A handle on the GED for events raised elsewhere (CPU hotplug);
+    /// `None` on platforms without ACPI hotplug.
+    pub fn ged_events(&self) -> Option<GedEvents> {
         self.ged.clone()
+    }
+
+    /// The GED, or why hotplug cannot be signalled on this platform.
+    fn ged(&self) -> Result<GedEvents, HotplugError> {
+        self.ged
+            .clone()
+            .ok_or_else(|| HotplugError::Unsupported(arch::PLATFORM.unsupported("PCI hotplug")))
     }
 
     /// Ids and slots of the devices on the bus, in the order they were added.

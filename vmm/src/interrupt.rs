@@ -2,22 +2,19 @@
 //! one irqfd per MSI-X vector.
 //!
 //! KVM_SET_GSI_ROUTING replaces the whole table, so [`GsiRouter`] keeps the
-//! legacy IOAPIC/PIC routes next to the MSI routes and re-installs them all
-//! on every change.
+//! platform's irqchip routes ([`arch::irqchip_routes`]) next to the MSI
+//! routes and re-installs them all on every change.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use devices::pci::MsiInterruptGroup;
 use kvm_bindings::{
-    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
 
-/// IOAPIC pins of KVM's in-kernel IOAPIC; MSI GSIs are allocated above them.
-const IOAPIC_PINS: u32 = 24;
 /// Largest GSI KVM accepts by default (KVM_MAX_IRQ_ROUTES is 4096).
 const MAX_GSI: u32 = 4095;
 
@@ -61,32 +58,19 @@ fn irqchip_route(gsi: u32, chip: u32, pin: u32) -> kvm_irq_routing_entry {
 }
 
 impl GsiRouter {
-    /// Starts from KVM's default legacy routes (PIC pins 0-15, IOAPIC pins
-    /// 0-23, GSI n → pin n) so the serial port and PIT keep working.
+    /// Starts from the platform's default irqchip routes (on x86_64 PIC
+    /// pins 0-15 and IOAPIC pins 0-23, GSI n → pin n) so the platform
+    /// devices' interrupts keep working.
     pub fn new(vm: Arc<VmFd>) -> Self {
-        let mut routes = BTreeMap::new();
-        for gsi in 0..IOAPIC_PINS {
-            routes.insert(
-                (gsi, KVM_IRQCHIP_IOAPIC),
-                irqchip_route(gsi, KVM_IRQCHIP_IOAPIC, gsi),
-            );
-            if gsi < 8 {
-                routes.insert(
-                    (gsi, KVM_IRQCHIP_PIC_MASTER),
-                    irqchip_route(gsi, KVM_IRQCHIP_PIC_MASTER, gsi),
-                );
-            } else if gsi < 16 {
-                routes.insert(
-                    (gsi, KVM_IRQCHIP_PIC_SLAVE),
-                    irqchip_route(gsi, KVM_IRQCHIP_PIC_SLAVE, gsi - 8),
-                );
-            }
-        }
+        let routes = arch::irqchip_routes()
+            .into_iter()
+            .map(|r| ((r.gsi, r.chip), irqchip_route(r.gsi, r.chip, r.pin)))
+            .collect();
         Self {
             vm,
             state: Mutex::new(RouterState {
                 routes,
-                next_gsi: IOAPIC_PINS,
+                next_gsi: arch::PLATFORM.first_msi_gsi,
             }),
         }
     }

@@ -15,6 +15,7 @@ pub mod guest_profile;
 pub mod interrupt;
 pub mod memory;
 pub mod migration;
+pub mod platform_devices;
 pub mod seccomp;
 pub mod snapshot;
 pub mod terminal;

@@ -24,21 +24,16 @@ use devices::seccomp::{
     apply_current_thread, build, common_rules, install_sigsys_handler, virtio_worker_rules,
     BpfProgram, SeccompError, SeccompMode, ThreadRules,
 };
-use kvm_bindings::kvm_dirty_log;
-use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_irqfd, kvm_lapic_state,
-    kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_nested_state, kvm_pit_config, kvm_pit_state2,
-    kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
-};
+use kvm_bindings::{kvm_dirty_log, kvm_irqfd, kvm_userspace_memory_region, KVMIO};
 
-/// Request numbers of the ioctls chv issues (from the KVM API headers).
+/// Request numbers of the architecture-neutral KVM ioctls chv issues (from
+/// the KVM API headers); the others come from [`arch::seccomp`].
 mod nr {
     use super::*;
     vmm_sys_util::ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
     vmm_sys_util::ioctl_io_nr!(KVM_CREATE_VM, KVMIO, 0x01);
     vmm_sys_util::ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
     vmm_sys_util::ioctl_io_nr!(KVM_GET_VCPU_MMAP_SIZE, KVMIO, 0x04);
-    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_SUPPORTED_CPUID, KVMIO, 0x05, kvm_cpuid2);
     vmm_sys_util::ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
     vmm_sys_util::ioctl_iow_nr!(
         KVM_SET_USER_MEMORY_REGION,
@@ -46,46 +41,9 @@ mod nr {
         0x46,
         kvm_userspace_memory_region
     );
-    vmm_sys_util::ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_IDENTITY_MAP_ADDR, KVMIO, 0x48, u64);
-    vmm_sys_util::ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
     vmm_sys_util::ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
-    vmm_sys_util::ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
     vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
-    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_CPUID2, KVMIO, 0x91, kvm_cpuid2);
     vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_bindings::kvm_ioeventfd);
-    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
-    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_FPU, KVMIO, 0x8c, kvm_fpu);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_MP_STATE, KVMIO, 0x99, kvm_mp_state);
-    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
-    vmm_sys_util::ioctl_ior_nr!(KVM_SET_IRQCHIP, KVMIO, 0x63, kvm_irqchip);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_CLOCK, KVMIO, 0x7b, kvm_clock_data);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_PIT2, KVMIO, 0xa0, kvm_pit_state2);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_VCPU_EVENTS, KVMIO, 0xa0, kvm_vcpu_events);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
-    vmm_sys_util::ioctl_io_nr!(KVM_SET_TSC_KHZ, KVMIO, 0xa2);
-    vmm_sys_util::ioctl_io_nr!(KVM_GET_TSC_KHZ, KVMIO, 0xa3);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
-    vmm_sys_util::ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
-    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_NESTED_STATE, KVMIO, 0xbe, kvm_nested_state);
-    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE2, KVMIO, 0xcf, kvm_xsave);
     vmm_sys_util::ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
     vmm_sys_util::ioctl_iow_nr!(
         KVM_SET_GSI_ROUTING,
@@ -158,6 +116,14 @@ pub fn worker_thread_rules() -> ThreadRules {
             libc::SYS_recvfrom,
             libc::SYS_sendto,
             libc::SYS_shutdown,
+            // vhost-user: requests with fds on the backend's socket, the
+            // state-transfer pipe, the watchdog's shutdown of a stalled one.
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_setsockopt,
+            libc::SYS_pipe2,
+            libc::SYS_poll,
+            libc::SYS_ppoll,
         ],
     )
     .allow_ioctls(&[libc::TIOCGWINSZ, libc::FIONBIO])
@@ -185,9 +151,10 @@ pub fn api_thread_rules() -> ThreadRules {
             libc::SYS_accept4,
             libc::SYS_epoll_ctl,
             libc::SYS_epoll_pwait,
-            libc::SYS_epoll_wait,
             libc::SYS_read,
             libc::SYS_recvfrom,
+            // SCM_RIGHTS tap fds from clients.
+            libc::SYS_recvmsg,
             libc::SYS_sendto,
             libc::SYS_shutdown,
         ])
@@ -204,65 +171,30 @@ pub fn api_thread_rules() -> ThreadRules {
         )
 }
 
-/// KVM ioctls the main thread issues while building a VM (`Vm::boot`).
+/// KVM ioctls the main thread issues while building a VM (`Vm::boot`):
+/// the generic ones and the architecture's interrupt controller and vCPU
+/// setup.
 fn vm_setup_ioctls() -> Vec<u64> {
-    [
+    let mut ioctls = vec![
         nr::KVM_GET_API_VERSION(),
         nr::KVM_CHECK_EXTENSION(),
         nr::KVM_CREATE_VM(),
         nr::KVM_GET_VCPU_MMAP_SIZE(),
-        nr::KVM_GET_SUPPORTED_CPUID(),
         nr::KVM_SET_USER_MEMORY_REGION(),
-        nr::KVM_SET_TSS_ADDR(),
-        nr::KVM_SET_IDENTITY_MAP_ADDR(),
-        nr::KVM_CREATE_IRQCHIP(),
-        nr::KVM_CREATE_PIT2(),
         nr::KVM_IRQFD(),
         nr::KVM_CREATE_VCPU(),
-        nr::KVM_SET_CPUID2(),
-        nr::KVM_GET_CPUID2(),
-        nr::KVM_SET_REGS(),
-        nr::KVM_GET_SREGS(),
-        nr::KVM_SET_SREGS(),
-        nr::KVM_SET_FPU(),
-        nr::KVM_SET_MSRS(),
-        nr::KVM_GET_LAPIC(),
-        nr::KVM_SET_LAPIC(),
-    ]
-    .to_vec()
+    ];
+    ioctls.extend(arch::seccomp::vm_setup_ioctls());
+    ioctls
 }
 
 /// KVM ioctls of `vm.snapshot` and of a restore: reading and writing the
-/// state of every vCPU and of the in-kernel irqchip, PIT and clock.
+/// state of every vCPU and of the VM-wide in-kernel devices, and the dirty
+/// log of a live migration.
 fn snapshot_ioctls() -> Vec<u64> {
-    [
-        nr::KVM_GET_MSR_INDEX_LIST(),
-        nr::KVM_GET_REGS(),
-        nr::KVM_GET_MSRS(),
-        nr::KVM_GET_FPU(),
-        nr::KVM_GET_MP_STATE(),
-        nr::KVM_SET_MP_STATE(),
-        nr::KVM_GET_IRQCHIP(),
-        nr::KVM_SET_IRQCHIP(),
-        nr::KVM_GET_CLOCK(),
-        nr::KVM_SET_CLOCK(),
-        nr::KVM_GET_PIT2(),
-        nr::KVM_SET_PIT2(),
-        nr::KVM_GET_VCPU_EVENTS(),
-        nr::KVM_SET_VCPU_EVENTS(),
-        nr::KVM_GET_DEBUGREGS(),
-        nr::KVM_SET_DEBUGREGS(),
-        nr::KVM_GET_TSC_KHZ(),
-        nr::KVM_SET_TSC_KHZ(),
-        nr::KVM_GET_XSAVE(),
-        nr::KVM_GET_XSAVE2(),
-        nr::KVM_SET_XSAVE(),
-        nr::KVM_GET_XCRS(),
-        nr::KVM_SET_XCRS(),
-        nr::KVM_GET_NESTED_STATE(),
-        nr::KVM_GET_DIRTY_LOG(),
-    ]
-    .to_vec()
+    let mut ioctls = arch::seccomp::snapshot_ioctls();
+    ioctls.push(nr::KVM_GET_DIRTY_LOG());
+    ioctls
 }
 
 /// Opening and configuring a tap device for virtio-net (`--net`): attach
@@ -291,14 +223,15 @@ fn tty_ioctls() -> Vec<u64> {
 }
 
 /// A vCPU thread after its filter is in place: `KVM_RUN` and the register
-/// read of the internal-error report; device emulation (writes to the
+/// reads of [`arch::seccomp::vcpu_ioctls`]; device emulation (writes to the
 /// serial output, eventfds and the log); the kick signal's return; thread
 /// exit; and the crash paths (`statx` of `is_pvm_host` in the error report,
 /// TCSETS from the panic hook, `tgkill(SIGABRT)` from abort).
 pub fn vcpu_thread_rules() -> ThreadRules {
     common_rules("vcpu")
         .allow(&[libc::SYS_newfstatat, libc::SYS_statx])
-        .allow_ioctls(&[nr::KVM_RUN(), nr::KVM_GET_REGS(), libc::TCSETS])
+        .allow_ioctls(&[nr::KVM_RUN(), libc::TCSETS])
+        .allow_ioctls(&arch::seccomp::vcpu_ioctls())
         .allow_ioctls(&pci_runtime_ioctls())
         .merge(&device_activation_rules())
         .allow_arg(
@@ -334,7 +267,6 @@ pub fn vmm_thread_rules() -> ThreadRules {
             libc::SYS_epoll_create1,
             libc::SYS_epoll_ctl,
             libc::SYS_epoll_pwait,
-            libc::SYS_epoll_wait,
             libc::SYS_eventfd2,
             libc::SYS_fstat,
             libc::SYS_getrandom,
@@ -384,17 +316,14 @@ pub fn vmm_thread_rules() -> ThreadRules {
             libc::SYS_pwrite64,
             libc::SYS_fsync,
             libc::SYS_ftruncate,
-            libc::SYS_rename,
             libc::SYS_renameat,
             libc::SYS_renameat2,
-            libc::SYS_mkdir,
             libc::SYS_mkdirat,
             // Live migration over a Unix socket.
             libc::SYS_accept4,
             libc::SYS_recvfrom,
             libc::SYS_sendto,
             libc::SYS_writev,
-            libc::SYS_poll,
             libc::SYS_ppoll,
             libc::SYS_setsockopt,
         ])
@@ -405,7 +334,7 @@ pub fn vmm_thread_rules() -> ThreadRules {
             libc::SYS_socket,
             libc::SYS_bind,
             libc::SYS_listen,
-            libc::SYS_unlink,
+            libc::SYS_unlinkat,
             libc::SYS_connect,
         ])
         .merge(&vcpu_thread_rules())
@@ -464,14 +393,8 @@ mod tests {
     fn ioctl_numbers_match_the_kvm_headers() {
         assert_eq!(nr::KVM_RUN(), 0xae80);
         assert_eq!(nr::KVM_CREATE_VM(), 0xae01);
-        assert_eq!(nr::KVM_GET_REGS(), 0x8090_ae81);
-        assert_eq!(nr::KVM_SET_REGS(), 0x4090_ae82);
         assert_eq!(nr::KVM_SET_USER_MEMORY_REGION(), 0x4020_ae46);
-        assert_eq!(nr::KVM_GET_SUPPORTED_CPUID(), 0xc008_ae05);
-        assert_eq!(nr::KVM_SET_CPUID2(), 0x4008_ae90);
         assert_eq!(nr::KVM_IRQFD(), 0x4020_ae76);
-        assert_eq!(nr::KVM_CREATE_PIT2(), 0x4040_ae77);
-        assert_eq!(nr::KVM_SET_LAPIC(), 0x4400_ae8f);
     }
 
     /// A vCPU thread runs under both filters, so every call its list allows

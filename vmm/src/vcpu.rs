@@ -255,8 +255,8 @@ fn run_loop(
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
                 if crate::guest_profile::armed() {
-                    if let Ok(regs) = vcpu.get_regs() {
-                        crate::guest_profile::record(id, regs.rip);
+                    if let Ok(ip) = arch::instruction_pointer(vcpu) {
+                        crate::guest_profile::record(id, ip);
                     }
                 }
             }
@@ -271,25 +271,20 @@ fn internal_error(id: u8, vcpu: &mut VcpuFd) -> VcpuEvent {
     // SAFETY: KVM set exit_reason to KVM_EXIT_INTERNAL_ERROR, so the `internal`
     // member of the exit union is the one it filled in.
     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-    let rip = vcpu
-        .get_regs()
-        .map(|r| format!("{:#x}", r.rip))
+    let ip = arch::instruction_pointer(vcpu)
+        .map(|ip| format!("{ip:#x}"))
         .unwrap_or_else(|e| format!("unknown ({e})"));
     let mut msg = format!(
-        "vcpu{id}: KVM internal error (suberror {suberror}{}) at guest RIP {rip}",
+        "vcpu{id}: KVM internal error (suberror {suberror}{}) at guest instruction pointer {ip}",
         if suberror == 1 {
             ": emulation failure"
         } else {
             ""
         }
     );
-    if arch::cpuid::is_pvm_host() {
-        msg.push_str(&format!(
-            ". This host's KVM is PVM (kvm_pvm): guest kernel code runs through KVM's \
-             instruction emulator, which cannot execute {}; use a guest kernel that avoids \
-             them (see scripts/guest-kit)",
-            arch::cpuid::PVM_UNSUPPORTED_INSTRUCTIONS.join(", ")
-        ));
+    if let Some(hint) = arch::internal_error_hint() {
+        msg.push_str(". ");
+        msg.push_str(&hint);
     }
     VcpuEvent::Error(msg)
 }

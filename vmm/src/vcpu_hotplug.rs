@@ -17,19 +17,21 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arch::cpuid::CpuidPolicy;
-use arch::layout;
+use arch::AcpiHotplugLayout;
 use devices::acpi::{CpuHotplugController, CpuHotplugState, GedEvents, GED_CPU_HOTPLUG};
 use devices::Bus;
-use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
 
 use super::{spawn_shared, PauseGate, VcpuContext, VcpuHandle};
 
 // The AML's GED dispatch and the device agree on the event bit and ports.
-const _: () = assert!(arch::acpi::cpu::GED_EVENT_CPU_HOTPLUG == GED_CPU_HOTPLUG);
-const _: () =
-    assert!(layout::CPU_HOTPLUG_PORT_SIZE as u64 == devices::acpi::CPU_HOTPLUG_REGISTER_SIZE);
+const _: () = assert!(match arch::PLATFORM.acpi_hotplug {
+    Some(l) => {
+        l.event_cpu_hotplug == GED_CPU_HOTPLUG
+            && l.cpu_hotplug_port_size as u64 == devices::acpi::CPU_HOTPLUG_REGISTER_SIZE
+    }
+    None => true,
+});
 
 /// How long the VMM waits for a retired vCPU thread to end.
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -75,10 +77,8 @@ pub struct VcpuSetup {
     pub vm_fd: Arc<VmFd>,
     /// Shared with every vCPU thread.
     pub ctx: VcpuContext,
-    /// KVM's supported CPUID, the base of every vCPU's table.
-    pub supported: CpuId,
-    /// Which CPUID features to hide.
-    pub policy: CpuidPolicy,
+    /// Builds each vCPU's initial state, as for the boot vCPUs.
+    pub cpu_config: Arc<arch::CpuConfig>,
 }
 
 /// The VMM side of vCPU hotplug for one VM.
@@ -99,12 +99,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl VcpuHotplug {
     /// Puts the CPU hotplug controller (`boot` of `max` vCPUs enabled) on
-    /// `io_bus` at [`layout::CPU_HOTPLUG_PORT`]; events go through `ged`.
+    /// `io_bus` at the port of `layout`; events go through `ged`.
     pub fn new(
         setup: VcpuSetup,
         boot: u8,
         max: u8,
         io_bus: &Bus,
+        layout: &AcpiHotplugLayout,
         ged: GedEvents,
     ) -> Result<Self, devices::BusError> {
         let state = CpuHotplugState::new(boot, max);
@@ -121,8 +122,8 @@ impl VcpuHotplug {
         );
         io_bus.insert(
             Arc::new(Mutex::new(controller)),
-            u64::from(layout::CPU_HOTPLUG_PORT),
-            u64::from(layout::CPU_HOTPLUG_PORT_SIZE),
+            u64::from(layout.cpu_hotplug_port),
+            u64::from(layout.cpu_hotplug_port_size),
         )?;
         Ok(Self {
             setup,
@@ -251,9 +252,9 @@ impl VcpuHotplug {
                     .vm_fd
                     .create_vcpu(u64::from(id))
                     .map_err(|e| err(format!("KVM_CREATE_VCPU: {e}")))?;
-                let cpuid = arch::cpuid::vcpu_cpuid(&s.supported, id, self.max, &s.policy)
+                s.cpu_config
+                    .configure(&vcpu, id, None)
                     .map_err(|e| err(e.to_string()))?;
-                arch::regs::configure_vcpu(&vcpu, &cpuid, None).map_err(|e| err(e.to_string()))?;
                 Arc::new(Mutex::new(vcpu))
             }
         };

@@ -9,12 +9,9 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arch::layout;
-use devices::legacy::{AcpiPmDevice, AcpiPmTimer, Cmos, GuestStopEvent, I8042Device, SerialDevice};
+use devices::legacy::{ConsoleInput, GuestStopEvent};
 use devices::Bus;
-use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY,
-};
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -24,6 +21,7 @@ use std::path::Path;
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
 use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
+use crate::platform_devices::{PlatformContext, PlatformDevices};
 use crate::snapshot::{self, MemoryRestoreMode, SnapshotError, VmSnapshot};
 use crate::vcpu::hotplug::{ResizeError, VcpuHotplug, VcpuSetup};
 use crate::vcpu::{self, PauseGate, VcpuContext, VcpuEvent, VcpuHandle};
@@ -69,25 +67,6 @@ pub enum RestoreMemory<'a> {
     Filled(GuestMemoryMmap),
 }
 
-/// The port-I/O devices whose state a snapshot keeps.
-struct LegacyDevices {
-    serial: Option<Arc<Mutex<SerialDevice>>>,
-    cmos: Arc<Mutex<Cmos>>,
-    pm_timer: Arc<Mutex<AcpiPmTimer>>,
-}
-
-/// State of the port-I/O devices in a snapshot.
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LegacyDevicesState {
-    /// COM1, when the VM has one.
-    pub serial: Option<devices::legacy::SerialState>,
-    /// CMOS RAM and RTC index.
-    pub cmos: devices::legacy::CmosState,
-    /// The ACPI PM timer's count, so the guest's clock source goes on.
-    pub pm_timer: devices::legacy::AcpiPmTimerState,
-}
-
 /// A booted VM: KVM handles, guest memory, the buses and the vCPU threads.
 pub struct Vm {
     kvm: Kvm,
@@ -95,7 +74,8 @@ pub struct Vm {
     pub devices: DeviceManager,
     vm_fd: Arc<VmFd>,
     memory: GuestMemoryMmap,
-    legacy: LegacyDevices,
+    machine: arch::Machine,
+    legacy: PlatformDevices,
     vcpus: Vec<VcpuHandle>,
     /// vCPU hotplug, when `max_vcpus > boot_vcpus`.
     cpu_hotplug: Option<VcpuHotplug>,
@@ -108,13 +88,19 @@ pub struct Vm {
     pub exit_evt: GuestStopEvent,
     /// Raised by devices when the guest requests a reset.
     pub reset_evt: GuestStopEvent,
-    /// The COM1 device, for feeding host input to the guest.
-    pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The serial console, for feeding host input to the guest.
+    pub serial: Option<Arc<Mutex<dyn ConsoleInput>>>,
 }
 
 fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
     Ok(match cfg.mode {
         ConsoleOutputMode::Off | ConsoleOutputMode::Null => None,
+        ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
+            return Err(VmmError::Config(format!(
+                "--{what}: mode {:?} is not implemented",
+                cfg.mode
+            )))
+        }
         ConsoleOutputMode::Tty => Some(Box::new(std::io::stdout())),
         ConsoleOutputMode::File => {
             let path = cfg.file.as_ref().ok_or_else(|| {
@@ -174,8 +160,15 @@ impl Vm {
                 "--cpus: boot=0: at least one vCPU is needed".into(),
             ));
         }
-        arch::cpuid::validate_feature_names(&config.cpus.features.keep)
+        arch::validate_cpu_features(&config.cpus.features.keep)
             .map_err(|e| VmmError::Config(format!("--cpus: features: {e}")))?;
+        let max_vcpus = config.cpus.max_vcpus;
+        if max_vcpus > num_vcpus && arch::PLATFORM.acpi_hotplug.is_none() {
+            return Err(VmmError::Config(format!(
+                "--cpus: max={max_vcpus}: {}",
+                arch::PLATFORM.unsupported("vCPU hotplug")
+            )));
+        }
 
         if config.serial.mode == ConsoleOutputMode::Tty
             && config.console.mode == ConsoleOutputMode::Tty
@@ -209,18 +202,8 @@ impl Vm {
         };
         register_memory(&vm_fd, &memory)?;
 
-        vm_fd
-            .set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
-            .map_err(VmmError::Kvm)?;
-        vm_fd
-            .set_tss_address(layout::KVM_TSS_ADDRESS as usize)
-            .map_err(VmmError::Kvm)?;
-        vm_fd.create_irq_chip().map_err(VmmError::Kvm)?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm_fd.create_pit2(pit).map_err(VmmError::Kvm)?;
+        let mut machine = arch::Machine::create(&vm_fd)
+            .map_err(|e| VmmError::Boot(format!("interrupt controller: {e}")))?;
 
         // Payload (a restored VM has it in its memory already).
         let kernel = match &source {
@@ -228,51 +211,86 @@ impl Vm {
             VmSource::Restore { .. } => None,
         };
 
-        // Devices.
+        // Buses and the guest's stop requests.
         let exit_evt = GuestStopEvent::new().map_err(VmmError::EventFd)?;
         let reset_evt = GuestStopEvent::new().map_err(VmmError::EventFd)?;
         let io_bus = Arc::new(Bus::new());
         let mmio_bus = Arc::new(Bus::new());
-        let serial = if config.serial.mode == ConsoleOutputMode::Off {
-            None
-        } else {
-            let irq = eventfd()?;
-            vm_fd
-                .register_irqfd(&irq, layout::COM1_IRQ)
-                .map_err(VmmError::Kvm)?;
-            let out = open_output(&config.serial, "serial")?;
-            let dev = Arc::new(Mutex::new(SerialDevice::new(irq, out)));
-            io_bus
-                .insert(dev.clone(), u64::from(layout::COM1_PORT), 8)
-                .map_err(VmmError::Bus)?;
-            Some(dev)
-        };
-        let below_4g = ram_size.min(layout::MEM_32BIT_GAP_START);
-        let above_4g = ram_size - below_4g;
-        let cmos = Arc::new(Mutex::new(Cmos::new(below_4g, above_4g)));
-        let pm_timer = Arc::new(Mutex::new(AcpiPmTimer::new()));
-        let legacy: [(devices::SharedDevice, u16, u64); 4] = [
-            (
-                Arc::new(Mutex::new(I8042Device::new(reset_evt.clone()))),
-                layout::I8042_PORT,
-                5,
-            ),
-            (cmos.clone(), layout::CMOS_PORT, 2),
-            (
-                Arc::new(Mutex::new(AcpiPmDevice::new(
-                    exit_evt.clone(),
-                    reset_evt.clone(),
-                ))),
-                layout::ACPI_PM_PORT,
-                1,
-            ),
-            (pm_timer.clone(), layout::ACPI_PM_TIMER_PORT, 4),
-        ];
-        for (dev, port, len) in legacy {
-            io_bus
-                .insert(dev, u64::from(port), len)
-                .map_err(VmmError::Bus)?;
+
+        // vCPUs, before the devices: on some architectures the interrupt
+        // controller is completed only once every vCPU exists, and device
+        // interrupts (irqfds) need it.
+        let cpu_config = Arc::new(
+            arch::CpuConfig::new(
+                &kvm,
+                &vm_fd,
+                &arch::CpuOptions {
+                    boot_vcpus: num_vcpus,
+                    max_vcpus,
+                    keep_features: config.cpus.features.keep.clone(),
+                },
+            )
+            .map_err(|e| VmmError::Vcpu(0, e.to_string()))?,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(PauseGate::default());
+        if matches!(source, VmSource::Restore { .. }) {
+            // A restored VM starts paused; the caller resumes it.
+            pause.close();
         }
+        let (tx, events) = channel();
+        let vcpu_event_fd = Arc::new(eventfd()?);
+        let ctx = VcpuContext {
+            io_bus: io_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
+            stop: stop.clone(),
+            events: tx,
+            event_fd: vcpu_event_fd.clone(),
+            guest_stops: [exit_evt.clone(), reset_evt.clone()],
+            pause: pause.clone(),
+            seccomp_filter: filters.vcpu.clone(),
+        };
+        let mut fds = Vec::with_capacity(usize::from(num_vcpus));
+        for id in 0..num_vcpus {
+            let vcpu = vm_fd.create_vcpu(u64::from(id)).map_err(VmmError::Kvm)?;
+            match &source {
+                VmSource::Restore { snapshot, .. } => {
+                    let state = snapshot.vcpus.get(usize::from(id)).ok_or_else(|| {
+                        VmmError::Snapshot(format!("no saved state for vcpu{id}"))
+                    })?;
+                    cpu_config
+                        .restore(&vcpu, id, state)
+                        .map_err(|e| VmmError::Snapshot(format!("vcpu{id}: {e}")))?;
+                }
+                VmSource::Boot => {
+                    let boot = kernel.as_ref().filter(|_| id == 0).map(|k| (&memory, k));
+                    cpu_config
+                        .configure(&vcpu, id, boot)
+                        .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
+                }
+            }
+            fds.push(vcpu);
+        }
+        machine
+            .finalize(&vm_fd, num_vcpus)
+            .map_err(|e| VmmError::Boot(format!("interrupt controller: {e}")))?;
+
+        // Devices.
+        let serial_out = match config.serial.mode {
+            ConsoleOutputMode::Off => None,
+            _ => Some(open_output(&config.serial, "serial")?),
+        };
+        let ram = arch::ram_regions(ram_size);
+        let legacy = PlatformDevices::new(PlatformContext {
+            vm_fd: &vm_fd,
+            io_bus: &io_bus,
+            mmio_bus: &mmio_bus,
+            ram: &ram,
+            serial_out,
+            exit_evt: &exit_evt,
+            reset_evt: &reset_evt,
+        })?;
+        let serial = legacy.console();
         let mut pci_devices = DeviceManager::new(
             vm_fd.clone(),
             GuestMemoryAtomic::new(memory.clone()),
@@ -284,11 +302,6 @@ impl Vm {
                 }) as virtio_devices::worker::ThreadSetup
             }),
         )?;
-        let legacy = LegacyDevices {
-            serial: serial.clone(),
-            cmos,
-            pm_timer,
-        };
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
             pci_devices.restore_slots(&snapshot.devices);
@@ -303,82 +316,23 @@ impl Vm {
             pci_devices
                 .pause_all()
                 .map_err(|e| VmmError::Snapshot(e.to_string()))?;
-        }
-
-        // vCPUs.
-        let supported = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(VmmError::Kvm)?;
-        let policy = arch::cpuid::CpuidPolicy {
-            hide_pvm_unsupported: arch::cpuid::is_pvm_host(),
-            keep: config.cpus.features.keep.clone(),
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let pause = Arc::new(PauseGate::default());
-        if matches!(source, VmSource::Restore { .. }) {
-            // A restored VM starts paused; the caller resumes it.
-            pause.close();
-        }
-        let (tx, events) = channel();
-        let vcpu_event_fd = Arc::new(eventfd()?);
-        let ctx = VcpuContext {
-            io_bus,
-            mmio_bus,
-            stop: stop.clone(),
-            events: tx,
-            event_fd: vcpu_event_fd.clone(),
-            guest_stops: [exit_evt.clone(), reset_evt.clone()],
-            pause: pause.clone(),
-            seccomp_filter: filters.vcpu.clone(),
-        };
-        let mut fds = Vec::with_capacity(usize::from(num_vcpus));
-        for id in 0..num_vcpus {
-            let vcpu = vm_fd.create_vcpu(u64::from(id)).map_err(VmmError::Kvm)?;
-            // Topology of all possible vCPUs, so hot-added ones match.
-            let cpuid = arch::cpuid::vcpu_cpuid(&supported, id, config.cpus.max_vcpus, &policy)
-                .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
-            match (&source, &kernel) {
-                (VmSource::Restore { snapshot, .. }, _) => {
-                    let state = snapshot.vcpus.get(usize::from(id)).ok_or_else(|| {
-                        VmmError::Snapshot(format!("no saved state for vcpu{id}"))
-                    })?;
-                    state
-                        .restore(&vcpu)
-                        .map_err(|e| VmmError::Snapshot(format!("vcpu{id}: {e}")))?;
-                }
-                (VmSource::Boot, kernel) => {
-                    let boot = kernel.as_ref().filter(|_| id == 0).map(|k| (&memory, k));
-                    arch::regs::configure_vcpu(&vcpu, &cpuid, boot)
-                        .map_err(|e| VmmError::Vcpu(id, e.to_string()))?;
-                }
-            }
-            if id == 0 && matches!(source, VmSource::Boot) {
-                warn_reexposed_features(&vcpu, &policy);
-            }
-            fds.push(vcpu);
-        }
-        if let VmSource::Restore { snapshot, .. } = &source {
-            snapshot
-                .vm
-                .restore(&vm_fd)
+            machine
+                .restore_state(&vm_fd, &snapshot.vm)
                 .map_err(|e| VmmError::Snapshot(e.to_string()))?;
         }
-        let max_vcpus = config.cpus.max_vcpus;
-        let cpu_hotplug = if max_vcpus > num_vcpus {
-            let setup = VcpuSetup {
-                vm_fd: vm_fd.clone(),
-                ctx: ctx.clone(),
-                supported,
-                policy,
-            };
-            let io_bus = ctx.io_bus.clone();
-            let ged = pci_devices.ged_events();
-            Some(
-                VcpuHotplug::new(setup, num_vcpus, max_vcpus, &io_bus, ged)
-                    .map_err(VmmError::Bus)?,
-            )
-        } else {
-            None
+        let cpu_hotplug = match (arch::PLATFORM.acpi_hotplug, pci_devices.ged_events()) {
+            (Some(layout), Some(ged)) if max_vcpus > num_vcpus => {
+                let setup = VcpuSetup {
+                    vm_fd: vm_fd.clone(),
+                    ctx: ctx.clone(),
+                    cpu_config,
+                };
+                Some(
+                    VcpuHotplug::new(setup, num_vcpus, max_vcpus, &io_bus, &layout, ged)
+                        .map_err(VmmError::Bus)?,
+                )
+            }
+            _ => None,
         };
         let mut vcpus = Vec::with_capacity(fds.len());
         for (id, fd) in (0..num_vcpus).zip(fds) {
@@ -390,6 +344,7 @@ impl Vm {
             devices: pci_devices,
             vm_fd,
             memory,
+            machine,
             legacy,
             vcpus,
             cpu_hotplug,
@@ -511,7 +466,7 @@ impl Vm {
         let mut omitted = Vec::new();
         for (id, handle) in self.vcpus.iter().enumerate() {
             let fd = handle.fd.lock().unwrap_or_else(|e| e.into_inner());
-            let state = arch::vcpu_state::VcpuState::save(&fd, &self.kvm)
+            let state = arch::VcpuState::save(&fd, &self.kvm)
                 .map_err(|e| SnapshotError::Kvm(format!("vcpu{id}: {e}")))?;
             for what in &state.omitted {
                 let what = format!("vcpu{id}: {what}");
@@ -520,12 +475,17 @@ impl Vm {
             }
             vcpus.push(state);
         }
-        let vm = arch::vm_state::VmKvmState::save(&self.vm_fd)
+        let vm = self
+            .machine
+            .save_state(&self.vm_fd)
             .map_err(|e| SnapshotError::Kvm(e.to_string()))?;
-        let devices = self
-            .devices
-            .snapshot()
-            .map_err(|e| SnapshotError::Device(e.to_string()))?;
+        let devices = self.devices.snapshot().map_err(|e| {
+            if e.contains(snapshot::UNSUPPORTED_MARKER) {
+                SnapshotError::Unsupported(e)
+            } else {
+                SnapshotError::Device(e)
+            }
+        })?;
         let legacy = self.legacy.state();
         Ok(VmSnapshot {
             format: snapshot::SNAPSHOT_FORMAT.into(),
@@ -585,71 +545,13 @@ impl Drop for Vm {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl LegacyDevices {
-    fn state(&self) -> LegacyDevicesState {
-        LegacyDevicesState {
-            serial: self.serial.as_ref().map(|s| lock(s).state()),
-            cmos: lock(&self.cmos).state(),
-            pm_timer: lock(&self.pm_timer).state(),
-        }
-    }
-
-    fn restore(&self, state: &LegacyDevicesState) -> Result<(), VmmError> {
-        let bad = |what: &str, e: String| VmmError::Snapshot(format!("{what}: {e}"));
-        match (&self.serial, &state.serial) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("serial", e.to_string()))?,
-            (None, None) => {}
-            _ => {
-                return Err(bad(
-                    "serial",
-                    "the snapshot and the config disagree on whether COM1 exists".into(),
-                ))
-            }
-        }
-        lock(&self.cmos)
-            .restore_state(&state.cmos)
-            .map_err(|e| bad("cmos", e.to_string()))?;
-        lock(&self.pm_timer)
-            .restore_state(&state.pm_timer)
-            .map_err(|e| bad("ACPI PM timer", e.to_string()))
-    }
-}
-
-/// Warns when the host put back CPU features chv hid (PVM merges the host's
-/// leaf-1 bits into the guest CPUID): the guest kernel must then avoid those
-/// instructions itself, as the guest kit's kernel does.
-fn warn_reexposed_features(vcpu: &kvm_ioctls::VcpuFd, policy: &arch::cpuid::CpuidPolicy) {
-    if !policy.hide_pvm_unsupported {
-        return;
-    }
-    match vcpu.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES) {
-        Ok(effective) => {
-            let back = arch::cpuid::reexposed_features(&effective, policy);
-            if !back.is_empty() {
-                log::warn!(
-                    "this host's KVM re-exposes CPU features chv hid from the guest: {}; \
-                     the guest kernel must avoid them itself",
-                    back.join(", ")
-                );
-            }
-        }
-        Err(e) => log::debug!("cannot read back the vCPU CPUID: {e}"),
-    }
-}
-
-/// Loads the kernel and initramfs, builds the ACPI tables and the boot
-/// parameters; returns where the kernel starts.
+/// Loads the payload (kernel, initramfs, command line) and the firmware
+/// description; returns where the boot vCPU starts.
 fn load_payload(
     config: &VmConfig,
     memory: &GuestMemoryMmap,
     num_vcpus: u8,
-) -> Result<arch::boot::KernelEntry, VmmError> {
+) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
     let kernel_path = payload
         .kernel
@@ -660,39 +562,28 @@ fn load_payload(
         Some(p) => Some(open_payload(p, "initramfs")?),
         None => None,
     };
-    let kernel = arch::boot::load_kernel(memory, &mut kernel_file)
-        .map_err(|e| VmmError::Boot(format!("--kernel {}: {e}", kernel_path.display())))?;
-    let initramfs = match (&mut initramfs_file, &payload.initramfs) {
-        (Some(f), Some(p)) => Some(
-            arch::boot::load_initramfs(memory, f)
-                .map_err(|e| VmmError::Boot(format!("--initramfs {}: {e}", p.display())))?,
-        ),
-        _ => None,
-    };
-    let rsdp = arch::acpi::create_acpi_tables(
+    arch::load_payload(
         memory,
-        num_vcpus,
-        config.cpus.max_vcpus,
-        crate::device_manager::hotplug_slots_for(config),
+        arch::Payload {
+            kernel: &mut kernel_file,
+            initramfs: initramfs_file.as_mut(),
+            cmdline: payload.cmdline.as_deref().unwrap_or(""),
+            ram_size: config.memory.size,
+            boot_vcpus: num_vcpus,
+            max_vcpus: config.cpus.max_vcpus,
+            hotplug_slots: crate::device_manager::hotplug_slots_for(config),
+        },
     )
-    .map_err(|e| VmmError::Boot(format!("ACPI tables: {e}")))?;
-    arch::mptable::setup_mptable(
-        memory,
-        num_vcpus,
-        arch::acpi::ioapic_id(config.cpus.max_vcpus),
-    )
-    .map_err(|e| VmmError::Boot(e.to_string()))?;
-    let cmdline = payload.cmdline.as_deref().unwrap_or("");
-    arch::boot::configure_system(
-        memory,
-        &kernel,
-        cmdline,
-        initramfs.as_ref(),
-        Some(rsdp),
-        config.memory.size,
-    )
-    .map_err(|e| VmmError::Boot(e.to_string()))?;
-    Ok(kernel)
+    .map_err(|e| match e {
+        arch::PayloadError::Kernel(e) => {
+            VmmError::Boot(format!("--kernel {}: {e}", kernel_path.display()))
+        }
+        arch::PayloadError::Initramfs(e) => {
+            let path = payload.initramfs.as_deref().unwrap_or(Path::new(""));
+            VmmError::Boot(format!("--initramfs {}: {e}", path.display()))
+        }
+        other => VmmError::Boot(other.to_string()),
+    })
 }
 
 /// Tells KVM where each region of `memory` is.

@@ -111,6 +111,8 @@ pub const PCI_MMIO64_START: u64 = 0x10_0000_0000;
 /// Size of the 64-bit PCI MMIO window (64 GiB, ending at 128 GiB, within
 /// the 39-bit physical address width of common hosts).
 pub const PCI_MMIO64_SIZE: u64 = 0x10_0000_0000;
+/// Start of device memory above the PCI windows (virtio-pmem ranges).
+pub const DEVICE_MEMORY_START: u64 = PCI_MMIO64_START + PCI_MMIO64_SIZE;
 /// The legacy PCI configuration ports 0xCF8..=0xCFF (mechanism #1).
 pub const PCI_CONFIG_IO_PORT: u16 = 0xcf8;
 /// Number of configuration ports.

@@ -2,7 +2,7 @@
 //! RTC/NVRAM and the ACPI power-management registers.
 //!
 //! Each device implements [`crate::bus::BusDevice`] and is inserted on the
-//! port-I/O bus by the VMM at the addresses in `arch::layout`.
+//! bus the platform description (`arch::PLATFORM`) names, at its address.
 
 pub mod acpi_pm;
 pub mod cmos;
@@ -59,6 +59,14 @@ pub(crate) fn check_version(
     } else {
         Err(StateError::Version { device, version })
     }
+}
+
+/// A console UART the VMM feeds host input (stdin) into.
+pub trait ConsoleInput: Send {
+    /// Pushes host input towards the guest; what does not fit is dropped.
+    fn enqueue_input(&mut self, bytes: &[u8]);
+    /// Free space in the receive FIFO, so callers can avoid dropping input.
+    fn input_capacity(&self) -> usize;
 }
 
 /// A guest request to stop the VM (power off or reset).

@@ -219,6 +219,16 @@ impl BusDevice for SerialDevice {
     }
 }
 
+impl super::ConsoleInput for SerialDevice {
+    fn enqueue_input(&mut self, bytes: &[u8]) {
+        SerialDevice::enqueue_input(self, bytes);
+    }
+
+    fn input_capacity(&self) -> usize {
+        SerialDevice::input_capacity(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,6 +151,31 @@ impl TestVm {
         }
     }
 
+    /// New guest memory backed by a memfd (as `memory.shared=on` makes
+    /// it), so a vhost-user backend can map it.
+    pub fn shared() -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: memfd_create with a NUL-terminated name; the fd is new.
+        let fd = unsafe { libc::memfd_create(c"chv-test-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create failed");
+        // SAFETY: the fd was just created and nothing else owns it.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.set_len(MEM_SIZE).unwrap();
+        let region = vm_memory::GuestRegionMmap::from_range(
+            GuestAddress(0),
+            MEM_SIZE as usize,
+            Some(vm_memory::FileOffset::new(file, 0)),
+        )
+        .unwrap();
+        let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        TestVm {
+            mem: Box::leak(Box::new(mem)),
+            atomic,
+            interrupt: Arc::new(TestInterrupt::default()),
+        }
+    }
+
     /// Fresh driver queues (rings zeroed) for `n` queues of `size`.
     pub fn queues(&self, n: u16, size: u16) -> (Vec<TestQueue>, Vec<ActivatedQueue>) {
         let mut tq = Vec::new();

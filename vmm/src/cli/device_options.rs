@@ -12,7 +12,7 @@ use super::options::{parse_list, parse_toggle, parse_u64, split_options, OptionE
 use super::rate_limit_options::{group_id, RateLimitKeys};
 use crate::config::{
     check_mac, default_disk_num_queues, default_disk_queue_size, valid_device_id,
-    valid_disk_queue_size, valid_tap_name, DiskConfig, NetConfig, RngConfig, DISK_IMAGE_TYPES,
+    valid_disk_queue_size, valid_tap_name, DiskConfig, ImageType, NetConfig, RngConfig,
     MAX_DISK_QUEUES, MAX_DISK_QUEUE_SIZE, MAX_DISK_SERIAL_BYTES, MAX_NET_QUEUES,
     MAX_NET_QUEUE_SIZE, MIN_NET_MTU,
 };
@@ -20,14 +20,13 @@ use crate::config::{VsockConfig, MAX_VSOCK_CID, MIN_VSOCK_CID};
 
 /// Keys accepted by `--disk`, for error messages.
 const DISK_KEYS: &str = "path, readonly, direct, num_queues, queue_size, serial, id, image_type, \
-                         bw_*/ops_* limits, rate_limit_group or iommu=off";
+                         bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off";
 
 /// `--disk` keys Cloud Hypervisor knows that chv does not implement.
-const DISK_UNSUPPORTED: [&str; 7] = [
+const DISK_UNSUPPORTED: [&str; 6] = [
     "vhost_user",
     "socket",
     "vhost_socket",
-    "pci_segment",
     "queue_affinity",
     "backing_files",
     "sparse",
@@ -62,6 +61,7 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
             "id" => disk.id = Some(device_id(&item)?),
             "image_type" => disk.image_type = Some(image_type(&item)?),
             "rate_limit_group" => disk.rate_limit_group = Some(group_id(&item)?),
+            "pci_segment" => disk.pci_segment = pci_segment(&item)?,
             "iommu" => reject_iommu_on(&item)?,
             key if DISK_UNSUPPORTED.contains(&key) => {
                 return Err(OptionError::Unsupported(item.key))
@@ -145,10 +145,12 @@ fn device_id(item: &OptionItem) -> Result<String, OptionError> {
 }
 
 /// Parses `image_type=raw|qcow2`.
-fn image_type(item: &OptionItem) -> Result<String, OptionError> {
+fn image_type(item: &OptionItem) -> Result<ImageType, OptionError> {
     let value = item.value()?;
-    if DISK_IMAGE_TYPES.contains(&value) {
-        return Ok(value.to_owned());
+    match value {
+        "raw" => return Ok(ImageType::Raw),
+        "qcow2" => return Ok(ImageType::Qcow2),
+        _ => {}
     }
     if IMAGE_TYPES_UNSUPPORTED.contains(&value) {
         return Err(OptionError::Unsupported(format!("image_type={value}")));
@@ -158,6 +160,14 @@ fn image_type(item: &OptionItem) -> Result<String, OptionError> {
         value,
         "expected raw or qcow2",
     ))
+}
+
+/// Parses `pci_segment=N` (checked against `--platform num_pci_segments`
+/// when the whole configuration is validated).
+pub(super) fn pci_segment(item: &OptionItem) -> Result<u16, OptionError> {
+    let value = item.value()?;
+    let n = parse_u64(&item.key, value)?;
+    u16::try_from(n).map_err(|_| OptionError::invalid(&item.key, value, "must fit 16 bits"))
 }
 
 /// Accepts `iommu=off` (Cloud Hypervisor's default); chv has no vIOMMU.
@@ -191,7 +201,7 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
 
 /// Keys accepted by `--net`, for error messages.
 const NET_KEYS: &str = "tap, fd, mac, ip, mask, mtu, num_queues, queue_size, id, offload_tso, \
-                        offload_csum, bw_*/ops_* limits, offload_ufo=off or iommu=off";
+                        offload_csum, offload_ufo, bw_*/ops_* limits or iommu=off";
 
 /// `--net` keys Cloud Hypervisor knows that chv does not implement.
 const NET_UNSUPPORTED: [&str; 5] = [
@@ -230,11 +240,7 @@ pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
             "id" => net.id = Some(device_id(&item)?),
             "offload_tso" => net.offload_tso = parse_toggle(&item.key, item.value()?)?,
             "offload_csum" => net.offload_csum = parse_toggle(&item.key, item.value()?)?,
-            "offload_ufo" => {
-                if parse_toggle(&item.key, item.value()?)? {
-                    return Err(OptionError::Unsupported("offload_ufo=on".into()));
-                }
-            }
+            "offload_ufo" => net.offload_ufo = parse_toggle(&item.key, item.value()?)?,
             "iommu" => reject_iommu_on(&item)?,
             key if NET_UNSUPPORTED.contains(&key) => {
                 return Err(OptionError::Unsupported(item.key))
@@ -386,7 +392,10 @@ pub(super) fn parse_vsock(value: &str) -> Result<VsockConfig, OptionError> {
     Ok(VsockConfig {
         cid: cid.ok_or(OptionError::Missing("cid (cid=...)"))?,
         socket: socket.ok_or(OptionError::Missing("socket (socket=...)"))?,
+        iommu: false,
         id,
+        pci_segment: 0,
+        pci_device_id: None,
     })
 }
 

@@ -19,7 +19,7 @@ pub struct TokenBucketConfig {
     /// Bucket size (bytes or operations).
     pub size: u64,
     /// Initial extra credit, spent first and never refilled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub one_time_burst: Option<u64>,
     /// Milliseconds to refill a whole bucket.
     pub refill_time: u64,
@@ -54,10 +54,10 @@ impl TokenBucketConfig {
 #[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
     /// Bytes per `refill_time`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub bandwidth: Option<TokenBucketConfig>,
     /// Requests (disks) or frames (net) per `refill_time`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub ops: Option<TokenBucketConfig>,
 }
 
@@ -204,11 +204,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(g.rate_limiter_config.ops, bucket(5, 10));
-        // Absent fields stay absent in a serialized VmConfig.
+        // Absent fields serialize as null, which CH's clients read as absent.
         let mut config = vm(vec![disk(None, None)], vec![]);
         config.rate_limit_groups = None;
         let plain = serde_json::to_string(&config).unwrap();
-        assert!(!plain.contains("rate_limit"), "{plain}");
+        assert!(plain.contains(r#""rate_limit_groups":null"#), "{plain}");
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl DeviceManager {
     pub fn snapshot(&self) -> Result<DevicesSnapshot, String> {
         let mut pci = Vec::new();
         for dev in lock(&self.devices).iter() {
-            let transport = lock(&dev.device);
+            let mut transport = lock(&dev.device);
+            // Backends with state of their own (virtiofsd) hand it over now.
+            transport
+                .prepare_snapshot()
+                .map_err(|e| format!("{}: {e}", dev.id))?;
             let state = transport.state().map_err(|e| format!("{}: {e}", dev.id))?;
             pci.push(PciDeviceSnapshot {
                 id: dev.id.clone(),

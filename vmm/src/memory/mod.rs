@@ -32,7 +32,7 @@ pub fn zones_for(config: &VmConfig) -> Vec<RamZone> {
 pub fn create_for_config(config: &VmConfig) -> Result<GuestRam, BackingError> {
     let zones = zones_for(config);
     let total = zones.iter().map(|z| z.size).sum();
-    create_guest_ram(&zones, &arch::memory::ram_regions(total))
+    create_guest_ram(&zones, &arch::ram_regions(total))
 }
 
 /// One zone of guest RAM: `size` bytes backed as `backing` says.

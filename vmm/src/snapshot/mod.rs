@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
 use crate::device_manager::DevicesSnapshot;
-use crate::vm::LegacyDevicesState;
+use crate::platform_devices::LegacyDevicesState;
 
 pub use memory::{MemoryRange, MemoryRestoreMode};
 
@@ -51,7 +51,15 @@ pub enum SnapshotError {
     /// The VM is not in a state that allows the operation.
     #[error("{0}")]
     State(String),
+    /// A device cannot be snapshotted at all (a vhost-user backend without
+    /// the protocol feature it takes): a client error, not a failure.
+    #[error("device {0}")]
+    Unsupported(String),
 }
+
+/// Marker in a device's snapshot refusal that makes it
+/// [`SnapshotError::Unsupported`] (the backend lacks a protocol feature).
+pub const UNSUPPORTED_MARKER: &str = "lacks VHOST_USER_PROTOCOL_F_";
 
 /// Everything `state.json` holds.
 #[derive(Serialize, Deserialize)]
@@ -67,11 +75,11 @@ pub struct VmSnapshot {
     pub config: VmConfig,
     /// Where each guest RAM region is in [`MEMORY_FILE`].
     pub memory: Vec<MemoryRange>,
-    /// In-kernel irqchip, PIT and clock.
-    pub vm: arch::vm_state::VmKvmState,
+    /// VM-wide in-kernel state (x86_64: irqchip, PIT and clock).
+    pub vm: arch::VmState,
     /// One entry per vCPU, by id.
-    pub vcpus: Vec<arch::vcpu_state::VcpuState>,
-    /// Serial port, CMOS and the other port-I/O devices.
+    pub vcpus: Vec<arch::VcpuState>,
+    /// Serial port, RTC and the other platform devices.
     pub legacy: LegacyDevicesState,
     /// The PCI devices and their slots.
     pub devices: DevicesSnapshot,

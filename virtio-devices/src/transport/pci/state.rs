@@ -138,6 +138,17 @@ impl VirtioPciDevice {
         Ok(())
     }
 
+    /// Lets the device collect state held outside the VMM (a vhost-user
+    /// backend's) before [`Self::state`]; it must be paused or inactive.
+    pub fn prepare_snapshot(&mut self) -> Result<(), VirtioPciError> {
+        if self.activated && !self.paused {
+            return Err(VirtioPciError::NotPaused);
+        }
+        self.device
+            .prepare_snapshot()
+            .map_err(|e| VirtioPciError::State(e.to_string()))
+    }
+
     /// Saves the device. It must be paused or never have been activated.
     pub fn state(&self) -> Result<VirtioPciState, VirtioPciError> {
         if self.activated && !self.paused {

@@ -1,0 +1,1 @@
+//! aarch64 guest setup (in progress: see issue #15).

@@ -1,0 +1,346 @@
+//! One frontend connection to a vhost-user backend: negotiation, memory
+//! table, vring setup and teardown, on the `vhost` crate's [`Frontend`].
+//!
+//! Every exchange is bounded by a [`watchdog`](super::watchdog) deadline,
+//! and the first failed exchange marks the connection broken: the stream
+//! may be out of step with the backend, so nothing more is sent on it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::info;
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
+    VhostUserHeaderFlag, VhostUserProtocolFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{
+    Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::watchdog;
+use super::VhostUserError;
+use crate::worker::ThreadSetup;
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: the backend speaks protocol features
+/// (a vhost-user bit, never offered to the guest).
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// How long one exchange with the backend may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Protocol features the frontend can use.
+fn wanted_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::RESET_DEVICE
+        | VhostUserProtocolFeatures::DEVICE_STATE
+}
+
+/// Where a vring lives and how it is signalled, for [`VhostUserConnection::start_vring`].
+pub struct VringSetup<'a> {
+    /// Queue index.
+    pub index: usize,
+    /// Queue size the driver chose.
+    pub size: u16,
+    /// Descriptor table, available ring and used ring (guest addresses).
+    pub desc: GuestAddress,
+    /// Available ring.
+    pub avail: GuestAddress,
+    /// Used ring.
+    pub used: GuestAddress,
+    /// Next available index the backend starts from.
+    pub base: u16,
+    /// The driver's notify eventfd (the backend waits on it).
+    pub kick: &'a EventFd,
+    /// The eventfd the backend signals for used buffers.
+    pub call: &'a EventFd,
+}
+
+/// A connected, negotiated vhost-user frontend.
+pub struct VhostUserConnection {
+    frontend: Frontend,
+    socket: PathBuf,
+    timeout: Duration,
+    setup: Option<ThreadSetup>,
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    broken: bool,
+}
+
+impl VhostUserConnection {
+    /// Connects to the backend listening on `socket`, takes ownership of
+    /// it and negotiates protocol features for `num_queues` queues.
+    /// `setup` runs on the watchdog thread if this starts it.
+    pub fn connect(
+        socket: &Path,
+        num_queues: usize,
+        timeout: Duration,
+        setup: Option<ThreadSetup>,
+    ) -> Result<Self, VhostUserError> {
+        let stream = UnixStream::connect(socket).map_err(|e| VhostUserError::Connect {
+            path: socket.to_path_buf(),
+            source: e,
+        })?;
+        Self::from_stream(stream, socket, num_queues, timeout, setup)
+    }
+
+    /// As [`Self::connect`], on a stream already connected to `socket`.
+    pub fn from_stream(
+        stream: UnixStream,
+        socket: &Path,
+        num_queues: usize,
+        timeout: Duration,
+        setup: Option<ThreadSetup>,
+    ) -> Result<Self, VhostUserError> {
+        // Writes time out on their own (sendmsg returns EAGAIN, which the
+        // crate retries); the watchdog bounds the whole exchange.
+        let _ = stream.set_write_timeout(Some(timeout));
+        let mut conn = VhostUserConnection {
+            frontend: Frontend::from_stream(stream, num_queues as u64),
+            socket: socket.to_path_buf(),
+            timeout,
+            setup,
+            backend_features: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            broken: false,
+        };
+        conn.negotiate(num_queues)?;
+        Ok(conn)
+    }
+
+    fn negotiate(&mut self, num_queues: usize) -> Result<(), VhostUserError> {
+        self.call("SET_OWNER", |f| f.set_owner())?;
+        self.backend_features = self.call("GET_FEATURES", |f| f.get_features())?;
+        if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            let offered = self.call("GET_PROTOCOL_FEATURES", |f| f.get_protocol_features())?;
+            let acked = offered & wanted_protocol_features();
+            self.call("SET_PROTOCOL_FEATURES", |f| f.set_protocol_features(acked))?;
+            self.protocol = acked;
+            if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+                // Every request then gets an answer, so a backend's refusal
+                // is an error here instead of a silent failure later.
+                self.frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+            }
+        }
+        // Without MQ the device type fixes the queue count (virtio-fs has
+        // two); with it the backend says how many it serves.
+        if num_queues > 1 && self.protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let max = self.call("GET_QUEUE_NUM", |f| f.get_queue_num())?;
+            if max < num_queues as u64 {
+                return Err(VhostUserError::QueueCount {
+                    asked: num_queues,
+                    max,
+                });
+            }
+        }
+        info!(
+            "vhost-user {}: features {:#x}, protocol features {:#x}",
+            self.socket.display(),
+            self.backend_features,
+            self.protocol.bits()
+        );
+        Ok(())
+    }
+
+    /// Runs one exchange under a deadline; any failure breaks the
+    /// connection.
+    fn call<T>(
+        &mut self,
+        op: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T, VhostUserError> {
+        if self.broken {
+            return Err(VhostUserError::Broken(self.socket.clone()));
+        }
+        let deadline = watchdog::arm(self.frontend.as_raw_fd(), self.timeout, self.setup.as_ref());
+        let result = f(&mut self.frontend);
+        let timed_out = deadline.fired();
+        drop(deadline);
+        result.map_err(|e| {
+            self.broken = true;
+            if timed_out {
+                VhostUserError::Timeout {
+                    op,
+                    after: self.timeout,
+                }
+            } else {
+                VhostUserError::Request { op, source: e }
+            }
+        })
+    }
+
+    /// Socket path of the backend.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The raw socket fd (polled for hang-ups while the device runs).
+    pub fn socket_fd(&self) -> std::os::fd::RawFd {
+        self.frontend.as_raw_fd()
+    }
+
+    /// A handle on the same frontend (it keeps the socket open).
+    pub(crate) fn frontend_handle(&self) -> Frontend {
+        self.frontend.clone()
+    }
+
+    /// True once an exchange failed; only a new connection helps then.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Marks the connection dead (the backend hung up).
+    pub fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Virtio feature bits the backend offers (without the vhost-user bit).
+    pub fn backend_features(&self) -> u64 {
+        self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    /// Protocol features both sides use.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol
+    }
+
+    /// Reads `len` bytes of the device config space from the backend
+    /// (needs `VHOST_USER_PROTOCOL_F_CONFIG`).
+    pub fn get_config(&mut self, len: usize) -> Result<Vec<u8>, VhostUserError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(VhostUserError::Unsupported {
+                what: "reading the device configuration".into(),
+                feature: "VHOST_USER_PROTOCOL_F_CONFIG",
+            });
+        }
+        let buf = vec![0u8; len];
+        let (_, payload) = self.call("GET_CONFIG", |f| {
+            f.get_config(0, len as u32, VhostUserConfigFlags::WRITABLE, &buf)
+        })?;
+        Ok(payload)
+    }
+
+    /// Acks the driver's `features` (plus the protocol-features bit if the
+    /// backend offered it) and sends the memory table: every region must
+    /// be file-backed (`memory.shared=on`) so the backend can map it.
+    pub fn set_features_and_memory(
+        &mut self,
+        features: u64,
+        mem: &GuestMemoryMmap,
+    ) -> Result<(), VhostUserError> {
+        let features = features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES);
+        self.call("SET_FEATURES", |f| f.set_features(features))?;
+        let regions = memory_table(mem)?;
+        self.call("SET_MEM_TABLE", |f| f.set_mem_table(&regions))?;
+        Ok(())
+    }
+
+    /// Hands vring `v` to the backend and enables it.
+    pub fn start_vring(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        v: &VringSetup<'_>,
+    ) -> Result<(), VhostUserError> {
+        let n = u64::from(v.size);
+        let config = VringConfigData {
+            queue_max_size: v.size,
+            queue_size: v.size,
+            flags: 0,
+            desc_table_addr: host_address(mem, v.desc, 16 * n)?,
+            used_ring_addr: host_address(mem, v.used, 6 + 8 * n)?,
+            avail_ring_addr: host_address(mem, v.avail, 6 + 2 * n)?,
+            log_addr: None,
+        };
+        let i = v.index;
+        self.call("SET_VRING_NUM", |f| f.set_vring_num(i, v.size))?;
+        self.call("SET_VRING_ADDR", |f| f.set_vring_addr(i, &config))?;
+        self.call("SET_VRING_BASE", |f| f.set_vring_base(i, v.base))?;
+        self.call("SET_VRING_CALL", |f| f.set_vring_call(i, v.call))?;
+        self.call("SET_VRING_KICK", |f| f.set_vring_kick(i, v.kick))?;
+        if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            // With protocol features, rings start disabled.
+            self.call("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))?;
+        }
+        Ok(())
+    }
+
+    /// Stops vring `index` and returns the next available index the
+    /// backend would have processed.
+    pub fn stop_vring(&mut self, index: usize) -> Result<u16, VhostUserError> {
+        if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            self.call("SET_VRING_ENABLE", |f| f.set_vring_enable(index, false))?;
+        }
+        let base = self.call("GET_VRING_BASE", |f| f.get_vring_base(index))?;
+        u16::try_from(base).map_err(|_| VhostUserError::BadReply {
+            op: "GET_VRING_BASE",
+            what: format!("ring index {base} is beyond 16 bits"),
+        })
+    }
+
+    /// Whether the backend can hand over its internal state.
+    pub fn supports_device_state(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::DEVICE_STATE)
+    }
+
+    /// Starts a state transfer in `direction` over the pipe end `fd`;
+    /// the backend may return a different fd to use instead.
+    pub fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        fd: OwnedFd,
+    ) -> Result<Option<std::fs::File>, VhostUserError> {
+        if !self.supports_device_state() {
+            return Err(VhostUserError::Unsupported {
+                what: "transferring the backend's state".into(),
+                feature: "VHOST_USER_PROTOCOL_F_DEVICE_STATE",
+            });
+        }
+        self.call("SET_DEVICE_STATE_FD", |f| {
+            f.set_device_state_fd(direction, VhostTransferStatePhase::STOPPED, fd)
+        })
+    }
+
+    /// Asks the backend whether the last state transfer succeeded.
+    pub fn check_device_state(&mut self) -> Result<(), VhostUserError> {
+        self.call("CHECK_DEVICE_STATE", |f| f.check_device_state())
+    }
+}
+
+/// The memory table for `mem`: one entry per (file-backed) region.
+pub fn memory_table(
+    mem: &GuestMemoryMmap,
+) -> Result<Vec<VhostUserMemoryRegionInfo>, VhostUserError> {
+    mem.iter()
+        .map(|r| {
+            VhostUserMemoryRegionInfo::from_guest_region(r)
+                .map_err(|_| VhostUserError::NotShared(r.start_addr().raw_value()))
+        })
+        .collect()
+}
+
+/// The frontend's address of `len` bytes at `addr`, which must lie inside
+/// one region (the backend translates through the memory table).
+fn host_address(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: u64,
+) -> Result<u64, VhostUserError> {
+    let bad = || VhostUserError::BadRing(addr.raw_value());
+    let region = mem.find_region(addr).ok_or_else(bad)?;
+    let offset = addr.raw_value() - region.start_addr().raw_value();
+    if offset.checked_add(len).is_none_or(|end| end > region.len()) {
+        return Err(bad());
+    }
+    let host = region
+        .get_host_address(MemoryRegionAddress(offset))
+        .map_err(|_| bad())?;
+    Ok(host as u64)
+}

@@ -1,0 +1,377 @@
+//! A virtio device whose queues a vhost-user backend serves: the model
+//! every vhost-user device (virtio-fs, vhost-user-blk) is built from. The
+//! device model holds the config space and the features; the backend gets
+//! the memory table and the vrings at activation, and gives the ring
+//! positions back on pause and reset.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use log::{error, info, warn};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::connection::{VhostUserConnection, VringSetup};
+use super::relay::Relay;
+use super::VhostUserError;
+use crate::device::{
+    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
+    VirtioDevice, VirtioInterrupt,
+};
+use crate::worker::{spawn_worker, ThreadSetup, WorkerHandle};
+
+/// Version of [`VhostUserDeviceState`] this code writes and reads.
+pub const VHOST_USER_STATE_VERSION: u32 = 1;
+
+/// What a vhost-user device model presents to the driver.
+#[derive(Clone, Debug)]
+pub struct VhostUserSpec {
+    /// Name for logs and the worker thread ("virtio-fs", …).
+    pub name: String,
+    /// Virtio device type.
+    pub device_type: u32,
+    /// Maximum size of each queue.
+    pub queue_sizes: Vec<u16>,
+    /// Feature bits the model allows; the driver is offered those the
+    /// backend offers too.
+    pub features: u64,
+    /// Device configuration space.
+    pub config: Vec<u8>,
+}
+
+/// The saved state of a vhost-user device.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VhostUserDeviceState {
+    /// Format version ([`VHOST_USER_STATE_VERSION`]).
+    pub version: u32,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+    /// The backend's own state (`SET_DEVICE_STATE_FD`), hex-encoded, if
+    /// it was saved.
+    #[serde(default)]
+    pub backend_state: Option<String>,
+}
+
+struct ActiveVring {
+    index: u16,
+    queue: Queue,
+    /// The transport's notify eventfd (the backend's kick).
+    kick: EventFd,
+}
+
+/// A virtio device served by a vhost-user backend.
+pub struct VhostUserDevice {
+    spec: VhostUserSpec,
+    conn: VhostUserConnection,
+    offered: u64,
+    acked: u64,
+    setup: Option<ThreadSetup>,
+    relay: Option<WorkerHandle<Relay>>,
+    vrings: Vec<ActiveVring>,
+    mem: Option<GuestMemory>,
+    broken: Arc<AtomicBool>,
+    /// Backend state to load at the next activation (after a restore).
+    pending_backend_state: Option<Vec<u8>>,
+    /// Backend state saved by the last `prepare_snapshot`.
+    saved_backend_state: Option<Vec<u8>>,
+}
+
+impl VhostUserDevice {
+    /// A device model over an established connection.
+    pub fn new(spec: VhostUserSpec, conn: VhostUserConnection) -> Self {
+        let offered = spec.features & conn.backend_features();
+        VhostUserDevice {
+            spec,
+            conn,
+            offered,
+            acked: 0,
+            setup: None,
+            relay: None,
+            vrings: Vec::new(),
+            mem: None,
+            broken: Arc::new(AtomicBool::new(false)),
+            pending_backend_state: None,
+            saved_backend_state: None,
+        }
+    }
+
+    /// Hook run first on the device's worker thread (seccomp filter).
+    pub fn set_thread_setup(&mut self, setup: ThreadSetup) {
+        self.setup = Some(setup);
+    }
+
+    /// The connection (for tests and state transfer).
+    pub fn connection(&mut self) -> &mut VhostUserConnection {
+        &mut self.conn
+    }
+
+    /// True while the backend serves the queues.
+    pub fn is_active(&self) -> bool {
+        !self.vrings.is_empty()
+    }
+
+    /// Connects again to the same socket (a restarted backend): the
+    /// device must be inactive. Features the driver already accepted must
+    /// still be offered.
+    pub fn reconnect(&mut self) -> Result<(), VhostUserError> {
+        let conn = VhostUserConnection::connect(
+            self.conn.socket(),
+            self.spec.queue_sizes.len(),
+            super::connection::DEFAULT_TIMEOUT,
+            self.setup.clone(),
+        )?;
+        if self.acked & !conn.backend_features() != 0 {
+            return Err(VhostUserError::FeaturesLost(
+                self.acked & !conn.backend_features(),
+            ));
+        }
+        info!(
+            "{}: reconnected to {}",
+            self.spec.name,
+            conn.socket().display()
+        );
+        self.conn = conn;
+        self.broken.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn start(
+        &mut self,
+        mem: &GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), VhostUserError> {
+        if self.conn.is_broken() {
+            self.reconnect()?;
+        }
+        let guard = mem.memory();
+        self.conn.set_features_and_memory(self.acked, &guard)?;
+        if let Some(state) = self.pending_backend_state.take() {
+            super::state::load(&mut self.conn, &state)?;
+        }
+        let mut calls = Vec::with_capacity(queues.len());
+        let mut vrings = Vec::with_capacity(queues.len());
+        for aq in queues {
+            if usize::from(aq.index) >= self.spec.queue_sizes.len() {
+                return Err(VhostUserError::BadRing(u64::from(aq.index)));
+            }
+            let call = EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::Io)?;
+            let q = &aq.queue;
+            self.conn.start_vring(
+                &guard,
+                &VringSetup {
+                    index: usize::from(aq.index),
+                    size: q.size(),
+                    desc: GuestAddress(q.desc_table()),
+                    avail: GuestAddress(q.avail_ring()),
+                    used: GuestAddress(q.used_ring()),
+                    base: q.next_avail(),
+                    kick: &aq.notify,
+                    call: &call,
+                },
+            )?;
+            calls.push((aq.index, call));
+            vrings.push(ActiveVring {
+                index: aq.index,
+                queue: aq.queue,
+                kick: aq.notify,
+            });
+        }
+        let relay = Relay {
+            name: self.spec.name.clone(),
+            interrupt,
+            frontend: self.conn.frontend_handle(),
+            socket_fd: self.conn.socket_fd(),
+            broken: self.broken.clone(),
+        };
+        let name = format!("vu-{}", self.spec.name);
+        let worker = spawn_worker(&name, self.setup.clone(), calls, relay)
+            .map_err(|e| VhostUserError::Worker(e.error.to_string()))?;
+        self.relay = Some(worker);
+        self.vrings = vrings;
+        self.mem = Some(mem.clone());
+        Ok(())
+    }
+
+    /// Stops the relay and every vring; returns the queues with the ring
+    /// positions the backend reached.
+    fn stop(&mut self) -> Result<Vec<PausedQueue>, VhostUserError> {
+        if let Some(w) = self.relay.take() {
+            if let Err(e) = w.stop() {
+                warn!("{}: relay thread: {e}", self.spec.name);
+            }
+        }
+        let vrings = std::mem::take(&mut self.vrings);
+        let mem = self.mem.take();
+        let mut paused = Vec::with_capacity(vrings.len());
+        let mut first_err = None;
+        for mut v in vrings {
+            match self.conn.stop_vring(usize::from(v.index)) {
+                Ok(base) => {
+                    v.queue.set_next_avail(base);
+                    // The backend completed everything before `base`; the
+                    // used index in guest memory says how far it got.
+                    if let Some(mem) = &mem {
+                        if let Ok(used) = v.queue.used_idx(&*mem.memory(), Ordering::Acquire) {
+                            v.queue.set_next_used(used.0);
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+            drop(v.kick);
+            paused.push(PausedQueue {
+                index: v.index,
+                queue: v.queue,
+            });
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(paused),
+        }
+    }
+
+    /// Saves the stopped backend's state (`SET_DEVICE_STATE_FD`, SAVE):
+    /// the device must be paused.
+    pub fn save_backend_state(&mut self) -> Result<Vec<u8>, VhostUserError> {
+        super::state::save(&mut self.conn)
+    }
+}
+
+impl VirtioDevice for VhostUserDevice {
+    fn device_type(&self) -> u32 {
+        self.spec.device_type
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.spec.queue_sizes
+    }
+
+    fn features(&self) -> u64 {
+        self.offered
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features & self.offered;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Ok(start) = usize::try_from(offset) else {
+            return;
+        };
+        if let Some(src) = self.spec.config.get(start..) {
+            let n = src.len().min(data.len());
+            data[..n].copy_from_slice(&src[..n]);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<ActivatedQueue>,
+    ) -> Result<(), ActivateError> {
+        if self.relay.is_some() {
+            return Err(ActivateError::Device("already active".into()));
+        }
+        if queues.is_empty() {
+            return Err(ActivateError::BadQueues("no queue activated".into()));
+        }
+        self.start(&mem, interrupt, queues).map_err(|e| {
+            error!("{}: {e}", self.spec.name);
+            self.broken.store(true, Ordering::Release);
+            self.relay = None;
+            self.vrings.clear();
+            ActivateError::Device(e.to_string())
+        })
+    }
+
+    fn reset(&mut self) -> bool {
+        if let Err(e) = self.stop() {
+            warn!("{}: stopping the backend on reset: {e}", self.spec.name);
+        }
+        self.acked = 0;
+        self.broken.store(false, Ordering::Release);
+        if self.conn.is_broken() {
+            if let Err(e) = self.reconnect() {
+                warn!("{}: backend still gone: {e}", self.spec.name);
+            }
+        }
+        true
+    }
+
+    fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
+        if self.relay.is_none() && self.vrings.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.stop()
+            .map_err(|e| ActivateError::Device(format!("{}: {e}", self.spec.name)))
+    }
+
+    fn prepare_snapshot(&mut self) -> Result<(), ActivateError> {
+        self.saved_backend_state = None;
+        if !self.conn.supports_device_state() {
+            return Err(ActivateError::Device(format!(
+                "{}: cannot snapshot: the backend ({}) lacks VHOST_USER_PROTOCOL_F_DEVICE_STATE",
+                self.spec.name,
+                self.conn.socket().display()
+            )));
+        }
+        let state = self.save_backend_state().map_err(|e| {
+            ActivateError::Device(format!("{}: saving backend state: {e}", self.spec.name))
+        })?;
+        self.saved_backend_state = Some(state);
+        Ok(())
+    }
+
+    fn snapshot_state(&self) -> serde_json::Value {
+        state_to_value(&VhostUserDeviceState {
+            version: VHOST_USER_STATE_VERSION,
+            acked_features: self.acked,
+            backend_state: self
+                .saved_backend_state
+                .as_deref()
+                .map(super::state::to_hex),
+        })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
+        let s = state_from_value(
+            &self.spec.name,
+            state,
+            VHOST_USER_STATE_VERSION,
+            |s: &VhostUserDeviceState| s.version,
+        )?;
+        if s.acked_features & !self.offered != 0 {
+            return Err(ActivateError::State(format!(
+                "{}: features {:#x} not offered by the backend",
+                self.spec.name, s.acked_features
+            )));
+        }
+        let backend = match &s.backend_state {
+            Some(hex) => Some(
+                super::state::from_hex(hex)
+                    .ok_or_else(|| ActivateError::State("backend_state is not hex".into()))?,
+            ),
+            None => None,
+        };
+        self.acked = s.acked_features;
+        self.pending_backend_state = backend;
+        Ok(())
+    }
+}

@@ -1,0 +1,524 @@
+//! The frontend against a real virtiofsd (FUSE requests through real
+//! vrings in memfd-backed guest memory, pause/resume, state transfer to a
+//! second virtiofsd, the backend killed) and against hostile fake
+//! backends that close, stall, or answer garbage.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestAddressSpace;
+
+use super::*;
+use crate::device::{VirtioDevice, VirtioInterruptType};
+use crate::fs::{new_virtio_fs, FsOptions};
+use crate::worker::testutil::{TestQueue, TestVm, DATA};
+
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_GETATTR: u32 = 3;
+const FUSE_OPEN: u32 = 14;
+const FUSE_READ: u32 = 15;
+const FUSE_INIT: u32 = 26;
+const VERSION_1: u64 = 1 << 32;
+
+/// A virtiofsd serving `dir` on a fresh socket; killed on drop.
+pub(crate) struct Virtiofsd {
+    child: Child,
+}
+
+impl Virtiofsd {
+    pub(crate) fn start(dir: &Path, socket: &Path) -> Virtiofsd {
+        let _ = std::fs::remove_file(socket);
+        let child = Command::new("virtiofsd")
+            .arg("--socket-path")
+            .arg(socket)
+            .arg("--shared-dir")
+            .arg(dir)
+            .args(["--sandbox", "none", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("virtiofsd must be installed (cargo install virtiofsd; .ci/run does it)");
+        wait_until("virtiofsd did not start", 10, || socket.exists());
+        Virtiofsd { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` every few ms; fails the test after `secs` seconds.
+fn wait_until(what: &str, secs: u64, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub(crate) fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("chv-vu-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("share")).unwrap();
+    d
+}
+
+/// Drives FUSE over the device's request queue (queue 1).
+struct FuseDriver {
+    vm: TestVm,
+    queues: Vec<TestQueue>,
+    unique: u64,
+    used: u16,
+}
+
+impl FuseDriver {
+    /// Sends one request; returns (error, reply payload).
+    fn call(&mut self, opcode: u32, nodeid: u64, args: &[u8], out_len: u32) -> (i32, Vec<u8>) {
+        self.unique += 1;
+        let mut req = Vec::new();
+        req.extend_from_slice(&(40 + args.len() as u32).to_le_bytes());
+        req.extend_from_slice(&opcode.to_le_bytes());
+        req.extend_from_slice(&self.unique.to_le_bytes());
+        req.extend_from_slice(&nodeid.to_le_bytes());
+        req.extend_from_slice(&[0u8; 16]); // uid, gid, pid, extlen, padding
+        req.extend_from_slice(args);
+        let (inp, out) = (DATA, DATA + 0x10000);
+        self.vm.write(inp, &req);
+        self.vm.write(out, &vec![0u8; 16 + out_len as usize]);
+        let q = &mut self.queues[1];
+        q.add_chain(&[(inp, req.len() as u32, false), (out, 16 + out_len, true)]);
+        q.notify();
+        self.used += 1;
+        assert!(
+            q.wait_used(self.used),
+            "virtiofsd did not complete request {opcode}"
+        );
+        let (_, len) = q.used(self.used - 1);
+        let hdr = self.vm.read(out, 16);
+        assert_eq!(
+            u64::from_le_bytes(hdr[8..16].try_into().unwrap()),
+            self.unique
+        );
+        let error = i32::from_le_bytes(hdr[4..8].try_into().unwrap());
+        let body = self.vm.read(out + 16, (len as usize).saturating_sub(16));
+        (error, body)
+    }
+
+    /// The queues a paused device gave back, ready to activate again.
+    fn resume_queues(&self, paused: Vec<crate::PausedQueue>) -> Vec<crate::ActivatedQueue> {
+        paused
+            .into_iter()
+            .map(|p| crate::ActivatedQueue {
+                index: p.index,
+                notify: self.queues[usize::from(p.index)].kick.try_clone().unwrap(),
+                queue: p.queue,
+            })
+            .collect()
+    }
+
+    fn init(&mut self) {
+        let mut a = Vec::new();
+        for v in [7u32, 31, 0x20000, 0] {
+            a.extend_from_slice(&v.to_le_bytes());
+        }
+        let (err, out) = self.call(FUSE_INIT, 0, &a, 64);
+        assert_eq!(err, 0, "FUSE_INIT");
+        assert_eq!(u32::from_le_bytes(out[..4].try_into().unwrap()), 7);
+    }
+
+    /// LOOKUP `name` in the root: (nodeid, size).
+    fn lookup(&mut self, name: &str) -> Result<(u64, u64), i32> {
+        let mut a = name.as_bytes().to_vec();
+        a.push(0);
+        let (err, out) = self.call(FUSE_LOOKUP, 1, &a, 128);
+        if err != 0 {
+            return Err(err);
+        }
+        let nodeid = u64::from_le_bytes(out[..8].try_into().unwrap());
+        let size = u64::from_le_bytes(out[48..56].try_into().unwrap());
+        Ok((nodeid, size))
+    }
+
+    fn getattr_size(&mut self, nodeid: u64) -> Result<u64, i32> {
+        let (err, out) = self.call(FUSE_GETATTR, nodeid, &[0u8; 16], 104);
+        if err != 0 {
+            return Err(err);
+        }
+        Ok(u64::from_le_bytes(out[24..32].try_into().unwrap()))
+    }
+
+    fn read_file(&mut self, nodeid: u64, len: u32) -> Vec<u8> {
+        let (err, out) = self.call(FUSE_OPEN, nodeid, &[0u8; 8], 16);
+        assert_eq!(err, 0, "FUSE_OPEN");
+        let fh = &out[..8];
+        let mut a = fh.to_vec();
+        a.extend_from_slice(&0u64.to_le_bytes());
+        a.extend_from_slice(&len.to_le_bytes());
+        a.extend_from_slice(&[0u8; 20]);
+        let (err, data) = self.call(FUSE_READ, nodeid, &a, len);
+        assert_eq!(err, 0, "FUSE_READ");
+        data
+    }
+}
+
+fn fs_device(socket: &Path) -> VhostUserDevice {
+    let opts = FsOptions {
+        tag: "share".into(),
+        socket: socket.to_path_buf(),
+        num_queues: 1,
+        queue_size: 64,
+    };
+    let mut dev = new_virtio_fs(&opts, None).expect("connect to virtiofsd");
+    assert_ne!(dev.features() & VERSION_1, 0, "virtiofsd offers VERSION_1");
+    dev.ack_features(dev.features());
+    dev
+}
+
+fn activate(dev: &mut VhostUserDevice) -> FuseDriver {
+    let vm = TestVm::shared();
+    let (queues, aq) = vm.queues(2, 64);
+    dev.activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
+        .expect("activate");
+    FuseDriver {
+        vm,
+        queues,
+        unique: 0,
+        used: 0,
+    }
+}
+
+#[test]
+fn virtiofsd_serves_fuse_requests_through_the_vrings() {
+    let d = scratch("serve");
+    std::fs::write(d.join("share/hello"), b"hello from the host").unwrap();
+    let _fsd = Virtiofsd::start(&d.join("share"), &d.join("fs.sock"));
+    let mut dev = fs_device(&d.join("fs.sock"));
+    let mut tag = [0u8; 5];
+    dev.read_config(0, &mut tag);
+    assert_eq!(&tag, b"share");
+    let mut drv = activate(&mut dev);
+    drv.init();
+    let (node, size) = drv.lookup("hello").unwrap();
+    assert_eq!(size, 19);
+    assert_eq!(drv.read_file(node, 64), b"hello from the host");
+    assert_eq!(drv.lookup("missing"), Err(-libc::ENOENT));
+    // The backend's used-buffer signals reached the transport's interrupt.
+    assert!(drv
+        .vm
+        .interrupt
+        .seen
+        .lock()
+        .unwrap()
+        .contains(&VirtioInterruptType::Queue(1)));
+
+    // Pause: the backend gives the ring positions back; resuming with
+    // those queues continues where it stopped.
+    let paused = dev.pause().unwrap();
+    assert_eq!(paused.len(), 2);
+    let q1 = paused.iter().find(|p| p.index == 1).unwrap();
+    assert_eq!(virtio_queue::QueueT::next_avail(&q1.queue), drv.used);
+    let aq = drv.resume_queues(paused);
+    dev.activate(drv.vm.atomic.clone(), drv.vm.interrupt.clone(), aq)
+        .unwrap();
+    assert_eq!(drv.getattr_size(node), Ok(19));
+    assert!(!dev.needs_reset());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn killed_virtiofsd_breaks_the_device_without_hanging() {
+    let d = scratch("kill");
+    let mut fsd = Virtiofsd::start(&d.join("share"), &d.join("fs.sock"));
+    let mut dev = fs_device(&d.join("fs.sock"));
+    let mut drv = activate(&mut dev);
+    drv.init();
+    fsd.kill();
+    wait_until("hang-up not noticed", 5, || dev.needs_reset());
+    // The driver was told to look at the status (config interrupt).
+    assert!(drv
+        .vm
+        .interrupt
+        .seen
+        .lock()
+        .unwrap()
+        .contains(&VirtioInterruptType::Config));
+    // Pausing a device whose backend is gone fails fast, it does not hang.
+    let t = Instant::now();
+    assert!(dev.pause().is_err());
+    assert!(t.elapsed() < Duration::from_secs(6));
+    // A reset with the backend still gone keeps the device usable later:
+    // once a new virtiofsd listens, the next activation reconnects.
+    assert!(dev.reset());
+    let _fsd2 = Virtiofsd::start(&d.join("share"), &d.join("fs.sock"));
+    std::fs::write(d.join("share/after"), b"back").unwrap();
+    dev.ack_features(dev.features());
+    let mut drv = activate(&mut dev);
+    drv.init();
+    assert_eq!(drv.lookup("after").map(|x| x.1), Ok(4));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn backend_state_moves_open_inodes_to_a_new_virtiofsd() {
+    let d = scratch("state");
+    std::fs::write(d.join("share/kept"), b"0123456789").unwrap();
+    let fsd = Virtiofsd::start(&d.join("share"), &d.join("a.sock"));
+    let mut dev = fs_device(&d.join("a.sock"));
+    assert!(dev.connection().supports_device_state());
+    let mut drv = activate(&mut dev);
+    drv.init();
+    let (node, _) = drv.lookup("kept").unwrap();
+    let paused = dev.pause().unwrap();
+    let state = dev.save_backend_state().expect("save virtiofsd state");
+    assert!(!state.is_empty());
+    drop(dev);
+    drop(fsd);
+
+    // A new virtiofsd, a new device restored from the saved state: the
+    // guest's node id from before is valid there too.
+    let _fsd2 = Virtiofsd::start(&d.join("share"), &d.join("b.sock"));
+    let mut dev2 = fs_device(&d.join("b.sock"));
+    let saved = VhostUserDeviceState {
+        version: device::VHOST_USER_STATE_VERSION,
+        acked_features: dev2.features(),
+        backend_state: Some(state::to_hex(&state)),
+    };
+    dev2.restore_state(&serde_json::to_value(&saved).unwrap())
+        .unwrap();
+    let aq = drv.resume_queues(paused);
+    dev2.activate(drv.vm.atomic.clone(), drv.vm.interrupt.clone(), aq)
+        .expect("activate with the loaded state");
+    assert_eq!(drv.getattr_size(node), Ok(10));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn activation_needs_shared_memory() {
+    let d = scratch("noshare");
+    let _fsd = Virtiofsd::start(&d.join("share"), &d.join("fs.sock"));
+    let mut dev = fs_device(&d.join("fs.sock"));
+    let vm = TestVm::new();
+    let (_q, aq) = vm.queues(2, 64);
+    let err = dev
+        .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
+        .unwrap_err();
+    assert!(err.to_string().contains("memory.shared=on"), "{err}");
+    let _ = vm.atomic.memory();
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+// ---- hostile backends -------------------------------------------------
+
+/// A vhost-user message as the fake backend reads it.
+struct Msg {
+    code: u32,
+}
+
+fn read_msg(s: &mut UnixStream) -> Option<Msg> {
+    let mut hdr = [0u8; 12];
+    s.read_exact(&mut hdr).ok()?;
+    let code = u32::from_le_bytes(hdr[..4].try_into().unwrap());
+    let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; size.min(1 << 16)];
+    s.read_exact(&mut body).ok()?;
+    Some(Msg { code })
+}
+
+fn reply_u64(s: &mut UnixStream, code: u32, v: u64) {
+    let mut m = Vec::new();
+    m.extend_from_slice(&code.to_le_bytes());
+    m.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+    m.extend_from_slice(&8u32.to_le_bytes());
+    m.extend_from_slice(&v.to_le_bytes());
+    s.write_all(&m).unwrap();
+}
+
+const GET_FEATURES: u32 = 1;
+const GET_VRING_BASE: u32 = 11;
+
+/// Runs `backend` on the far end of a socket pair; returns the result of
+/// connecting to it with a short timeout, and how long that took.
+fn against(
+    backend: impl FnOnce(UnixStream) + Send + 'static,
+) -> (Result<VhostUserConnection, VhostUserError>, Duration) {
+    against_with(backend, 1)
+}
+
+fn against_with(
+    backend: impl FnOnce(UnixStream) + Send + 'static,
+    num_queues: usize,
+) -> (Result<VhostUserConnection, VhostUserError>, Duration) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let t = std::thread::spawn(move || backend(theirs));
+    let start = Instant::now();
+    let r = VhostUserConnection::from_stream(
+        ours,
+        Path::new("fake.sock"),
+        num_queues,
+        Duration::from_millis(300),
+        None,
+    );
+    let took = start.elapsed();
+    drop(t);
+    (r, took)
+}
+
+#[test]
+fn backend_that_closes_is_an_error() {
+    let (r, took) = against(drop);
+    assert!(r.is_err());
+    assert!(took < Duration::from_secs(2));
+}
+
+#[test]
+fn backend_that_stalls_times_out() {
+    let (r, took) = against(|mut s| {
+        // Reads the requests, never answers.
+        while read_msg(&mut s).is_some() {}
+    });
+    let err = r.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            VhostUserError::Timeout {
+                op: "GET_FEATURES",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn garbage_replies_are_refused() {
+    // Random bytes where a reply header belongs.
+    let (r, _) = against(|mut s| {
+        let _ = read_msg(&mut s);
+        let _ = read_msg(&mut s);
+        let _ = s.write_all(&[0xa5; 20]);
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert!(matches!(r.err().unwrap(), VhostUserError::Request { .. }));
+    // A well-formed reply to another request.
+    let (r, _) = against(|mut s| {
+        let _ = read_msg(&mut s);
+        let _ = read_msg(&mut s);
+        reply_u64(&mut s, 5, VERSION_1);
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert!(matches!(r.err().unwrap(), VhostUserError::Request { .. }));
+    // A header announcing a 4 GiB body.
+    let (r, took) = against(|mut s| {
+        let _ = read_msg(&mut s);
+        let _ = read_msg(&mut s);
+        let mut m = GET_FEATURES.to_le_bytes().to_vec();
+        m.extend_from_slice(&5u32.to_le_bytes());
+        m.extend_from_slice(&u32::MAX.to_le_bytes());
+        let _ = s.write_all(&m);
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert!(r.is_err());
+    assert!(took < Duration::from_secs(3));
+}
+
+/// A minimal backend: VERSION_1 only, no protocol features (so no set_*
+/// request wants an answer); then `after_setup` takes over.
+fn minimal_backend(
+    after_setup: impl FnOnce(UnixStream) + Send + 'static,
+) -> impl FnOnce(UnixStream) + Send + 'static {
+    move |mut s| {
+        loop {
+            let Some(m) = read_msg(&mut s) else { return };
+            if m.code == GET_FEATURES {
+                reply_u64(&mut s, GET_FEATURES, VERSION_1);
+                break;
+            }
+        }
+        after_setup(s);
+    }
+}
+
+fn fake_fs_device(
+    backend: impl FnOnce(UnixStream) + Send + 'static,
+) -> (VhostUserDevice, FuseDriver) {
+    // Two queues without the MQ protocol feature (virtio-fs's fixed pair).
+    let (r, _) = against_with(backend, 2);
+    let spec = VhostUserSpec {
+        name: "fake-fs".into(),
+        device_type: crate::fs::VIRTIO_ID_FS,
+        queue_sizes: vec![64, 64],
+        features: VERSION_1,
+        config: vec![],
+    };
+    let mut dev = VhostUserDevice::new(spec, r.expect("minimal backend negotiates"));
+    dev.ack_features(VERSION_1);
+    let drv = activate(&mut dev);
+    (dev, drv)
+}
+
+#[test]
+fn running_device_breaks_on_hangup_or_unsolicited_data() {
+    for send_garbage in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (dev, drv) = fake_fs_device(minimal_backend(move |mut s| {
+            // Swallow the setup messages, then misbehave when told.
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            while rx.try_recv().is_err() {
+                let _ = read_msg(&mut s);
+            }
+            if send_garbage {
+                let _ = s.write_all(b"surprise");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!dev.needs_reset());
+        tx.send(()).unwrap();
+        wait_until("not noticed", 3, || dev.needs_reset());
+        drop(drv);
+    }
+}
+
+#[test]
+fn pause_against_a_stalled_backend_fails_in_bounded_time() {
+    let (mut dev, _drv) = fake_fs_device(minimal_backend(|mut s| {
+        // Answers nothing, GET_VRING_BASE included.
+        while let Some(m) = read_msg(&mut s) {
+            let _ = m.code == GET_VRING_BASE;
+        }
+    }));
+    let t = Instant::now();
+    let err = dev.pause().err().expect("pause must fail");
+    assert!(err.to_string().contains("GET_VRING_BASE"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn vring_outside_guest_memory_is_refused() {
+    let (r, _) = against(minimal_backend(|mut s| while read_msg(&mut s).is_some() {}));
+    let spec = VhostUserSpec {
+        name: "fake-fs".into(),
+        device_type: crate::fs::VIRTIO_ID_FS,
+        queue_sizes: vec![64],
+        features: VERSION_1,
+        config: vec![],
+    };
+    let mut dev = VhostUserDevice::new(spec, r.unwrap());
+    let vm = TestVm::shared();
+    let (_q, mut aq) = vm.queues(1, 64);
+    virtio_queue::QueueT::set_desc_table_address(&mut aq[0].queue, Some(0xffff_0000), Some(0xf));
+    let err = dev
+        .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
+        .unwrap_err();
+    assert!(err.to_string().contains("not inside guest memory"), "{err}");
+}

@@ -1,0 +1,349 @@
+//! The other devices of Cloud Hypervisor's `VmConfig`: `RngConfig`,
+//! `VsockConfig`, and the device kinds chv does not provide yet (balloon,
+//! virtio-fs, pmem, VFIO, vDPA, vhost-user, TPM, debug console), which are
+//! accepted only when absent.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// `--rng src=PATH` (Cloud Hypervisor's `RngConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RngConfig {
+    /// Host entropy source.
+    pub src: PathBuf,
+    /// Place the device behind a virtual IOMMU (chv has none).
+    #[serde(default)]
+    pub iommu: bool,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment (host bridge) the device sits on.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+impl Default for RngConfig {
+    fn default() -> Self {
+        Self {
+            src: PathBuf::from("/dev/urandom"),
+            iommu: false,
+            id: None,
+            pci_segment: 0,
+            pci_device_id: None,
+        }
+    }
+}
+
+impl RngConfig {
+    /// Checks that the entropy source path is not empty.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.src.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("rng.src"));
+        }
+        refuse_if(self.iommu, "rng.iommu=true", "no virtual IOMMU")?;
+        Ok(())
+    }
+}
+
+/// `--vsock cid=N,socket=PATH[,id=X]` (Cloud Hypervisor's `VsockConfig`):
+/// a virtio-vsock device giving the guest
+/// CID `cid`; host programs connect to the Unix socket `socket` and write
+/// `CONNECT <port>`, guest connections to host port P reach `socket_P`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// Guest context id (3..=u32::MAX-1).
+    pub cid: u32,
+    /// Path of the listening Unix socket the VMM creates.
+    pub socket: PathBuf,
+    /// Place the device behind a virtual IOMMU (chv has none).
+    #[serde(default)]
+    pub iommu: bool,
+    /// Device id (generated when absent).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment (host bridge) the device sits on.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+/// Lowest guest CID (0, 1 and 2 are the hypervisor, local and host).
+pub const MIN_VSOCK_CID: u32 = 3;
+/// Highest guest CID (`u32::MAX` is `VMADDR_CID_ANY`).
+pub const MAX_VSOCK_CID: u32 = u32::MAX - 1;
+
+impl VsockConfig {
+    /// Checks the CID range, the socket path and the id. Whether the
+    /// socket's directory exists is checked when the device binds it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_VSOCK_CID..=MAX_VSOCK_CID).contains(&self.cid) {
+            return Err(ConfigError::VsockCid(self.cid));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyPath("vsock.socket"));
+        }
+        refuse_if(self.iommu, "vsock.iommu=true", "no virtual IOMMU")?;
+        if let Some(id) = &self.id {
+            if !valid_device_id(id) {
+                return Err(ConfigError::VsockId(id.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `--balloon size=…` (Cloud Hypervisor's `BalloonConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+    /// Virtual IOMMU.
+    #[serde(default)]
+    pub iommu: bool,
+    /// Initial balloon size in bytes.
+    pub size: u64,
+    /// Deflate when the guest runs out of memory.
+    #[serde(default)]
+    pub deflate_on_oom: bool,
+    /// Free page reporting.
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// `--fs tag=…,socket=…` (Cloud Hypervisor's `FsConfig`): virtio-fs served
+/// by a vhost-user backend such as virtiofsd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Mount tag the guest uses.
+    pub tag: String,
+    /// The backend's socket.
+    pub socket: PathBuf,
+    /// Request queues.
+    #[serde(default = "default_fs_num_queues")]
+    pub num_queues: usize,
+    /// Queue size.
+    #[serde(default = "default_fs_queue_size")]
+    pub queue_size: u16,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+/// Cloud Hypervisor's default virtio-fs request queue count.
+pub fn default_fs_num_queues() -> usize {
+    1
+}
+
+/// Cloud Hypervisor's default virtio-fs queue size.
+pub fn default_fs_queue_size() -> u16 {
+    1024
+}
+
+/// `--pmem file=…` (Cloud Hypervisor's `PmemConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PmemConfig {
+    /// Backing file.
+    pub file: PathBuf,
+    /// Size (the file's when absent).
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Virtual IOMMU.
+    #[serde(default)]
+    pub iommu: bool,
+    /// Map the file privately: guest writes never reach it.
+    #[serde(default)]
+    pub discard_writes: bool,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+/// A VFIO device (Cloud Hypervisor's `DeviceConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Sysfs path of the device.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Virtual IOMMU.
+    #[serde(default)]
+    pub iommu: bool,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+    /// NVIDIA GPUDirect clique id.
+    #[serde(default)]
+    pub x_nv_gpudirect_clique: Option<u8>,
+    /// BARs not to mmap.
+    #[serde(default)]
+    pub x_exclude_mmap_bars: Option<Vec<u64>>,
+}
+
+/// A vfio-user device (Cloud Hypervisor's `UserDeviceConfig`; also the
+/// body of `vm.add-user-device`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserDeviceConfig {
+    /// The backend's socket.
+    pub socket: PathBuf,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+/// A vDPA device (Cloud Hypervisor's `VdpaConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VdpaConfig {
+    /// The vhost-vdpa character device.
+    pub path: PathBuf,
+    /// Queues.
+    #[serde(default = "default_one")]
+    pub num_queues: usize,
+    /// Virtual IOMMU.
+    #[serde(default)]
+    pub iommu: bool,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+fn default_one() -> usize {
+    1
+}
+
+/// A generic vhost-user device (Cloud Hypervisor's
+/// `GenericVhostUserConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericVhostUserConfig {
+    /// The backend's socket.
+    pub socket: PathBuf,
+    /// Size of each queue.
+    pub queue_sizes: Vec<u16>,
+    /// The virtio device type.
+    pub device_type: u32,
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+}
+
+/// A TPM emulator socket (Cloud Hypervisor's `TpmConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// swtpm's control socket.
+    pub socket: PathBuf,
+}
+
+/// The port-0xe9 debug console (Cloud Hypervisor's `DebugConsoleConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConsoleConfig {
+    /// Output file when `mode` is `File`.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Output mode.
+    pub mode: ConsoleOutputMode,
+    /// I/O port.
+    #[serde(default)]
+    pub iobase: Option<u16>,
+}
+
+impl Default for DebugConsoleConfig {
+    fn default() -> Self {
+        Self {
+            file: None,
+            mode: ConsoleOutputMode::Off,
+            iobase: None,
+        }
+    }
+}
+
+/// An emulated RTC on PCI (Cloud Hypervisor's `RtcConfig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtcConfig {
+    /// Device id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// PCI segment.
+    #[serde(default)]
+    pub pci_segment: u16,
+    /// PCI device (slot) number.
+    #[serde(default)]
+    pub pci_device_id: Option<u8>,
+    /// Virtual IOMMU.
+    #[serde(default)]
+    pub iommu: bool,
+}
+
+/// An SGX enclave page cache section (older Cloud Hypervisor).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgxEpcConfig {
+    /// Section id.
+    pub id: String,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Populate at start.
+    #[serde(default)]
+    pub prefault: bool,
+}
