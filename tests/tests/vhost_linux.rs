@@ -1,5 +1,5 @@
 //! virtio-fs end to end: the Linux guest kit booted with shared guest RAM
-//! (`CHV_MEMORY_SHARED=1`) and a virtio-fs device (`CHV_FS`, until the
+//! (`--memory shared=on`) and a virtio-fs device (`CHV_FS`, until the
 //! config schema has `fs`) served by a real virtiofsd. The guest mounts the
 //! share, reads a host file, writes a file the host then sees, renames and
 //! deletes files; then the host kills virtiofsd and chv keeps running and
@@ -82,7 +82,7 @@ fn guest_mounts_virtiofs_reads_writes_renames_and_survives_backend_loss() {
         "--cmdline".into(),
         cmdline,
         "--memory".into(),
-        "size=128M".into(),
+        "size=128M,shared=on".into(),
         "--serial".into(),
         "tty".into(),
         "--api-socket".into(),
@@ -92,10 +92,7 @@ fn guest_mounts_virtiofs_reads_writes_renames_and_survives_backend_loss() {
         "tag=kataShared,socket={},num_queues=1,queue_size=1024",
         sock.display()
     );
-    let chv = Chv::spawn_with_env(
-        &args,
-        &[("CHV_MEMORY_SHARED", "1"), ("CHV_FS", fs_env.as_str())],
-    );
+    let chv = Chv::spawn_with_env(&args, &[("CHV_FS", fs_env.as_str())]);
     chv.expect("CHK-DONE", ABORT, BOOT_TIMEOUT);
     chv.check(
         chv.stdout().contains("CHK-READ:host-file-content"),
@@ -253,14 +250,14 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
         "--cmdline".into(),
         cmdline,
         "--memory".into(),
-        "size=128M".into(),
+        "size=128M,shared=on".into(),
         "--serial".into(),
         "tty".into(),
         "--api-socket".into(),
         api.display().to_string(),
     ];
     let env_a = format!("tag=kataShared,socket={}", sock_a.display());
-    let mut chv = Chv::spawn_with_env(&args, &[("CHV_MEMORY_SHARED", "1"), ("CHV_FS", &env_a)]);
+    let mut chv = Chv::spawn_with_env(&args, &[("CHV_FS", &env_a)]);
     chv.expect("CHK-MOUNTED", ABORT, BOOT_TIMEOUT);
     let (status, body) = http(&api, "PUT", "vm.pause", None);
     assert_eq!(status, 204, "vm.pause: {body}");
@@ -284,7 +281,7 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
             "--restore".into(),
             format!("source_url=file://{}", snap.display()),
         ],
-        &[("CHV_MEMORY_SHARED", "1"), ("CHV_FS", &env_b)],
+        &[("CHV_FS", &env_b)],
     );
     assert_eq!(vm_state(&api_b), "Paused", "{}", chv.dump());
     let (status, body) = http(&api_b, "PUT", "vm.resume", None);

@@ -303,7 +303,7 @@ impl Vmm {
                     json(&VmInfo {
                         config,
                         state: self.state.name(),
-                        memory_actual_size: config.memory.size,
+                        memory_actual_size: config.memory.boot_size(),
                     }),
                     Next::Continue,
                 ))

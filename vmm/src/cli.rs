@@ -7,6 +7,7 @@
 //! `--cpus: boot=0: must be between 1 and 254`.
 
 mod device_options;
+mod memory_options;
 mod options;
 mod rate_limit_options;
 #[cfg(test)]
@@ -21,10 +22,11 @@ use thiserror::Error;
 
 use crate::config::{
     ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
-    PayloadConfig, VmConfig, MAX_MEMORY_SIZE, MAX_VCPUS, MEMORY_ALIGNMENT,
+    PayloadConfig, VmConfig, MAX_VCPUS,
 };
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use options::{parse_list, parse_size, parse_toggle, parse_u64, split_options, OptionItem};
+use memory_options::{parse_memory, parse_memory_zone};
+use options::{parse_list, parse_toggle, parse_u64, split_options, OptionItem};
 pub use options::{OptionError, SizeError};
 use rate_limit_options::parse_rate_limit_group;
 
@@ -134,13 +136,34 @@ struct Args {
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     cpus: Option<String>,
 
-    /// Guest RAM: size=<bytes>[K|M|G|T]
+    /// Guest RAM: size=<bytes>[K|M|G|T][,shared=on|off][,hugepages=on|off]
+    /// [,hugepage_size=<bytes>][,prefault=on|off][,thp=on|off]
+    /// [,mergeable=on|off]
     ///
     /// size: binary units (512M = 512 MiB); a multiple of 4 KiB, at most
-    /// 1T (default 512M). shared=off and hugepages=off are accepted;
-    /// 'on' is not supported.
+    /// 1T (default 512M); 0 with --memory-zone. shared: memfd mapped
+    /// MAP_SHARED (vhost-user backends map it). hugepages: from the host's
+    /// hugetlb pool (hugepage_size: default the host's). prefault:
+    /// populate at start. thp: transparent huge pages (default on).
+    /// mergeable: KSM. hotplug_* are not supported yet.
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     memory: Option<String>,
+
+    /// Guest RAM zones (with --memory size=0); one flag may take several,
+    /// and may be repeated: id=<id>,size=<bytes>[,file=<path>]
+    /// [,shared=on|off][,hugepages=on|off][,hugepage_size=<bytes>]
+    /// [,prefault=on|off][,mergeable=on|off]
+    ///
+    /// Zones are laid out in guest-physical order as given. file: back the
+    /// zone with this file (a directory: an unnamed file in it).
+    #[arg(
+        long = "memory-zone",
+        value_name = "ZONE",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    memory_zone: Vec<String>,
 
     /// Legacy serial port (ttyS0): off|null|tty|file=<path> (default null)
     ///
@@ -346,6 +369,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(parse_memory)
         .transpose()
         .map_err(option_error("--memory"))?;
+    let zones = args
+        .memory_zone
+        .iter()
+        .map(|value| parse_memory_zone(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--memory-zone"))?;
     let serial = args
         .serial
         .as_deref()
@@ -399,6 +428,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--cmdline", args.cmdline.is_some()),
             ("--cpus", cpus.is_some()),
             ("--memory", memory.is_some()),
+            ("--memory-zone", !zones.is_empty()),
             ("--serial", serial.is_some()),
             ("--console", console.is_some()),
             ("--disk", !disks.is_empty()),
@@ -414,7 +444,10 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
     };
     let config = VmConfig {
         cpus: cpus.unwrap_or_default(),
-        memory: memory.unwrap_or_default(),
+        memory: MemoryConfig {
+            zones: (!zones.is_empty()).then_some(zones),
+            ..memory.unwrap_or_default()
+        },
         payload: PayloadConfig {
             kernel: Some(non_empty_path("--kernel", kernel)?),
             initramfs,
@@ -487,6 +520,9 @@ fn config_error_option(err: &ConfigError) -> &'static str {
 /// The command-line option that sets a configuration field (by the field
 /// path's first part: `disks[1].iommu` → `--disk`).
 fn option_of_field(field: &str) -> &'static str {
+    if field.starts_with("memory.zones") {
+        return "--memory-zone";
+    }
     let top = field.split(['.', '[', '=']).next().unwrap_or_default();
     match top {
         "cpus" => "--cpus",
@@ -596,52 +632,6 @@ fn parse_features(item: &OptionItem) -> Result<Vec<String>, OptionError> {
         }
     }
     Ok(names)
-}
-
-/// Keys accepted by `--memory`, for error messages.
-const MEMORY_KEYS: &str = "size, shared=off or hugepages=off";
-
-/// Parses `--memory size=SIZE[,shared=off][,hugepages=off]`.
-fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
-    let mut config = MemoryConfig::default();
-    for item in split_options(value)? {
-        match item.key.as_str() {
-            "size" => config.size = memory_size(&item)?,
-            "shared" | "hugepages" => {
-                if parse_toggle(&item.key, item.value()?)? {
-                    return Err(OptionError::Unsupported(format!("{}=on", item.key)));
-                }
-            }
-            "mergeable" | "hotplug_method" | "hotplug_size" | "hotplugged_size"
-            | "hugepage_size" | "prefault" | "thp" | "zones" => {
-                return Err(OptionError::Unsupported(item.key))
-            }
-            _ => {
-                return Err(OptionError::UnknownKey {
-                    key: item.key,
-                    expected: MEMORY_KEYS,
-                })
-            }
-        }
-    }
-    Ok(config)
-}
-
-/// Parses and range-checks `size=`.
-fn memory_size(item: &OptionItem) -> Result<u64, OptionError> {
-    let value = item.value()?;
-    let size =
-        parse_size(value).map_err(|e| OptionError::invalid(&item.key, value, e.to_string()))?;
-    let problem = if size == 0 {
-        "must not be zero"
-    } else if size & (MEMORY_ALIGNMENT - 1) != 0 {
-        "must be a multiple of 4 KiB"
-    } else if size > MAX_MEMORY_SIZE {
-        "must not exceed 1 TiB"
-    } else {
-        return Ok(size);
-    };
-    Err(OptionError::invalid(&item.key, value, problem))
 }
 
 /// What `--serial`/`--console` accept, for error messages.

@@ -147,7 +147,7 @@ impl Vm {
         filters: &ThreadFilters,
         source: VmSource<'_>,
     ) -> Result<Self, VmmError> {
-        let ram_size = config.memory.size;
+        let ram_size = config.memory.boot_size();
         if ram_size < MIN_MEMORY {
             return Err(VmmError::Config(format!(
                 "--memory: size={ram_size} is too small, chv needs at least {} MiB",
@@ -568,7 +568,7 @@ fn load_payload(
             kernel: &mut kernel_file,
             initramfs: initramfs_file.as_mut(),
             cmdline: payload.cmdline.as_deref().unwrap_or(""),
-            ram_size: config.memory.size,
+            ram_size: config.memory.boot_size(),
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),

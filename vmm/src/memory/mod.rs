@@ -9,22 +9,43 @@ use crate::config::VmConfig;
 
 pub use backing::{BackingError, RamBacking, ZoneBacking};
 
-/// Temporary switch for `shared=on` until the configuration schema has
-/// the memory options: `CHV_MEMORY_SHARED=1` backs guest RAM with a memfd
-/// mapped shared. Removed once `memory.shared` exists.
-const SHARED_ENV: &str = "CHV_MEMORY_SHARED";
-
-/// The zones of guest RAM `config` describes.
+/// The zones of guest RAM `config` describes: one zone `memory` with
+/// the memory options, or the `memory.zones` in order.
 pub fn zones_for(config: &VmConfig) -> Vec<RamZone> {
-    let shared = std::env::var_os(SHARED_ENV).is_some_and(|v| v == "1");
-    vec![RamZone {
-        field: "memory".into(),
-        size: config.memory.size,
-        backing: RamBacking {
-            shared,
-            ..RamBacking::default()
-        },
-    }]
+    let memory = &config.memory;
+    let zones = memory.zones.as_deref().unwrap_or_default();
+    if zones.is_empty() {
+        return vec![RamZone {
+            field: "memory".into(),
+            size: memory.size,
+            backing: RamBacking {
+                shared: memory.shared,
+                hugepages: memory.hugepages,
+                hugepage_size: memory.hugepage_size,
+                prefault: memory.prefault,
+                thp: memory.thp,
+                mergeable: memory.mergeable,
+                file: None,
+            },
+        }];
+    }
+    zones
+        .iter()
+        .map(|zone| RamZone {
+            field: zone.field(),
+            size: zone.size,
+            backing: RamBacking {
+                shared: zone.shared,
+                hugepages: zone.hugepages,
+                hugepage_size: zone.hugepage_size,
+                prefault: zone.prefault,
+                // Zones have no thp option of their own: the VM's applies.
+                thp: memory.thp,
+                mergeable: zone.mergeable,
+                file: zone.file.clone(),
+            },
+        })
+        .collect()
 }
 
 /// Creates the guest RAM `config` describes, at the architecture's RAM
