@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The guest's sources, compiled and linked in this order.
-const SOURCES: [&str; 6] = [
+const SOURCES: [&str; 7] = [
     "start.S",
     "testguest.c",
     "pci.c",
     "virtio.c",
     "virtio_tests.c",
     "virtio_hostile.c",
+    "firmware.c",
 ];
 
 fn main() {

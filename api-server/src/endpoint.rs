@@ -71,10 +71,9 @@ macro_rules! endpoints {
     ($( $(#[$doc:meta])* $variant:ident => ($name:literal, $method:ident, $implemented:literal), )*) => {
         /// Cloud Hypervisor's endpoints (path `/api/v1/<name>`).
         ///
-        /// The variants after `VmReceiveMigration` are known to Cloud
-        /// Hypervisor's API but not implemented by chv: the server routes them
-        /// (so a wrong method is still 405) and answers 501 itself without
-        /// asking the VMM.
+        /// The ones not implemented by chv are still routed (so a wrong
+        /// method is 405); the server answers them 501 itself without asking
+        /// the VMM.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Endpoint {
             $( $(#[$doc])* $variant, )*
@@ -153,26 +152,26 @@ endpoints! {
     VmSendMigration => ("vm.send-migration", Put, true),
     /// `PUT vm.receive-migration`: receive a migrating VM.
     VmReceiveMigration => ("vm.receive-migration", Put, true),
-    /// `PUT vm.add-device`: VFIO device hot-add (not implemented).
-    VmAddDevice => ("vm.add-device", Put, false),
-    /// `PUT vm.add-fs`: virtio-fs hot-add (not implemented).
-    VmAddFs => ("vm.add-fs", Put, false),
-    /// `PUT vm.add-pmem`: virtio-pmem hot-add (not implemented).
-    VmAddPmem => ("vm.add-pmem", Put, false),
-    /// `PUT vm.add-user-device`: vfio-user device hot-add (not implemented).
-    VmAddUserDevice => ("vm.add-user-device", Put, false),
-    /// `PUT vm.add-vdpa`: vDPA device hot-add (not implemented).
-    VmAddVdpa => ("vm.add-vdpa", Put, false),
-    /// `PUT vm.add-generic-vhost-user`: generic vhost-user hot-add (not implemented).
-    VmAddGenericVhostUser => ("vm.add-generic-vhost-user", Put, false),
-    /// `PUT vm.resize-zone`: memory zone resize (not implemented).
-    VmResizeZone => ("vm.resize-zone", Put, false),
-    /// `PUT vm.resize-disk`: disk resize (not implemented).
-    VmResizeDisk => ("vm.resize-disk", Put, false),
+    /// `PUT vm.add-device`: VFIO device (refused by field: no VFIO).
+    VmAddDevice => ("vm.add-device", Put, true),
+    /// `PUT vm.add-fs`: virtio-fs (cold-plug where the config allows it).
+    VmAddFs => ("vm.add-fs", Put, true),
+    /// `PUT vm.add-pmem`: virtio-pmem (cold-plug where the config allows it).
+    VmAddPmem => ("vm.add-pmem", Put, true),
+    /// `PUT vm.add-user-device`: vfio-user device (refused by field).
+    VmAddUserDevice => ("vm.add-user-device", Put, true),
+    /// `PUT vm.add-vdpa`: vDPA device (refused by field).
+    VmAddVdpa => ("vm.add-vdpa", Put, true),
+    /// `PUT vm.add-generic-vhost-user`: generic vhost-user (cold-plug where the config allows it).
+    VmAddGenericVhostUser => ("vm.add-generic-vhost-user", Put, true),
+    /// `PUT vm.resize-zone`: memory zone resize (no zones: 404 naming the id).
+    VmResizeZone => ("vm.resize-zone", Put, true),
+    /// `PUT vm.resize-disk`: disk resize (refused by field).
+    VmResizeDisk => ("vm.resize-disk", Put, true),
     /// `PUT vm.nmi`: NMI injection (not implemented).
     VmNmi => ("vm.nmi", Put, false),
-    /// `PUT vm.coredump`: guest core dump (not implemented).
-    VmCoredump => ("vm.coredump", Put, false),
+    /// `PUT vm.coredump`: guest core dump (refused by field).
+    VmCoredump => ("vm.coredump", Put, true),
     /// `GET vm.balloon-stats`: virtio-balloon statistics (not implemented).
     VmBalloonStats => ("vm.balloon-stats", Get, false),
 }
@@ -244,15 +243,7 @@ mod tests {
     fn implemented_set() {
         assert!(Endpoint::VmmPing.is_implemented());
         assert!(Endpoint::VmReceiveMigration.is_implemented());
-        for e in [
-            Endpoint::VmAddDevice,
-            Endpoint::VmAddFs,
-            Endpoint::VmAddPmem,
-            Endpoint::VmAddUserDevice,
-            Endpoint::VmAddVdpa,
-            Endpoint::VmResizeZone,
-            Endpoint::VmNmi,
-        ] {
+        for e in [Endpoint::VmNmi, Endpoint::VmBalloonStats] {
             assert!(!e.is_implemented(), "{e}");
         }
     }

@@ -39,6 +39,10 @@ pub struct ApiRequest {
     /// Where the VMM sends the answer. Exactly one answer is expected; if the
     /// sender is dropped unanswered the client gets 500.
     pub respond: Sender<ApiResponse>,
+    /// Signalled (or disconnected) once the answer has been written to the
+    /// client's socket: the VMM waits for it before exiting after
+    /// `vmm.shutdown`, so the client gets its answer.
+    pub written: std::sync::mpsc::Receiver<()>,
 }
 
 /// The VMM's answer to an [`ApiRequest`].

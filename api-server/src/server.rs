@@ -120,6 +120,7 @@ pub fn start_server_with_options(
         input_cap: options.max_header.saturating_add(options.max_body).max(1),
         options,
         vmm_gone: false,
+        answer_written: None,
     };
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -293,6 +294,8 @@ struct Server {
     input_cap: usize,
     /// The VMM dropped its receiver: stop serving.
     vmm_gone: bool,
+    /// Told once the answer the VMM just gave has been written out.
+    answer_written: Option<mpsc::Sender<()>>,
 }
 
 impl Server {
@@ -499,7 +502,12 @@ impl Server {
                         self.dispatch(&request.method, &request.path, request.body, fds);
                     conn.respond(&resp, allow, request.close || self.vmm_gone);
                     // Send now: later pipelined requests may wait on the VMM.
-                    conn.flush()?;
+                    let flushed = conn.flush();
+                    if let Some(tx) = self.answer_written.take() {
+                        // The VMM may not wait for it; that is fine.
+                        let _ = tx.send(());
+                    }
+                    flushed?;
                 }
             }
         }
@@ -550,11 +558,14 @@ impl Server {
     /// Sends a request to the VMM and waits for its answer.
     fn ask_vmm(&mut self, endpoint: Endpoint, body: Vec<u8>, fds: Vec<OwnedFd>) -> ApiResponse {
         let (respond, answer) = mpsc::channel();
+        let (written_tx, written) = mpsc::channel();
+        self.answer_written = Some(written_tx);
         let request = ApiRequest {
             endpoint,
             body,
             fds,
             respond,
+            written,
         };
         if self.tx.send(request).is_err() {
             self.vmm_gone = true;

@@ -57,6 +57,95 @@ pub struct PciLayout {
     pub mmio32: (u64, u64),
     /// 64-bit memory window for BARs: start, end (exclusive).
     pub mmio64: (u64, u64),
+    /// Most PCI segments (host bridges) the platform can describe; segment
+    /// `n`'s ECAM window follows segment `n - 1`'s.
+    pub max_segments: u16,
+}
+
+/// One PCI segment (host bridge, bus 0 only): its ECAM window and its
+/// shares of the platform's BAR windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PciSegmentLayout {
+    /// Segment number (`_SEG`, the MCFG entry's segment group).
+    pub segment: u16,
+    /// ECAM base and size.
+    pub ecam: (u64, u64),
+    /// 32-bit BAR window: start, end (exclusive).
+    pub mmio32: (u64, u64),
+    /// 64-bit BAR window: start, end (exclusive).
+    pub mmio64: (u64, u64),
+}
+
+/// Granule of the 32-bit window split between segments.
+const MMIO32_GRANULE: u64 = 2 << 20;
+/// Granule of the 64-bit window split between segments.
+const MMIO64_GRANULE: u64 = 2 << 20;
+
+/// Splits `[start, end)` by `weights` (none zero) at `granule` boundaries;
+/// the last part ends at `end`.
+fn split_window(
+    (start, end): (u64, u64),
+    weights: impl Iterator<Item = u32> + Clone,
+    granule: u64,
+) -> Vec<(u64, u64)> {
+    let total: u128 = weights.clone().map(u128::from).sum();
+    let len = u128::from(end - start);
+    let mut out = Vec::new();
+    let mut cumulative = 0u128;
+    let mut from = start;
+    let count = weights.clone().count();
+    for (i, w) in weights.enumerate() {
+        cumulative += u128::from(w);
+        let to = if i + 1 == count {
+            end
+        } else {
+            // `cumulative <= total`, so the offset fits the window.
+            let offset = (len * cumulative / total) as u64;
+            start + offset / granule * granule
+        };
+        out.push((from, to));
+        from = to;
+    }
+    out
+}
+
+impl PciLayout {
+    /// The layout of each of `weights.len()` segments, where
+    /// `weights[i] = (mmio32 weight, mmio64 weight)` of segment `i`: ECAM
+    /// windows one after another, BAR windows split by weight. One segment
+    /// with any weights gets the whole windows.
+    pub fn segments(&self, weights: &[(u32, u32)]) -> Result<Vec<PciSegmentLayout>, String> {
+        let count = weights.len();
+        if count == 0 || count > usize::from(self.max_segments) {
+            return Err(format!(
+                "{count} PCI segments: this platform has 1 to {}",
+                self.max_segments
+            ));
+        }
+        if let Some(i) = weights.iter().position(|&(a, b)| a == 0 || b == 0) {
+            return Err(format!(
+                "PCI segment {i}: aperture weights must be at least 1"
+            ));
+        }
+        let mmio32 = split_window(self.mmio32, weights.iter().map(|w| w.0), MMIO32_GRANULE);
+        let mmio64 = split_window(self.mmio64, weights.iter().map(|w| w.1), MMIO64_GRANULE);
+        if let Some(i) =
+            (0..count).find(|&i| mmio32[i].0 >= mmio32[i].1 || mmio64[i].0 >= mmio64[i].1)
+        {
+            return Err(format!(
+                "PCI segment {i}: its aperture weight leaves it no BAR window"
+            ));
+        }
+        Ok((0..count)
+            .map(|i| PciSegmentLayout {
+                // `count <= max_segments`, a u16.
+                segment: i as u16,
+                ecam: (self.ecam.0 + i as u64 * self.ecam.1, self.ecam.1),
+                mmio32: mmio32[i],
+                mmio64: mmio64[i],
+            })
+            .collect())
+    }
 }
 
 /// Port I/O blocks of the ACPI hotplug devices and the GED events the AML
@@ -113,6 +202,11 @@ pub struct Platform {
     pub acpi_hotplug: Option<AcpiHotplugLayout>,
     /// First GSI free for MSI routes (those below are irqchip pins).
     pub first_msi_gsi: u32,
+    /// MSI routes carry the PCI requester id as device id
+    /// (`KVM_MSI_VALID_DEVID`): the GICv3 ITS translates by it.
+    pub msi_device_id: bool,
+    /// Whether the firmware tables carry SMBIOS ([`MachineIdentity`]).
+    pub smbios: bool,
 }
 
 impl Platform {
@@ -144,6 +238,11 @@ pub struct Payload<'a> {
     /// PCI slots `1..=hotplug_slots` the firmware tables describe as
     /// hotpluggable.
     pub hotplug_slots: u8,
+    /// The PCI segments the firmware tables describe (from
+    /// [`PciLayout::segments`]).
+    pub pci_segments: &'a [PciSegmentLayout],
+    /// The machine identity for the SMBIOS tables.
+    pub identity: &'a MachineIdentity,
 }
 
 /// Why the payload could not be loaded; the VMM adds the file names.
@@ -187,6 +286,63 @@ impl ArchError {
     }
 }
 
+/// How the guest's vCPUs are grouped into cores, dies and packages
+/// (Cloud Hypervisor's `cpus.topology`). vCPU `n` gets the `n`th id in
+/// thread, core, die, package order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTopology {
+    /// Hardware threads per core.
+    pub threads_per_core: u8,
+    /// Cores per die.
+    pub cores_per_die: u8,
+    /// Dies per package.
+    pub dies_per_package: u8,
+    /// Packages (sockets).
+    pub packages: u8,
+}
+
+impl CpuTopology {
+    /// One package of `vcpus` single-threaded cores (the default shape).
+    pub fn flat(vcpus: u8) -> Self {
+        Self {
+            threads_per_core: 1,
+            cores_per_die: vcpus.max(1),
+            dies_per_package: 1,
+            packages: 1,
+        }
+    }
+
+    /// How many vCPUs the topology describes.
+    pub fn vcpus(&self) -> u32 {
+        u32::from(self.threads_per_core)
+            * u32::from(self.cores_per_die)
+            * u32::from(self.dies_per_package)
+            * u32::from(self.packages)
+    }
+
+    /// Why vCPU ids numbered contiguously cannot express this topology, if
+    /// they cannot: a level's count must be a power of two whenever a
+    /// higher level has more than one member, or ids would straddle it.
+    pub fn contiguity_error(&self) -> Option<String> {
+        let levels = [
+            ("threads_per_core", self.threads_per_core),
+            ("cores_per_die", self.cores_per_die),
+            ("dies_per_package", self.dies_per_package),
+            ("packages", self.packages),
+        ];
+        for (i, (name, count)) in levels.iter().enumerate().take(3) {
+            let above: u32 = levels[i + 1..].iter().map(|l| u32::from(l.1)).product();
+            if above > 1 && !count.is_power_of_two() {
+                return Some(format!(
+                    "{name}={count} must be a power of two when a higher level has more \
+                     than one member (vCPU ids are contiguous)"
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// The vCPU options the arch layer needs.
 #[derive(Clone, Debug, Default)]
 pub struct CpuOptions {
@@ -196,4 +352,35 @@ pub struct CpuOptions {
     pub max_vcpus: u8,
     /// CPU features to expose even though chv would hide them.
     pub keep_features: Vec<String>,
+    /// The guest topology (`None`: one package of single-threaded cores).
+    pub topology: Option<CpuTopology>,
+    /// Widest guest-physical address the guest is told of (`0`: the host's).
+    pub max_phys_bits: u8,
+    /// Offer the host's hardware virtualization extensions to the guest.
+    pub nested: bool,
+}
+
+/// The machine identity the firmware tables give the guest (SMBIOS on
+/// x86_64): Cloud Hypervisor's `platform` serial number, UUID, OEM strings
+/// and system fields. `None` or empty: not specified.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MachineIdentity {
+    /// System manufacturer (default: the VMM's name).
+    pub manufacturer: Option<String>,
+    /// Product name (default: the VMM's name).
+    pub product_name: Option<String>,
+    /// System version.
+    pub version: Option<String>,
+    /// System serial number.
+    pub serial_number: Option<String>,
+    /// System UUID, in the order it is written (`00112233-4455-…`).
+    pub uuid: Option<[u8; 16]>,
+    /// SKU number.
+    pub sku_number: Option<String>,
+    /// Family.
+    pub family: Option<String>,
+    /// Chassis asset tag.
+    pub chassis_asset_tag: Option<String>,
+    /// OEM strings.
+    pub oem_strings: Vec<String>,
 }

@@ -70,6 +70,7 @@ void pci_write32(u8 slot, u16 off, u32 v);
 /* Makes [addr, addr + 1 GiB) (1 GiB aligned, below 512 GiB) accessible. */
 int map_mmio(u64 addr);
 void test_pci_enum(void);
+void test_firmware_id(void);
 
 /* ---- virtio.c: a polling modern virtio-pci driver ---- */
 #define VIRTIO_VENDOR 0x1af4

@@ -229,6 +229,28 @@ static void test_serial(void)
     pass();
 }
 
+/* Reads one line from COM1 (polling LSR data-ready, bounded) and echoes it
+ * back as "ECHO <line>": exercises host input through a console backend. */
+static void test_echo(void)
+{
+    char line[64];
+    int n = 0;
+    puts_("ECHO-READY\n");
+    for (u64 spins = 0; spins < 400000000ull && n < 63; spins++) {
+        if (!(inb(COM1 + 5) & 0x01))
+            continue;
+        char c = (char)inb(COM1);
+        if (c == '\n' || c == '\r')
+            break;
+        line[n++] = c;
+    }
+    line[n] = 0;
+    puts_("ECHO ");
+    puts_(line);
+    puts_("\n");
+    pass();
+}
+
 static u8 cmos_read(u8 reg)
 {
     outb(CMOS_INDEX, reg);
@@ -543,6 +565,8 @@ void guest_main(const u8 *boot_params)
 
     if (streq(name, "serial"))
         test_serial();
+    else if (streq(name, "echo"))
+        test_echo();
     else if (streq(name, "cmos"))
         test_cmos();
     else if (streq(name, "poweroff"))
@@ -565,6 +589,8 @@ void guest_main(const u8 *boot_params)
         test_ticker();
     else if (streq(name, "pci-enum"))
         test_pci_enum();
+    else if (streq(name, "firmware-id"))
+        test_firmware_id();
     else if (streq(name, "virtio-blk-rw"))
         test_virtio_blk_rw();
     else if (streq(name, "virtio-blk-ro"))

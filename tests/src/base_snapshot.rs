@@ -24,7 +24,7 @@ pub const READY: &str = "CMD-LOOP-READY";
 /// the console and runs it. The kernel command line cannot carry the
 /// quotes of `eval "$c"`, so globbing is off while `$c` is split and back
 /// on for the command itself.
-const LOOP: &str =
+pub const LOOP: &str =
     "stty -echo; echo CMD-LOOP-READY; while read -r c; do set -f; eval set +f \\; $c; done";
 
 /// A key for the files the snapshot depends on (size and mtime of each).

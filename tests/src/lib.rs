@@ -18,6 +18,7 @@
 
 pub mod api_client;
 pub mod base_snapshot;
+pub mod go_client;
 pub mod netns;
 
 use std::io::Read;
@@ -580,6 +581,8 @@ pub fn unix_time(year: i64, month: u32, day: u32, hour: u32, min: u32, sec: u32)
 pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
+
+pub use netns::open_tap;
 
 #[cfg(test)]
 mod tests {

@@ -108,3 +108,33 @@ impl Drop for NetNs {
         }
     }
 }
+
+/// Opens (creating) tap `name` in the calling thread's network namespace
+/// as chv wants it (no packet info, virtio-net headers), without
+/// close-on-exec so a chv started afterwards inherits it.
+pub fn open_tap(name: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .expect("open /dev/net/tun");
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+    // SAFETY: TUNSETIFF reads and writes the ifreq we own.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    assert_eq!(
+        rc,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: clears FD_CLOEXEC on a descriptor we own.
+    let rc = unsafe { libc::fcntl(tun.as_raw_fd(), libc::F_SETFD, 0) };
+    assert_eq!(rc, 0, "F_SETFD: {}", std::io::Error::last_os_error());
+    tun
+}

@@ -510,3 +510,36 @@ fn virtio_head_index_beyond_queue_size_sets_needs_reset() {
 fn virtio_avail_idx_jump_is_survived() {
     hostile_case_strict("avail-jump");
 }
+
+/// `--platform` SMBIOS fields and a second PCI segment as the guest finds
+/// them without Linux: the SMBIOS 3.0 anchor in the F segment (checksum,
+/// type 1 serial and UUID bytes, type 11 strings) and, through segment 1's
+/// ECAM window, its host bridge in slot 0 and the disk given
+/// `pci_segment=1` in slot 1.
+#[test]
+fn smbios_and_pci_segment_1_seen_by_the_guest() {
+    let img = TempFile::image("seg1-disk");
+    let devices = vec![
+        "--platform".to_string(),
+        "num_pci_segments=2,serial_number=TG-SERIAL-7,\
+         uuid=00112233-4455-6677-8899-aabbccddeeff,oem_strings=[kata=1,second]"
+            .to_string(),
+        "--disk".to_string(),
+        format!("path={},pci_segment=1", img.arg()),
+    ];
+    let r = run("test=firmware-id", &devices, RUN_TIMEOUT);
+    r.expect_pass("firmware-id");
+    for want in [
+        "SMBIOS 3.0 checksum=ok",
+        "SMBIOS-SERIAL=TG-SERIAL-7",
+        // SMBIOS stores the first three UUID fields little-endian.
+        "SMBIOS-UUID=33221100554477668899aabbccddeeff",
+        "SMBIOS-OEM=kata=1",
+        "SMBIOS-OEM=second",
+        "SMBIOS-END",
+        "SEG1 slot=0 id=8086:0d57",
+        "SEG1 slot=1 id=1af4:1042",
+    ] {
+        r.check(r.has_line(want), &format!("no console line {want:?}"));
+    }
+}

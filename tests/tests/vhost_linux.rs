@@ -1,22 +1,37 @@
-//! virtio-fs end to end: the Linux guest kit booted with shared guest RAM
-//! (`--memory shared=on`) and a virtio-fs device (`CHV_FS`, until the
-//! config schema has `fs`) served by a real virtiofsd. The guest mounts the
-//! share, reads a host file, writes a file the host then sees, renames and
-//! deletes files; then the host kills virtiofsd and chv keeps running and
-//! answering its API.
+//! vhost-user and pmem devices end to end, through the real CLI syntax's
+//! JSON twin (`vm.add-fs`, `vm.add-pmem`, `vm.add-disk` with
+//! `vhost_user`) on the API socket, against real backends (virtiofsd,
+//! qemu-storage-daemon). No test boots Linux: each restores the shared
+//! base snapshot (`chv_tests::base_snapshot`, the guest kit at a command
+//! loop on the serial console), with `memory.shared=true` written into a
+//! copy of its `config.json` where a vhost-user backend must map guest RAM,
+//! and hot-adds its devices.
 //!
-//! Needs /dev/kvm, the guest kit and `virtiofsd` on PATH (`.ci/run`
-//! installs it).
+//! - `virtiofs_shares_hotplug_read_write_and_survive_backend_loss`: the
+//!   guest mounts a hot-added share, reads a host file, writes one the host
+//!   sees, renames and deletes; a second hot-added share mounts too and is
+//!   hot-removed (the guest ejects it); virtiofsd is killed and chv keeps
+//!   running and answering the API. A share without shared memory is
+//!   refused naming `memory.shared`.
+//! - `vhost_user_blk_writes_reach_the_qemu_storage_daemon_image`.
+//! - `pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file`.
+//! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`.
+//!
+//! Needs /dev/kvm, the guest kit, `virtiofsd` and `qemu-storage-daemon`
+//! (`.ci/run` installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
-use chv_tests::{require_guest_kit, Chv, Scratch};
+use chv_tests::base_snapshot::{base_snapshot, wait_ready};
+use chv_tests::{Chv, Scratch};
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
-const ABORT: &[&str] = &["Kernel panic"];
+/// Time for one guest step (each fork in the guest costs 1-2 s).
+const STEP: Duration = Duration::from_secs(180);
+/// Console text that ends a wait early as a failure.
+const ABORT: &[&str] = &["Kernel panic", "VU-FAIL"];
 
 /// A backend process, killed and reaped on drop.
 struct Backend(Child);
@@ -34,6 +49,20 @@ impl Drop for Backend {
     }
 }
 
+/// Waits for a backend's socket to appear.
+fn wait_socket(child: Child, socket: &Path, what: &str) -> Backend {
+    let backend = Backend(child);
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    backend
+}
+
 fn virtiofsd(dir: &Path, socket: &Path) -> Backend {
     let child = Command::new("virtiofsd")
         .arg("--socket-path")
@@ -44,56 +73,140 @@ fn virtiofsd(dir: &Path, socket: &Path) -> Backend {
         .stdin(Stdio::null())
         .spawn()
         .expect("virtiofsd must be on PATH (cargo install virtiofsd; .ci/run does it)");
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "virtiofsd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+    wait_socket(child, socket, "virtiofsd")
+}
+
+fn qemu_storage_daemon(image: &Path, socket: &Path) -> Backend {
+    let child = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=disk,filename={}",
+            image.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp,node-name=disk,writable=on,addr.type=unix,addr.path={}",
+            socket.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon must be installed (Debian qemu-utils; .ci/run does it)");
+    wait_socket(child, socket, "qemu-storage-daemon")
+}
+
+/// A copy of snapshot `src` in `dst` whose `config.json` went through
+/// `edit` (the memory file and the rest are symlinked, not copied).
+fn edited_snapshot(src: &Path, dst: &Path, edit: impl Fn(String) -> String) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap().flatten() {
+        let name = entry.file_name();
+        if name == "config.json" {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            std::fs::write(dst.join(&name), edit(text)).unwrap();
+        } else {
+            std::os::unix::fs::symlink(entry.path(), dst.join(&name)).unwrap();
+        }
     }
-    Backend(child)
+}
+
+/// `config.json` with `memory.shared` turned on.
+fn shared_memory(config: String) -> String {
+    let edited = config.replacen("\"shared\": false", "\"shared\": true", 1);
+    assert_ne!(edited, config, "no memory.shared in the base config.json");
+    edited
+}
+
+/// Restores snapshot `dir` (running) with its API socket at `api`,
+/// logging at info level; waits until the guest runs commands.
+fn restore(dir: &Path, api: &Path) -> Chv {
+    let mut chv = Chv::spawn_with_input(&[
+        "-v".to_string(),
+        "--api-socket".into(),
+        api.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{},resume=true", dir.display()),
+    ]);
+    wait_ready(&mut chv);
+    chv
+}
+
+/// The base snapshot restored with shared guest RAM, or `None` when the
+/// guest kit is missing and Linux tests are skipped.
+fn restore_shared(scratch: &Scratch, api: &Path) -> Option<Chv> {
+    let snap = scratch.path("base");
+    edited_snapshot(&base_snapshot()?, &snap, shared_memory);
+    Some(restore(&snap, api))
+}
+
+/// PUTs `body` to `endpoint`; returns the status and body.
+fn put(api: &Path, endpoint: &str, body: &str) -> (u16, String) {
+    http(api, "PUT", endpoint, Some(body))
+}
+
+/// A guest command that retries `cmd` each second for a minute, printing
+/// `VU-FAIL` if it never succeeds (hot-added devices take a moment).
+fn retry(cmd: &str, what: &str) -> String {
+    format!(
+        "i=0; until {cmd}; do i=$((i+1)); [ $i -gt 60 ] && echo VU-FAIL-{what} && break; sleep 1; done"
+    )
+}
+
+/// Waits for the log line `needle` on chv's stderr.
+fn wait_log(chv: &Chv, needle: &str) -> bool {
+    chv.wait_until(Duration::from_secs(30), needle, |c| {
+        c.stderr_text().contains(needle).then_some(())
+    })
+    .is_ok()
 }
 
 #[test]
-fn guest_mounts_virtiofs_reads_writes_renames_and_survives_backend_loss() {
-    let Some(kit) = require_guest_kit() else {
-        return;
-    };
+fn virtiofs_shares_hotplug_read_write_and_survive_backend_loss() {
     let scratch = Scratch::new("vhost-fs");
-    let share: PathBuf = scratch.path("share");
+    let (share, share2) = (scratch.path("share"), scratch.path("share2"));
     std::fs::create_dir_all(&share).unwrap();
+    std::fs::create_dir_all(&share2).unwrap();
     std::fs::write(share.join("hello"), "host-file-content").unwrap();
     std::fs::write(share.join("old"), "rename-me").unwrap();
     std::fs::write(share.join("gone"), "delete-me").unwrap();
-    let sock = scratch.path("fs.sock");
+    std::fs::write(share2.join("hello2"), "second-share").unwrap();
+    let (sock, sock2) = (scratch.path("fs.sock"), scratch.path("fs2.sock"));
     let mut fsd = virtiofsd(&share, &sock);
+    let _fsd2 = virtiofsd(&share2, &sock2);
     let api = scratch.path("api.sock");
 
-    let guest_cmd = "mount -t virtiofs kataShared /mnt && echo CHK-READ:$(cat /mnt/hello); \
-                     echo guest-wrote > /mnt/fromguest; mv /mnt/old /mnt/new; rm /mnt/gone; \
-                     sync; echo CHK-DONE; sleep 600";
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\"");
-    let args: Vec<String> = vec![
-        "--kernel".into(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=128M,shared=on".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--api-socket".into(),
-        api.display().to_string(),
-    ];
-    let fs_env = format!(
-        "tag=kataShared,socket={},num_queues=1,queue_size=1024",
+    // Without shared guest RAM a share is refused, naming the field.
+    let Some(plain) = base_snapshot() else {
+        return;
+    };
+    let mut chv = restore(&plain, &api);
+    let body = format!(r#"{{"tag":"kataShared","socket":"{}"}}"#, sock.display());
+    let (status, reply) = put(&api, "vm.add-fs", &body);
+    chv.check(
+        status == 400 && reply.contains("memory.shared"),
+        &format!("vm.add-fs without shared memory: {status} {reply}"),
+    );
+    chv.kill();
+    let _ = std::fs::remove_file(&api);
+
+    let Some(mut chv) = restore_shared(&scratch, &api) else {
+        return;
+    };
+    let body = format!(
+        r#"{{"tag":"kataShared","socket":"{}","num_queues":1,"queue_size":1024,"id":"share1"}}"#,
         sock.display()
     );
-    let chv = Chv::spawn_with_env(&args, &[("CHV_FS", fs_env.as_str())]);
-    chv.expect("CHK-DONE", ABORT, BOOT_TIMEOUT);
+    let (status, reply) = put(&api, "vm.add-fs", &body);
+    assert_eq!(status, 200, "vm.add-fs: {reply}\n{}", chv.dump());
+    chv.check(
+        reply.contains(r#""id":"share1""#) && reply.contains(r#""bdf":"0000:00:01.0""#),
+        &format!("PciDeviceInfo: {reply}"),
+    );
+    let mount = retry("mount -t virtiofs kataShared /m1 2>/dev/null", "MOUNT1");
+    chv.send_line(&format!(
+        "mkdir -p /m1 /m2; {mount}; echo CHK-READ:$(cat /m1/hello); \
+         echo guest-wrote > /m1/fromguest; mv /m1/old /m1/new; rm /m1/gone; sync; echo CHK-DONE1"
+    ));
+    chv.expect("CHK-DONE1", ABORT, STEP);
     chv.check(
         chv.stdout().contains("CHK-READ:host-file-content"),
         "guest read the host file through virtio-fs",
@@ -113,21 +226,100 @@ fn guest_mounts_virtiofs_reads_writes_renames_and_survives_backend_loss() {
         "guest delete reached the host",
     );
 
+    // A second share, hot-added, mounts; then it is hot-removed.
+    let body = format!(r#"{{"tag":"second","socket":"{}"}}"#, sock2.display());
+    let (status, reply) = put(&api, "vm.add-fs", &body);
+    chv.check(
+        status == 200 && reply.contains(r#""id":"_fs0""#),
+        &format!("second vm.add-fs: {status} {reply}"),
+    );
+    let (status, reply) = put(&api, "vm.add-fs", &body.replace("}", r#","id":"share1"}"#));
+    chv.check(status == 400, &format!("duplicate id: {status} {reply}"));
+    let mount = retry("mount -t virtiofs second /m2 2>/dev/null", "MOUNT2");
+    chv.send_line(&format!(
+        "{mount}; echo CHK-READ2:$(cat /m2/hello2); umount /m2; echo CHK-DONE2"
+    ));
+    chv.expect("CHK-DONE2", ABORT, STEP);
+    chv.check(
+        chv.stdout().contains("CHK-READ2:second-share"),
+        "guest read the second, hot-added share",
+    );
+    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"_fs0"}"#);
+    chv.check(
+        status == 204,
+        &format!("vm.remove-device: {status} {reply}"),
+    );
+    chv.check(
+        wait_log(&chv, "_fs0: ejected from PCI slot 2"),
+        "the guest ejected the second share",
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        info.contains("kataShared") && !info.contains("\"second\""),
+        &format!("vm.info after the removal: {info}"),
+    );
+
     // The backend dies: chv logs it, keeps running and answers the API.
     fsd.kill();
-    std::thread::sleep(Duration::from_millis(500));
-    let (status, body) = http(&api, "GET", "vm.info", None);
+    let (status, info) = http(&api, "GET", "vm.info", None);
     chv.check(
-        status == 200,
-        &format!("vm.info after virtiofsd died: {status} {body}"),
+        status == 200 && info.contains("Running"),
+        &format!("vm.info after virtiofsd died: {status} {info}"),
     );
-    chv.check(body.contains("Running"), "VM still running");
-    let logged = chv.wait_until(Duration::from_secs(10), "the disconnect log line", |c| {
-        c.stderr_text()
-            .contains("the backend disconnected")
-            .then_some(())
-    });
-    chv.check(logged.is_ok(), "chv logged the backend's disconnect");
+    chv.check(
+        wait_log(&chv, "the backend disconnected"),
+        "chv logged the backend's disconnect",
+    );
+    let (status, _) = http(&api, "GET", "vmm.ping", None);
+    chv.check(status == 200, "vmm.ping after virtiofsd died");
+    chv.assert_no_panic();
+}
+
+#[test]
+fn vhost_user_blk_writes_reach_the_qemu_storage_daemon_image() {
+    let scratch = Scratch::new("vhost-blk");
+    let image = scratch.path("disk.raw");
+    std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
+    let sock = scratch.path("blk.sock");
+    let _qsd = qemu_storage_daemon(&image, &sock);
+    let api = scratch.path("api.sock");
+    let Some(mut chv) = restore_shared(&scratch, &api) else {
+        return;
+    };
+    let body = format!(
+        r#"{{"vhost_user":true,"vhost_socket":"{}","id":"vblk"}}"#,
+        sock.display()
+    );
+    let (status, reply) = put(&api, "vm.add-disk", &body);
+    assert_eq!(status, 200, "vm.add-disk: {reply}\n{}", chv.dump());
+    chv.check(
+        reply.contains(r#""id":"vblk""#),
+        &format!("PciDeviceInfo: {reply}"),
+    );
+    let wait = retry("[ -b /dev/vda ]", "VDA");
+    chv.send_line(&format!(
+        "{wait}; echo CHK-SIZE:$(cat /sys/block/vda/size); \
+         echo VHOST-BLK-DATA | dd of=/dev/vda conv=fsync 2>/dev/null; echo CHK-BLK-DONE"
+    ));
+    chv.expect("CHK-BLK-DONE", ABORT, STEP);
+    chv.check(
+        chv.stdout().contains("CHK-SIZE:8192"),
+        "the guest sees the backend's 4 MiB capacity",
+    );
+    let data = std::fs::read(&image).unwrap();
+    chv.check(
+        data.starts_with(b"VHOST-BLK-DATA\n"),
+        "the guest's write is on the host image",
+    );
+    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"vblk"}"#);
+    chv.check(
+        status == 204,
+        &format!("vm.remove-device: {status} {reply}"),
+    );
+    chv.check(
+        wait_log(&chv, "vblk: ejected from PCI slot 1"),
+        "the guest ejected the vhost-user disk",
+    );
     chv.assert_no_panic();
 }
 
@@ -159,38 +351,39 @@ fn debugfs_cat(image: &Path, file: &str) -> String {
 }
 
 #[test]
-fn guest_mounts_ext4_from_pmem_and_discard_writes_keeps_the_file() {
-    let Some(kit) = require_guest_kit() else {
-        return;
-    };
+fn pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file() {
     let scratch = Scratch::new("vhost-pmem");
     let (shared, private) = (scratch.path("shared.img"), scratch.path("private.img"));
     ext4_image(&shared, &scratch.path("c1"));
     ext4_image(&private, &scratch.path("c2"));
     let private_before = std::fs::read(&private).unwrap();
-    let guest_cmd = "for n in 0 1; do mkdir /m$n; mount -o dax /dev/pmem$n /m$n 2>/dev/null \
-                     && echo CHK-DAX$n || mount /dev/pmem$n /m$n; echo CHK-READ$n:$(cat /m$n/hello); \
-                     echo guest-wrote-$n > /m$n/fromguest; umount /m$n; done; echo CHK-DONE";
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\"");
-    let args: Vec<String> = vec![
-        "--kernel".into(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=128M".into(),
-        "--serial".into(),
-        "tty".into(),
-    ];
-    let pmem = format!(
-        "file={};file={},discard_writes=on",
-        shared.display(),
+    let api = scratch.path("api.sock");
+    // pmem needs no shared guest RAM.
+    let Some(base) = base_snapshot() else {
+        return;
+    };
+    let mut chv = restore(&base, &api);
+    let body = format!(r#"{{"file":"{}","id":"pm0"}}"#, shared.display());
+    let (status, reply) = put(&api, "vm.add-pmem", &body);
+    assert_eq!(status, 200, "vm.add-pmem: {reply}\n{}", chv.dump());
+    let body = format!(
+        r#"{{"file":"{}","discard_writes":true,"size":67108864}}"#,
         private.display()
     );
-    let chv = Chv::spawn_with_env(&args, &[("CHV_PMEM", pmem.as_str())]);
-    chv.expect("CHK-DONE", ABORT, BOOT_TIMEOUT);
+    let (status, reply) = put(&api, "vm.add-pmem", &body);
+    chv.check(
+        status == 200 && reply.contains(r#""id":"_pmem0""#),
+        &format!("second vm.add-pmem: {status} {reply}"),
+    );
+    let (status, reply) = put(&api, "vm.add-pmem", r#"{"file":"/nonexistent/x"}"#);
+    chv.check(status == 500, &format!("missing file: {status} {reply}"));
+    let wait = retry("[ -b /dev/pmem1 ]", "PMEM");
+    chv.send_line(&format!(
+        "{wait}; for n in 0 1; do mkdir -p /p$n; mount -o dax /dev/pmem$n /p$n 2>/dev/null \
+         && echo CHK-DAX$n || mount /dev/pmem$n /p$n; echo CHK-READ$n:$(cat /p$n/hello); \
+         echo guest-wrote-$n > /p$n/fromguest; umount /p$n; done; echo CHK-PMEM-DONE"
+    ));
+    chv.expect("CHK-PMEM-DONE", ABORT, STEP);
     let out = chv.stdout();
     chv.check(
         out.contains("CHK-READ0:made-on-the-host"),
@@ -213,6 +406,26 @@ fn guest_mounts_ext4_from_pmem_and_discard_writes_keeps_the_file() {
         std::fs::read(&private).unwrap() == private_before,
         "discard_writes=on left the file unchanged",
     );
+    // Hot-remove: the guest ejects pm0; its range is unmapped on the next
+    // device request (here: removing the other one).
+    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"pm0"}"#);
+    chv.check(
+        status == 204,
+        &format!("vm.remove-device: {status} {reply}"),
+    );
+    chv.check(
+        wait_log(&chv, "pm0: ejected from PCI slot"),
+        "the guest ejected pm0",
+    );
+    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"_pmem0"}"#);
+    chv.check(
+        status == 204,
+        &format!("vm.remove-device: {status} {reply}"),
+    );
+    chv.check(
+        wait_log(&chv, "pm0: pmem range at"),
+        "pm0's range was unmapped",
+    );
     chv.assert_no_panic();
 }
 
@@ -226,9 +439,6 @@ fn vm_state(sock: &Path) -> String {
 
 #[test]
 fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd() {
-    let Some(kit) = require_guest_kit() else {
-        return;
-    };
     let scratch = Scratch::new("vhost-snap");
     let share = scratch.path("share");
     std::fs::create_dir_all(&share).unwrap();
@@ -236,58 +446,52 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
     let sock_a = scratch.path("a.sock");
     let mut fsd_a = virtiofsd(&share, &sock_a);
     let api = scratch.path("api.sock");
-    // fd 3 stays open across the snapshot; after the restore the guest
-    // waits for the host's go file, then reads, reads its fd, writes.
-    let guest_cmd = "mount -t virtiofs kataShared /mnt && exec 3</mnt/kept && echo CHK-MOUNTED; \
-                     while [ ! -e /mnt/go ]; do sleep 1; done; echo CHK-AFTER:$(cat /mnt/kept); \
-                     read -r L <&3; echo CHK-FD:$L; echo after > /mnt/written-after; echo CHK-END";
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\"");
-    let args: Vec<String> = vec![
-        "--kernel".into(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=128M,shared=on".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--api-socket".into(),
-        api.display().to_string(),
-    ];
-    let env_a = format!("tag=kataShared,socket={}", sock_a.display());
-    let mut chv = Chv::spawn_with_env(&args, &[("CHV_FS", &env_a)]);
-    chv.expect("CHK-MOUNTED", ABORT, BOOT_TIMEOUT);
-    let (status, body) = http(&api, "PUT", "vm.pause", None);
-    assert_eq!(status, 204, "vm.pause: {body}");
-    let snap = scratch.path("snap");
-    let url = format!("{{\"destination_url\":\"file://{}\"}}", snap.display());
-    let (status, body) = http(&api, "PUT", "vm.snapshot", Some(&url));
-    assert_eq!(status, 204, "vm.snapshot: {body}\n{}", chv.dump());
+    let Some(mut chv) = restore_shared(&scratch, &api) else {
+        return;
+    };
+    let body = format!(r#"{{"tag":"kataShared","socket":"{}"}}"#, sock_a.display());
+    let (status, reply) = put(&api, "vm.add-fs", &body);
+    assert_eq!(status, 200, "vm.add-fs: {reply}\n{}", chv.dump());
+    // fd 3 stays open in the guest's shell across the snapshot.
+    let mount = retry("mount -t virtiofs kataShared /mnt 2>/dev/null", "MOUNT");
+    chv.send_line(&format!(
+        "mkdir -p /mnt; {mount}; exec 3</mnt/kept; echo CHK-MOUNTED"
+    ));
+    chv.expect("CHK-MOUNTED", ABORT, STEP);
+    // Let the shell get back to its read() before the guest stops.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, reply) = http(&api, "PUT", "vm.pause", None);
+    assert_eq!(status, 204, "vm.pause: {reply}");
+    let snap: PathBuf = scratch.path("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (status, reply) = put(&api, "vm.snapshot", &url);
+    assert_eq!(status, 204, "vm.snapshot: {reply}\n{}", chv.dump());
     chv.kill();
     fsd_a.kill();
+    let _ = std::fs::remove_file(&api);
 
-    // A new virtiofsd on a new socket; the restored VM loads the first
-    // one's state into it.
+    // A new virtiofsd on a new socket, named in the snapshot's edited
+    // config.json; the restored VM loads the first one's state into it.
     let sock_b = scratch.path("b.sock");
     let _fsd_b = virtiofsd(&share, &sock_b);
-    let api_b = scratch.path("api-b.sock");
-    let env_b = format!("tag=kataShared,socket={}", sock_b.display());
-    let chv = Chv::spawn_with_env(
-        &[
-            "--api-socket".to_string(),
-            api_b.display().to_string(),
-            "--restore".into(),
-            format!("source_url=file://{}", snap.display()),
-        ],
-        &[("CHV_FS", &env_b)],
+    let edited = scratch.path("snap-b");
+    let (a, b) = (sock_a.display().to_string(), sock_b.display().to_string());
+    edited_snapshot(&snap, &edited, |c| c.replace(&a, &b));
+    let mut chv = Chv::spawn_with_input(&[
+        "--api-socket".to_string(),
+        api.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{}", edited.display()),
+    ]);
+    assert_eq!(vm_state(&api), "Paused", "{}", chv.dump());
+    let (status, reply) = http(&api, "PUT", "vm.resume", None);
+    assert_eq!(status, 204, "vm.resume: {reply}\n{}", chv.dump());
+    wait_ready(&mut chv);
+    chv.send_line(
+        "echo CHK-AFTER:$(cat /mnt/kept); read -r L <&3; echo CHK-FD:$L; \
+         echo after > /mnt/written-after; echo CHK-END",
     );
-    assert_eq!(vm_state(&api_b), "Paused", "{}", chv.dump());
-    let (status, body) = http(&api_b, "PUT", "vm.resume", None);
-    assert_eq!(status, 204, "vm.resume: {body}\n{}", chv.dump());
-    std::fs::write(share.join("go"), "").unwrap();
-    chv.expect("CHK-END", ABORT, Duration::from_secs(120));
+    chv.expect("CHK-END", ABORT, STEP);
     let out = chv.stdout();
     chv.check(
         out.contains("CHK-AFTER:line-before-snapshot"),

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use api_server::{ApiResponse, Endpoint};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::config::{DiskConfig, FsConfig, NetConfig, PmemConfig, VmConfig, VsockConfig};
 use crate::control_loop::{Next, VmState, Vmm};
 use crate::device_manager::{DeviceManager, HotplugError, PciDeviceInfo};
 use crate::migration;
@@ -35,10 +35,51 @@ struct VmInfo<'a> {
 #[serde(deny_unknown_fields)]
 struct SendMigration {
     destination_url: String,
-    /// Cloud Hypervisor's same-host flag; chv always migrates locally.
+    /// Cloud Hypervisor's same-host flag (memory passed as fds). chv sends
+    /// the pages over the Unix socket either way; the receiver ends up with
+    /// the same guest, so both values are accepted.
     #[serde(default)]
     #[allow(dead_code)]
     local: bool,
+    /// Longest pause of the guest the sender aims for.
+    #[serde(default = "default_downtime_ms")]
+    downtime_ms: u64,
+    /// Time allowed for the pre-copy rounds.
+    #[serde(default = "default_timeout_s")]
+    timeout_s: u64,
+    /// What to do when `timeout_s` passes before the downtime target is
+    /// reachable.
+    #[serde(default)]
+    timeout_strategy: migration::TimeoutStrategy,
+    /// Parallel connections (chv: one).
+    #[serde(default = "default_connections")]
+    connections: u32,
+    /// TLS certificates directory (chv: none, Unix sockets only).
+    #[serde(default)]
+    tls_dir: Option<String>,
+    /// Pre-copy or post-copy (chv: pre-copy).
+    #[serde(default)]
+    memory_mode: MigrationMode,
+}
+
+fn default_downtime_ms() -> u64 {
+    300
+}
+fn default_timeout_s() -> u64 {
+    3600
+}
+fn default_connections() -> u32 {
+    1
+}
+
+/// Cloud Hypervisor's `MigrationMode`.
+#[derive(Deserialize, Default, PartialEq, Eq, Debug)]
+enum MigrationMode {
+    /// Copy memory, then stop and copy what changed.
+    #[default]
+    Precopy,
+    /// Run on the receiver and fetch pages on demand.
+    Postcopy,
 }
 
 /// `vm.receive-migration`'s body (Cloud Hypervisor's `ReceiveMigrationData`).
@@ -46,6 +87,104 @@ struct SendMigration {
 #[serde(deny_unknown_fields)]
 struct ReceiveMigration {
     receiver_url: String,
+    /// TLS certificates directory (chv: none).
+    #[serde(default)]
+    tls_dir: Option<String>,
+    /// Pre-copy or post-copy (chv: pre-copy).
+    #[serde(default)]
+    memory_mode: MigrationMode,
+    /// VFIO fds (chv: no VFIO).
+    #[serde(default)]
+    vfio_fds: Option<Vec<serde_json::Value>>,
+    /// iommufd fd (chv: no VFIO).
+    #[serde(default)]
+    iommufd_fd: Option<i32>,
+    /// Host NUMA nodes for memory zones (chv: no zones).
+    #[serde(default)]
+    zone_updates: Vec<serde_json::Value>,
+}
+
+impl SendMigration {
+    /// Refuses values chv cannot honour, naming the field.
+    fn check(&self) -> Result<migration::SendOptions, ApiResponse> {
+        let refuse = |field: &str, why: &str| {
+            Err(ApiResponse::error(
+                400,
+                format!("invalid SendMigrationData: {field}: not supported by chv ({why})"),
+            ))
+        };
+        if self.downtime_ms == 0 || self.timeout_s == 0 || self.connections == 0 {
+            return Err(ApiResponse::error(
+                400,
+                "invalid SendMigrationData: downtime_ms, timeout_s and connections must not be 0",
+            ));
+        }
+        if self.connections != 1 {
+            return refuse("connections", "one connection per migration");
+        }
+        if self.tls_dir.is_some() {
+            return refuse("tls_dir", "migration runs over a local Unix socket");
+        }
+        if self.memory_mode != MigrationMode::Precopy {
+            return refuse("memory_mode=Postcopy", "pre-copy only");
+        }
+        Ok(migration::SendOptions {
+            downtime: std::time::Duration::from_millis(self.downtime_ms),
+            timeout: std::time::Duration::from_secs(self.timeout_s),
+            strategy: self.timeout_strategy,
+        })
+    }
+}
+
+impl ReceiveMigration {
+    /// Refuses values chv cannot honour, naming the field.
+    fn check(&self) -> Result<(), ApiResponse> {
+        let refuse = |field: &str, why: &str| {
+            Err(ApiResponse::error(
+                400,
+                format!("invalid ReceiveMigrationData: {field}: not supported by chv ({why})"),
+            ))
+        };
+        if self.tls_dir.is_some() {
+            return refuse("tls_dir", "migration runs over a local Unix socket");
+        }
+        if self.memory_mode != MigrationMode::Precopy {
+            return refuse("memory_mode=Postcopy", "pre-copy only");
+        }
+        if self.vfio_fds.as_ref().is_some_and(|v| !v.is_empty()) || self.iommufd_fd.is_some() {
+            return refuse("vfio_fds/iommufd_fd", "no VFIO");
+        }
+        if !self.zone_updates.is_empty() {
+            return refuse("zone_updates", "chv VMs have no memory zones");
+        }
+        Ok(())
+    }
+}
+
+/// `vm.resize-zone`'s body (Cloud Hypervisor's `VmResizeZone`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmResizeZone {
+    id: String,
+    #[allow(dead_code)]
+    desired_ram: u64,
+}
+
+/// `vm.resize-disk`'s body (Cloud Hypervisor's `VmResizeDisk`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmResizeDisk {
+    id: String,
+    #[allow(dead_code)]
+    desired_size: u64,
+}
+
+/// `vm.coredump`'s body (Cloud Hypervisor's `VmCoredumpData`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmCoredump {
+    #[allow(dead_code)]
+    destination_url: String,
 }
 
 /// `vm.remove-device`'s body.
@@ -59,7 +198,7 @@ struct VmRemoveDevice {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct VmResize {
-    desired_vcpus: Option<u8>,
+    desired_vcpus: Option<u32>,
     desired_ram: Option<u64>,
     desired_balloon: Option<u64>,
 }
@@ -105,6 +244,78 @@ struct AddDevice<T> {
     hotplug: fn(&mut DeviceManager, &mut T) -> Result<PciDeviceInfo, HotplugError>,
 }
 
+/// Position of device `id` in a device list: by its id, or for devices
+/// without one by the id they got from their position (`_disk<i>`,
+/// `_fs<i>`, …), as when they were plugged at boot.
+fn position_of(ids: &[Option<&str>], prefix: &str, id: &str) -> Option<usize> {
+    ids.iter().position(|d| *d == Some(id)).or_else(|| {
+        ids.iter()
+            .enumerate()
+            .position(|(i, d)| d.is_none() && format!("{prefix}{i}") == id)
+    })
+}
+
+/// Removes device `id` (disk, net, fs or pmem) from `config`; false when
+/// no such device is configured. The devices of that kind left without an
+/// id get the one they have on the bus first, which their new positions
+/// would no longer give.
+fn remove_from_config(config: &mut VmConfig, id: &str) -> bool {
+    /// Reads and sets a device config's `id`.
+    struct Ids<T> {
+        get: fn(&T) -> Option<&str>,
+        set: fn(&mut T, String),
+    }
+    fn take<T>(list: &mut Option<Vec<T>>, prefix: &str, id: &str, ids: Ids<T>) -> bool {
+        let Some(items) = list.as_mut() else {
+            return false;
+        };
+        let known: Vec<Option<&str>> = items.iter().map(ids.get).collect();
+        let Some(at) = position_of(&known, prefix, id) else {
+            return false;
+        };
+        for (i, item) in items.iter_mut().enumerate() {
+            if (ids.get)(item).is_none() {
+                (ids.set)(item, format!("{prefix}{i}"));
+            }
+        }
+        items.remove(at);
+        true
+    }
+    take(
+        &mut config.disks,
+        "_disk",
+        id,
+        Ids {
+            get: |d| d.id.as_deref(),
+            set: |d, id| d.id = Some(id),
+        },
+    ) || take(
+        &mut config.net,
+        "_net",
+        id,
+        Ids {
+            get: |n| n.id.as_deref(),
+            set: |n, id| n.id = Some(id),
+        },
+    ) || take(
+        &mut config.fs,
+        "_fs",
+        id,
+        Ids {
+            get: |f| f.id.as_deref(),
+            set: |f, id| f.id = Some(id),
+        },
+    ) || take(
+        &mut config.pmem,
+        "_pmem",
+        id,
+        Ids {
+            get: |p| p.id.as_deref(),
+            set: |p, id| p.id = Some(id),
+        },
+    )
+}
+
 impl Vmm {
     /// `vm.add-disk`/`add-net`/`add-vsock`: validates the configuration with
     /// the device added; before boot only records it (204), on a running VM
@@ -129,15 +340,44 @@ impl Vmm {
             return Ok(done());
         };
         let info = (kind.hotplug)(&mut vm.devices, &mut device).map_err(|e| match e {
-            HotplugError::DuplicateId(_) | HotplugError::VsockExists => {
-                ApiResponse::error(400, e.to_string())
-            }
+            HotplugError::DuplicateId(_)
+            | HotplugError::VsockExists
+            | HotplugError::NotOnSegment0(_) => ApiResponse::error(400, e.to_string()),
             _ => ApiResponse::error(500, format!("cannot hot-add the {}: {e}", kind.what)),
         })?;
         // Record it with the id it got, so vm.info, a reboot and
         // vm.remove-device see the same device.
         (kind.record)(config, device);
         Ok((json(&info), Next::Continue))
+    }
+
+    /// `vm.add-*` for device kinds chv cannot hot-plug: parses `body` as
+    /// `schema`, checks the configuration with the device added (which
+    /// names the field chv refuses) and, before boot, records it (204).
+    fn add_unplugged<T: serde::de::DeserializeOwned>(
+        &mut self,
+        body: &[u8],
+        schema: &'static str,
+        record: fn(&mut VmConfig, T),
+    ) -> Result<(ApiResponse, Next), ApiResponse> {
+        let device: T = parse(body, schema)?;
+        let config = self
+            .config
+            .as_mut()
+            .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+        let mut candidate = config.clone();
+        record(&mut candidate, device);
+        candidate
+            .validate()
+            .map_err(|e| ApiResponse::error(400, format!("invalid {schema}: {e}")))?;
+        if self.vm.is_some() {
+            return Err(ApiResponse::error(
+                400,
+                format!("invalid {schema}: not supported by chv (hot-adding this device kind)"),
+            ));
+        }
+        *config = candidate;
+        Ok(done())
     }
 
     /// Points `net` at the tap fds that came with `vm.add-net` (preferred
@@ -199,20 +439,38 @@ impl Vmm {
     fn resize(&mut self, body: &[u8]) -> Result<(ApiResponse, Next), ApiResponse> {
         use crate::vcpu::hotplug::ResizeError;
         let req: VmResize = parse(body, "VmResize")?;
-        if req.desired_ram.is_some() || req.desired_balloon.is_some() {
-            return Err(ApiResponse::error(
-                501,
-                "vm.resize: desired_ram and desired_balloon are not implemented by chv yet",
-            ));
-        }
-        let desired = req
-            .desired_vcpus
-            .ok_or_else(|| ApiResponse::error(400, "invalid VmResize: desired_vcpus is missing"))?;
         let config = self
             .config
             .as_mut()
             .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+        // Asking for what the VM has is a no-op, as in Cloud Hypervisor.
+        let ram = config.memory.size + config.memory.hotplugged_size.unwrap_or(0);
+        if req.desired_ram.is_some_and(|r| r != ram) {
+            return Err(ApiResponse::error(
+                400,
+                format!(
+                    "invalid VmResize: desired_ram: not supported by chv (no memory hotplug \
+                     yet; the VM has {ram} bytes)"
+                ),
+            ));
+        }
+        if req.desired_balloon.is_some_and(|b| b != 0) {
+            return Err(ApiResponse::error(
+                400,
+                "invalid VmResize: desired_balloon: not supported by chv (no balloon device; \
+                 only 0 is accepted)",
+            ));
+        }
+        let Some(desired) = req.desired_vcpus else {
+            return Ok(done());
+        };
         let max = config.cpus.max_vcpus;
+        let desired = u8::try_from(desired).map_err(|_| {
+            ApiResponse::error(
+                400,
+                format!("desired_vcpus={desired}: must be between 1 and max_vcpus ({max})"),
+            )
+        })?;
         if desired == 0 || desired > max {
             return Err(ApiResponse::error(
                 400,
@@ -423,6 +681,30 @@ impl Vmm {
                     },
                 )
             }
+            Endpoint::VmAddFs => {
+                let fs: FsConfig = parse(body, "FsConfig")?;
+                self.add_device(
+                    fs,
+                    AddDevice {
+                        schema: "FsConfig",
+                        what: "virtio-fs device",
+                        record: |c, f| c.fs.get_or_insert_with(Vec::new).push(f),
+                        hotplug: DeviceManager::hotplug_fs,
+                    },
+                )
+            }
+            Endpoint::VmAddPmem => {
+                let pmem: PmemConfig = parse(body, "PmemConfig")?;
+                self.add_device(
+                    pmem,
+                    AddDevice {
+                        schema: "PmemConfig",
+                        what: "pmem device",
+                        record: |c, p| c.pmem.get_or_insert_with(Vec::new).push(p),
+                        hotplug: DeviceManager::hotplug_pmem,
+                    },
+                )
+            }
             Endpoint::VmRemoveDevice => {
                 let req: VmRemoveDevice = parse(body, "VmRemoveDevice")?;
                 let config = self
@@ -433,40 +715,20 @@ impl Vmm {
                     use crate::device_manager::HotplugError;
                     vm.devices.request_unplug(&req.id).map_err(|e| match e {
                         HotplugError::NotFound(_) => ApiResponse::error(404, e.to_string()),
-                        HotplugError::NotRemovable(_) => ApiResponse::error(400, e.to_string()),
+                        HotplugError::NotRemovable(_) | HotplugError::NotOnSegment0(_) => {
+                            ApiResponse::error(400, e.to_string())
+                        }
                         _ => ApiResponse::error(500, format!("cannot unplug: {e}")),
                     })?;
                 }
-                // Devices without an id are known by their position
-                // (`_disk<i>`, `_net<i>`), as when they were plugged at boot.
-                let find = |ids: Vec<Option<&str>>, prefix: &str| {
-                    let id = req.id.as_str();
-                    ids.iter().position(|d| *d == Some(id)).or_else(|| {
-                        ids.iter()
-                            .enumerate()
-                            .position(|(i, d)| d.is_none() && format!("{prefix}{i}") == id)
-                    })
-                };
-                let disks = config.disks.as_deref().unwrap_or_default();
-                let nets = config.net.as_deref().unwrap_or_default();
-                let at_disk = find(disks.iter().map(|d| d.id.as_deref()).collect(), "_disk");
-                let at_net = find(nets.iter().map(|n| n.id.as_deref()).collect(), "_net");
-                match (at_disk, at_net) {
-                    (Some(i), _) => {
-                        config.disks.get_or_insert_with(Vec::new).remove(i);
-                    }
-                    (None, Some(i)) => {
-                        config.net.get_or_insert_with(Vec::new).remove(i);
-                    }
-                    (None, None) if self.vm.is_some() => {
-                        log::warn!("{}: unplugged, but not found in the VM config", req.id);
-                    }
-                    (None, None) => {
+                if !remove_from_config(config, &req.id) {
+                    if self.vm.is_none() {
                         return Err(ApiResponse::error(
                             404,
                             format!("no device with id {}", req.id),
-                        ))
+                        ));
                     }
+                    log::warn!("{}: unplugged, but not found in the VM config", req.id);
                 }
                 Ok(done())
             }
@@ -511,6 +773,8 @@ impl Vmm {
             }
             Endpoint::VmRestore => {
                 let mut req: RestoreConfig = parse(body, "RestoreConfig")?;
+                req.check_supported()
+                    .map_err(|e| ApiResponse::error(400, format!("invalid RestoreConfig: {e}")))?;
                 let received = self.take_restore_fds(&mut req, fds)?;
                 if self.vm.is_some() {
                     return Err(ApiResponse::error(
@@ -527,12 +791,13 @@ impl Vmm {
             }
             Endpoint::VmSendMigration => {
                 let req: SendMigration = parse(body, "SendMigrationData")?;
+                let options = req.check()?;
                 migration::socket_path(&req.destination_url, "destination_url")
                     .map_err(|e| ApiResponse::error(400, e.to_string()))?;
                 let (Some(vm), Some(config)) = (self.vm.as_ref(), self.config.as_ref()) else {
                     return Err(ApiResponse::error(404, "the VM is not booted"));
                 };
-                let stats = migration::send(vm, config, &req.destination_url)
+                let stats = migration::send(vm, config, &req.destination_url, &options)
                     .map_err(|e| ApiResponse::error(500, format!("migration failed: {e}")))?;
                 log::info!(
                     "migrated to {} in {:.1} ms ({} rounds, {} pages, downtime {:.1} ms)",
@@ -548,6 +813,7 @@ impl Vmm {
             }
             Endpoint::VmReceiveMigration => {
                 let req: ReceiveMigration = parse(body, "ReceiveMigrationData")?;
+                req.check()?;
                 migration::socket_path(&req.receiver_url, "receiver_url")
                     .map_err(|e| ApiResponse::error(400, e.to_string()))?;
                 if self.vm.is_some() {
@@ -563,6 +829,56 @@ impl Vmm {
                 self.state = VmState::Running;
                 self.take_serial_input();
                 Ok((ApiResponse::no_content(), Next::Rearm))
+            }
+            Endpoint::VmResizeZone => {
+                let req: VmResizeZone = parse(body, "VmResizeZone")?;
+                self.config
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                Err(ApiResponse::error(
+                    404,
+                    format!(
+                        "invalid VmResizeZone: id={}: no such memory zone (chv VMs have no \
+                         memory zones)",
+                        req.id
+                    ),
+                ))
+            }
+            Endpoint::VmResizeDisk => {
+                let req: VmResizeDisk = parse(body, "VmResizeDisk")?;
+                self.config
+                    .as_ref()
+                    .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
+                Err(ApiResponse::error(
+                    400,
+                    format!(
+                        "invalid VmResizeDisk: desired_size: not supported by chv (disk {} \
+                         keeps the size of its image)",
+                        req.id
+                    ),
+                ))
+            }
+            Endpoint::VmCoredump => {
+                let _: VmCoredump = parse(body, "VmCoredumpData")?;
+                Err(ApiResponse::error(
+                    400,
+                    "invalid VmCoredumpData: destination_url: not supported by chv (no guest \
+                     core dumps)",
+                ))
+            }
+            Endpoint::VmAddDevice => self.add_unplugged(body, "DeviceConfig", |c, d| {
+                c.devices.get_or_insert_with(Vec::new).push(d)
+            }),
+            Endpoint::VmAddUserDevice => self.add_unplugged(body, "UserDeviceConfig", |c, d| {
+                c.user_devices.get_or_insert_with(Vec::new).push(d)
+            }),
+            Endpoint::VmAddVdpa => self.add_unplugged(body, "VdpaConfig", |c, d| {
+                c.vdpa.get_or_insert_with(Vec::new).push(d)
+            }),
+            Endpoint::VmAddGenericVhostUser => {
+                self.add_unplugged(body, "GenericVhostUserConfig", |c, d| {
+                    c.generic_vhost_user.get_or_insert_with(Vec::new).push(d)
+                })
             }
             other => Err(ApiResponse::error(
                 501,

@@ -6,12 +6,15 @@
 //! line naming the option and the problem, e.g.
 //! `--cpus: boot=0: must be between 1 and 254`.
 
+mod cpus_options;
 mod device_options;
 mod memory_options;
 mod options;
+mod platform_options;
 mod rate_limit_options;
 #[cfg(test)]
 mod tests;
+mod vhost_options;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -21,14 +24,16 @@ use clap::{ArgAction, Parser};
 use thiserror::Error;
 
 use crate::config::{
-    ConfigError, ConsoleConfig, ConsoleOutputMode, CpuFeatures, CpusConfig, MemoryConfig,
-    PayloadConfig, VmConfig, MAX_VCPUS,
+    ConfigError, ConsoleConfig, ConsoleOutputMode, MemoryConfig, PayloadConfig, VmConfig,
 };
+use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
 use memory_options::{parse_memory, parse_memory_zone};
-use options::{parse_list, parse_toggle, parse_u64, split_options, OptionItem};
-pub use options::{OptionError, SizeError};
+pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
+use options::{parse_toggle, parse_u64};
+use platform_options::parse_platform;
 use rate_limit_options::parse_rate_limit_group;
+use vhost_options::{parse_fs, parse_pmem};
 
 /// What the command line asks chv to do.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,7 +150,8 @@ struct Args {
     /// MAP_SHARED (vhost-user backends map it). hugepages: from the host's
     /// hugetlb pool (hugepage_size: default the host's). prefault:
     /// populate at start. thp: transparent huge pages (default on).
-    /// mergeable: KSM. hotplug_* are not supported yet.
+    /// mergeable: KSM. shared=on is needed by vhost-user backends
+    /// (--fs, --disk vhost_user=on).
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     memory: Option<String>,
 
@@ -184,8 +190,11 @@ struct Args {
     /// [,queue_size=<n>][,serial=<s>][,id=<id>][,image_type=raw|qcow2]
     /// [,bw_size=<bytes>,bw_refill_time=<ms>][,ops_size=<n>,ops_refill_time=<ms>]
     /// [,rate_limit_group=<id>]
+    /// or vhost_user=on,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>]
     ///
-    /// path: raw or qcow2 image (required).
+    /// path: raw or qcow2 image (required unless vhost_user=on).
+    /// vhost_user=on: a vhost-user-blk backend (qemu-storage-daemon, SPDK)
+    /// on socket serves the disk; needs --memory shared=on.
     /// readonly: read-only disk (default off). direct: O_DIRECT (default off).
     /// num_queues: 1..=16 (default 1). queue_size: power of two, 2..=1024
     /// (default 128). serial: at most 20 bytes. id: unique device id.
@@ -257,6 +266,46 @@ struct Args {
     /// connections to host port P go to the socket <path>_P.
     #[arg(long, value_name = "VSOCK", verbatim_doc_comment)]
     vsock: Option<String>,
+
+    /// Platform: num_pci_segments=<n>,serial_number=<s>,uuid=<u>,oem_strings=[<s>,...]
+    ///
+    /// num_pci_segments: PCI host bridges (1..=96), each with its own ECAM
+    /// window; devices choose one with pci_segment=<n>. serial_number, uuid
+    /// and oem_strings: the SMBIOS identity the guest reads.
+    #[arg(long, value_name = "PLATFORM", verbatim_doc_comment)]
+    platform: Option<String>,
+    /// virtio-fs shares served by a vhost-user backend (virtiofsd); one
+    /// flag may take several, and may be repeated:
+    /// tag=<tag>,socket=<path>[,num_queues=<n>][,queue_size=<n>][,id=<id>]
+    ///
+    /// tag: the guest's mount tag, 1 to 36 bytes. socket: the backend's
+    /// vhost-user socket. num_queues: request queues (default 1).
+    /// queue_size: power of two up to 32768 (default 1024). Needs
+    /// --memory shared=on. pci_segment=0 and iommu=off are accepted.
+    #[arg(
+        long,
+        value_name = "FS",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    fs: Vec<String>,
+
+    /// virtio-pmem devices (the guest's /dev/pmem<N>); one flag may take
+    /// several, and may be repeated:
+    /// file=<path>[,size=<bytes>][,discard_writes=on|off][,id=<id>]
+    ///
+    /// file: backing file (created/extended to size unless
+    /// discard_writes). size: a multiple of 2 MiB (default: the file's).
+    /// discard_writes: map the file privately, so it never changes.
+    #[arg(
+        long,
+        value_name = "PMEM",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    pmem: Vec<String>,
 
     /// Write log messages to this file instead of stderr.
     #[arg(long, value_name = "PATH", value_parser = clap::value_parser!(OsString))]
@@ -417,6 +466,24 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_rate_limit_group(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--rate-limit-group"))?;
+    let platform = args
+        .platform
+        .as_deref()
+        .map(parse_platform)
+        .transpose()
+        .map_err(option_error("--platform"))?;
+    let fs = args
+        .fs
+        .iter()
+        .map(|value| parse_fs(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--fs"))?;
+    let pmem = args
+        .pmem
+        .iter()
+        .map(|value| parse_pmem(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--pmem"))?;
     let initramfs = args
         .initramfs
         .map(|path| non_empty_path("--initramfs", path))
@@ -436,6 +503,9 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
             ("--vsock", vsock.is_some()),
+            ("--platform", platform.is_some()),
+            ("--fs", !fs.is_empty()),
+            ("--pmem", !pmem.is_empty()),
         ];
         return match given.iter().find(|(_, present)| *present) {
             Some((option, _)) => Err(CliError::RequiresKernel { option }),
@@ -461,6 +531,9 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,
+        platform,
+        fs: (!fs.is_empty()).then_some(fs),
+        pmem: (!pmem.is_empty()).then_some(pmem),
         ..VmConfig::default()
     };
     config.validate().map_err(|source| CliError::Config {
@@ -555,101 +628,28 @@ fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliEr
     Ok(PathBuf::from(path))
 }
 
-/// Keys accepted by `--cpus`, for error messages.
-const CPUS_KEYS: &str = "boot, max or features";
-
-/// Parses `--cpus boot=N,max=M,features=[a,b]`.
-fn parse_cpus(value: &str) -> Result<CpusConfig, OptionError> {
-    let mut boot = None;
-    let mut max = None;
-    let mut features = CpuFeatures::default();
-    for item in split_options(value)? {
-        match item.key.as_str() {
-            "boot" => boot = Some(vcpu_count(&item, 1)?),
-            "max" => max = Some(item),
-            "features" => features.keep = parse_features(&item)?,
-            "topology" | "kvm_hyperv" | "max_phys_bits" | "affinity" | "nested"
-            | "core_scheduling" => return Err(OptionError::Unsupported(item.key)),
-            _ => {
-                return Err(OptionError::UnknownKey {
-                    key: item.key,
-                    expected: CPUS_KEYS,
-                })
-            }
-        }
-    }
-    let boot_vcpus = boot.unwrap_or(1);
-    let max_vcpus = match max {
-        Some(item) => vcpu_count(&item, boot_vcpus)?,
-        None => boot_vcpus,
-    };
-    Ok(CpusConfig {
-        boot_vcpus,
-        max_vcpus,
-        features,
-        ..CpusConfig::default()
-    })
-}
-
-/// Parses a vCPU count that must lie in `min..=MAX_VCPUS`.
-fn vcpu_count(item: &OptionItem, min: u8) -> Result<u8, OptionError> {
-    let value = item.value()?;
-    let count = parse_u64(&item.key, value)?;
-    match u8::try_from(count) {
-        Ok(count) if (min..=MAX_VCPUS).contains(&count) => Ok(count),
-        _ if min == 1 => Err(OptionError::invalid(
-            &item.key,
-            value,
-            format!("must be between 1 and {MAX_VCPUS}"),
-        )),
-        _ => Err(OptionError::invalid(
-            &item.key,
-            value,
-            format!("must be between boot ({min}) and {MAX_VCPUS}"),
-        )),
-    }
-}
-
-/// Parses `features=[a,b]` or `features=a` into lower-case, de-duplicated
-/// names. Whether a name is known is decided by the CPUID code.
-fn parse_features(item: &OptionItem) -> Result<Vec<String>, OptionError> {
-    let value = item.value()?;
-    let mut names: Vec<String> = Vec::new();
-    for name in parse_list(&item.key, value)? {
-        let valid = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if !valid {
-            return Err(OptionError::invalid(
-                &item.key,
-                value,
-                format!("invalid feature name '{name}'"),
-            ));
-        }
-        let name = name.to_ascii_lowercase();
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
-
 /// What `--serial`/`--console` accept, for error messages.
-const CONSOLE_MODES: &str = "off, null, tty or file=PATH";
+const CONSOLE_MODES: &str = "off, null, pty, tty, file=PATH or socket=PATH";
 
-/// Parses `--serial`/`--console`: `off`, `null`, `tty` or `file=PATH`
-/// (plus Cloud Hypervisor's `iommu=off`).
+/// Parses `--serial`/`--console`: `off`, `null`, `pty`, `tty`, `file=PATH`
+/// or `socket=PATH` (plus Cloud Hypervisor's `iommu=off`).
 fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
     let mut chosen: Option<(String, ConsoleOutputMode)> = None;
     let mut file = None;
+    let mut socket = None;
     for item in split_options(value)? {
         let mode = match item.key.as_str() {
             "off" => ConsoleOutputMode::Off,
             "null" => ConsoleOutputMode::Null,
             "tty" => ConsoleOutputMode::Tty,
+            "pty" => ConsoleOutputMode::Pty,
             "file" => {
                 file = Some(PathBuf::from(item.non_empty_value()?));
                 ConsoleOutputMode::File
+            }
+            "socket" => {
+                socket = Some(PathBuf::from(item.non_empty_value()?));
+                ConsoleOutputMode::Socket
             }
             "iommu" => {
                 if parse_toggle(&item.key, item.value()?)? {
@@ -657,7 +657,6 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
                 }
                 continue;
             }
-            "pty" | "socket" => return Err(OptionError::Unsupported(item.key)),
             _ if item.value.is_none() => {
                 return Err(OptionError::UnknownValue {
                     value: item.key,
@@ -671,7 +670,8 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
                 })
             }
         };
-        if let (Some(value), false) = (&item.value, mode == ConsoleOutputMode::File) {
+        let takes_path = matches!(mode, ConsoleOutputMode::File | ConsoleOutputMode::Socket);
+        if let (Some(value), false) = (&item.value, takes_path) {
             return Err(OptionError::invalid(&item.key, value, "takes no value"));
         }
         if let Some((previous, _)) = chosen {
@@ -680,10 +680,11 @@ fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
         chosen = Some((item.key, mode));
     }
     let (_, mode) = chosen.ok_or(OptionError::Missing(
-        "output mode (off, null, tty or file=PATH)",
+        "output mode (off, null, pty, tty, file=PATH or socket=PATH)",
     ))?;
     Ok(ConsoleConfig {
         file,
+        socket,
         ..ConsoleConfig::with_mode(mode)
     })
 }
@@ -755,6 +756,10 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         prefault,
         resume,
         net_fds,
+        memory_restore_mode: None,
+        vfio_fds: None,
+        iommufd_fd: None,
+        zone_updates: Vec::new(),
     })
 }
 

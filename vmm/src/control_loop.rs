@@ -194,7 +194,25 @@ impl Vmm {
             .ok_or_else(|| VmmError::Config("no VM configuration (vm.create first)".into()))?;
         self.vm = Some(Vm::boot(config, &self.filters)?);
         self.state = VmState::Running;
+        // A VM created over the API may have its serial port on the tty.
+        self.take_serial_input();
+        self.record_pty_paths();
         Ok(())
+    }
+
+    /// Puts the paths of `Pty`-mode consoles into the configuration, where
+    /// `vm.info` shows them (as Cloud Hypervisor does, in `file`).
+    pub(crate) fn record_pty_paths(&mut self) {
+        let (Some(vm), Some(config)) = (&self.vm, &mut self.config) else {
+            return;
+        };
+        let [serial, console] = &vm.pty_paths;
+        if serial.is_some() {
+            config.serial.file = serial.clone();
+        }
+        if console.is_some() {
+            config.console.file = console.clone();
+        }
     }
 
     /// Rebuilds the VM a snapshot describes; it stays paused unless
@@ -249,6 +267,7 @@ impl Vmm {
             self.state = VmState::Running;
         }
         self.vm = Some(vm);
+        self.record_pty_paths();
         log::info!(
             "restored {} in {:.1} ms",
             dir.display(),
@@ -450,9 +469,9 @@ impl Vmm {
             // The API thread may have given up waiting; nothing to do then.
             let _ = req.respond.send(response);
             if matches!(after, Next::Exit(_)) {
-                // Give the API thread a moment to write the answer before
-                // the process exits under it.
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                // Exit only once the API thread has written the answer
+                // (vmm.shutdown's client waits for it).
+                let _ = req.written.recv_timeout(std::time::Duration::from_secs(1));
             }
             if !matches!(after, Next::Continue) {
                 next = after;

@@ -14,8 +14,8 @@
 //! resets the device (stopping its worker), unmaps its BAR, unregisters its
 //! ioeventfds and drops it (which unregisters its MSI irqfds).
 
+mod fs_pmem;
 mod snapshot;
-pub mod vhost_env;
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -37,7 +37,6 @@ use virtio_devices::block::disk::{open_disk_with_format, DiskOptions};
 use virtio_devices::block::{BlockCounters, BlockOptions, VirtioBlock};
 use virtio_devices::console::VirtioConsole;
 use virtio_devices::net::{MacAddr, NetBackend, NetCounters, NetOptions, VirtioNet};
-use virtio_devices::pmem::{PmemMapping, VirtioPmem as PmemDevice};
 use virtio_devices::rate_limiter::RateLimitGroup;
 use virtio_devices::rng::VirtioRng;
 use virtio_devices::transport::pci::{msix_vectors_for, VirtioPciDevice};
@@ -47,9 +46,11 @@ use virtio_devices::{GuestMemory, VirtioDevice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleOutputMode, DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::console_host::HostConsole;
 use crate::interrupt::{GsiRouter, KvmMsiGroup};
 use crate::VmmError;
 
+pub use fs_pmem::PmemPlacement;
 pub use snapshot::{DevicesSnapshot, PciDeviceSnapshot};
 
 type SharedVirtioPci = Arc<Mutex<VirtioPciDevice>>;
@@ -69,6 +70,15 @@ const _: () = assert!(match arch::PLATFORM.acpi_hotplug {
 /// (byte 20 of `struct virtio_pci_common_cfg`, virtio 1.2 §4.1.4.3, which
 /// our transport puts at BAR0 offset 0). Writing 0 resets the device.
 const VIRTIO_PCI_DEVICE_STATUS: u64 = 0x14;
+
+/// Device types `vm.remove-device` may unplug: net (1) and block (2, also
+/// vhost-user; virtio 1.2 §5), virtio-fs and pmem.
+const REMOVABLE_TYPES: [u32; 4] = [
+    1,
+    2,
+    virtio_devices::fs::VIRTIO_ID_FS,
+    virtio_devices::pmem::VIRTIO_ID_PMEM,
+];
 
 /// Id of a vsock device configured without one (a VM has at most one).
 const VSOCK_DEFAULT_ID: &str = "_vsock";
@@ -91,11 +101,36 @@ pub fn hotplug_slots_for(config: &VmConfig) -> u8 {
     if !HOTPLUG_POSSIBLE.load(Ordering::Relaxed) {
         return 0;
     }
-    let cold = config.disks.as_ref().map_or(0, Vec::len)
-        + config.net.as_ref().map_or(0, Vec::len)
+    // Cold-plugged devices on segment 0 take its first slots.
+    let on0 = |seg: u16| usize::from(seg == 0);
+    let cold = config
+        .disks
+        .iter()
+        .flatten()
+        .map(|d| on0(d.pci_segment))
+        .sum::<usize>()
+        + config
+            .net
+            .iter()
+            .flatten()
+            .map(|n| on0(n.pci_segment))
+            .sum::<usize>()
         + usize::from(config.console.mode != ConsoleOutputMode::Off)
-        + usize::from(config.rng.is_some())
-        + usize::from(config.vsock.is_some());
+            * on0(config.console.pci_segment)
+        + config.rng.as_ref().map_or(0, |r| on0(r.pci_segment))
+        + config.vsock.as_ref().map_or(0, |v| on0(v.pci_segment))
+        + config
+            .fs
+            .iter()
+            .flatten()
+            .map(|f| on0(f.pci_segment))
+            .sum::<usize>()
+        + config
+            .pmem
+            .iter()
+            .flatten()
+            .map(|p| on0(p.pci_segment))
+            .sum::<usize>();
     let slots = cold.saturating_add(usize::from(HOTPLUG_SPARE_SLOTS));
     u8::try_from(slots.min(usize::from(acpi.last_hotplug_slot))).unwrap_or(0)
 }
@@ -133,8 +168,8 @@ pub enum HotplugError {
     /// No device has this id.
     #[error("no device with id {0}")]
     NotFound(String),
-    /// Only disks and network devices can be unplugged.
-    #[error("device {0} cannot be unplugged (only disks and network devices can)")]
+    /// Only disks, network, virtio-fs and pmem devices can be unplugged.
+    #[error("device {0} cannot be unplugged (only disk, net, fs and pmem devices can)")]
     NotRemovable(String),
     /// The VM already has its (single) vsock device.
     #[error("the VM already has a vsock device")]
@@ -145,6 +180,9 @@ pub enum HotplugError {
     /// The platform has no way to tell the guest (no ACPI hotplug).
     #[error("{0}")]
     Unsupported(String),
+    /// Hotplug or unplug asked for on a PCI segment other than 0.
+    #[error("{0}")]
+    NotOnSegment0(String),
     /// The guest could not be told (GED interrupt or hotplug register).
     #[error("cannot notify the guest: {0}")]
     Notify(String),
@@ -154,7 +192,9 @@ pub enum HotplugError {
 pub struct PciDeviceHandle {
     /// Device id (`disk0`, `rng`, …, or the user's `id=`).
     pub id: String,
-    /// PCI slot on bus 0.
+    /// PCI segment (host bridge).
+    pub segment: u16,
+    /// PCI slot on bus 0 of that segment.
     pub slot: u8,
     /// The transport wrapping the device.
     pub device: SharedVirtioPci,
@@ -162,6 +202,8 @@ pub struct PciDeviceHandle {
     pub block_counters: Option<Arc<BlockCounters>>,
     /// Traffic counters, for network devices.
     pub net_counters: Option<Arc<NetCounters>>,
+    /// Whether `vm.remove-device` may unplug it (disk, net, fs, pmem).
+    pub removable: bool,
 }
 
 /// The virtio-net options a `--net` entry asks for.
@@ -193,8 +235,40 @@ fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
     })
 }
 
+/// A disk's device and, for chv's own virtio-blk, its I/O counters.
+type BuiltDisk = (Box<dyn VirtioDevice>, Option<Arc<BlockCounters>>);
+
 /// Devices in the order they were added; shared with the eject handler.
 type DeviceList = Arc<Mutex<Vec<PciDeviceHandle>>>;
+
+/// Transports by slot, for the BAR-move callback and ejects.
+type SlotMap = Arc<Mutex<HashMap<u8, SharedVirtioPci>>>;
+
+/// One PCI segment: the root bus behind its host bridge, the BAR windows
+/// it hands out and its transports by slot.
+struct PciSegment {
+    bus: Arc<Mutex<PciBus>>,
+    allocator: PciBarAllocator,
+    by_slot: SlotMap,
+}
+
+/// The layout of each PCI segment `config` asks for
+/// (`platform.num_pci_segments`, `platform.pci_segments` weights).
+pub fn pci_segment_layouts(config: &VmConfig) -> Result<Vec<arch::PciSegmentLayout>, VmmError> {
+    let platform = config.platform.clone().unwrap_or_default();
+    let mut weights = vec![(1, 1); usize::from(platform.num_pci_segments)];
+    for p in config.pci_segments.iter().flatten() {
+        if let Some(w) = weights.get_mut(usize::from(p.pci_segment)) {
+            *w = (p.mmio32_aperture_weight, p.mmio64_aperture_weight);
+        }
+    }
+    arch::PLATFORM.pci.segments(&weights).map_err(|e| {
+        VmmError::Config(format!(
+            "platform.num_pci_segments={} / pci_segments: {e}",
+            platform.num_pci_segments
+        ))
+    })
+}
 
 /// The VM's PCI bus, the virtio devices on it, and the ACPI devices that
 /// announce hotplug and power-button events.
@@ -202,10 +276,11 @@ pub struct DeviceManager {
     vm: Arc<VmFd>,
     router: Arc<GsiRouter>,
     mem: GuestMemory,
-    pci_bus: Arc<Mutex<PciBus>>,
-    allocator: PciBarAllocator,
-    by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>>,
+    /// The PCI segments, by number; hotplug is on segment 0.
+    segments: Vec<PciSegment>,
     thread_setup: Option<ThreadSetup>,
+    /// The virtio console's pty path in `Pty` mode.
+    pub console_pty: Option<std::path::PathBuf>,
     devices: DeviceList,
     /// The ACPI Generic Event Device, where the platform has ACPI hotplug.
     ged: Option<GedEvents>,
@@ -219,16 +294,11 @@ pub struct DeviceManager {
     vsock_plugged: bool,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
-    /// virtio-pmem backing files, mapped into the guest as KVM slots
-    /// (kept alive as long as the slots).
-    pmem_mappings: Vec<PmemMapping>,
+    /// virtio-pmem backing files, mapped into the guest as KVM slots.
+    pmem: Vec<fs_pmem::PmemPlug>,
+    /// While restoring a snapshot: the guest address of each pmem id.
+    restore_pmem: Option<HashMap<String, u64>>,
 }
-
-/// First KVM memory slot of virtio-pmem ranges (RAM slots count from 0).
-const PMEM_SLOT_BASE: u32 = 0x100;
-/// Guest-physical alignment of a pmem range (a Linux memory section, so
-/// the guest can give it struct pages for DAX).
-const PMEM_ALIGN: u64 = 128 << 20;
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -278,7 +348,8 @@ fn eject_slot(
 ) {
     let handle = {
         let mut devs = lock(devices);
-        let at = devs.iter().position(|d| d.slot == slot);
+        // ACPI hotplug (and so eject) is on segment 0 only.
+        let at = devs.iter().position(|d| d.segment == 0 && d.slot == slot);
         at.map(|i| devs.remove(i))
     };
     let Some(handle) = handle else {
@@ -308,48 +379,67 @@ fn eject_slot(
 }
 
 impl DeviceManager {
-    /// Creates the PCI root bus and its config-space access paths (ECAM,
-    /// and the 0xCF8 ports where the platform has them) and, where the
-    /// platform has ACPI hotplug, the Generic Event Device and the PCI
-    /// hotplug controller.
+    /// Creates a PCI root bus per segment of `pci_segments` with its
+    /// config-space access paths (its ECAM window; for segment 0 also the
+    /// 0xCF8 ports where the platform has them) and, where the platform has
+    /// ACPI hotplug, the Generic Event Device and the PCI hotplug
+    /// controller (segment 0).
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
         io_bus: &Bus,
         mmio_bus: Arc<Bus>,
         thread_setup: Option<ThreadSetup>,
+        pci_segments: &[arch::PciSegmentLayout],
     ) -> Result<Self, VmmError> {
         let router = Arc::new(GsiRouter::new(vm.clone()));
-        let pci = arch::PLATFORM.pci;
-        let pci_bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
-        if let Some(port) = pci.config_io_port {
-            io_bus
+        let mut segments = Vec::with_capacity(pci_segments.len());
+        for layout in pci_segments {
+            let bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
+            if let (0, Some(port)) = (layout.segment, arch::PLATFORM.pci.config_io_port) {
+                io_bus
+                    .insert(
+                        Arc::new(Mutex::new(PciConfigIo::new(bus.clone()))),
+                        u64::from(port),
+                        8,
+                    )
+                    .map_err(VmmError::Bus)?;
+            }
+            mmio_bus
                 .insert(
-                    Arc::new(Mutex::new(PciConfigIo::new(pci_bus.clone()))),
-                    u64::from(port),
-                    8,
+                    Arc::new(Mutex::new(PciConfigMmio::new(bus.clone()))),
+                    layout.ecam.0,
+                    layout.ecam.1,
                 )
                 .map_err(VmmError::Bus)?;
+            let by_slot: SlotMap = Arc::default();
+            {
+                let vm = vm.clone();
+                let by_slot = by_slot.clone();
+                lock(&bus).set_reprogram_callback(Box::new(move |slot, r| {
+                    if let Some(dev) = lock(&by_slot).get(&slot) {
+                        move_ioeventfds(&vm, dev, r);
+                    }
+                }));
+            }
+            let allocator = PciBarAllocator::new(
+                layout.mmio32.0,
+                layout.mmio32.1,
+                layout.mmio64.0,
+                layout.mmio64.1,
+            );
+            segments.push(PciSegment {
+                bus,
+                allocator,
+                by_slot,
+            });
         }
-        mmio_bus
-            .insert(
-                Arc::new(Mutex::new(PciConfigMmio::new(pci_bus.clone()))),
-                pci.ecam.0,
-                pci.ecam.1,
-            )
-            .map_err(VmmError::Bus)?;
-        let by_slot: Arc<Mutex<HashMap<u8, SharedVirtioPci>>> = Arc::default();
-        {
-            let vm = vm.clone();
-            let by_slot = by_slot.clone();
-            lock(&pci_bus).set_reprogram_callback(Box::new(move |slot, r| {
-                if let Some(dev) = lock(&by_slot).get(&slot) {
-                    move_ioeventfds(&vm, dev, r);
-                }
-            }));
-        }
-        let allocator =
-            PciBarAllocator::new(pci.mmio32.0, pci.mmio32.1, pci.mmio64.0, pci.mmio64.1);
+        let Some(segment0) = segments.first() else {
+            return Err(VmmError::Config(
+                "platform.num_pci_segments: at least 1".into(),
+            ));
+        };
+        let (pci_bus, by_slot) = (segment0.bus.clone(), segment0.by_slot.clone());
         let devices: DeviceList = Arc::default();
 
         let hotplug = PciHotplugState::new();
@@ -390,10 +480,9 @@ impl DeviceManager {
             vm,
             router,
             mem,
-            pci_bus,
-            allocator,
-            by_slot,
+            segments,
             thread_setup,
+            console_pty: None,
             devices,
             ged: ged_events,
             hotplug,
@@ -401,16 +490,16 @@ impl DeviceManager {
             rate_groups: HashMap::new(),
             vsock_plugged: false,
             restore_slots: None,
-            pmem_mappings: Vec::new(),
+            pmem: Vec::new(),
+            restore_pmem: None,
         })
     }
 
     /// Opens `disk`'s image and builds its virtio-blk device with id `id`.
-    fn build_disk(
-        &self,
-        disk: &DiskConfig,
-        id: &str,
-    ) -> Result<(Box<dyn VirtioDevice>, Arc<BlockCounters>), VmmError> {
+    fn build_disk(&self, disk: &DiskConfig, id: &str) -> Result<BuiltDisk, VmmError> {
+        if disk.vhost_user {
+            return Ok((self.build_vhost_user_disk(disk, id)?, None));
+        }
         let path = disk
             .path
             .as_ref()
@@ -448,7 +537,7 @@ impl DeviceManager {
         if let Some(s) = &self.thread_setup {
             blk.set_thread_setup(s.clone());
         }
-        Ok((Box::new(blk), counters))
+        Ok((Box::new(blk), Some(counters)))
     }
 
     /// Opens (or creates) `net`'s tap and builds its virtio-net device with
@@ -503,21 +592,23 @@ impl DeviceManager {
         for (i, disk) in config.disks.iter().flatten().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("_disk{i}"));
             let (blk, counters) = self.build_disk(disk, &id)?;
-            self.add_virtio(id, blk, Some(counters))?;
+            self.add_virtio(id, disk.pci_segment, blk, counters)?;
         }
         for (i, net) in config.net.iter().flatten().enumerate() {
             let id = net.id.clone().unwrap_or_else(|| format!("_net{i}"));
             let (dev, counters) = self.build_net(net, &id)?;
-            self.add_virtio(id.clone(), dev, None)?;
+            self.add_virtio(id.clone(), net.pci_segment, dev, None)?;
             self.set_net_counters(&id, counters);
         }
-        for (i, fs) in vhost_env::fs_from_env()?.iter().enumerate() {
-            let dev = virtio_devices::fs::new_virtio_fs(fs, self.thread_setup.clone())
-                .map_err(|e| VmmError::Config(format!("--fs: tag={}: {e}", fs.tag)))?;
-            self.add_virtio(format!("_fs{i}"), Box::new(dev), None)?;
+        for (i, fs) in config.fs.iter().flatten().enumerate() {
+            let id = fs.id.clone().unwrap_or_else(|| format!("_fs{i}"));
+            let dev = self.build_fs(fs)?;
+            self.add_virtio(id, fs.pci_segment, dev, None)?;
         }
-        for (i, p) in vhost_env::pmem_from_env()?.iter().enumerate() {
-            self.add_pmem(i, p)?;
+        for (i, p) in config.pmem.iter().flatten().enumerate() {
+            let id = p.id.clone().unwrap_or_else(|| format!("_pmem{i}"));
+            let dev = self.build_pmem(p, &id)?;
+            self.add_virtio(id, p.pci_segment, dev, None)?;
         }
         let console = &config.console;
         if console.mode != ConsoleOutputMode::Off {
@@ -547,6 +638,15 @@ impl DeviceManager {
                         })?;
                     (Some(Box::new(f)), None)
                 }
+                ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
+                    let host = HostConsole::open(console, "console", self.thread_setup.clone())
+                        .map_err(VmmError::Config)?
+                        .ok_or_else(|| VmmError::Config("console: no host end".into()))?;
+                    let input = host.device_end.try_clone().map_err(VmmError::Thread)?;
+                    let output = host.output().map_err(VmmError::Thread)?;
+                    self.console_pty = host.pty_path;
+                    (Some(output), Some(input))
+                }
                 _ => (None, None),
             };
             let mut dev = VirtioConsole::new(output, input)
@@ -554,12 +654,12 @@ impl DeviceManager {
             if let Some(s) = &self.thread_setup {
                 dev.set_thread_setup(s.clone());
             }
-            self.add_virtio("_console".into(), Box::new(dev), None)?;
+            self.add_virtio("_console".into(), console.pci_segment, Box::new(dev), None)?;
         }
         if let Some(vsock) = &config.vsock {
             let id = vsock.id.clone().unwrap_or_else(|| VSOCK_DEFAULT_ID.into());
             let dev = self.build_vsock(vsock, &id)?;
-            self.add_virtio(id, dev, None)?;
+            self.add_virtio(id, vsock.pci_segment, dev, None)?;
             self.vsock_plugged = true;
         }
         if let Some(rng) = &config.rng {
@@ -568,59 +668,34 @@ impl DeviceManager {
             if let Some(s) = &self.thread_setup {
                 dev.set_thread_setup(s.clone());
             }
-            self.add_virtio("_rng".into(), Box::new(dev), None)?;
+            self.add_virtio("_rng".into(), rng.pci_segment, Box::new(dev), None)?;
         }
         Ok(())
     }
 
-    /// Maps pmem entry `i`'s file, gives it to KVM as a memory slot above
-    /// the PCI windows and plugs its virtio-pmem device in.
-    fn add_pmem(&mut self, i: usize, p: &vhost_env::PmemEntry) -> Result<(), VmmError> {
-        let mapping = PmemMapping::open(&p.file, p.size, p.discard_writes)
-            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
-        let start = self
-            .pmem_mappings
-            .last()
-            .map_or(arch::PLATFORM.pci.mmio64.1, |m| {
-                (m.guest_addr() + m.size()).next_multiple_of(PMEM_ALIGN)
-            });
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: PMEM_SLOT_BASE + i as u32,
-            guest_phys_addr: start,
-            memory_size: mapping.size(),
-            userspace_addr: mapping.host_addr(),
-            flags: 0,
-        };
-        // SAFETY: the mapping is a live mmap kept in `pmem_mappings` for as
-        // long as the device manager (and so the guest) exists.
-        unsafe { self.vm.set_user_memory_region(region) }.map_err(VmmError::Kvm)?;
-        let mut dev = PmemDevice::new(&mapping, start)
-            .map_err(|e| VmmError::Config(format!("--pmem: {e}")))?;
-        if let Some(s) = &self.thread_setup {
-            dev.set_thread_setup(s.clone());
-        }
-        log::info!(
-            "_pmem{i}: {} ({} MiB) at {start:#x}",
-            p.file.display(),
-            mapping.size() >> 20
-        );
-        self.pmem_mappings.push(mapping.at(start));
-        self.add_virtio(format!("_pmem{i}"), Box::new(dev), None)?;
-        Ok(())
-    }
-
-    /// Wraps `device` in a virtio-pci transport and plugs it into the bus.
+    /// Wraps `device` in a virtio-pci transport and plugs it into bus 0 of
+    /// PCI segment `segment`.
     pub fn add_virtio(
         &mut self,
         id: String,
+        segment: u16,
         device: Box<dyn VirtioDevice>,
         block_counters: Option<Arc<BlockCounters>>,
     ) -> Result<u8, VmmError> {
         let err = |what: String| VmmError::Device(format!("{id}: {what}"));
+        let count = self.segments.len();
+        let Some(seg) = self.segments.get_mut(usize::from(segment)) else {
+            return Err(VmmError::Config(format!(
+                "{id}: pci_segment={segment}: the VM has {count} PCI segment(s) \
+                 (platform.num_pci_segments)"
+            )));
+        };
         let vectors = msix_vectors_for(&*device);
-        let msi: Arc<dyn MsiInterruptGroup> = Arc::new(
+        let removable = REMOVABLE_TYPES.contains(&device.device_type());
+        let group = Arc::new(
             KvmMsiGroup::new(self.router.clone(), vectors).map_err(|e| err(e.to_string()))?,
         );
+        let msi: Arc<dyn MsiInterruptGroup> = group.clone();
         let transport =
             VirtioPciDevice::new(device, self.mem.clone(), msi).map_err(|e| err(e.to_string()))?;
         let transport = Arc::new(Mutex::new(transport));
@@ -628,8 +703,8 @@ impl DeviceManager {
             .restore_slots
             .as_ref()
             .and_then(|slots| slots.get(&id).copied());
-        let info = lock(&self.pci_bus)
-            .add_device_at(slot, transport.clone(), &mut self.allocator)
+        let info = lock(&seg.bus)
+            .add_device_at(slot, transport.clone(), &mut seg.allocator)
             .map_err(|e| err(e.to_string()))?;
         if let Some(bar0) = info.bars.iter().find(|b| b.index == 0) {
             let registered = register_ioeventfds(&self.vm, &lock(&transport), bar0.base);
@@ -642,18 +717,26 @@ impl DeviceManager {
                             .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), NoDatamatch);
                 }
                 drop(dev);
-                lock(&self.pci_bus).remove_device(info.slot);
+                lock(&seg.bus).remove_device(info.slot);
                 return Err(err(format!("ioeventfd: {e}")));
             }
         }
-        lock(&self.by_slot).insert(info.slot, transport.clone());
-        log::info!("{id}: PCI slot {} ({})", info.slot, lock(&transport).name());
+        // Bus 0, function 0: the requester id is the slot's devfn.
+        group.set_device_id(u32::from(info.slot) << 3);
+        lock(&seg.by_slot).insert(info.slot, transport.clone());
+        log::info!(
+            "{id}: PCI {segment:04x}:00:{:02x}.0 ({})",
+            info.slot,
+            lock(&transport).name()
+        );
         lock(&self.devices).push(PciDeviceHandle {
             id,
+            segment,
             slot: info.slot,
             device: transport,
             block_counters,
             net_counters: None,
+            removable,
         });
         Ok(info.slot)
     }
@@ -689,6 +772,23 @@ impl DeviceManager {
     }
 }
 
+/// `SSSS:BB:DD.F` of slot `slot` on bus 0 of segment `segment`.
+pub fn pci_bdf(segment: u16, slot: u8) -> String {
+    format!("{segment:04x}:00:{slot:02x}.0")
+}
+
+/// Hotplug goes through segment 0's ACPI slots: refuses `pci_segment` ≥ 1.
+pub(super) fn refuse_hotplug_segment(what: &str, segment: u16) -> Result<(), HotplugError> {
+    if segment == 0 {
+        return Ok(());
+    }
+    Err(HotplugError::NotOnSegment0(format!(
+        "{what}.pci_segment={segment}: chv hot-plugs devices on PCI segment 0 only (its ACPI \
+         hotplug slots are on segment 0's host bridge); cold-plug the device on segment \
+         {segment} instead (in the VM config, or before vm.boot)"
+    )))
+}
+
 impl DeviceManager {
     /// Whether a device uses `id`.
     fn has_id(&self, id: &str) -> bool {
@@ -706,7 +806,10 @@ impl DeviceManager {
 
     /// Plugs a virtio device into a free slot of the running guest: as a
     /// cold-plugged device (BAR, MSI-X irqfds, ioeventfds), then marks the
-    /// slot in `PCIU` and raises the GED so the guest scans it.
+    /// slot in `PCIU` and raises the GED so the guest scans it. Only
+    /// segment 0 has ACPI hotplug slots. A platform without ACPI hotplug has
+    /// no way to tell the guest: the device is plugged and the guest finds it
+    /// when it rescans the bus.
     pub fn hotplug_virtio(
         &mut self,
         id: String,
@@ -716,11 +819,21 @@ impl DeviceManager {
         if self.has_id(&id) {
             return Err(HotplugError::DuplicateId(id));
         }
-        let ged = self.ged()?;
-        let slot = self.add_virtio(id.clone(), device, block_counters)?;
+        let Some(ged) = self.ged.clone() else {
+            let slot = self.add_virtio(id.clone(), 0, device, block_counters)?;
+            let bdf = format!("0000:00:{slot:02x}.0");
+            log::info!(
+                "{id}: plugged at {bdf}; {} has no PCI hotplug notification, so the guest \
+                 finds it when it rescans the bus (echo 1 > /sys/bus/pci/rescan)",
+                arch::PLATFORM.name
+            );
+            return Ok(PciDeviceInfo { id, bdf });
+        };
+        let slot = self.add_virtio(id.clone(), 0, device, block_counters)?;
         if slot > self.hotplug_slots {
             // The guest has no ACPI slot device there: take it out again.
-            eject_slot(&self.vm, &self.pci_bus, &self.by_slot, &self.devices, slot);
+            let seg = &self.segments[0];
+            eject_slot(&self.vm, &seg.bus, &seg.by_slot, &self.devices, slot);
             return Err(HotplugError::NoHotplugSlot(self.hotplug_slots));
         }
         self.hotplug
@@ -730,20 +843,21 @@ impl DeviceManager {
             .map_err(|e| HotplugError::Notify(e.to_string()))?;
         Ok(PciDeviceInfo {
             id,
-            bdf: format!("0000:00:{slot:02x}.0"),
+            bdf: pci_bdf(0, slot),
         })
     }
 
     /// Hot-adds `disk` (`vm.add-disk` on a running VM); gives it an id
     /// first when it has none, so the caller can record it in the config.
     pub fn hotplug_disk(&mut self, disk: &mut DiskConfig) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("disk", disk.pci_segment)?;
         let id = match &disk.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
             None => self.unused_id("_disk"),
         };
         let (blk, counters) = self.build_disk(disk, &id)?;
-        let info = self.hotplug_virtio(id.clone(), blk, Some(counters))?;
+        let info = self.hotplug_virtio(id.clone(), blk, counters)?;
         disk.id = Some(id);
         Ok(info)
     }
@@ -752,6 +866,7 @@ impl DeviceManager {
     /// tap on this (VMM) thread; gives it an id (`_net<N>`) first when it
     /// has none, so the caller can record it in the config.
     pub fn hotplug_net(&mut self, net: &mut NetConfig) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("net", net.pci_segment)?;
         let id = match &net.id {
             Some(id) if self.has_id(id) => return Err(HotplugError::DuplicateId(id.clone())),
             Some(id) => id.clone(),
@@ -771,6 +886,7 @@ impl DeviceManager {
         &mut self,
         vsock: &mut VsockConfig,
     ) -> Result<PciDeviceInfo, HotplugError> {
+        refuse_hotplug_segment("vsock", vsock.pci_segment)?;
         if self.vsock_plugged {
             return Err(HotplugError::VsockExists);
         }
@@ -792,17 +908,24 @@ impl DeviceManager {
     /// slot in `PCID` and raises the GED. The device goes away when the
     /// guest ejects the slot; returns the slot.
     pub fn request_unplug(&mut self, id: &str) -> Result<u8, HotplugError> {
+        self.reap_pmem();
         let slot = {
             let devs = lock(&self.devices);
             let dev = devs
                 .iter()
                 .find(|d| d.id == id)
                 .ok_or_else(|| HotplugError::NotFound(id.to_string()))?;
-            // Disks and network devices only: dropping a vsock device
-            // unlinks its socket, which the vCPU thread running the eject
-            // may not do; console and rng are not hotplugged.
-            if dev.block_counters.is_none() && dev.net_counters.is_none() {
+            // Disk, net, fs and pmem devices only: dropping a vsock
+            // device unlinks its socket, which the vCPU thread running the
+            // eject may not do; console and rng are not hotplugged.
+            if !dev.removable {
                 return Err(HotplugError::NotRemovable(id.to_string()));
+            }
+            if dev.segment != 0 {
+                return Err(HotplugError::NotOnSegment0(format!(
+                    "{id}: on PCI segment {} (pci_segment): chv unplugs devices on segment 0 only",
+                    dev.segment
+                )));
             }
             dev.slot
         };
@@ -840,6 +963,11 @@ impl DeviceManager {
             .ok_or_else(|| HotplugError::Unsupported(arch::PLATFORM.unsupported("PCI hotplug")))
     }
 
+    /// The root bus of PCI segment `segment`.
+    fn segment_bus(&self, segment: u16) -> Option<&Arc<Mutex<PciBus>>> {
+        self.segments.get(usize::from(segment)).map(|s| &s.bus)
+    }
+
     /// Ids and slots of the devices on the bus, in the order they were added.
     pub fn device_slots(&self) -> Vec<(String, u8)> {
         lock(&self.devices)
@@ -856,6 +984,11 @@ mod tests {
     #[test]
     fn hotplug_slots_cover_cold_devices_plus_spares() {
         let mut config = VmConfig::default();
+        if arch::PLATFORM.acpi_hotplug.is_none() {
+            // No ACPI slot devices to describe on this platform.
+            assert_eq!(hotplug_slots_for(&config), 0);
+            return;
+        }
         config.console.mode = ConsoleOutputMode::Off;
         assert_eq!(hotplug_slots_for(&config), HOTPLUG_SPARE_SLOTS);
         config.console.mode = ConsoleOutputMode::Tty;
@@ -863,5 +996,12 @@ mod tests {
         assert_eq!(hotplug_slots_for(&config), 4 + HOTPLUG_SPARE_SLOTS);
         config.disks = Some(vec![DiskConfig::default(); 40]);
         assert_eq!(hotplug_slots_for(&config), 31, "bus 0 has 31 slots");
+        // Devices on segment 1 take no slot of segment 0.
+        let on1 = DiskConfig {
+            pci_segment: 1,
+            ..DiskConfig::default()
+        };
+        config.disks = Some(vec![on1; 3]);
+        assert_eq!(hotplug_slots_for(&config), 1 + HOTPLUG_SPARE_SLOTS);
     }
 }

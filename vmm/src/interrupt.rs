@@ -6,11 +6,13 @@
 //! routes and re-installs them all on every change.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devices::pci::MsiInterruptGroup;
 use kvm_bindings::{
     kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_MSI_VALID_DEVID,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::EventFd;
@@ -85,8 +87,15 @@ impl GsiRouter {
         Ok(gsi)
     }
 
-    /// Points `gsi` at the MSI message (`address`, `data`) and installs the table.
-    fn set_msi(&self, gsi: u32, address: u64, data: u32) -> Result<(), InterruptError> {
+    /// Points `gsi` at the MSI message (`address`, `data`) from PCI
+    /// requester `device_id` and installs the table.
+    fn set_msi(
+        &self,
+        gsi: u32,
+        address: u64,
+        data: u32,
+        device_id: u32,
+    ) -> Result<(), InterruptError> {
         let mut e = kvm_irq_routing_entry {
             gsi,
             type_: KVM_IRQ_ROUTING_MSI,
@@ -95,6 +104,10 @@ impl GsiRouter {
         e.u.msi.address_lo = address as u32;
         e.u.msi.address_hi = (address >> 32) as u32;
         e.u.msi.data = data;
+        if arch::PLATFORM.msi_device_id {
+            e.flags = KVM_MSI_VALID_DEVID;
+            e.u.msi.__bindgen_anon_1.devid = device_id;
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.routes.insert((gsi, u32::MAX), e);
         self.commit(&st)
@@ -113,6 +126,10 @@ impl GsiRouter {
 pub struct KvmMsiGroup {
     router: Arc<GsiRouter>,
     vectors: Vec<(u32, EventFd)>,
+    /// The device's PCI requester id (bus << 8 | devfn), which the
+    /// platform's MSI controller may translate by; known once the device
+    /// has its slot.
+    device_id: AtomicU32,
 }
 
 impl KvmMsiGroup {
@@ -125,7 +142,17 @@ impl KvmMsiGroup {
             router.vm.register_irqfd(&evt, gsi)?;
             vectors.push((gsi, evt));
         }
-        Ok(Self { router, vectors })
+        Ok(Self {
+            router,
+            vectors,
+            device_id: AtomicU32::new(0),
+        })
+    }
+
+    /// Records the device's PCI requester id, for the MSI routes of the
+    /// vectors the guest programs from now on.
+    pub fn set_device_id(&self, requester_id: u32) {
+        self.device_id.store(requester_id, Ordering::Release);
     }
 
     fn vector(&self, vector: u16) -> std::io::Result<&(u32, EventFd)> {
@@ -143,8 +170,9 @@ impl MsiInterruptGroup for KvmMsiGroup {
         // Masking is done by the MSI-X table (it does not trigger a masked
         // vector), so the route can stay in place.
         let (gsi, _) = self.vector(vector)?;
+        let device_id = self.device_id.load(Ordering::Acquire);
         self.router
-            .set_msi(*gsi, address, data)
+            .set_msi(*gsi, address, data, device_id)
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
 

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod console_host;
 pub mod control_loop;
 pub mod device_manager;
 pub mod guest_profile;
@@ -20,6 +21,7 @@ pub mod seccomp;
 pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;
+pub mod vcpu_placement;
 pub mod vm;
 
 pub use control_loop::run;

@@ -43,8 +43,6 @@ const PAGE: usize = 4096;
 const MAX_MESSAGE: u64 = 64 << 20;
 /// Longest run of pages sent in one message.
 const MAX_RUN_PAGES: usize = 256;
-/// Most dirty-log rounds while the guest runs.
-const MAX_ROUNDS: u32 = 8;
 /// Stop iterating once a round finds at most this many dirty pages.
 const CONVERGED_PAGES: usize = 256;
 
@@ -91,6 +89,40 @@ pub enum MigrationError {
     /// The receiver refused the VM.
     #[error("the receiver failed: {0}")]
     Remote(String),
+}
+
+/// What the sender does when `SendOptions::timeout` passes before the
+/// downtime target is in reach (Cloud Hypervisor's `TimeoutStrategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum TimeoutStrategy {
+    /// Give up; the guest keeps running here.
+    #[default]
+    Cancel,
+    /// Stop the guest and copy the rest anyway (longer downtime).
+    Ignore,
+}
+
+/// How a send converges (Cloud Hypervisor's `downtime_ms`, `timeout_s`,
+/// `timeout_strategy`).
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Pre-copy rounds go on until the pages still dirty can be sent
+    /// within this while the guest is stopped.
+    pub downtime: Duration,
+    /// Longest time for the pre-copy rounds.
+    pub timeout: Duration,
+    /// What happens when `timeout` passes first.
+    pub strategy: TimeoutStrategy,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        Self {
+            downtime: Duration::from_millis(300),
+            timeout: Duration::from_secs(3600),
+            strategy: TimeoutStrategy::Cancel,
+        }
+    }
 }
 
 /// What a finished send measured.
@@ -208,7 +240,12 @@ impl<W: Write> PageSender<'_, W> {
 /// Sends `vm` (configuration `config`) to the chv listening at `url`.
 /// On success the receiver runs the guest and the caller must stop this
 /// VM; on failure the VM is left running.
-pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, MigrationError> {
+pub fn send(
+    vm: &Vm,
+    config: &VmConfig,
+    url: &str,
+    options: &SendOptions,
+) -> Result<MigrationStats, MigrationError> {
     let started = Instant::now();
     let path = socket_path(url, "destination_url")?;
     let stream = UnixStream::connect(&path).map_err(|e| {
@@ -258,16 +295,44 @@ pub fn send(vm: &Vm, config: &VmConfig, url: &str) -> Result<MigrationStats, Mig
     }
     let result = (|| {
         let mut rounds = 0;
-        while rounds < MAX_ROUNDS {
+        loop {
             rounds += 1;
+            let round_start = Instant::now();
             let dirty = dirty_pages(vm, &sizes)?;
             let count: usize = dirty.iter().map(Vec::len).sum();
             for (slot, pages) in dirty.iter().enumerate() {
                 sender.send(slot, pages)?;
             }
-            log::debug!("migration round {rounds}: {count} dirty pages");
-            if count <= CONVERGED_PAGES {
+            // What sending this many pages with the guest stopped would
+            // cost, at this round's rate.
+            let per_page = round_start.elapsed() / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+            let estimate = per_page.saturating_mul(u32::try_from(count).unwrap_or(u32::MAX));
+            log::debug!(
+                "migration round {rounds}: {count} dirty pages, ~{:.1} ms to send stopped",
+                estimate.as_secs_f64() * 1000.0
+            );
+            if count <= CONVERGED_PAGES || estimate <= options.downtime {
                 break;
+            }
+            if started.elapsed() >= options.timeout {
+                match options.strategy {
+                    TimeoutStrategy::Cancel => {
+                        return Err(MigrationError::Vm(format!(
+                            "timeout_s: {} s passed before the downtime target ({} ms) was \
+                             in reach (timeout_strategy=Cancel)",
+                            options.timeout.as_secs(),
+                            options.downtime.as_millis()
+                        )))
+                    }
+                    TimeoutStrategy::Ignore => {
+                        log::warn!(
+                            "migration: timeout_s passed, stopping the guest with ~{:.1} ms \
+                             of pages left (timeout_strategy=Ignore)",
+                            estimate.as_secs_f64() * 1000.0
+                        );
+                        break;
+                    }
+                }
             }
         }
         // Stop the guest and its devices, then send what changed since.

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use arch::{DeviceBus, PlatformDevice, PlatformDeviceKind};
 use devices::legacy::{
-    AcpiPmDevice, AcpiPmTimer, Cmos, ConsoleInput, GuestStopEvent, I8042Device, SerialDevice,
+    AcpiPmDevice, AcpiPmTimer, Cmos, ConsoleInput, GuestStopEvent, I8042Device, Pl011, Pl031,
+    SerialDevice,
 };
 use devices::{Bus, SharedDevice};
 use kvm_ioctls::VmFd;
@@ -38,6 +39,8 @@ pub struct PlatformContext<'a> {
 /// The platform devices whose state a snapshot keeps.
 pub struct PlatformDevices {
     uart16550: Option<Arc<Mutex<SerialDevice>>>,
+    pl011: Option<Arc<Mutex<Pl011>>>,
+    pl031: Option<Arc<Mutex<Pl031>>>,
     cmos: Option<Arc<Mutex<Cmos>>>,
     pm_timer: Option<Arc<Mutex<AcpiPmTimer>>>,
     /// The serial console, for host input.
@@ -51,6 +54,12 @@ pub struct PlatformDevices {
 pub struct LegacyDevicesState {
     /// The 16550 serial port (COM1), when the VM has one.
     pub serial: Option<devices::legacy::SerialState>,
+    /// The PL011 UART, when the VM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pl011: Option<devices::legacy::Pl011State>,
+    /// The PL031 RTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pl031: Option<devices::legacy::Pl031State>,
     /// CMOS RAM and RTC index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmos: Option<devices::legacy::CmosState>,
@@ -81,6 +90,8 @@ impl PlatformDevices {
     pub fn new(mut ctx: PlatformContext<'_>) -> Result<Self, VmmError> {
         let mut devs = Self {
             uart16550: None,
+            pl011: None,
+            pl031: None,
             cmos: None,
             pm_timer: None,
             console: None,
@@ -143,11 +154,19 @@ impl PlatformDevices {
                 self.pm_timer = Some(dev.clone());
                 dev
             }
-            PlatformDeviceKind::Pl011 | PlatformDeviceKind::Pl031 => {
-                return Err(VmmError::Device(format!(
-                    "{:?}: not built by this chv",
-                    desc.kind
-                )))
+            PlatformDeviceKind::Pl011 => {
+                let Some(out) = ctx.serial_out.take() else {
+                    return Ok(None);
+                };
+                let dev = Arc::new(Mutex::new(Pl011::new(Self::irq(desc, ctx.vm_fd)?, out)));
+                self.pl011 = Some(dev.clone());
+                self.console = Some(dev.clone());
+                dev
+            }
+            PlatformDeviceKind::Pl031 => {
+                let dev = Arc::new(Mutex::new(Pl031::new()));
+                self.pl031 = Some(dev.clone());
+                dev
             }
         }))
     }
@@ -161,6 +180,8 @@ impl PlatformDevices {
     pub fn state(&self) -> LegacyDevicesState {
         LegacyDevicesState {
             serial: self.uart16550.as_ref().map(|s| lock(s).state()),
+            pl011: self.pl011.as_ref().map(|s| lock(s).state()),
+            pl031: self.pl031.as_ref().map(|r| lock(r).state()),
             cmos: self.cmos.as_ref().map(|c| lock(c).state()),
             pm_timer: self.pm_timer.as_ref().map(|t| lock(t).state()),
         }
@@ -169,35 +190,38 @@ impl PlatformDevices {
     /// Loads a saved state; the snapshot and this VM must have the same
     /// devices.
     pub fn restore(&self, state: &LegacyDevicesState) -> Result<(), VmmError> {
-        let bad = |what: &str, e: String| VmmError::Snapshot(format!("{what}: {e}"));
-        let mismatch = |what: &str| {
-            bad(
-                what,
-                "the snapshot and this VM disagree on whether the device exists".into(),
-            )
-        };
-        match (&self.uart16550, &state.serial) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("serial", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("serial")),
+        restore_one("serial", &self.uart16550, &state.serial, |d, s| {
+            d.restore_state(s)
+        })?;
+        restore_one("pl011", &self.pl011, &state.pl011, |d, s| {
+            d.restore_state(s)
+        })?;
+        restore_one("pl031", &self.pl031, &state.pl031, |d, s| {
+            d.restore_state(s)
+        })?;
+        restore_one("cmos", &self.cmos, &state.cmos, |d, s| d.restore_state(s))?;
+        restore_one("ACPI PM timer", &self.pm_timer, &state.pm_timer, |d, s| {
+            d.restore_state(s)
+        })
+    }
+}
+
+/// Restores one device's saved state; the device and its state must both
+/// exist or both be absent.
+fn restore_one<D, S>(
+    what: &str,
+    dev: &Option<Arc<Mutex<D>>>,
+    state: &Option<S>,
+    restore: impl FnOnce(&mut D, &S) -> Result<(), devices::legacy::StateError>,
+) -> Result<(), VmmError> {
+    match (dev, state) {
+        (Some(dev), Some(s)) => {
+            restore(&mut lock(dev), s).map_err(|e| VmmError::Snapshot(format!("{what}: {e}")))
         }
-        match (&self.cmos, &state.cmos) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("cmos", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("cmos")),
-        }
-        match (&self.pm_timer, &state.pm_timer) {
-            (Some(dev), Some(s)) => lock(dev)
-                .restore_state(s)
-                .map_err(|e| bad("ACPI PM timer", e.to_string()))?,
-            (None, None) => {}
-            _ => return Err(mismatch("ACPI PM timer")),
-        }
-        Ok(())
+        (None, None) => Ok(()),
+        _ => Err(VmmError::Snapshot(format!(
+            "{what}: the snapshot and this VM disagree on whether the device exists"
+        ))),
     }
 }
 

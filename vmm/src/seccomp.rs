@@ -122,7 +122,6 @@ pub fn worker_thread_rules() -> ThreadRules {
             libc::SYS_recvmsg,
             libc::SYS_setsockopt,
             libc::SYS_pipe2,
-            libc::SYS_poll,
             libc::SYS_ppoll,
         ],
     )
@@ -219,7 +218,15 @@ fn tap_setup_ioctls() -> Vec<u64> {
 /// Terminal ioctls: `isatty`/`tcgetattr` (TCGETS), `tcsetattr(TCSANOW)`
 /// when the terminal is restored (TCSETS), window size for consoles.
 fn tty_ioctls() -> Vec<u64> {
-    [libc::TCGETS, libc::TCSETS, libc::TIOCGWINSZ].to_vec()
+    [
+        libc::TCGETS,
+        libc::TCSETS,
+        libc::TIOCGWINSZ,
+        // Pty consoles: grantpt/unlockpt/ptsname on the master.
+        libc::TIOCGPTN,
+        libc::TIOCSPTLCK,
+    ]
+    .to_vec()
 }
 
 /// A vCPU thread after its filter is in place: `KVM_RUN` and the register
@@ -298,10 +305,17 @@ pub fn vmm_thread_rules() -> ThreadRules {
                 libc::F_DUPFD_CLOEXEC as u64,
             ],
         )
+        // vCPU threads inherit this filter and place themselves
+        // (cpus.affinity, cpus.core_scheduling) before adding their own.
+        .allow(&[libc::SYS_sched_setaffinity])
         .allow_arg(
             libc::SYS_prctl,
             0,
-            &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64],
+            &[
+                libc::PR_SET_NAME as u64,
+                libc::PR_SET_NO_NEW_PRIVS as u64,
+                libc::PR_SCHED_CORE as u64,
+            ],
         )
         .allow_arg(
             libc::SYS_seccomp,
@@ -336,6 +350,8 @@ pub fn vmm_thread_rules() -> ThreadRules {
             libc::SYS_listen,
             libc::SYS_unlinkat,
             libc::SYS_connect,
+            // Socket consoles: the device's end and the relay's.
+            libc::SYS_socketpair,
         ])
         .merge(&vcpu_thread_rules())
         .merge(&virtio_worker_rules("virtio", &[]))

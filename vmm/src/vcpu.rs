@@ -98,6 +98,8 @@ pub struct VcpuContext {
     pub pause: Arc<PauseGate>,
     /// Seccomp filter every vCPU thread installs before running the guest.
     pub seccomp_filter: Option<Arc<devices::seccomp::BpfProgram>>,
+    /// Host CPU affinity and core scheduling of each vCPU thread.
+    pub placement: Arc<crate::vcpu_placement::VcpuPlacement>,
 }
 
 impl VcpuContext {
@@ -172,6 +174,10 @@ pub fn spawn_shared(
                 crate::guest_profile::arm_current_thread(kick_signal());
             } else if crate::guest_profile::enabled() {
                 log::warn!("CHV_GUEST_PROFILE needs --seccomp false; not sampling vcpu{id}");
+            }
+            if let Err(e) = ctx.placement.apply_to_current_thread(id) {
+                ctx.report(VcpuEvent::Error(e));
+                return;
             }
             if let Some(filter) = &ctx.seccomp_filter {
                 if let Err(e) = devices::seccomp::apply_current_thread(filter) {

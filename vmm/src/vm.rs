@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use std::path::Path;
 
 use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use crate::console_host::HostConsole;
 use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
 use crate::platform_devices::{PlatformContext, PlatformDevices};
@@ -90,17 +91,16 @@ pub struct Vm {
     pub reset_evt: GuestStopEvent,
     /// The serial console, for feeding host input to the guest.
     pub serial: Option<Arc<Mutex<dyn ConsoleInput>>>,
+    /// The pty paths of the serial port and the virtio console in `Pty`
+    /// mode (reported in `vm.info` as their `file`).
+    pub pty_paths: [Option<std::path::PathBuf>; 2],
 }
 
 fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
     Ok(match cfg.mode {
         ConsoleOutputMode::Off | ConsoleOutputMode::Null => None,
-        ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
-            return Err(VmmError::Config(format!(
-                "--{what}: mode {:?} is not implemented",
-                cfg.mode
-            )))
-        }
+        // Opened by `HostConsole`.
+        ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => None,
         ConsoleOutputMode::Tty => Some(Box::new(std::io::stdout())),
         ConsoleOutputMode::File => {
             let path = cfg.file.as_ref().ok_or_else(|| {
@@ -207,7 +207,7 @@ impl Vm {
 
         // Payload (a restored VM has it in its memory already).
         let kernel = match &source {
-            VmSource::Boot => Some(load_payload(config, &memory, num_vcpus)?),
+            VmSource::Boot => Some(load_payload(config, &memory, &machine, num_vcpus)?),
             VmSource::Restore { .. } => None,
         };
 
@@ -228,6 +228,9 @@ impl Vm {
                     boot_vcpus: num_vcpus,
                     max_vcpus,
                     keep_features: config.cpus.features.keep.clone(),
+                    topology: config.cpus.topology.map(|t| t.to_arch()),
+                    max_phys_bits: config.cpus.max_phys_bits,
+                    nested: config.cpus.nested,
                 },
             )
             .map_err(|e| VmmError::Vcpu(0, e.to_string()))?,
@@ -249,6 +252,7 @@ impl Vm {
             guest_stops: [exit_evt.clone(), reset_evt.clone()],
             pause: pause.clone(),
             seccomp_filter: filters.vcpu.clone(),
+            placement: Arc::new(crate::vcpu_placement::VcpuPlacement::new(&config.cpus)),
         };
         let mut fds = Vec::with_capacity(usize::from(num_vcpus));
         for id in 0..num_vcpus {
@@ -276,8 +280,15 @@ impl Vm {
             .map_err(|e| VmmError::Boot(format!("interrupt controller: {e}")))?;
 
         // Devices.
-        let serial_out = match config.serial.mode {
-            ConsoleOutputMode::Off => None,
+        let worker_setup = filters.worker.clone().map(|f| {
+            Arc::new(move || devices::seccomp::apply_current_thread(&f).map_err(|e| e.to_string()))
+                as virtio_devices::worker::ThreadSetup
+        });
+        let serial_host = HostConsole::open(&config.serial, "serial", worker_setup.clone())
+            .map_err(VmmError::Config)?;
+        let serial_out = match (&config.serial.mode, &serial_host) {
+            (ConsoleOutputMode::Off, _) => None,
+            (_, Some(host)) => Some(Some(host.output().map_err(VmmError::Thread)?)),
             _ => Some(open_output(&config.serial, "serial")?),
         };
         let ram = arch::ram_regions(ram_size);
@@ -291,16 +302,17 @@ impl Vm {
             reset_evt: &reset_evt,
         })?;
         let serial = legacy.console();
+        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
+            host.feed_serial(serial.clone(), worker_setup.clone())
+                .map_err(VmmError::Thread)?;
+        }
         let mut pci_devices = DeviceManager::new(
             vm_fd.clone(),
             GuestMemoryAtomic::new(memory.clone()),
             &io_bus,
             mmio_bus.clone(),
-            filters.worker.clone().map(|f| {
-                Arc::new(move || {
-                    devices::seccomp::apply_current_thread(&f).map_err(|e| e.to_string())
-                }) as virtio_devices::worker::ThreadSetup
-            }),
+            worker_setup,
+            &crate::device_manager::pci_segment_layouts(config)?,
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
@@ -334,6 +346,7 @@ impl Vm {
             }
             _ => None,
         };
+        let pci_devices_console_pty = pci_devices.console_pty.clone();
         let mut vcpus = Vec::with_capacity(fds.len());
         for (id, fd) in (0..num_vcpus).zip(fds) {
             vcpus.push(vcpu::spawn(id, fd, ctx.clone()).map_err(VmmError::Thread)?);
@@ -355,6 +368,10 @@ impl Vm {
             exit_evt,
             reset_evt,
             serial,
+            pty_paths: [
+                serial_host.and_then(|h| h.pty_path),
+                pci_devices_console_pty,
+            ],
         })
     }
 
@@ -550,9 +567,12 @@ impl Drop for Vm {
 fn load_payload(
     config: &VmConfig,
     memory: &GuestMemoryMmap,
+    machine: &arch::Machine,
     num_vcpus: u8,
 ) -> Result<arch::BootEntry, VmmError> {
     let payload = &config.payload;
+    let identity = config.platform.clone().unwrap_or_default().identity();
+    let pci_segments = crate::device_manager::pci_segment_layouts(config)?;
     let kernel_path = payload
         .kernel
         .as_ref()
@@ -564,6 +584,7 @@ fn load_payload(
     };
     arch::load_payload(
         memory,
+        machine,
         arch::Payload {
             kernel: &mut kernel_file,
             initramfs: initramfs_file.as_mut(),
@@ -572,6 +593,8 @@ fn load_payload(
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
+            pci_segments: &pci_segments,
+            identity: &identity,
         },
     )
     .map_err(|e| match e {

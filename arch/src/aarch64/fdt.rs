@@ -121,10 +121,7 @@ fn cpus(fdt: &mut FdtWriter, vcpus: u8) -> FdtWriterResult<()> {
 
 fn psci(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
     let node = fdt.begin_node("psci")?;
-    fdt.property_string_list(
-        "compatible",
-        vec!["arm,psci-0.2".into(), "arm,psci".into()],
-    )?;
+    fdt.property_string_list("compatible", vec!["arm,psci-0.2".into(), "arm,psci".into()])?;
     fdt.property_string("method", "hvc")?;
     fdt.end_node(node)
 }
@@ -198,10 +195,7 @@ fn uart(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
         &[GIC_FDT_IRQ_TYPE_SPI, UART_IRQ, IRQ_TYPE_EDGE_RISING],
     )?;
     fdt.property_array_u32("clocks", &[PHANDLE_CLOCK, PHANDLE_CLOCK])?;
-    fdt.property_string_list(
-        "clock-names",
-        vec!["uartclk".into(), "apb_pclk".into()],
-    )?;
+    fdt.property_string_list("clock-names", vec!["uartclk".into(), "apb_pclk".into()])?;
     fdt.end_node(node)
 }
 

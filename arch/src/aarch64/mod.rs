@@ -1,1 +1,19 @@
-//! aarch64 guest setup (in progress: see issue #15).
+//! aarch64 guest setup: the memory map, the arm64 `Image` boot protocol
+//! with a device tree, vCPU init with PSCI, the in-kernel GICv3 and ITS,
+//! and the vCPU and GIC state of snapshots.
+
+pub mod boot;
+pub mod fdt;
+pub mod gic;
+mod gic_state;
+pub mod layout;
+mod machine;
+pub mod regs;
+pub mod seccomp;
+pub mod vcpu_state;
+
+pub use machine::{
+    instruction_pointer, internal_error_hint, irqchip_routes, load_payload, ram_regions,
+    validate_cpu_features, BootEntry, CpuConfig, Machine, VmState, PLATFORM,
+};
+pub use vcpu_state::{StateError, VcpuState};

@@ -28,6 +28,7 @@ use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::layout;
+use crate::PciSegmentLayout;
 
 #[path = "acpi_cpu.rs"]
 pub mod cpu;
@@ -127,7 +128,9 @@ pub enum AcpiError {
 /// "online capable", processor devices in the DSDT, see [`cpu`]) and every
 /// vCPU but the first can be hot-removed.
 ///
-/// PCI slots `1..=hotplug_slots` (at most 31) are described as hotpluggable.
+/// Each of `pci_segments` is a host bridge (`PCI0`, `PC01`, …) with its
+/// own MCFG entry; PCI slots `1..=hotplug_slots` (at most 31) of segment 0
+/// are described as hotpluggable.
 /// Each one costs the guest boot time (Linux creates an ACPI device and a
 /// hotplug slot for it: about 0.2 s each on PVM hosts), so the VMM passes
 /// what it needs rather than all 31.
@@ -139,6 +142,7 @@ pub fn create_acpi_tables(
     boot_cpus: u8,
     max_cpus: u8,
     hotplug_slots: u8,
+    pci_segments: &[PciSegmentLayout],
 ) -> Result<GuestAddress, AcpiError> {
     write_tables(
         mem,
@@ -147,6 +151,7 @@ pub fn create_acpi_tables(
             max: max_cpus,
         },
         hotplug_slots,
+        pci_segments,
         layout::ACPI_START,
         layout::ACPI_END,
     )
@@ -202,6 +207,7 @@ fn write_tables(
     mem: &GuestMemoryMmap,
     cpus: Cpus,
     hotplug_slots: u8,
+    pci_segments: &[PciSegmentLayout],
     start: u64,
     end: u64,
 ) -> Result<GuestAddress, AcpiError> {
@@ -221,7 +227,7 @@ fn write_tables(
     };
     let rsdp_addr = placer.place(Rsdp::len())?;
 
-    let dsdt = create_dsdt(cpus, hotplug_slots);
+    let dsdt = create_dsdt(cpus, hotplug_slots, pci_segments);
     let dsdt_addr = placer.place(dsdt.len())?;
 
     let fadt = to_bytes(&create_fadt(dsdt_addr.0));
@@ -230,7 +236,7 @@ fn write_tables(
     let madt = create_madt(cpus);
     let madt_addr = placer.place(madt.len())?;
 
-    let mcfg = create_mcfg();
+    let mcfg = create_mcfg(pci_segments);
     let mcfg_addr = placer.place(mcfg.len())?;
 
     let mut xsdt = XSDT::new(OEM_ID, *b"CHVXSDT ", OEM_REVISION);
@@ -276,7 +282,7 @@ fn write(
 /// the PCI hotplug slots (see [`hotplug`]); the processor devices when
 /// vCPUs can be hot-plugged (see [`cpu`]).
 /// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
-fn create_dsdt(cpus: Cpus, hotplug_slots: u8) -> Sdt {
+fn create_dsdt(cpus: Cpus, hotplug_slots: u8, pci_segments: &[PciSegmentLayout]) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
     let s5_type = ACPI_S5_SLEEP_TYPE;
     // Package {SLP_TYPa, SLP_TYPb, reserved, reserved}.
@@ -298,7 +304,7 @@ fn create_dsdt(cpus: Cpus, hotplug_slots: u8) -> Sdt {
     let rtc_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0B00"));
     let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
-    let pci = pci_devices_aml();
+    let pci = pci_devices_aml(pci_segments);
     let ged = hotplug::ged_aml(cpus.hotplug());
     let pci_hotplug = hotplug::pci_hotplug_aml(hotplug_slots);
     let cpu_hotplug = if cpus.hotplug() {
@@ -323,18 +329,28 @@ impl Aml for RawAml {
     }
 }
 
-/// MCFG: one ECAM allocation, segment 0, bus 0 only.
-fn create_mcfg() -> Vec<u8> {
+/// MCFG: one ECAM allocation per segment, bus 0 only.
+fn create_mcfg(pci_segments: &[PciSegmentLayout]) -> Vec<u8> {
     let mut mcfg = MCFG::new(OEM_ID, *b"CHVMCFG ", OEM_REVISION);
-    mcfg.add_ecam(layout::PCI_MMCONFIG_START, 0, 0, 0);
+    for seg in pci_segments {
+        mcfg.add_ecam(seg.ecam.0, seg.segment, 0, 0);
+    }
     to_bytes(&mcfg)
 }
 
-/// `PCI0`, the PCIe host bridge (segment 0, bus 0) with its resource
-/// windows, and `MBRD`, a motherboard resource reserving the ECAM range
-/// (Linux only trusts an MCFG region that is reserved, in e820 or here).
-/// No `_PRT`: PCI devices here use MSI-X only.
-fn pci_devices_aml() -> RawAml {
+/// ACPI name of segment `segment`'s host bridge: `PCI0` for segment 0 (the
+/// hotplug AML's scope), `PC01`… for the others.
+pub fn host_bridge_name(segment: u16) -> String {
+    if segment == 0 {
+        "PCI0".into()
+    } else {
+        format!("PC{segment:02X}")
+    }
+}
+
+/// One PCIe host bridge (bus 0 of `seg`) with its resource windows; the
+/// 0xCF8 ports and the I/O window belong to segment 0 only.
+fn host_bridge_aml(seg: &PciSegmentLayout) -> Vec<u8> {
     let bus = aml::AddressSpace::<u16>::new_bus_number(0, 0);
     let cfg_io = aml::IO::new(
         layout::PCI_CONFIG_IO_PORT,
@@ -343,41 +359,59 @@ fn pci_devices_aml() -> RawAml {
         layout::PCI_CONFIG_IO_PORT_SIZE as u8,
     );
     let io_window = aml::AddressSpace::<u16>::new_io(layout::PCI_IO_WINDOW_START, 0xffff, None);
+    // The 32-bit window lies below 4 GiB (layout asserts).
     let mmio32 = aml::AddressSpace::<u32>::new_memory(
         aml::AddressSpaceCacheable::NotCacheable,
         true,
-        layout::PCI_MMIO32_START as u32,
-        (layout::PCI_MMIO32_END - 1) as u32,
+        seg.mmio32.0 as u32,
+        (seg.mmio32.1 - 1) as u32,
         None,
     );
     let mmio64 = aml::AddressSpace::<u64>::new_memory(
         aml::AddressSpaceCacheable::NotCacheable,
         true,
-        layout::PCI_MMIO64_START,
-        layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE - 1,
+        seg.mmio64.0,
+        seg.mmio64.1 - 1,
         None,
     );
-    let crs = aml::ResourceTemplate::new(vec![&bus, &cfg_io, &io_window, &mmio32, &mmio64]);
+    let resources: Vec<&dyn Aml> = if seg.segment == 0 {
+        vec![&bus, &cfg_io, &io_window, &mmio32, &mmio64]
+    } else {
+        vec![&bus, &mmio32, &mmio64]
+    };
+    let crs = aml::ResourceTemplate::new(resources);
     let hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0A08"));
     let cid = aml::Name::new("_CID".into(), &aml::EISAName::new("PNP0A03"));
-    let seg = aml::Name::new("_SEG".into(), &aml::ZERO);
+    let seg_no = u32::from(seg.segment);
+    let seg_name = aml::Name::new("_SEG".into(), &seg_no);
     let bbn = aml::Name::new("_BBN".into(), &aml::ZERO);
-    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let uid = aml::Name::new("_UID".into(), &seg_no);
     let crs = aml::Name::new("_CRS".into(), &crs);
-    let pci0 = aml::Device::new("PCI0".into(), vec![&hid, &cid, &seg, &bbn, &uid, &crs]);
-
-    let ecam = aml::Memory32Fixed::new(
-        true,
-        layout::PCI_MMCONFIG_START as u32,
-        layout::PCI_MMCONFIG_SIZE as u32,
+    let name = host_bridge_name(seg.segment);
+    let dev = aml::Device::new(
+        name.as_str().into(),
+        vec![&hid, &cid, &seg_name, &bbn, &uid, &crs],
     );
+    to_bytes(&dev)
+}
+
+/// The host bridges of `pci_segments` and `MBRD`, a motherboard resource
+/// reserving their ECAM windows (Linux only trusts an MCFG region that is
+/// reserved, in e820 or here). No `_PRT`: PCI devices here use MSI-X only.
+fn pci_devices_aml(pci_segments: &[PciSegmentLayout]) -> RawAml {
+    let mut bytes = Vec::new();
+    for seg in pci_segments {
+        bytes.extend(host_bridge_aml(seg));
+    }
+    // ECAM windows are contiguous (`PciLayout::segments`) and below 4 GiB.
+    let ecam_start = pci_segments.first().map_or(0, |s| s.ecam.0);
+    let ecam_end = pci_segments.last().map_or(0, |s| s.ecam.0 + s.ecam.1);
+    let ecam = aml::Memory32Fixed::new(true, ecam_start as u32, (ecam_end - ecam_start) as u32);
     let mbrd_crs = aml::ResourceTemplate::new(vec![&ecam]);
     let mbrd_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C02"));
     let mbrd_uid = aml::Name::new("_UID".into(), &aml::ZERO);
     let mbrd_crs = aml::Name::new("_CRS".into(), &mbrd_crs);
     let mbrd = aml::Device::new("MBRD".into(), vec![&mbrd_hid, &mbrd_uid, &mbrd_crs]);
-
-    let mut bytes = to_bytes(&pci0);
     mbrd.to_aml_bytes(&mut bytes);
     RawAml(bytes)
 }
@@ -483,6 +517,106 @@ fn create_madt(cpus: Cpus) -> Sdt {
 mod tests {
     use super::*;
 
+    fn segments(n: usize) -> Vec<PciSegmentLayout> {
+        super::super::PLATFORM
+            .pci
+            .segments(&vec![(1, 1); n])
+            .unwrap()
+    }
+
+    fn one_segment() -> Vec<PciSegmentLayout> {
+        segments(1)
+    }
+
+    #[test]
+    fn mcfg_has_one_ecam_entry_per_segment() {
+        let mem = guest_mem();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &segments(3)).unwrap();
+        let (_, _, mcfg) = walk_all(&mem, rsdp);
+        assert_eq!(mcfg.len(), 36 + 8 + 3 * 16);
+        for seg in 0..3u16 {
+            let e = 44 + 16 * usize::from(seg);
+            assert_eq!(
+                u64_at(&mcfg, e),
+                layout::PCI_MMCONFIG_START + u64::from(seg) * layout::PCI_MMCONFIG_SIZE
+            );
+            assert_eq!(u16::from_le_bytes([mcfg[e + 8], mcfg[e + 9]]), seg);
+            assert_eq!(&mcfg[e + 10..e + 12], &[0, 0], "bus 0 only");
+        }
+    }
+
+    #[test]
+    fn dsdt_has_a_host_bridge_per_segment_with_its_own_windows() {
+        let mem = guest_mem();
+        let segs = segments(2);
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &segs).unwrap();
+        let (fadt, _) = walk(&mem, rsdp);
+        let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
+        let aml = &dsdt[36..];
+        let pci0 = find_once(aml, b"PCI0\x08_HID");
+        let pc01 = find_once(aml, b"PC01\x08_HID");
+        let mbrd = find_once(aml, b"MBRD");
+        assert!(pci0 < pc01 && pc01 < mbrd);
+        // _SEG 1 and _UID 1 (OneOp) inside PC01; _SEG/_UID 0 (ZeroOp) in PCI0.
+        let seg1 = pc01 + find_once(&aml[pc01..mbrd], b"_SEG");
+        assert_eq!(aml[seg1 + 4], 0x01, "OneOp");
+        let uid1 = pc01 + find_once(&aml[pc01..mbrd], b"_UID");
+        assert_eq!(aml[uid1 + 4], 0x01, "OneOp");
+        let seg0 = pci0 + find_once(&aml[pci0..pc01], b"_SEG");
+        assert_eq!(aml[seg0 + 4], 0x00, "ZeroOp");
+        // Each bridge's 32- and 64-bit windows, disjoint and in its own device.
+        assert!(segs[0].mmio32.1 <= segs[1].mmio32.0 && segs[0].mmio64.1 <= segs[1].mmio64.0);
+        for (seg, (from, to)) in segs.iter().zip([(pci0, pc01), (pc01, mbrd)]) {
+            let mut d = vec![0x87, 0x17, 0x00, 0x00, 0x0c, 0x01, 0, 0, 0, 0];
+            d.extend_from_slice(&(seg.mmio32.0 as u32).to_le_bytes());
+            d.extend_from_slice(&((seg.mmio32.1 - 1) as u32).to_le_bytes());
+            find_once(&aml[from..to], &d);
+            let mut q = vec![0x8a, 0x2b, 0x00, 0x00, 0x0c, 0x01];
+            q.extend_from_slice(&0u64.to_le_bytes());
+            q.extend_from_slice(&seg.mmio64.0.to_le_bytes());
+            q.extend_from_slice(&(seg.mmio64.1 - 1).to_le_bytes());
+            find_once(&aml[from..to], &q);
+        }
+        // Only segment 0 decodes the 0xCF8 ports.
+        find_once(aml, &[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]);
+        // MBRD reserves both ECAM windows.
+        let mut m = vec![0x86, 0x09, 0x00, 0x01];
+        m.extend_from_slice(&(layout::PCI_MMCONFIG_START as u32).to_le_bytes());
+        m.extend_from_slice(&(2 * layout::PCI_MMCONFIG_SIZE as u32).to_le_bytes());
+        find_once(aml, &m);
+    }
+
+    #[test]
+    fn segment_layouts_split_the_windows_by_weight() {
+        let pci = super::super::PLATFORM.pci;
+        assert_eq!(
+            pci.segments(&[(5, 7)]).unwrap()[0],
+            PciSegmentLayout {
+                segment: 0,
+                ecam: pci.ecam,
+                mmio32: pci.mmio32,
+                mmio64: pci.mmio64
+            },
+            "one segment keeps the whole windows"
+        );
+        let s = pci.segments(&[(3, 1), (1, 1)]).unwrap();
+        assert_eq!(s[0].mmio32.0, pci.mmio32.0);
+        assert_eq!(s[1].mmio32.1, pci.mmio32.1);
+        assert_eq!(s[0].mmio32.1, s[1].mmio32.0);
+        assert_eq!((s[0].mmio32.1 - s[0].mmio32.0) % (2 << 20), 0);
+        assert_eq!(
+            s[0].mmio32.1 - s[0].mmio32.0,
+            3 * (s[1].mmio32.1 - s[1].mmio32.0)
+        );
+        assert_eq!(s[0].mmio64.1 - s[0].mmio64.0, s[1].mmio64.1 - s[1].mmio64.0);
+        assert_eq!(pci.segments(&vec![(1, 1); 96]).unwrap().len(), 96);
+        assert!(pci.segments(&vec![(1, 1); 97]).is_err());
+        assert!(pci.segments(&[]).is_err());
+        assert!(pci.segments(&[(1, 0)]).is_err());
+        // A weight so small that the granule rounds its window away.
+        assert!(pci.segments(&[(1, 1), (u32::MAX, 1)]).is_err());
+    }
+
     fn guest_mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
@@ -543,7 +677,7 @@ mod tests {
     #[test]
     fn mcfg_describes_bus0_ecam() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &one_segment()).unwrap();
         let (_, _, mcfg) = walk_all(&mem, rsdp);
         // Header + 8 reserved bytes + one 16-byte allocation.
         assert_eq!(mcfg.len(), 36 + 8 + 16);
@@ -566,7 +700,7 @@ mod tests {
     #[test]
     fn dsdt_has_pci_host_bridge_and_ecam_reservation() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
@@ -628,7 +762,7 @@ mod tests {
     #[test]
     fn dsdt_has_ged_power_button_and_hotplug_slots() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 2, 2, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 2, 2, 31, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         // read_table checks the length and the checksum.
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
@@ -659,7 +793,7 @@ mod tests {
     #[test]
     fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         assert_eq!(fadt.len(), 276);
         assert_eq!(fadt[8], 6, "FADT revision");
@@ -701,7 +835,7 @@ mod tests {
 
     fn check_madt_hotplug(boot: u8, num_cpus: u8) {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, boot, num_cpus, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, boot, num_cpus, 31, &one_segment()).unwrap();
         let (_, madt) = walk(&mem, rsdp);
         assert_eq!(u32_at(&madt, 36), layout::APIC_START as u32);
         assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
@@ -754,14 +888,14 @@ mod tests {
         }
         // MADT revision 5 or later: Linux honours "online capable" there.
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 2, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 2, 31, &one_segment()).unwrap();
         let (_, madt) = walk(&mem, rsdp);
         assert!(madt[8] >= 5);
     }
 
     fn dsdt_aml(boot: u8, max: u8) -> Vec<u8> {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, boot, max, 31).unwrap();
+        let rsdp = create_acpi_tables(&mem, boot, max, 31, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         dsdt[36..].to_vec()
@@ -791,7 +925,7 @@ mod tests {
     fn rejects_max_below_boot() {
         let mem = guest_mem();
         assert!(matches!(
-            create_acpi_tables(&mem, 2, 1, 31),
+            create_acpi_tables(&mem, 2, 1, 31, &one_segment()),
             Err(AcpiError::MaxBelowBoot { boot: 2, max: 1 })
         ));
     }
@@ -800,7 +934,7 @@ mod tests {
     fn rejects_zero_cpus() {
         let mem = guest_mem();
         assert!(matches!(
-            create_acpi_tables(&mem, 0, 0, 31),
+            create_acpi_tables(&mem, 0, 0, 31, &one_segment()),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -810,7 +944,15 @@ mod tests {
         let mem = guest_mem();
         let start = layout::ACPI_START;
         // Enough for one vCPU but not for 255.
-        write_tables(&mem, Cpus { boot: 1, max: 1 }, 31, start, start + 0x1000).unwrap();
+        write_tables(
+            &mem,
+            Cpus { boot: 1, max: 1 },
+            31,
+            &one_segment(),
+            start,
+            start + 0x1000,
+        )
+        .unwrap();
         let err = write_tables(
             &mem,
             Cpus {
@@ -818,6 +960,7 @@ mod tests {
                 max: 255,
             },
             31,
+            &one_segment(),
             start,
             start + 0x1000,
         )
@@ -830,14 +973,22 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         // A range at the very top of the address space must not wrap.
-        assert!(write_tables(&mem, Cpus { boot: 1, max: 1 }, 31, u64::MAX - 8, u64::MAX).is_err());
+        assert!(write_tables(
+            &mem,
+            Cpus { boot: 1, max: 1 },
+            31,
+            &one_segment(),
+            u64::MAX - 8,
+            u64::MAX
+        )
+        .is_err());
     }
 
     #[test]
     fn unbacked_memory_is_an_error() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 1, 1, 31),
+            create_acpi_tables(&mem, 1, 1, 31, &one_segment()),
             Err(AcpiError::GuestMemory { .. })
         ));
     }

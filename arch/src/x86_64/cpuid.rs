@@ -1,9 +1,12 @@
-//! Guest CPUID: per-vCPU topology (APIC ids, x2APIC levels) and hiding of
-//! the CPU features this host's PVM instruction emulator cannot execute.
+//! Guest CPUID: per-vCPU topology (APIC ids, x2APIC levels), the physical
+//! address width, nested virtualization, and hiding of the CPU features this
+//! host's PVM instruction emulator cannot execute.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 use super::error::CpuidError;
+use super::topology::TopologyIds;
+use crate::CpuTopology;
 
 /// True when the host KVM is PVM (`/sys/module/kvm_pvm` exists).
 pub fn is_pvm_host() -> bool {
@@ -22,6 +25,11 @@ pub struct CpuidPolicy {
     pub hide_pvm_unsupported: bool,
     /// Feature names to expose anyway ("xsave", "cx16", ... or "all").
     pub keep: Vec<String>,
+    /// Keep the host's VMX/SVM bits (nested virtualization).
+    pub nested: bool,
+    /// Cap on the physical address width (leaf 0x8000_0008); `0` keeps the
+    /// host's.
+    pub max_phys_bits: u8,
 }
 
 /// A CPUID register.
@@ -129,9 +137,10 @@ const KEEP_ALL: &str = "all";
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX: more than one logical processor per package.
 const LEAF1_EDX_HTT: u32 = 1 << 28;
-/// x2APIC topology level types (leaf 0xB/0x1F ECX bits 15:8).
-const LEVEL_SMT: u32 = 1;
-const LEVEL_CORE: u32 = 2;
+/// Leaf 1 ECX: Intel VMX.
+pub const LEAF1_ECX_VMX: u32 = 1 << 5;
+/// Leaf 0x8000_0001 ECX: AMD SVM.
+pub const EXT1_ECX_SVM: u32 = 1 << 2;
 
 /// Validates `keep` names (error names the unknown feature).
 pub fn validate_feature_names(names: &[String]) -> Result<(), CpuidError> {
@@ -169,51 +178,22 @@ fn reg_mut(entry: &mut kvm_cpuid_entry2, reg: Reg) -> &mut u32 {
     }
 }
 
-/// Bits of an x2APIC id needed to number `count` items.
-fn id_bits(count: u8) -> u32 {
-    match count {
-        0 | 1 => 0,
-        n => u32::BITS - u32::from(n - 1).leading_zeros(),
-    }
-}
-
-/// Leaf 0xB/0x1F subleaves: SMT level (one thread per core), core level
-/// (`num_vcpus` cores) and the terminating invalid level.
-fn topology_entries(leaf: u32, apic_id: u8, num_vcpus: u8) -> [kvm_cpuid_entry2; 3] {
-    let entry = |index: u32, eax: u32, ebx: u32, ecx: u32| kvm_cpuid_entry2 {
-        function: leaf,
-        index,
-        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-        eax,
-        ebx,
-        ecx,
-        edx: u32::from(apic_id),
-        ..Default::default()
-    };
-    [
-        entry(0, 0, 1, LEVEL_SMT << 8),
-        entry(
-            1,
-            id_bits(num_vcpus),
-            u32::from(num_vcpus),
-            (LEVEL_CORE << 8) | 1,
-        ),
-        entry(2, 0, 0, 2),
-    ]
-}
-
-/// Per-vCPU CPUID from KVM_GET_SUPPORTED_CPUID: APIC id and topology for
-/// `vcpu_id` of `num_vcpus` (one socket, one thread per core), the
-/// hypervisor bit, KVM's own leaves kept, and the PVM-unsupported features
-/// hidden as `policy` says (logged once, for vCPU 0).
+/// Per-vCPU CPUID from KVM_GET_SUPPORTED_CPUID: APIC id `vcpu_id` and the
+/// x2APIC levels and cache sharing of `topology`, the hypervisor bit, the
+/// physical address width and VMX/SVM as `policy` says, KVM's own leaves
+/// kept, and the PVM-unsupported features hidden (logged once, for vCPU 0).
 pub fn vcpu_cpuid(
     supported: &CpuId,
     vcpu_id: u8,
-    num_vcpus: u8,
+    topology: &CpuTopology,
     policy: &CpuidPolicy,
 ) -> Result<CpuId, CpuidError> {
-    if num_vcpus == 0 || vcpu_id >= num_vcpus {
-        return Err(CpuidError::BadVcpuId { vcpu_id, num_vcpus });
+    let num_vcpus = topology.vcpus();
+    if num_vcpus == 0 || u32::from(vcpu_id) >= num_vcpus {
+        return Err(CpuidError::BadVcpuId {
+            vcpu_id,
+            num_vcpus: num_vcpus.min(255) as u8,
+        });
     }
     validate_feature_names(&policy.keep)?;
     let hidden = hidden_features(policy);
@@ -222,7 +202,7 @@ pub fn vcpu_cpuid(
     let max_basic = src.iter().find(|e| e.function == 0).map_or(0, |e| e.eax);
     let has_leaf_1f = src.iter().any(|e| e.function == 0x1f);
     let apic_id = u32::from(vcpu_id);
-    let count = u32::from(num_vcpus);
+    let ids = TopologyIds::new(topology);
 
     let mut entries: Vec<kvm_cpuid_entry2> = src
         .iter()
@@ -232,22 +212,28 @@ pub fn vcpu_cpuid(
     for e in entries.iter_mut() {
         match e.function {
             1 => {
-                e.ebx = (e.ebx & 0xffff) | (count << 16) | (apic_id << 24);
+                e.ebx = (e.ebx & 0xffff) | (ids.package_ids() << 16) | (apic_id << 24);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
-                if num_vcpus > 1 {
+                if ids.per_package() > 1 {
                     e.edx |= LEAF1_EDX_HTT;
+                } else {
+                    e.edx &= !LEAF1_EDX_HTT;
+                }
+                if !policy.nested {
+                    e.ecx &= !LEAF1_ECX_VMX;
                 }
             }
-            4 if e.eax & 0x1f != 0 => {
-                let level = (e.eax >> 5) & 0x7;
-                let sharing = if level >= 3 { count - 1 } else { 0 };
-                e.eax = (e.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
-            }
+            4 if e.eax & 0x1f != 0 => e.eax = ids.cache_eax(e.eax),
             0xd if blank_xsave_leaf => {
                 e.eax = 0;
                 e.ebx = 0;
                 e.ecx = 0;
                 e.edx = 0;
+            }
+            0x8000_0001 if !policy.nested => e.ecx &= !EXT1_ECX_SVM,
+            0x8000_0008 if policy.max_phys_bits != 0 => {
+                let host = e.eax & 0xff;
+                e.eax = (e.eax & !0xff) | host.min(u32::from(policy.max_phys_bits));
             }
             _ => {}
         }
@@ -260,10 +246,10 @@ pub fn vcpu_cpuid(
         }
     }
     if max_basic >= 0xb {
-        entries.extend(topology_entries(0xb, vcpu_id, num_vcpus));
+        entries.extend(ids.entries(0xb, apic_id));
     }
     if max_basic >= 0x1f && has_leaf_1f {
-        entries.extend(topology_entries(0x1f, vcpu_id, num_vcpus));
+        entries.extend(ids.entries(0x1f, apic_id));
     }
 
     if vcpu_id == 0 && !hidden.is_empty() {
@@ -346,35 +332,89 @@ mod tests {
         CpuidPolicy {
             hide_pvm_unsupported: true,
             keep: keep.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn topology_per_vcpu() {
-        let c = vcpu_cpuid(&fake_supported(), 2, 3, &CpuidPolicy::default()).unwrap();
+        let flat = crate::CpuTopology::flat(3);
+        let c = vcpu_cpuid(&fake_supported(), 2, &flat, &CpuidPolicy::default()).unwrap();
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 2);
-        assert_eq!((l1.ebx >> 16) & 0xff, 3);
+        // Addressable ids per package: 3 cores take 2 id bits.
+        assert_eq!((l1.ebx >> 16) & 0xff, 4);
         assert_eq!(l1.ebx & 0xffff, 0x0800);
         assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
         for leaf in [0xb, 0x1f] {
             let smt = find(&c, leaf, 0);
             let core = find(&c, leaf, 1);
-            let end = find(&c, leaf, 2);
             assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
             assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2));
-            assert_eq!((end.ebx, (end.ecx >> 8) & 0xff, end.edx), (0, 0, 2));
         }
-        assert_eq!(find(&c, 4, 0).eax >> 26, 2);
+        let end = find(&c, 0xb, 2);
+        assert_eq!((end.ebx, (end.ecx >> 8) & 0xff, end.edx), (0, 0, 2));
+        let die = find(&c, 0x1f, 2);
+        assert_eq!((die.eax, die.ebx, die.ecx), (2, 3, 0x502));
+        assert_eq!(find(&c, 4, 0).eax >> 26, 3);
         assert_eq!((find(&c, 4, 0).eax >> 14) & 0xfff, 0);
         assert_eq!((find(&c, 4, 3).eax >> 14) & 0xfff, 2);
         // KVM's signature leaf survives untouched.
         assert_eq!(find(&c, 0x4000_0000, 0).ebx, 0x4b4d_564b);
+        // Two packages of two 2-thread cores: vCPU 5 is package 1, core 0,
+        // thread 1.
+        let t = crate::CpuTopology {
+            threads_per_core: 2,
+            cores_per_die: 2,
+            dies_per_package: 1,
+            packages: 2,
+        };
+        let c = vcpu_cpuid(&fake_supported(), 5, &t, &CpuidPolicy::default()).unwrap();
+        let (smt, core) = (find(&c, 0xb, 0), find(&c, 0xb, 1));
+        assert_eq!((smt.eax, smt.ebx, core.eax, core.ebx), (1, 2, 2, 4));
+        assert_eq!(find(&c, 1, 0).ebx >> 24, 5);
+        assert_ne!(find(&c, 1, 0).edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn nested_and_phys_bits() {
+        let mut supported = fake_supported();
+        let mut entries = supported.as_slice().to_vec();
+        entries.push(kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            eax: 0x3030,
+            ..Default::default()
+        });
+        supported = CpuId::from_entries(&entries).unwrap();
+        let flat = crate::CpuTopology::flat(1);
+        let policy = CpuidPolicy {
+            nested: false,
+            max_phys_bits: 40,
+            ..Default::default()
+        };
+        let c = vcpu_cpuid(&supported, 0, &flat, &policy).unwrap();
+        assert_eq!(find(&c, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+        assert_eq!(find(&c, 0x8000_0008, 0).eax, 0x3028);
+        let policy = CpuidPolicy {
+            nested: true,
+            max_phys_bits: 52,
+            ..Default::default()
+        };
+        let c = vcpu_cpuid(&supported, 0, &flat, &policy).unwrap();
+        assert_ne!(find(&c, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+        // Never wider than the host.
+        assert_eq!(find(&c, 0x8000_0008, 0).eax, 0x3030);
     }
 
     #[test]
     fn hiding_clears_features_and_xsave_leaf() {
-        let c = vcpu_cpuid(&fake_supported(), 0, 1, &hide(&[])).unwrap();
+        let c = vcpu_cpuid(
+            &fake_supported(),
+            0,
+            &crate::CpuTopology::flat(1),
+            &hide(&[]),
+        )
+        .unwrap();
         let l1 = find(&c, 1, 0);
         for bit in [26, 27, 28, 13, 23, 17, 12, 29] {
             assert_eq!(l1.ecx & (1 << bit), 0, "leaf 1 ecx bit {bit}");
@@ -394,13 +434,25 @@ mod tests {
 
     #[test]
     fn keep_re_exposes_features() {
-        let c = vcpu_cpuid(&fake_supported(), 0, 1, &hide(&["xsave", "popcnt"])).unwrap();
+        let c = vcpu_cpuid(
+            &fake_supported(),
+            0,
+            &crate::CpuTopology::flat(1),
+            &hide(&["xsave", "popcnt"]),
+        )
+        .unwrap();
         let l1 = find(&c, 1, 0);
         assert_ne!(l1.ecx & (1 << 26), 0);
         assert_ne!(l1.ecx & (1 << 23), 0);
         assert_eq!(l1.ecx & (1 << 13), 0);
         assert_eq!(find(&c, 0xd, 0).eax, 7);
-        let c = vcpu_cpuid(&fake_supported(), 0, 1, &hide(&["all"])).unwrap();
+        let c = vcpu_cpuid(
+            &fake_supported(),
+            0,
+            &crate::CpuTopology::flat(1),
+            &hide(&["all"]),
+        )
+        .unwrap();
         assert_eq!(find(&c, 7, 0).ebx, !0);
     }
 
@@ -409,18 +461,23 @@ mod tests {
         let err = validate_feature_names(&["xsave".into(), "avx9".into()]).unwrap_err();
         assert!(err.to_string().contains("avx9"));
         assert!(matches!(
-            vcpu_cpuid(&fake_supported(), 0, 1, &hide(&["bogus"])),
+            vcpu_cpuid(
+                &fake_supported(),
+                0,
+                &crate::CpuTopology::flat(1),
+                &hide(&["bogus"])
+            ),
             Err(CpuidError::UnknownFeature { .. })
         ));
         assert!(matches!(
-            vcpu_cpuid(&fake_supported(), 1, 1, &CpuidPolicy::default()),
+            vcpu_cpuid(
+                &fake_supported(),
+                1,
+                &crate::CpuTopology::flat(1),
+                &CpuidPolicy::default()
+            ),
             Err(CpuidError::BadVcpuId { .. })
         ));
-    }
-
-    #[test]
-    fn id_bits_values() {
-        assert_eq!([1, 2, 3, 4, 5, 8, 9].map(id_bits), [0, 1, 2, 2, 3, 3, 4]);
     }
 
     fn host_supported() -> Option<CpuId> {
@@ -441,7 +498,13 @@ mod tests {
             return;
         };
         for id in 0..4u8 {
-            let c = vcpu_cpuid(&supported, id, 4, &CpuidPolicy::default()).unwrap();
+            let c = vcpu_cpuid(
+                &supported,
+                id,
+                &crate::CpuTopology::flat(4),
+                &CpuidPolicy::default(),
+            )
+            .unwrap();
             assert_eq!(find(&c, 1, 0).ebx >> 24, u32::from(id));
             assert_eq!(find(&c, 0xb, 0).edx, u32::from(id));
             assert_eq!(find(&c, 0xb, 1).ebx, 4);
@@ -453,11 +516,17 @@ mod tests {
         let Some(supported) = host_supported() else {
             return;
         };
-        let c = vcpu_cpuid(&supported, 0, 1, &hide(&[])).unwrap();
+        let c = vcpu_cpuid(&supported, 0, &crate::CpuTopology::flat(1), &hide(&[])).unwrap();
         let ecx = find(&c, 1, 0).ecx;
         assert_eq!(ecx & ((1 << 26) | (1 << 13) | (1 << 23)), 0);
         let host_ecx = find(&supported, 1, 0).ecx;
-        let c = vcpu_cpuid(&supported, 0, 1, &hide(&["xsave", "cx16", "popcnt"])).unwrap();
+        let c = vcpu_cpuid(
+            &supported,
+            0,
+            &crate::CpuTopology::flat(1),
+            &hide(&["xsave", "cx16", "popcnt"]),
+        )
+        .unwrap();
         let kept = find(&c, 1, 0).ecx;
         for bit in [26, 13, 23] {
             assert_eq!(kept & (1 << bit), host_ecx & (1 << bit), "bit {bit}");
@@ -472,11 +541,13 @@ mod tests {
         assert!(names.contains(&"xsave") && names.contains(&"popcnt"));
         assert!(!names.contains(&"cx16"));
         // The table chv builds has them clear.
-        let built = vcpu_cpuid(&fake_supported(), 0, 1, &policy).unwrap();
+        let built =
+            vcpu_cpuid(&fake_supported(), 0, &crate::CpuTopology::flat(1), &policy).unwrap();
         assert!(reexposed_features(&built, &policy).is_empty());
         let none = CpuidPolicy {
             hide_pvm_unsupported: false,
             keep: vec![],
+            ..Default::default()
         };
         assert!(reexposed_features(&fake_supported(), &none).is_empty());
     }

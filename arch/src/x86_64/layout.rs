@@ -37,8 +37,13 @@ pub const CMDLINE_MAX_SIZE: usize = 4096;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first) live in the BIOS read-only area.
 pub const ACPI_START: u64 = 0xe0000;
-/// End of the BIOS area reserved for the tables.
-pub const ACPI_END: u64 = 0x100000;
+/// End of the BIOS area reserved for the ACPI tables.
+pub const ACPI_END: u64 = SMBIOS_START;
+/// SMBIOS entry point and tables: the F segment, which Linux scans for the
+/// `_SM3_` anchor.
+pub const SMBIOS_START: u64 = 0xf0000;
+/// End of the SMBIOS area (and of the BIOS area).
+pub const SMBIOS_END: u64 = 0x100000;
 /// First byte of "high" RAM, where kernels are loaded.
 pub const HIGH_RAM_START: u64 = 0x10_0000;
 
@@ -99,6 +104,9 @@ pub const CPU_HOTPLUG_PORT_SIZE: u16 = 8;
 pub const PCI_MMCONFIG_START: u64 = 0xe000_0000;
 /// ECAM size: 1 MiB covers bus 0 (32 devices × 8 functions × 4 KiB).
 pub const PCI_MMCONFIG_SIZE: u64 = 0x10_0000;
+/// Most PCI segments (Cloud Hypervisor's limit); their ECAM windows follow
+/// one another from `PCI_MMCONFIG_START`.
+pub const PCI_MAX_SEGMENTS: u16 = 96;
 /// Start of the 32-bit PCI MMIO window (BARs below 4 GiB).
 pub const PCI_MMIO32_START: u64 = MEM_32BIT_GAP_START;
 /// End (exclusive) of the 32-bit PCI MMIO window: ECAM follows it.
@@ -124,7 +132,8 @@ pub const PCI_IO_WINDOW_START: u16 = 0x0d00;
 // and the 64-bit window starts above the RAM of a 63 GiB guest.
 const _: () = assert!(PCI_MMIO32_START >= MEM_32BIT_GAP_START);
 const _: () = assert!(PCI_MMIO32_END <= PCI_MMCONFIG_START);
-const _: () = assert!(PCI_MMCONFIG_START + PCI_MMCONFIG_SIZE <= IOAPIC_START);
+const _: () =
+    assert!(PCI_MMCONFIG_START + PCI_MAX_SEGMENTS as u64 * PCI_MMCONFIG_SIZE <= IOAPIC_START);
 const _: () = assert!(RAM_64BIT_START + ((63 << 30) - MEM_32BIT_GAP_START) <= PCI_MMIO64_START);
 // The GED and hotplug blocks sit between the PM timer and the PCI I/O window.
 const _: () = assert!(ACPI_PM_TIMER_PORT as u32 + 4 <= GED_PORT as u32);

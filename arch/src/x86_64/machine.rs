@@ -17,8 +17,8 @@ use super::layout;
 use super::vcpu_state::{StateError, VcpuState};
 use super::vm_state::VmKvmState;
 use crate::{
-    AcpiHotplugLayout, ArchError, CpuOptions, DeviceBus, IrqchipRoute, Payload, PayloadError,
-    PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
+    AcpiHotplugLayout, ArchError, CpuOptions, CpuTopology, DeviceBus, IrqchipRoute, Payload,
+    PayloadError, PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
 };
 
 /// Where the boot vCPU starts.
@@ -52,6 +52,7 @@ pub const PLATFORM: Platform = Platform {
             layout::PCI_MMIO64_START,
             layout::PCI_MMIO64_START + layout::PCI_MMIO64_SIZE,
         ),
+        max_segments: layout::PCI_MAX_SEGMENTS,
     },
     devices: &[
         pio(
@@ -84,6 +85,8 @@ pub const PLATFORM: Platform = Platform {
         last_hotplug_slot: LAST_HOTPLUG_SLOT,
     }),
     first_msi_gsi: IOAPIC_PINS,
+    msi_device_id: false,
+    smbios: true,
 };
 
 /// KVM's default legacy routes (PIC pins 0-15, IOAPIC pins 0-23, GSI n to
@@ -147,7 +150,7 @@ impl Machine {
 pub struct CpuConfig {
     supported: CpuId,
     policy: CpuidPolicy,
-    max_vcpus: u8,
+    topology: CpuTopology,
 }
 
 impl CpuConfig {
@@ -156,13 +159,18 @@ impl CpuConfig {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ArchError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        log_nested(&supported, opts.nested);
         Ok(Self {
             supported,
             policy: CpuidPolicy {
                 hide_pvm_unsupported: cpuid::is_pvm_host(),
                 keep: opts.keep_features.clone(),
+                nested: opts.nested,
+                max_phys_bits: opts.max_phys_bits,
             },
-            max_vcpus: opts.max_vcpus,
+            topology: opts
+                .topology
+                .unwrap_or_else(|| CpuTopology::flat(opts.max_vcpus)),
         })
     }
 
@@ -176,7 +184,7 @@ impl CpuConfig {
         id: u8,
         boot: Option<(&GuestMemoryMmap, &BootEntry)>,
     ) -> Result<(), ArchError> {
-        let cpuid = cpuid::vcpu_cpuid(&self.supported, id, self.max_vcpus, &self.policy)
+        let cpuid = cpuid::vcpu_cpuid(&self.supported, id, &self.topology, &self.policy)
             .map_err(|e| ArchError::Setup(e.to_string()))?;
         super::regs::configure_vcpu(vcpu, &cpuid, boot)
             .map_err(|e| ArchError::Setup(e.to_string()))?;
@@ -216,6 +224,24 @@ impl CpuConfig {
     }
 }
 
+/// Says what `cpus.nested` means on this host: whether KVM offers VMX or
+/// SVM to guests at all.
+fn log_nested(supported: &CpuId, nested: bool) {
+    let offered = supported.as_slice().iter().any(|e| {
+        (e.function == 1 && e.ecx & cpuid::LEAF1_ECX_VMX != 0)
+            || (e.function == 0x8000_0001 && e.ecx & cpuid::EXT1_ECX_SVM != 0)
+    });
+    match (nested, offered) {
+        (true, true) => log::info!("cpus.nested=true: the guest sees VMX/SVM and may run KVM"),
+        (true, false) => log::info!(
+            "cpus.nested=true: this host's KVM offers no nested virtualization (no VMX/SVM in \
+             KVM_GET_SUPPORTED_CPUID{}), so the guest gets none",
+            if cpuid::is_pvm_host() { ", PVM" } else { "" }
+        ),
+        (false, _) => log::info!("cpus.nested=false: VMX/SVM hidden from the guest"),
+    }
+}
+
 /// Checks the `--cpus features=` names.
 pub fn validate_cpu_features(names: &[String]) -> Result<(), String> {
     cpuid::validate_feature_names(names).map_err(|e| e.to_string())
@@ -239,10 +265,11 @@ pub fn internal_error_hint() -> Option<String> {
 }
 
 /// Loads the kernel (ELF vmlinux or bzImage) and initramfs, writes the
-/// ACPI tables, the MP table and the boot parameters of the kernel's entry
+/// ACPI tables, the MP table, the SMBIOS tables and the boot parameters of the kernel's entry
 /// protocol; returns where the kernel starts.
 pub fn load_payload(
     memory: &GuestMemoryMmap,
+    _machine: &Machine,
     payload: Payload<'_>,
 ) -> Result<BootEntry, PayloadError> {
     let kernel = super::boot::load_kernel(memory, payload.kernel)
@@ -259,6 +286,7 @@ pub fn load_payload(
         payload.boot_vcpus,
         payload.max_vcpus,
         payload.hotplug_slots,
+        payload.pci_segments,
     )
     .map_err(|e| PayloadError::Firmware(format!("ACPI tables: {e}")))?;
     super::mptable::setup_mptable(
@@ -267,6 +295,8 @@ pub fn load_payload(
         super::acpi::ioapic_id(payload.max_vcpus),
     )
     .map_err(|e| PayloadError::Firmware(e.to_string()))?;
+    super::smbios::setup_smbios(memory, payload.identity)
+        .map_err(|e| PayloadError::Firmware(e.to_string()))?;
     super::boot::configure_system(
         memory,
         &kernel,

@@ -10,6 +10,8 @@ pub mod memory;
 pub mod mptable;
 pub mod regs;
 pub mod seccomp;
+pub mod smbios;
+pub mod topology;
 pub mod vcpu_state;
 pub mod vm_state;
 

@@ -470,12 +470,14 @@ mod tests {
         let policy = CpuidPolicy {
             hide_pvm_unsupported: true,
             keep: Vec::new(),
+            ..Default::default()
         };
         let mem = guest_mem(64 << 20);
         let protocols = [BootProtocol::Pvh, BootProtocol::Linux64];
         for (id, protocol) in protocols.into_iter().enumerate() {
             let vcpu = vm.create_vcpu(id as u64).unwrap();
-            let cpuid = vcpu_cpuid(&supported, id as u8, 3, &policy).unwrap();
+            let cpuid =
+                vcpu_cpuid(&supported, id as u8, &crate::CpuTopology::flat(3), &policy).unwrap();
             let kernel = KernelEntry {
                 entry: GuestAddress(0x100_0680),
                 protocol,
@@ -514,7 +516,7 @@ mod tests {
         }
         // An application processor gets everything but the entry state.
         let ap = vm.create_vcpu(2).unwrap();
-        let cpuid = vcpu_cpuid(&supported, 2, 3, &policy).unwrap();
+        let cpuid = vcpu_cpuid(&supported, 2, &crate::CpuTopology::flat(3), &policy).unwrap();
         configure_vcpu(&ap, &cpuid, None).unwrap();
     }
 }

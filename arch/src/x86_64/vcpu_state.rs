@@ -505,8 +505,9 @@ mod tests {
         let policy = CpuidPolicy {
             hide_pvm_unsupported: true,
             keep: Vec::new(),
+            ..Default::default()
         };
-        let cpuid = vcpu_cpuid(&supported, 0, 1, &policy).unwrap();
+        let cpuid = vcpu_cpuid(&supported, 0, &crate::CpuTopology::flat(1), &policy).unwrap();
         configure_vcpu(&vcpu, &cpuid, None).unwrap();
         (vm, vcpu)
     }

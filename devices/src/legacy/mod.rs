@@ -1,5 +1,6 @@
-//! Legacy PC devices: the 16550A serial port, the i8042 reset line, the CMOS
-//! RTC/NVRAM and the ACPI power-management registers.
+//! Legacy platform devices: on x86_64 the 16550A serial port, the i8042
+//! reset line, the CMOS RTC/NVRAM and the ACPI power-management registers;
+//! on aarch64 the PL011 UART and the PL031 RTC.
 //!
 //! Each device implements [`crate::bus::BusDevice`] and is inserted on the
 //! bus the platform description (`arch::PLATFORM`) names, at its address.
@@ -7,11 +8,15 @@
 pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
+pub mod pl011;
+pub mod pl031;
 pub mod serial;
 
 pub use acpi_pm::{AcpiPmDevice, AcpiPmTimer, AcpiPmTimerState};
 pub use cmos::{Cmos, CmosState};
 pub use i8042::{I8042Device, I8042State};
+pub use pl011::{Pl011, Pl011State};
+pub use pl031::{Pl031, Pl031State};
 pub use serial::{SerialDevice, SerialDeviceState, SerialDeviceState as SerialState};
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -20,17 +20,11 @@ use crate::config::{VsockConfig, MAX_VSOCK_CID, MIN_VSOCK_CID};
 
 /// Keys accepted by `--disk`, for error messages.
 const DISK_KEYS: &str = "path, readonly, direct, num_queues, queue_size, serial, id, image_type, \
-                         bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off";
+                         bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+                         or iommu=off";
 
 /// `--disk` keys Cloud Hypervisor knows that chv does not implement.
-const DISK_UNSUPPORTED: [&str; 6] = [
-    "vhost_user",
-    "socket",
-    "vhost_socket",
-    "queue_affinity",
-    "backing_files",
-    "sparse",
-];
+const DISK_UNSUPPORTED: [&str; 3] = ["queue_affinity", "backing_files", "sparse"];
 
 /// Image types Cloud Hypervisor opens that chv does not.
 const IMAGE_TYPES_UNSUPPORTED: [&str; 2] = ["vhd", "vhdx"];
@@ -63,6 +57,8 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
             "rate_limit_group" => disk.rate_limit_group = Some(group_id(&item)?),
             "pci_segment" => disk.pci_segment = pci_segment(&item)?,
             "iommu" => reject_iommu_on(&item)?,
+            "vhost_user" => disk.vhost_user = parse_toggle(&item.key, item.value()?)?,
+            "socket" => disk.vhost_socket = Some(item.non_empty_value()?.to_owned()),
             key if DISK_UNSUPPORTED.contains(&key) => {
                 return Err(OptionError::Unsupported(item.key))
             }
@@ -74,8 +70,19 @@ pub(super) fn parse_disk(value: &str) -> Result<DiskConfig, OptionError> {
             }
         }
     }
-    if disk.path.is_none() {
-        return Err(OptionError::Missing("path (path=...)"));
+    match (disk.vhost_user, &disk.path, &disk.vhost_socket) {
+        (false, None, _) => return Err(OptionError::Missing("path (path=...)")),
+        (false, _, Some(_)) => {
+            return Err(OptionError::Conflict(
+                "socket".into(),
+                "vhost_user=off".into(),
+            ))
+        }
+        (true, _, None) => return Err(OptionError::Missing("socket (vhost_user=on,socket=...)")),
+        (true, Some(_), _) => {
+            return Err(OptionError::Conflict("path".into(), "vhost_user=on".into()))
+        }
+        _ => {}
     }
     disk.rate_limiter_config = rate.finish()?;
     if disk.rate_limiter_config.is_some() && disk.rate_limit_group.is_some() {
@@ -132,7 +139,7 @@ fn serial(item: &OptionItem) -> Result<String, OptionError> {
 }
 
 /// Parses `id=`: non-empty and not in the namespace of generated ids.
-fn device_id(item: &OptionItem) -> Result<String, OptionError> {
+pub(super) fn device_id(item: &OptionItem) -> Result<String, OptionError> {
     let value = item.non_empty_value()?;
     if !valid_device_id(value) {
         return Err(OptionError::invalid(
@@ -171,7 +178,7 @@ pub(super) fn pci_segment(item: &OptionItem) -> Result<u16, OptionError> {
 }
 
 /// Accepts `iommu=off` (Cloud Hypervisor's default); chv has no vIOMMU.
-fn reject_iommu_on(item: &OptionItem) -> Result<(), OptionError> {
+pub(super) fn reject_iommu_on(item: &OptionItem) -> Result<(), OptionError> {
     if parse_toggle(&item.key, item.value()?)? {
         return Err(OptionError::Unsupported("iommu=on".into()));
     }
@@ -179,7 +186,7 @@ fn reject_iommu_on(item: &OptionItem) -> Result<(), OptionError> {
 }
 
 /// Keys accepted by `--rng`, for error messages.
-const RNG_KEYS: &str = "src or iommu=off";
+const RNG_KEYS: &str = "src, pci_segment or iommu=off";
 
 /// Parses `--rng src=PATH[,iommu=off]`; `src` defaults to `/dev/urandom`.
 pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
@@ -187,6 +194,7 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
     for item in split_options(value)? {
         match item.key.as_str() {
             "src" => rng.src = PathBuf::from(item.non_empty_value()?),
+            "pci_segment" => rng.pci_segment = pci_segment(&item)?,
             "iommu" => reject_iommu_on(&item)?,
             _ => {
                 return Err(OptionError::UnknownKey {
@@ -201,16 +209,10 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
 
 /// Keys accepted by `--net`, for error messages.
 const NET_KEYS: &str = "tap, fd, mac, ip, mask, mtu, num_queues, queue_size, id, offload_tso, \
-                        offload_csum, offload_ufo, bw_*/ops_* limits or iommu=off";
+                        offload_csum, offload_ufo, pci_segment, bw_*/ops_* limits or iommu=off";
 
 /// `--net` keys Cloud Hypervisor knows that chv does not implement.
-const NET_UNSUPPORTED: [&str; 5] = [
-    "vhost_user",
-    "socket",
-    "vhost_mode",
-    "host_mac",
-    "pci_segment",
-];
+const NET_UNSUPPORTED: [&str; 4] = ["vhost_user", "socket", "vhost_mode", "host_mac"];
 
 /// Parses one `--net` value, e.g. `tap=tap0,mac=12:34:56:78:9a:bc`.
 ///
@@ -238,6 +240,7 @@ pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
             }
             "queue_size" => net.queue_size = net_queue_size(&item)?,
             "id" => net.id = Some(device_id(&item)?),
+            "pci_segment" => net.pci_segment = pci_segment(&item)?,
             "offload_tso" => net.offload_tso = parse_toggle(&item.key, item.value()?)?,
             "offload_csum" => net.offload_csum = parse_toggle(&item.key, item.value()?)?,
             "offload_ufo" => net.offload_ufo = parse_toggle(&item.key, item.value()?)?,
@@ -364,7 +367,7 @@ fn net_queue_size(item: &OptionItem) -> Result<u16, OptionError> {
 }
 
 /// Keys accepted by `--vsock`, for error messages.
-const VSOCK_KEYS: &str = "cid, socket, id or iommu=off";
+const VSOCK_KEYS: &str = "cid, socket, id, pci_segment or iommu=off";
 
 /// Parses `--vsock cid=N,socket=PATH[,id=X]` (Cloud Hypervisor syntax).
 ///
@@ -374,13 +377,14 @@ pub(super) fn parse_vsock(value: &str) -> Result<VsockConfig, OptionError> {
     let mut cid = None;
     let mut socket = None;
     let mut id = None;
+    let mut segment = 0;
     for item in split_options(value)? {
         match item.key.as_str() {
             "cid" => cid = Some(vsock_cid(&item)?),
             "socket" => socket = Some(vsock_socket(&item)?),
             "id" => id = Some(device_id(&item)?),
             "iommu" => reject_iommu_on(&item)?,
-            "pci_segment" => return Err(OptionError::Unsupported(item.key)),
+            "pci_segment" => segment = pci_segment(&item)?,
             _ => {
                 return Err(OptionError::UnknownKey {
                     key: item.key,
@@ -394,7 +398,7 @@ pub(super) fn parse_vsock(value: &str) -> Result<VsockConfig, OptionError> {
         socket: socket.ok_or(OptionError::Missing("socket (socket=...)"))?,
         iommu: false,
         id,
-        pci_segment: 0,
+        pci_segment: segment,
         pci_device_id: None,
     })
 }

@@ -1,7 +1,7 @@
 //! Tests of [`super::parse_args`] on accepted and rejected command lines.
 
 use super::*;
-use crate::config::{DiskConfig, NetConfig, RngConfig};
+use crate::config::{CoreScheduling, CpusConfig, DiskConfig, NetConfig, RngConfig};
 
 /// Parses `chv --kernel /vmlinux <extra...>`.
 fn with_kernel(extra: &[&str]) -> Result<Cli, CliError> {
@@ -156,6 +156,67 @@ fn cpus_features() {
 }
 
 #[test]
+fn cpus_cloud_hypervisor_keys() {
+    let cpus = vm(&[
+        "--cpus",
+        "boot=2,max=4,topology=2:2:1:1,kvm_hyperv=off,max_phys_bits=40,nested=off,\
+         affinity=[0@[0],1@[0-1]],core_scheduling=vcpu",
+    ])
+    .cpus;
+    let t = cpus.topology.unwrap();
+    assert_eq!(
+        (
+            t.threads_per_core,
+            t.cores_per_die,
+            t.dies_per_package,
+            t.packages
+        ),
+        (2, 2, 1, 1)
+    );
+    assert_eq!(
+        (cpus.max_phys_bits, cpus.nested, cpus.kvm_hyperv),
+        (40, false, false)
+    );
+    let affinity = cpus.affinity.unwrap();
+    assert_eq!(affinity[1].host_cpus, [0, 1]);
+    assert_eq!(cpus.core_scheduling, CoreScheduling::Vcpu);
+    for (value, message) in [
+        (
+            "topology=1:2:1",
+            "topology=1:2:1: expected threads_per_core:cores_per_die:dies_per_package:packages",
+        ),
+        (
+            "topology=0:1:1:1",
+            "topology=0:1:1:1: each count must be between 1 and 255",
+        ),
+        (
+            "affinity=[x@[1]]",
+            "affinity=[x@[1]]: 'x' is not a vCPU number",
+        ),
+        (
+            "affinity=[0@[3-1]]",
+            "affinity=[0@[3-1]]: range 3-1 is backwards",
+        ),
+        (
+            "core_scheduling=all",
+            "core_scheduling=all: expected vm, vcpu or off",
+        ),
+        (
+            "kvm_hyperv=on",
+            "cpus.kvm_hyperv=true: not supported by chv (chv has no Hyper-V enlightenments)",
+        ),
+        (
+            "boot=6,topology=3:2:1:1",
+            "cpus.topology: not supported by chv (threads_per_core=3 must be a power of two \
+             when a higher level has more than one member (vCPU ids are contiguous))",
+        ),
+    ] {
+        let text = error(&["--cpus", value]);
+        assert!(text.ends_with(message), "{value}: {text}");
+    }
+}
+
+#[test]
 fn cpus_rejected() {
     assert_eq!(
         error(&["--cpus", "boot=0"]),
@@ -171,7 +232,8 @@ fn cpus_rejected() {
     );
     assert_eq!(
         error(&["--cpus", "boot=2,foo=1"]),
-        "--cpus: unknown option 'foo' (expected boot, max or features)"
+        "--cpus: unknown option 'foo' (expected boot, max, topology, kvm_hyperv, max_phys_bits, \
+         affinity, nested, core_scheduling or features)"
     );
     assert_eq!(
         error(&["--cpus", "boot=two"]),
@@ -187,8 +249,9 @@ fn cpus_rejected() {
     );
     assert_eq!(error(&["--cpus", ""]), "--cpus: empty value");
     assert_eq!(
-        error(&["--cpus", "topology=1:1:1:1"]),
-        "--cpus: 'topology' is not supported by chv"
+        error(&["--cpus", "boot=2,topology=1:1:1:1"]),
+        "--cpus: cpus.topology: threads_per_core=1 x cores_per_die=1 x dies_per_package=1 x \
+         packages=1 must be max_vcpus=2 (and none zero)"
     );
 }
 
@@ -345,11 +408,12 @@ fn serial_and_console_modes() {
 fn serial_and_console_rejected() {
     assert_eq!(
         error(&["--serial", "bogus"]),
-        "--serial: invalid value 'bogus' (expected off, null, tty or file=PATH)"
+        "--serial: invalid value 'bogus' (expected off, null, pty, tty, file=PATH or socket=PATH)"
     );
     assert_eq!(
         error(&["--console", "bogus=1"]),
-        "--console: unknown option 'bogus' (expected off, null, tty or file=PATH)"
+        "--console: unknown option 'bogus' (expected off, null, pty, tty, file=PATH or \
+         socket=PATH)"
     );
     assert_eq!(
         error(&["--serial", "file="]),
@@ -368,12 +432,26 @@ fn serial_and_console_rejected() {
         "--serial: 'tty' and 'file' cannot be combined"
     );
     assert_eq!(
-        error(&["--console", "pty"]),
-        "--console: 'pty' is not supported by chv"
+        error(&["--console", "pty=1"]),
+        "--console: pty=1: takes no value"
+    );
+    assert_eq!(
+        error(&["--serial", "socket="]),
+        "--serial: socket=: empty value"
+    );
+    let serial = vm(&["--serial", "socket=/tmp/s.sock"]).serial;
+    assert_eq!(serial.mode, ConsoleOutputMode::Socket);
+    assert_eq!(
+        serial.socket.as_deref(),
+        Some(std::path::Path::new("/tmp/s.sock"))
+    );
+    assert_eq!(
+        vm(&["--console", "pty"]).console.mode,
+        ConsoleOutputMode::Pty
     );
     assert_eq!(
         error(&["--serial", "iommu=off"]),
-        "--serial: missing output mode (off, null, tty or file=PATH)"
+        "--serial: missing output mode (off, null, pty, tty, file=PATH or socket=PATH)"
     );
 }
 
@@ -631,12 +709,14 @@ fn disk_rejected() {
         (
             "path=/a,cache=none",
             "unknown option 'cache' (expected path, readonly, direct, num_queues, \
-             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off)",
+             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+             or iommu=off)",
         ),
         (
             "/disk.img",
             "unknown option '/disk.img' (expected path, readonly, direct, num_queues, \
-             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off)",
+             queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+             or iommu=off)",
         ),
         ("path=/a,iommu=on", "'iommu=on' is not supported by chv"),
     ] {
@@ -650,14 +730,7 @@ fn disk_rejected() {
 
 #[test]
 fn disk_unsupported_cloud_hypervisor_keys() {
-    for key in [
-        "vhost_user",
-        "socket",
-        "vhost_socket",
-        "queue_affinity",
-        "backing_files",
-        "sparse",
-    ] {
+    for key in ["queue_affinity", "backing_files", "sparse"] {
         assert_eq!(
             error(&["--disk", &format!("path=/a,{key}=1")]),
             format!("--disk: '{key}' is not supported by chv")
@@ -675,7 +748,8 @@ fn disk_errors_in_later_disks() {
     assert_eq!(
         error(&["--disk", "path=/a", "--disk", "path=/b,bogus=1"]),
         "--disk: unknown option 'bogus' (expected path, readonly, direct, num_queues, \
-         queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, pci_segment or iommu=off)"
+         queue_size, serial, id, image_type, bw_*/ops_* limits, rate_limit_group, vhost_user, socket, pci_segment \
+             or iommu=off)"
     );
     // Duplicate ids across disks, in both spellings.
     assert_eq!(
@@ -716,7 +790,7 @@ fn rng_accepted_and_rejected() {
     );
     assert_eq!(
         error(&["--rng", "size=4"]),
-        "--rng: unknown option 'size' (expected src or iommu=off)"
+        "--rng: unknown option 'size' (expected src, pci_segment or iommu=off)"
     );
     assert!(matches!(
         with_kernel(&["--rng", "src=/a", "--rng", "src=/b"]),
@@ -846,13 +920,11 @@ fn net_rejected() {
         assert_eq!(error(&["--net", value]), format!("--net: {message}"), "{value}");
     }
     assert!(error(&["--net", "colour=red"]).starts_with("--net: unknown option 'colour'"));
-    for key in [
-        "vhost_user",
-        "socket",
-        "vhost_mode",
-        "host_mac",
-        "pci_segment",
-    ] {
+    assert_eq!(
+        error(&["--net", "tap=a,pci_segment=1"]),
+        "--net: net[0].pci_segment=1: the VM has 1 PCI segment(s) (platform.num_pci_segments)"
+    );
+    for key in ["vhost_user", "socket", "vhost_mode", "host_mac"] {
         assert_eq!(
             error(&["--net", &format!("tap=a,{key}=1")]),
             format!("--net: '{key}' is not supported by chv")
@@ -966,7 +1038,7 @@ fn vsock_accepted_and_rejected() {
     );
     assert_eq!(
         bad("cid=3,socket=/tmp/v,pci_segment=1"),
-        "--vsock: 'pci_segment' is not supported by chv"
+        "--vsock: vsock.pci_segment=1: the VM has 1 PCI segment(s) (platform.num_pci_segments)"
     );
     assert!(bad("cid=3,socket=/tmp/v,id=__x").contains("reserved"));
     assert!(bad("cid=3,socket=/tmp/v,foo=1").starts_with("--vsock: unknown option 'foo'"));
@@ -1034,4 +1106,161 @@ fn restore_options() {
         .expect_err("both")
         .to_string();
     assert!(e.contains("--kernel"), "{e}");
+}
+
+#[test]
+fn platform_segments_and_device_pci_segment() {
+    let vm = vm(&[
+        "--platform",
+        "num_pci_segments=2,serial_number=s1,oem_strings=[a,b]",
+        "--disk",
+        "path=/d,pci_segment=1",
+        "--net",
+        "tap=t0,pci_segment=1",
+        "--rng",
+        "pci_segment=1",
+        "--vsock",
+        "cid=3,socket=/tmp/v,pci_segment=1",
+    ]);
+    let platform = vm.platform.as_ref().unwrap();
+    assert_eq!(platform.num_pci_segments, 2);
+    assert_eq!(platform.serial(), Some("s1"));
+    assert_eq!(vm.disks.unwrap()[0].pci_segment, 1);
+    assert_eq!(vm.net.unwrap()[0].pci_segment, 1);
+    assert_eq!(vm.rng.unwrap().pci_segment, 1);
+    assert_eq!(vm.vsock.unwrap().pci_segment, 1);
+    assert_eq!(
+        error(&["--platform", "num_pci_segments=97"]),
+        "--platform: platform.num_pci_segments=97: must be between 1 and 96"
+    );
+}
+
+/// The VM `args` (after a kernel) describe, or the one-line error.
+fn vm_of(args: &[&str]) -> Result<VmConfig, String> {
+    let mut argv = vec!["chv", "--kernel", "/vmlinux"];
+    argv.extend_from_slice(args);
+    parse_args(argv)
+        .map(|cli| cli.vm.expect("a VM"))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn fs_pmem_and_vhost_user_disks_parse_as_cloud_hypervisor() {
+    let vm = vm_of(&[
+        "--memory",
+        "size=256M,shared=on",
+        "--fs",
+        "tag=kataShared,socket=/run/fs.sock,num_queues=1,queue_size=512,id=share",
+        "tag=second,socket=/run/fs2.sock",
+        "--pmem",
+        "file=/img,size=64M,discard_writes=on,id=rootfs",
+        "--disk",
+        "vhost_user=on,socket=/run/blk.sock,num_queues=2",
+    ])
+    .unwrap();
+    assert!(vm.memory.shared);
+    let fs = vm.fs.unwrap();
+    assert_eq!(fs[0].tag, "kataShared");
+    assert_eq!(fs[0].socket, PathBuf::from("/run/fs.sock"));
+    assert_eq!((fs[0].num_queues, fs[0].queue_size), (1, 512));
+    assert_eq!(fs[0].id.as_deref(), Some("share"));
+    assert_eq!(
+        (fs[1].num_queues, fs[1].queue_size),
+        (1, 1024),
+        "CH defaults"
+    );
+    let pmem = vm.pmem.unwrap();
+    assert_eq!(pmem[0].size, Some(64 << 20));
+    assert!(pmem[0].discard_writes);
+    let disk = &vm.disks.unwrap()[0];
+    assert!(disk.vhost_user && disk.path.is_none());
+    assert_eq!(disk.vhost_socket.as_deref(), Some("/run/blk.sock"));
+    assert_eq!(disk.num_queues, 2);
+}
+
+#[test]
+fn fs_pmem_and_vhost_user_disk_errors_name_the_option() {
+    for (args, message) in [
+        (
+            &["--fs", "tag=a,socket=/s"][..],
+            "--memory: memory.shared=false: fs[0] is a vhost-user device",
+        ),
+        (
+            &["--disk", "vhost_user=on,socket=/s"],
+            "--memory: memory.shared=false: disks[0].vhost_user=true is a vhost-user device",
+        ),
+        (&["--fs", "socket=/s"], "--fs: missing tag (tag=...)"),
+        (&["--fs", "tag=a"], "--fs: missing socket (socket=...)"),
+        (
+            &["--fs", "tag=a,socket=/s,queue_size=1000"],
+            "--fs: queue_size=1000: must be a power of two",
+        ),
+        (
+            &["--fs", "tag=a,socket=/s,cache=always"],
+            "--fs: unknown option 'cache'",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--fs",
+                &format!("tag={},socket=/s", "t".repeat(37)),
+            ],
+            "--fs: fs[0].tag=ttt",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--fs",
+                "tag=a,socket=/s,pci_segment=1",
+            ],
+            "--fs: fs[0].pci_segment=1: the VM has 1 PCI segment(s)",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--fs",
+                "tag=a,socket=/s,id=x",
+                "--pmem",
+                "file=/f,id=x",
+            ],
+            "--pmem: pmem[0].id=x: used by more than one device",
+        ),
+        (&["--pmem", "size=1G"], "--pmem: missing file (file=...)"),
+        (&["--pmem", "file=/f,size=lots"], "--pmem: size=lots: "),
+        (
+            &["--pmem", "file=/f,size=3M"],
+            "--pmem: pmem[0].size=3145728: must be a non-zero multiple of 2 MiB",
+        ),
+        (
+            &["--pmem", "file=/f,discard_writes=maybe"],
+            "--pmem: discard_writes=maybe: expected on or off",
+        ),
+        (
+            &["--disk", "vhost_user=on"],
+            "--disk: missing socket (vhost_user=on,socket=...)",
+        ),
+        (
+            &["--disk", "path=/a,vhost_user=on,socket=/s"],
+            "--disk: 'path' and 'vhost_user=on' cannot be combined",
+        ),
+        (
+            &["--disk", "path=/a,socket=/s"],
+            "--disk: 'socket' and 'vhost_user=off' cannot be combined",
+        ),
+        (
+            &[
+                "--memory",
+                "shared=on",
+                "--disk",
+                "vhost_user=on,socket=/s,readonly=on",
+            ],
+            "--disk: disks[0].readonly=true: not supported by chv",
+        ),
+    ] {
+        let err = vm_of(args).unwrap_err();
+        assert!(err.starts_with(message), "{args:?}: {err}");
+    }
 }

@@ -85,14 +85,17 @@ impl ConsoleConfig {
             format!("{device}.iommu=true"),
             "no virtual IOMMU",
         )?;
-        refuse_if(
-            matches!(
-                self.mode,
-                ConsoleOutputMode::Pty | ConsoleOutputMode::Socket
-            ),
-            format!("{device}.mode={:?}", self.mode),
-            "not implemented by chv yet",
-        )?;
+        if self.mode == ConsoleOutputMode::Socket
+            && self
+                .socket
+                .as_ref()
+                .is_none_or(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                format!("{device}.socket"),
+                "mode Socket needs the socket path",
+            ));
+        }
         if device == "serial" {
             refuse_if(
                 self.id.is_some() || self.pci_segment != 0 || self.pci_device_id.is_some(),

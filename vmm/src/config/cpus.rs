@@ -84,10 +84,17 @@ pub struct CpuTopology {
 impl CpuTopology {
     /// How many vCPUs the topology describes.
     pub fn vcpus(&self) -> u32 {
-        u32::from(self.threads_per_core)
-            * u32::from(self.cores_per_die)
-            * u32::from(self.dies_per_package)
-            * u32::from(self.packages)
+        self.to_arch().vcpus()
+    }
+
+    /// The arch layer's form.
+    pub fn to_arch(self) -> arch::CpuTopology {
+        arch::CpuTopology {
+            threads_per_core: self.threads_per_core,
+            cores_per_die: self.cores_per_die,
+            dies_per_package: self.dies_per_package,
+            packages: self.packages,
+        }
     }
 }
 
@@ -170,6 +177,9 @@ impl CpusConfig {
                         self.max_vcpus
                     ),
                 ));
+            }
+            if let Some(reason) = t.to_arch().contiguity_error() {
+                return Err(unsupported("cpus.topology", reason));
             }
         }
         refuse_if(

@@ -1,7 +1,7 @@
 //! The other devices of Cloud Hypervisor's `VmConfig`: `RngConfig`,
 //! `VsockConfig`, and the device kinds chv does not provide yet (balloon,
-//! virtio-fs, pmem, VFIO, vDPA, vhost-user, TPM, debug console), which are
-//! accepted only when absent.
+//! VFIO, vDPA, generic vhost-user, TPM, debug console), which are accepted
+//! only when absent.
 
 use std::path::PathBuf;
 
@@ -126,68 +126,6 @@ pub struct BalloonConfig {
     /// Free page reporting.
     #[serde(default)]
     pub free_page_reporting: bool,
-}
-
-/// `--fs tag=…,socket=…` (Cloud Hypervisor's `FsConfig`): virtio-fs served
-/// by a vhost-user backend such as virtiofsd.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsConfig {
-    /// Mount tag the guest uses.
-    pub tag: String,
-    /// The backend's socket.
-    pub socket: PathBuf,
-    /// Request queues.
-    #[serde(default = "default_fs_num_queues")]
-    pub num_queues: usize,
-    /// Queue size.
-    #[serde(default = "default_fs_queue_size")]
-    pub queue_size: u16,
-    /// Device id.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// PCI segment.
-    #[serde(default)]
-    pub pci_segment: u16,
-    /// PCI device (slot) number.
-    #[serde(default)]
-    pub pci_device_id: Option<u8>,
-}
-
-/// Cloud Hypervisor's default virtio-fs request queue count.
-pub fn default_fs_num_queues() -> usize {
-    1
-}
-
-/// Cloud Hypervisor's default virtio-fs queue size.
-pub fn default_fs_queue_size() -> u16 {
-    1024
-}
-
-/// `--pmem file=…` (Cloud Hypervisor's `PmemConfig`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PmemConfig {
-    /// Backing file.
-    pub file: PathBuf,
-    /// Size (the file's when absent).
-    #[serde(default)]
-    pub size: Option<u64>,
-    /// Virtual IOMMU.
-    #[serde(default)]
-    pub iommu: bool,
-    /// Map the file privately: guest writes never reach it.
-    #[serde(default)]
-    pub discard_writes: bool,
-    /// Device id.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// PCI segment.
-    #[serde(default)]
-    pub pci_segment: u16,
-    /// PCI device (slot) number.
-    #[serde(default)]
-    pub pci_device_id: Option<u8>,
 }
 
 /// A VFIO device (Cloud Hypervisor's `DeviceConfig`).

@@ -179,6 +179,14 @@ impl DiskConfig {
     /// Checks one disk; `index` is its position in `VmConfig::disks`, used
     /// in error messages. Whether the image exists is checked on open.
     pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        if self.vhost_user {
+            return self.validate_vhost_user(index);
+        }
+        refuse_if(
+            self.vhost_socket.is_some(),
+            format!("disks[{index}].vhost_socket"),
+            "only with vhost_user=true",
+        )?;
         if self
             .path
             .as_ref()
@@ -186,18 +194,7 @@ impl DiskConfig {
         {
             return Err(ConfigError::DiskPath(index));
         }
-        if !(1..=MAX_DISK_QUEUES).contains(&self.num_queues) {
-            return Err(ConfigError::DiskNumQueues {
-                index,
-                value: self.num_queues,
-            });
-        }
-        if !valid_disk_queue_size(self.queue_size) {
-            return Err(ConfigError::DiskQueueSize {
-                index,
-                value: self.queue_size,
-            });
-        }
+        self.validate_queues(index)?;
         if let Some(serial) = &self.serial {
             if serial.len() > MAX_DISK_SERIAL_BYTES {
                 return Err(ConfigError::DiskSerialTooLong {
@@ -217,11 +214,6 @@ impl DiskConfig {
         let field = |name: &str| format!("disks[{index}].{name}");
         refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
         refuse_if(
-            self.vhost_user,
-            field("vhost_user=true"),
-            "no vhost-user block frontend yet",
-        )?;
-        refuse_if(
             self.queue_affinity.as_ref().is_some_and(|q| !q.is_empty()),
             field("queue_affinity"),
             "each disk has one worker thread for all its queues",
@@ -236,15 +228,75 @@ impl DiskConfig {
             field("sparse=false"),
             "images are always sparse",
         )?;
-        if let Some(id) = &self.id {
-            if !valid_device_id(id) {
-                return Err(ConfigError::DiskId {
-                    index,
-                    id: id.clone(),
-                });
-            }
+        self.validate_id(index)
+    }
+}
+
+impl DiskConfig {
+    /// Checks a `vhost_user=true` disk: a backend socket and no setting
+    /// that only chv's own block device has (the backend owns the image).
+    fn validate_vhost_user(&self, index: usize) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("disks[{index}].{name}");
+        if self.vhost_socket.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                field("vhost_socket"),
+                "vhost_user=true needs the backend's socket (--disk vhost_user=on,socket=PATH)",
+            ));
+        }
+        let backend = "with vhost_user=true the backend serves the disk";
+        refuse_if(self.path.is_some(), field("path"), backend)?;
+        refuse_if(self.readonly, field("readonly=true"), backend)?;
+        refuse_if(self.direct, field("direct=true"), backend)?;
+        refuse_if(self.serial.is_some(), field("serial"), backend)?;
+        refuse_if(
+            self.rate_limiter_config.is_some() || self.rate_limit_group.is_some(),
+            field("rate_limiter_config/rate_limit_group"),
+            backend,
+        )?;
+        refuse_if(
+            self.image_type.is_some_and(|t| t != ImageType::Unknown),
+            field("image_type"),
+            backend,
+        )?;
+        refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
+        refuse_if(
+            self.queue_affinity.as_ref().is_some_and(|q| !q.is_empty()),
+            field("queue_affinity"),
+            backend,
+        )?;
+        refuse_if(self.backing_files, field("backing_files=true"), backend)?;
+        self.validate_queues(index)?;
+        self.validate_id(index)
+    }
+}
+
+impl DiskConfig {
+    /// Checks `num_queues` and `queue_size`.
+    fn validate_queues(&self, index: usize) -> Result<(), ConfigError> {
+        if !(1..=MAX_DISK_QUEUES).contains(&self.num_queues) {
+            return Err(ConfigError::DiskNumQueues {
+                index,
+                value: self.num_queues,
+            });
+        }
+        if !valid_disk_queue_size(self.queue_size) {
+            return Err(ConfigError::DiskQueueSize {
+                index,
+                value: self.queue_size,
+            });
         }
         Ok(())
+    }
+
+    /// Checks a user-given `id`.
+    fn validate_id(&self, index: usize) -> Result<(), ConfigError> {
+        match &self.id {
+            Some(id) if !valid_device_id(id) => Err(ConfigError::DiskId {
+                index,
+                id: id.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -15,10 +15,12 @@ mod cpus;
 mod devices;
 mod disk;
 mod error;
+mod fs;
 mod memory;
 mod net;
 mod payload;
 mod platform;
+mod pmem;
 mod rate_limit;
 #[cfg(test)]
 mod tests;
@@ -28,10 +30,13 @@ pub use cpus::*;
 pub use devices::*;
 pub use disk::*;
 pub use error::*;
+pub use fs::FsConfig;
+pub use fs::{default_fs_num_queues, default_fs_queue_size, MAX_FS_QUEUES, MAX_FS_QUEUE_SIZE};
 pub use memory::*;
 pub use net::*;
 pub use payload::*;
 pub use platform::*;
+pub use pmem::PmemConfig;
 
 pub use rate_limit::{RateLimitGroupConfig, RateLimiterConfig, TokenBucketConfig};
 
@@ -173,8 +178,6 @@ impl VmConfig {
     fn validate_absent_devices(&self) -> Result<(), ConfigError> {
         let not_yet = "not implemented by chv yet";
         refuse_if(self.balloon.is_some(), "balloon", not_yet)?;
-        refuse_if(present(&self.fs), "fs", not_yet)?;
-        refuse_if(present(&self.pmem), "pmem", not_yet)?;
         refuse_if(
             present(&self.generic_vhost_user),
             "generic_vhost_user",
@@ -226,6 +229,12 @@ impl VmConfig {
         for (i, n) in self.net.iter().flatten().enumerate() {
             check(format!("net[{i}]"), n.pci_segment)?;
         }
+        for (i, f) in self.fs.iter().flatten().enumerate() {
+            check(format!("fs[{i}]"), f.pci_segment)?;
+        }
+        for (i, p) in self.pmem.iter().flatten().enumerate() {
+            check(format!("pmem[{i}]"), p.pci_segment)?;
+        }
         if let Some(r) = &self.rng {
             check("rng".into(), r.pci_segment)?;
         }
@@ -235,11 +244,17 @@ impl VmConfig {
         check("console".into(), self.console.pci_segment)?;
         for (i, p) in self.pci_segments.iter().flatten().enumerate() {
             check(format!("pci_segments[{i}]"), p.pci_segment)?;
-            refuse_if(
-                p.mmio32_aperture_weight != 1 || p.mmio64_aperture_weight != 1,
-                format!("pci_segments[{i}].mmio*_aperture_weight"),
-                "every segment gets an equal share of the MMIO windows",
-            )?;
+            for (name, w) in [
+                ("mmio32_aperture_weight", p.mmio32_aperture_weight),
+                ("mmio64_aperture_weight", p.mmio64_aperture_weight),
+            ] {
+                if w == 0 {
+                    return Err(invalid(
+                        format!("pci_segments[{i}].{name}=0"),
+                        "a segment's share of the MMIO windows must be at least 1",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -300,6 +315,7 @@ impl VmConfig {
                 return Err(ConfigError::VsockId(vsock.id.clone().unwrap_or_default()));
             }
         }
+        fs::validate_fs_and_pmem(self)?;
         rate_limit::validate(self)
     }
 }

@@ -96,8 +96,8 @@ pub fn default_num_pci_segments() -> u16 {
     1
 }
 
-/// Most PCI segments chv gives a VM.
-pub const MAX_PCI_SEGMENTS: u16 = 16;
+/// Most PCI segments chv gives a VM (Cloud Hypervisor's limit).
+pub const MAX_PCI_SEGMENTS: u16 = 96;
 
 impl PlatformConfig {
     /// The SMBIOS serial number, under either of its names.
@@ -110,6 +110,22 @@ impl PlatformConfig {
     /// The SMBIOS UUID, under either of its names.
     pub fn uuid(&self) -> Option<&str> {
         self.system_uuid.as_deref().or(self.uuid.as_deref())
+    }
+
+    /// The SMBIOS identity the guest sees (the UUID was checked by
+    /// [`PlatformConfig::validate`]).
+    pub fn identity(&self) -> arch::MachineIdentity {
+        arch::MachineIdentity {
+            manufacturer: self.system_manufacturer.clone(),
+            product_name: self.system_product_name.clone(),
+            version: self.system_version.clone(),
+            serial_number: self.serial().map(str::to_owned),
+            uuid: self.uuid().and_then(parse_uuid),
+            sku_number: self.system_sku_number.clone(),
+            family: self.system_family.clone(),
+            chassis_asset_tag: self.chassis_asset_tag.clone(),
+            oem_strings: self.oem_strings.clone().unwrap_or_default(),
+        }
     }
 
     /// Checks the segment count and refuses what chv cannot provide.
@@ -132,6 +148,49 @@ impl PlatformConfig {
             "no confidential guests",
         )?;
         refuse_if(self.iommufd, "platform.iommufd=true", "no VFIO")?;
+        let strings = [
+            ("platform.serial_number", self.serial()),
+            (
+                "platform.system_manufacturer",
+                self.system_manufacturer.as_deref(),
+            ),
+            (
+                "platform.system_product_name",
+                self.system_product_name.as_deref(),
+            ),
+            ("platform.system_version", self.system_version.as_deref()),
+            ("platform.system_family", self.system_family.as_deref()),
+            (
+                "platform.system_sku_number",
+                self.system_sku_number.as_deref(),
+            ),
+            (
+                "platform.chassis_asset_tag",
+                self.chassis_asset_tag.as_deref(),
+            ),
+        ];
+        let oem = self
+            .oem_strings
+            .iter()
+            .flatten()
+            .map(|s| ("platform.oem_strings", Some(s.as_str())));
+        for (field, value) in strings.into_iter().chain(oem) {
+            if let Some(v) = value.filter(|v| v.contains('\0')) {
+                return Err(invalid(
+                    format!("{field}={v:?}"),
+                    "SMBIOS strings cannot hold a NUL byte",
+                ));
+            }
+        }
+        if !arch::PLATFORM.smbios && self.identity() != arch::MachineIdentity::default() {
+            return Err(invalid(
+                "platform.serial_number/uuid/oem_strings/system_*/chassis_asset_tag",
+                arch::PLATFORM.unsupported("SMBIOS"),
+            ));
+        }
+        if self.oem_strings.as_ref().is_some_and(|s| s.len() > 255) {
+            return Err(invalid("platform.oem_strings", "at most 255 strings"));
+        }
         if let Some(uuid) = self.uuid() {
             if parse_uuid(uuid).is_none() {
                 return Err(invalid(

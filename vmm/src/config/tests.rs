@@ -299,3 +299,21 @@ fn vsock_json_matches_cloud_hypervisor() {
     );
     assert!(serde_json::from_str::<VsockConfig>(r#"{"cid": 3}"#).is_err());
 }
+
+#[test]
+fn platform_smbios_identity() {
+    let mut p = PlatformConfig {
+        serial_number: Some("S1".into()),
+        uuid: Some("00112233-4455-6677-8899-aabbccddeeff".into()),
+        oem_strings: Some(vec!["a".into(), "b".into()]),
+        ..Default::default()
+    };
+    p.validate().unwrap();
+    let id = p.identity();
+    assert_eq!(id.serial_number.as_deref(), Some("S1"));
+    assert_eq!(id.uuid.map(|u| u[0..2].to_vec()), Some(vec![0x00, 0x11]));
+    assert_eq!(id.oem_strings, ["a", "b"]);
+    p.oem_strings = Some(vec!["x\0y".into()]);
+    let e = p.validate().unwrap_err().to_string();
+    assert!(e.contains("platform.oem_strings"), "{e}");
+}

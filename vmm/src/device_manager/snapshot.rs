@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use virtio_devices::transport::VirtioPciState;
 
-use super::{lock, DeviceManager};
+use super::{lock, DeviceManager, PmemPlacement};
 
 /// Config-space offsets of BAR0's two dwords (a 64-bit memory BAR).
 const BAR0_LOW: u64 = 0x10;
@@ -37,6 +37,9 @@ pub struct DevicesSnapshot {
     pub hotplug_slots: u8,
     /// Every device on the bus, in the order it was added.
     pub pci: Vec<PciDeviceSnapshot>,
+    /// Where each virtio-pmem range sits in guest-physical space.
+    #[serde(default)]
+    pub pmem: Vec<PmemPlacement>,
 }
 
 impl DeviceManager {
@@ -93,12 +96,14 @@ impl DeviceManager {
         Ok(DevicesSnapshot {
             hotplug_slots: self.hotplug_slots,
             pci,
+            pmem: self.pmem_placements(),
         })
     }
 
     /// Makes the devices added next land in the slots `snapshot` records
     /// for their ids (call before adding the configured devices).
     pub fn restore_slots(&mut self, snapshot: &DevicesSnapshot) {
+        self.restore_pmem_placements(&snapshot.pmem);
         self.restore_slots = Some(
             snapshot
                 .pci
@@ -113,6 +118,7 @@ impl DeviceManager {
     /// workers of devices the driver had started).
     pub fn restore_devices(&mut self, snapshot: &DevicesSnapshot) -> Result<(), String> {
         self.restore_slots = None;
+        self.restore_pmem = None;
         self.hotplug_slots = snapshot.hotplug_slots;
         let built: Vec<(String, u8)> = self.device_slots();
         if built.len() != snapshot.pci.len() {
@@ -123,11 +129,11 @@ impl DeviceManager {
             ));
         }
         for saved in &snapshot.pci {
-            let device = {
+            let (device, segment) = {
                 let devs = lock(&self.devices);
                 let found = devs.iter().find(|d| d.id == saved.id);
                 match found {
-                    Some(d) if d.slot == saved.slot => d.device.clone(),
+                    Some(d) if d.slot == saved.slot => (d.device.clone(), d.segment),
                     Some(d) => {
                         return Err(format!(
                             "{}: rebuilt in slot {} but saved in slot {}",
@@ -141,7 +147,10 @@ impl DeviceManager {
             if let (Some(to), true) = (saved.bar0, saved.bar0 != current) {
                 // Through the bus, as a guest write would: that moves the
                 // MMIO mapping and the ioeventfds with it.
-                let mut bus = lock(&self.pci_bus);
+                let Some(bus) = self.segment_bus(segment) else {
+                    return Err(format!("{}: no PCI segment {segment}", saved.id));
+                };
+                let mut bus = lock(bus);
                 bus.config_write(0, saved.slot, 0, BAR0_LOW, &(to as u32).to_le_bytes());
                 bus.config_write(
                     0,

@@ -1,11 +1,13 @@
 //! Snapshots of a paused VM: a directory holding `state.json` (a versioned,
 //! self-describing description of the VM: its config, the KVM state of
-//! every vCPU and of the in-kernel irqchip/PIT/clock, every device's state)
-//! and `memory.bin` (guest RAM, see [`memory`]).
+//! every vCPU and of the in-kernel irqchip/PIT/clock, every device's state),
+//! `config.json` (the config alone, editable before a restore, see
+//! [`config_file`]) and `memory.bin` (guest RAM, see [`memory`]).
 //!
 //! `state.json` is written last, through a rename, so an interrupted
 //! snapshot has none and is refused as "not a snapshot" on restore.
 
+pub mod config_file;
 pub mod memory;
 
 use std::path::{Path, PathBuf};
@@ -113,6 +115,31 @@ pub struct RestoreConfig {
     /// names (Cloud Hypervisor's `net_fds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_fds: Option<Vec<RestoredNetConfig>>,
+    /// Cloud Hypervisor's memory restore mode: `Copy` reads guest memory in
+    /// before the guest runs (as `prefault`), `OnDemand` maps it lazily.
+    /// Absent: `prefault` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_restore_mode: Option<ChMemoryRestoreMode>,
+    /// VFIO device fds (Cloud Hypervisor's; chv has no VFIO: only
+    /// `null` or `[]` is accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfio_fds: Option<Vec<serde_json::Value>>,
+    /// iommufd fd (Cloud Hypervisor's; only `null` is accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommufd_fd: Option<i32>,
+    /// Host NUMA nodes for memory zones (Cloud Hypervisor's; chv VMs have
+    /// no zones: only `[]` is accepted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zone_updates: Vec<serde_json::Value>,
+}
+
+/// Cloud Hypervisor's `MemoryRestoreMode` spellings.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChMemoryRestoreMode {
+    /// Copy all of guest memory in before resuming (chv: prefault).
+    Copy,
+    /// Fault pages in as the guest touches them (chv: lazy mapping).
+    OnDemand,
 }
 
 /// Tap fds a restored network device uses instead of its saved tap
@@ -166,11 +193,41 @@ impl RestoredNetConfig {
 impl RestoreConfig {
     /// How guest memory comes back.
     pub fn memory_mode(&self) -> MemoryRestoreMode {
-        if self.prefault {
+        let copy = match self.memory_restore_mode {
+            Some(ChMemoryRestoreMode::Copy) => true,
+            Some(ChMemoryRestoreMode::OnDemand) => false,
+            None => self.prefault,
+        };
+        if copy {
             MemoryRestoreMode::Prefault
         } else {
             MemoryRestoreMode::Lazy
         }
+    }
+
+    /// Refuses what chv cannot honour, naming the field.
+    pub fn check_supported(&self) -> Result<(), SnapshotError> {
+        let refuse = |field: &str, why: &str| {
+            Err(SnapshotError::Unsupported(format!(
+                "{field}: not supported by chv ({why})"
+            )))
+        };
+        if self.prefault && self.memory_restore_mode == Some(ChMemoryRestoreMode::OnDemand) {
+            return refuse(
+                "prefault=true with memory_restore_mode=OnDemand",
+                "choose one",
+            );
+        }
+        if self.vfio_fds.as_ref().is_some_and(|v| !v.is_empty()) {
+            return refuse("vfio_fds", "no VFIO");
+        }
+        if self.iommufd_fd.is_some() {
+            return refuse("iommufd_fd", "no VFIO");
+        }
+        if !self.zone_updates.is_empty() {
+            return refuse("zone_updates", "chv VMs have no memory zones");
+        }
+        Ok(())
     }
 }
 
@@ -198,6 +255,7 @@ impl VmSnapshot {
     /// [`memory::save`]). The write goes through a temporary file and a
     /// rename so a crash never leaves a partial state file.
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
+        config_file::write(dir, &self.config)?;
         let json = serde_json::to_vec(self)
             .map_err(|e| SnapshotError::Io(format!("encoding the state: {e}")))?;
         let tmp = dir.join(format!("{STATE_FILE}.tmp"));
@@ -224,7 +282,11 @@ impl VmSnapshot {
                 dir.display()
             ))
         })?;
-        Self::parse(&bytes)
+        let mut snapshot = Self::parse(&bytes)?;
+        if let Some(edited) = config_file::read_edited(dir, &snapshot.config)? {
+            snapshot.config = edited;
+        }
+        Ok(snapshot)
     }
 
     /// Parses a state file's bytes (see [`Self::read`]).

@@ -1,0 +1,146 @@
+#!/bin/sh
+# l1-tests.sh - runs inside the aarch64 L1 guest (busybox sh), with the 9p
+# share at /mnt/host holding chv, l2-Image and l2-initramfs.cpio. Boots the
+# L2 guest with chv on L1's KVM, once per case, and checks what the guest and
+# chv did. Prints "ARM-CASE <name> PASS|FAIL <why>" per case and
+# "ARM-TESTS PASS|FAIL" at the end. Usage: l1-tests.sh [CASE...]
+H=/mnt/host
+W=/tmp/chv-arm
+mkdir -p $W
+fails=0
+KERNEL="--kernel $H/l2-Image --initramfs $H/l2-initramfs.cpio"
+BASE="console=ttyAMA0 quiet panic=-1 guest_name=L2"
+
+pass() { echo "ARM-CASE $1 PASS"; }
+fail() { echo "ARM-CASE $1 FAIL $2"; fails=$((fails + 1)); }
+# has FILE TEXT: the file contains TEXT
+has() { grep -q -- "$2" "$1"; }
+
+# Boots with the virtio devices as the x86_64 Linux tests do: 2 vCPUs
+# (secondary started with PSCI CPU_ON), virtio-blk written by the guest and
+# read back here, virtio-net to a tap in L1, virtio-rng, virtio-console,
+# PL031 RTC; then PSCI SYSTEM_OFF ends chv with status 0.
+case_devices() {
+    dd if=/dev/zero of=$W/disk.raw bs=1M count=4 2>/dev/null
+    cmd='echo NPROC=$(nproc); echo chv-arm-disk-ok | dd of=/dev/vda conv=fsync 2>/dev/null;'
+    cmd="$cmd head -c 64 /dev/hwrng | wc -c | sed s/^/RNG-BYTES=/;"
+    cmd="$cmd echo chv-arm-hvc0 > /dev/hvc0;"
+    cmd="$cmd dmesg | grep -q rtc-pl031.*registered && echo RTC-PL031-OK;"
+    cmd="$cmd ip addr add 192.168.249.2/24 dev eth0; ip link set eth0 up;"
+    cmd="$cmd ping -c 1 -W 5 192.168.249.1 >/dev/null && echo NET-PING-OK"
+    $H/chv $KERNEL --cmdline "$BASE guest_cmd=\"$cmd\"" --cpus boot=2 --memory size=256M \
+        --serial tty --console file=$W/hvc0.out --disk path=$W/disk.raw --rng src=/dev/urandom \
+        --net tap=chvtap0,ip=192.168.249.1,mask=255.255.255.0 > $W/devices.out 2>&1
+    rc=$?
+    cat $W/devices.out
+    o=$W/devices.out
+    [ $rc = 0 ] || { fail devices "chv exit $rc"; return; }
+    has $o "GUEST-CMD-EXIT L2=0" || { fail devices "guest command"; return; }
+    has $o "NPROC=2" || { fail devices "nproc is not 2"; return; }
+    has $o "RNG-BYTES=64" || { fail devices rng; return; }
+    has $o "NET-PING-OK" || { fail devices net; return; }
+    has $W/hvc0.out chv-arm-hvc0 || { fail devices console; return; }
+    head -c 15 $W/disk.raw | grep -q chv-arm-disk-ok || { fail devices "disk content"; return; }
+    has $o "RTC-PL031-OK" || { fail devices "no PL031 rtc0"; return; }
+    pass devices
+}
+
+# The unit-test binaries in $H/unit (arch, devices, vmm) that need a real
+# aarch64 kernel: KVM (vCPU, GIC and ITS state), seccomp filters, memory
+# advice and huge pages.
+case_unit() {
+    why=
+    for t in $H/unit/*; do
+        [ -x "$t" ] || continue
+        name=$(basename "$t")
+        (cd $W && "$t" --test-threads=2 > $W/unit-$name.out 2>&1)
+        rc=$?
+        grep -E "^test result|FAILED|panicked" $W/unit-$name.out
+        [ $rc = 0 ] || why="$why $name:rc=$rc"
+    done
+    [ -z "$why" ] && pass unit || fail unit "$why"
+}
+
+# wait_for FILE TEXT SECONDS
+wait_for() {
+    i=0
+    while ! grep -q -- "$2" "$1" 2>/dev/null; do
+        i=$((i + 1)); [ $i -gt $(($3 * 5)) ] && return 1; sleep 0.2
+    done
+}
+
+# The REST API lifecycle through chv-remote on the API socket: info,
+# pause/resume, a disk hot-added while the guest runs (found by a PCI
+# rescan: aarch64 has no ACPI hotplug) and written by the guest, counters,
+# a refused removal, then shutdown of the VMM.
+case_api() {
+    s=$W/api.sock; o=$W/api.out; rm -f $s
+    dd if=/dev/zero of=$W/hot.raw bs=1M count=2 2>/dev/null
+    cmd='echo API-GUEST-UP; i=0; while [ ! -b /dev/vda ] && [ $i -lt 120 ]; do sleep 0.5; echo 1 > /sys/bus/pci/rescan; i=$((i+1)); done;'
+    cmd="$cmd echo chv-arm-hot-ok | dd of=/dev/vda conv=fsync 2>/dev/null && echo HOTPLUG-WRITE-OK; sleep 600"
+    $H/chv $KERNEL --cmdline "$BASE guest_cmd=\"$cmd\"" --memory size=256M --serial tty \
+        --console off --api-socket $s > $o 2>&1 &
+    pid=$!
+    R="$H/chv-remote --api-socket $s"
+    why=
+    wait_for $o API-GUEST-UP 120 || why="guest did not start"
+    [ -z "$why" ] && { $R info | grep -q Running || why="info: not Running"; }
+    [ -z "$why" ] && { $R pause >/dev/null && $R info | grep -q Paused || why=pause; }
+    [ -z "$why" ] && { $R resume >/dev/null && $R info | grep -q Running || why=resume; }
+    [ -z "$why" ] && { $R add-disk path=$W/hot.raw,id=hot0 > $W/add.out 2>&1 || why="add-disk: $(cat $W/add.out)"; }
+    [ -z "$why" ] && { wait_for $o HOTPLUG-WRITE-OK 120 || why="hot-added disk not written"; }
+    [ -z "$why" ] && { head -c 14 $W/hot.raw | grep -q chv-arm-hot-ok || why="hot disk content"; }
+    [ -z "$why" ] && { $R counters | grep -q hot0 || why=counters; }
+    [ -z "$why" ] && { $R remove-device hot0 > $W/rm.out 2>&1; grep -q "not supported on aarch64" $W/rm.out || why="remove-device: $(cat $W/rm.out)"; }
+    $R shutdown-vmm >/dev/null 2>&1
+    i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -0 $pid 2>/dev/null && { kill -9 $pid; why="${why:-chv did not exit on shutdown-vmm}"; }
+    wait $pid; rc=$?
+    cat $o
+    [ -z "$why" ] && [ $rc != 0 ] && why="chv exit $rc"
+    [ -z "$why" ] && pass api || fail api "$why"
+}
+
+# Snapshot and restore: a guest writing its disk once a second (virtio-blk
+# completions are MSI-X through the ITS) is paused, snapshotted (vCPU
+# registers, GIC, ITS, devices, RAM) and its chv stopped; a second chv
+# restores it, resumes, and the guest goes on counting and writing.
+case_snapshot() {
+    a=$W/snap-a.sock; b=$W/snap-b.sock; snap=$W/snap; rm -rf $a $b $snap
+    dd if=/dev/zero of=$W/snap.raw bs=1M count=2 2>/dev/null
+    cmd='n=0; while true; do n=$((n+1)); echo tick-$n | dd of=/dev/vda conv=fsync 2>/dev/null; echo TICK-$n; sleep 0.3; done'
+    $H/chv $KERNEL --cmdline "$BASE guest_cmd=\"$cmd\"" --cpus boot=2 --memory size=256M --serial tty \
+        --console off --disk path=$W/snap.raw --api-socket $a > $W/snap-a.out 2>&1 &
+    pa=$!
+    R="$H/chv-remote --api-socket"
+    why=
+    wait_for $W/snap-a.out TICK-3 120 || why="guest did not tick"
+    [ -z "$why" ] && { $R $a pause >/dev/null || why=pause; }
+    [ -z "$why" ] && { $R $a snapshot file://$snap > $W/snap.err 2>&1 || why="snapshot: $(cat $W/snap.err)"; }
+    $R $a shutdown-vmm >/dev/null 2>&1; sleep 0.5; kill -9 $pa 2>/dev/null; wait $pa
+    last=$(tr -d '\r' < $W/snap-a.out | sed -n 's/^TICK-//p' | tail -1)
+    if [ -z "$why" ]; then
+        $H/chv --api-socket $b --restore source_url=file://$snap > $W/snap-b.out 2>&1 &
+        pb=$!
+        i=0; while [ ! -S $b ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        $R $b info | grep -q Paused || why="restored VM not paused: $(cat $W/snap-b.out)"
+        [ -z "$why" ] && { $R $b resume >/dev/null || why=resume; }
+        next=$((last + 2))
+        [ -z "$why" ] && { wait_for $W/snap-b.out "TICK-$next" 120 || why="restored guest did not go on (last tick $last)"; }
+        [ -z "$why" ] && { head -c 12 $W/snap.raw | grep -q "tick-" || why="disk"; }
+        first=$(tr -d '\r' < $W/snap-b.out | sed -n 's/^TICK-//p' | head -1)
+        [ -z "$why" ] && [ "${first:-0}" -le "$last" ] && why="restored guest restarted counting at $first"
+        $R $b shutdown-vmm >/dev/null 2>&1; sleep 0.5; kill -9 $pb 2>/dev/null; wait $pb
+        tail -n 3 $W/snap-b.out
+    fi
+    echo "snapshot: last tick before $last, ticks after: $(tr -d '\r' < $W/snap-b.out 2>/dev/null | grep -c '^TICK-')"
+    [ -z "$why" ] && pass snapshot || fail snapshot "$why"
+}
+
+cases=${*:-unit devices api snapshot}
+for c in $cases; do
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    case_$c
+    echo "ARM-CASE-TIME $c $t0 $(cut -d' ' -f1 /proc/uptime)"
+done
+[ $fails = 0 ] && echo "ARM-TESTS PASS" || echo "ARM-TESTS FAIL ($fails)"
