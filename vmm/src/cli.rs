@@ -28,7 +28,7 @@ use crate::config::{
 };
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
-use memory_options::{parse_memory, parse_memory_zone};
+use memory_options::{parse_balloon, parse_memory, parse_memory_zone};
 pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
 use options::{parse_toggle, parse_u64};
 use platform_options::parse_platform;
@@ -143,7 +143,7 @@ struct Args {
 
     /// Guest RAM: size=<bytes>[K|M|G|T][,shared=on|off][,hugepages=on|off]
     /// [,hugepage_size=<bytes>][,prefault=on|off][,thp=on|off]
-    /// [,mergeable=on|off]
+    /// [,mergeable=on|off][,hotplug_size=<bytes>][,hotplug_method=acpi]
     ///
     /// size: binary units (512M = 512 MiB); a multiple of 4 KiB, at most
     /// 1T (default 512M); 0 with --memory-zone. shared: memfd mapped
@@ -151,7 +151,9 @@ struct Args {
     /// hugetlb pool (hugepage_size: default the host's). prefault:
     /// populate at start. thp: transparent huge pages (default on).
     /// mergeable: KSM. shared=on is needed by vhost-user backends
-    /// (--fs, --disk vhost_user=on).
+    /// (--fs, --disk vhost_user=on). hotplug_size: room for RAM added
+    /// later with vm.resize desired_ram (ACPI memory devices; a multiple
+    /// of 128 MiB).
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     memory: Option<String>,
 
@@ -250,6 +252,17 @@ struct Args {
         verbatim_doc_comment
     )]
     rate_limit_group: Vec<String>,
+
+    /// virtio-balloon: size=<bytes>[,deflate_on_oom=on|off]
+    /// [,free_page_reporting=on|off][,id=<id>][,pci_segment=<n>]
+    ///
+    /// size: how much RAM the guest gives back at start (grown or shrunk
+    /// later with vm.resize desired_balloon). deflate_on_oom: the guest
+    /// takes pages back when it runs out of memory. free_page_reporting:
+    /// the guest reports the pages it frees, and chv returns them to the
+    /// host. Statistics and counters appear in vm.counters.
+    #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
+    balloon: Option<String>,
 
     /// virtio-rng entropy device: src=<path> (default src=/dev/urandom)
     ///
@@ -442,6 +455,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_disk(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--disk"))?;
+    let balloon = args
+        .balloon
+        .as_deref()
+        .map(parse_balloon)
+        .transpose()
+        .map_err(option_error("--balloon"))?;
     let rng = args
         .rng
         .as_deref()
@@ -500,6 +519,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--console", console.is_some()),
             ("--disk", !disks.is_empty()),
             ("--rng", rng.is_some()),
+            ("--balloon", balloon.is_some()),
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
             ("--vsock", vsock.is_some()),
@@ -528,6 +548,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         console: console.unwrap_or_else(ConsoleConfig::default_console),
         disks: (!disks.is_empty()).then_some(disks),
         rng,
+        balloon,
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,

@@ -1,5 +1,6 @@
-//! Parsing of `--memory` and `--memory-zone` (Cloud Hypervisor syntax)
-//! into [`MemoryConfig`] and [`MemoryZoneConfig`].
+//! Parsing of `--memory`, `--memory-zone` and `--balloon` (Cloud
+//! Hypervisor syntax) into [`MemoryConfig`], [`MemoryZoneConfig`] and
+//! [`BalloonConfig`].
 //!
 //! Sizes are range-checked here so that errors name the key as written;
 //! [`MemoryConfig::validate`] checks the combination (zones with
@@ -9,7 +10,7 @@ use std::path::PathBuf;
 
 use super::options::{parse_size, parse_toggle, parse_u64, split_options, OptionError, OptionItem};
 use crate::config::{
-    HotplugMethod, MemoryConfig, MemoryZoneConfig, MAX_MEMORY_SIZE, MEMORY_ALIGNMENT,
+    BalloonConfig, HotplugMethod, MemoryConfig, MemoryZoneConfig, MAX_MEMORY_SIZE, MEMORY_ALIGNMENT,
 };
 
 /// Keys accepted by `--memory`, for error messages.
@@ -126,4 +127,39 @@ fn memory_size(item: &OptionItem, zero_ok: bool) -> Result<u64, OptionError> {
         return Ok(size);
     };
     Err(OptionError::invalid(&item.key, value, problem))
+}
+
+/// Keys accepted by `--balloon`, for error messages.
+const BALLOON_KEYS: &str =
+    "size, deflate_on_oom, free_page_reporting, id, pci_segment or iommu=off";
+
+/// Parses `--balloon size=SIZE[,deflate_on_oom=on][,free_page_reporting=on]`.
+pub(super) fn parse_balloon(value: &str) -> Result<BalloonConfig, OptionError> {
+    let mut balloon = BalloonConfig {
+        id: None,
+        pci_segment: 0,
+        pci_device_id: None,
+        iommu: false,
+        size: 0,
+        deflate_on_oom: false,
+        free_page_reporting: false,
+    };
+    for item in split_options(value)? {
+        let toggle = || parse_toggle(&item.key, item.value()?);
+        match item.key.as_str() {
+            "size" => balloon.size = memory_size(&item, true)?,
+            "deflate_on_oom" => balloon.deflate_on_oom = toggle()?,
+            "free_page_reporting" => balloon.free_page_reporting = toggle()?,
+            "id" => balloon.id = Some(item.non_empty_value()?.to_owned()),
+            "pci_segment" => balloon.pci_segment = super::device_options::pci_segment(&item)?,
+            "iommu" => super::device_options::reject_iommu_on(&item)?,
+            _ => {
+                return Err(OptionError::UnknownKey {
+                    key: item.key,
+                    expected: BALLOON_KEYS,
+                })
+            }
+        }
+    }
+    Ok(balloon)
 }

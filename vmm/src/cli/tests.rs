@@ -270,6 +270,8 @@ fn memory_accepted() {
         "size=1G,shared=on,hugepages=on,hugepage_size=2M,prefault=on,thp=off,mergeable=on",
     ])
     .memory;
+    let hotplug = vm(&["--memory", "size=1G,hotplug_size=2G"]).memory;
+    assert_eq!(hotplug.hotplug_room(), 2 << 30);
     assert_eq!(
         memory,
         MemoryConfig {
@@ -339,6 +341,18 @@ fn memory_rejected() {
         error(&["--memory", "128M"]),
         "--memory: unknown option '128M' (expected size, shared, hugepages, hugepage_size, \
          prefault, thp, mergeable, hotplug_method, hotplug_size or hotplugged_size)"
+    );
+    assert_eq!(
+        error(&["--memory", "size=1G,hotplug_size=100M"]),
+        "--memory: memory.hotplug_size=104857600: must be a multiple of 128 MiB"
+    );
+    assert_eq!(
+        error(&[
+            "--memory",
+            "size=1G,hotplug_size=1G,hotplug_method=virtio-mem"
+        ]),
+        "--memory: memory.hotplug_method=virtio-mem: not supported by chv (not implemented by \
+         chv yet; use hotplug_method=acpi)"
     );
     assert_eq!(
         error(&["--memory", "hotplug_method=dimm"]),

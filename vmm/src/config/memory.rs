@@ -149,11 +149,7 @@ impl MemoryConfig {
         }
         check_hugepage_size("memory", self.hugepages, self.hugepage_size)?;
         let not_yet = "not implemented by chv yet";
-        refuse_if(
-            self.hotplug_size.is_some_and(|s| s > 0),
-            "memory.hotplug_size",
-            not_yet,
-        )?;
+        self.validate_hotplug()?;
         refuse_if(
             self.hotplugged_size.is_some_and(|s| s > 0),
             "memory.hotplugged_size",
@@ -170,6 +166,54 @@ impl MemoryConfig {
                 ));
             }
             ids.push(&zone.id);
+        }
+        Ok(())
+    }
+}
+
+impl MemoryConfig {
+    /// RAM that can be hot-added (`hotplug_size`, 0 when absent).
+    pub fn hotplug_room(&self) -> u64 {
+        self.hotplug_size.unwrap_or(0)
+    }
+
+    /// `hotplug_size` and `hotplug_method`: ACPI hotplug needs a platform
+    /// with ACPI hotplug and ranges in its granule; virtio-mem is refused
+    /// by name until chv has it.
+    fn validate_hotplug(&self) -> Result<(), ConfigError> {
+        let room = self.hotplug_room();
+        if room == 0 {
+            return Ok(());
+        }
+        refuse_if(
+            self.zones.as_ref().is_some_and(|z| !z.is_empty()),
+            format!("memory.hotplug_size={room}"),
+            "with memory.zones: not implemented by chv yet",
+        )?;
+        if self.hotplug_method == HotplugMethod::VirtioMem {
+            return Err(unsupported(
+                "memory.hotplug_method=virtio-mem",
+                "not implemented by chv yet; use hotplug_method=acpi",
+            ));
+        }
+        let Some(acpi) = arch::PLATFORM.acpi_hotplug else {
+            return Err(unsupported(
+                "memory.hotplug_method=acpi",
+                arch::PLATFORM.unsupported("ACPI memory hotplug"),
+            ));
+        };
+        let align = acpi.memory_hotplug_align;
+        if !room.is_multiple_of(align) {
+            return Err(invalid(
+                format!("memory.hotplug_size={room}"),
+                format!("must be a multiple of {} MiB", align >> 20),
+            ));
+        }
+        if self.boot_size().saturating_add(room) > MAX_MEMORY_SIZE {
+            return Err(invalid(
+                format!("memory.hotplug_size={room}"),
+                "size + hotplug_size must not exceed 1 TiB",
+            ));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! zones sit in guest-physical space.
 
 pub mod backing;
+pub mod hotplug;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
