@@ -296,6 +296,8 @@ pub struct DeviceManager {
     /// Whether the VM's vsock device (at most one) is on the bus; vsock
     /// devices are never unplugged, so it stays set.
     vsock_plugged: bool,
+    /// The balloon's control, when the VM has one.
+    balloon: Option<Arc<virtio_devices::balloon::BalloonControl>>,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
     /// virtio-pmem backing files, mapped into the guest as KVM slots.
@@ -495,6 +497,7 @@ impl DeviceManager {
             hotplug_slots: 0,
             rate_groups: HashMap::new(),
             vsock_plugged: false,
+            balloon: None,
             restore_slots: None,
             pmem: Vec::new(),
             restore_pmem: None,
@@ -668,6 +671,9 @@ impl DeviceManager {
             self.add_virtio(id, vsock.pci_segment, dev, None)?;
             self.vsock_plugged = true;
         }
+        if let Some(balloon) = &config.balloon {
+            self.add_balloon(balloon, &config.memory)?;
+        }
         if let Some(rng) = &config.rng {
             let mut dev = VirtioRng::new(&rng.src)
                 .map_err(|e| VmmError::Config(format!("--rng: src={}: {e}", rng.src.display())))?;
@@ -677,6 +683,42 @@ impl DeviceManager {
             self.add_virtio("_rng".into(), rng.pci_segment, Box::new(dev), None)?;
         }
         Ok(())
+    }
+
+    /// Adds the virtio-balloon `config` describes (RAM backed as `memory`
+    /// says: hugetlb RAM is given back in whole huge pages).
+    fn add_balloon(
+        &mut self,
+        config: &crate::config::BalloonConfig,
+        memory: &crate::config::MemoryConfig,
+    ) -> Result<(), VmmError> {
+        use virtio_devices::balloon::{BalloonOptions, VirtioBalloon};
+        let huge_page_size = if memory.hugepages {
+            memory
+                .hugepage_size
+                .unwrap_or_else(crate::memory::backing::default_hugepage_size)
+        } else {
+            0
+        };
+        let mut dev = VirtioBalloon::new(BalloonOptions {
+            size: config.size,
+            deflate_on_oom: config.deflate_on_oom,
+            free_page_reporting: config.free_page_reporting,
+            huge_page_size,
+        })
+        .map_err(|e| VmmError::Config(format!("--balloon: {e}")))?;
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        self.balloon = Some(dev.control());
+        let id = config.id.clone().unwrap_or_else(|| "_balloon".into());
+        self.add_virtio(id, config.pci_segment, Box::new(dev), None)?;
+        Ok(())
+    }
+
+    /// The balloon's control, when the VM has a balloon.
+    pub fn balloon(&self) -> Option<&Arc<virtio_devices::balloon::BalloonControl>> {
+        self.balloon.as_ref()
     }
 
     /// Wraps `device` in a virtio-pci transport and plugs it into bus 0 of
@@ -747,6 +789,15 @@ impl DeviceManager {
         Ok(info.slot)
     }
 
+    /// Gives every device the guest memory `memory` (after RAM was
+    /// hot-added): workers read the shared map on each request.
+    pub fn update_memory(&self, memory: &vm_memory::GuestMemoryMmap) {
+        match self.mem.lock() {
+            Ok(guard) => guard.replace(memory.clone()),
+            Err(e) => log::error!("cannot hand the devices the new guest memory: {e}"),
+        }
+    }
+
     /// Per-device I/O counters for `vm.counters`, keyed by device id.
     pub fn counters(
         &self,
@@ -773,6 +824,12 @@ impl DeviceManager {
                 ]);
                 all.insert(dev.id.clone(), map);
             }
+        }
+        if let Some(balloon) = &self.balloon {
+            // The guest's statistics are refreshed on demand; a guest that
+            // does not answer quickly gets its previous sample reported.
+            let values = balloon.counter_values(std::time::Duration::from_millis(200));
+            all.insert("balloon".into(), values.into_iter().collect());
         }
         all
     }

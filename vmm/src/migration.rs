@@ -488,7 +488,7 @@ fn receive_vm(
             MSG_STATE => {
                 let state =
                     VmSnapshot::parse(&body).map_err(|e| MigrationError::Vm(e.to_string()))?;
-                if state.config.memory.size != config.memory.size {
+                if state.config.memory.boot_size() != config.memory.boot_size() {
                     return Err(MigrationError::Protocol(
                         "the state's memory size differs from the config's".into(),
                     ));

@@ -1,5 +1,5 @@
 //! The other devices of Cloud Hypervisor's `VmConfig`: `RngConfig`,
-//! `VsockConfig`, and the device kinds chv does not provide yet (balloon,
+//! `VsockConfig`, `BalloonConfig`, and the device kinds chv does not provide yet (
 //! VFIO, vDPA, generic vhost-user, TPM, debug console), which are accepted
 //! only when absent.
 
@@ -123,6 +123,35 @@ pub struct BalloonConfig {
     /// Free page reporting.
     #[serde(default)]
     pub free_page_reporting: bool,
+}
+
+impl BalloonConfig {
+    /// The size must be whole 4 KiB pages and leave the guest some RAM
+    /// (`ram` bytes at boot); no virtual IOMMU.
+    pub fn validate(&self, ram: u64) -> Result<(), ConfigError> {
+        if !self.size.is_multiple_of(MEMORY_ALIGNMENT) {
+            return Err(invalid(
+                format!("balloon.size={}", self.size),
+                "must be a multiple of 4 KiB",
+            ));
+        }
+        if self.size >= ram {
+            return Err(invalid(
+                format!("balloon.size={}", self.size),
+                format!("must be below the guest's {ram} bytes of RAM"),
+            ));
+        }
+        refuse_if(self.iommu, "balloon.iommu=true", "no virtual IOMMU")?;
+        if let Some(id) = &self.id {
+            if !valid_device_id(id) {
+                return Err(invalid(
+                    format!("balloon.id={id}"),
+                    "must be non-empty and must not start with '_'",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A VFIO device (Cloud Hypervisor's `DeviceConfig`).

@@ -178,7 +178,6 @@ impl VmConfig {
     /// Refuses the device kinds and switches chv does not provide yet.
     fn validate_absent_devices(&self) -> Result<(), ConfigError> {
         let not_yet = "not implemented by chv yet";
-        refuse_if(self.balloon.is_some(), "balloon", not_yet)?;
         refuse_if(
             present(&self.generic_vhost_user),
             "generic_vhost_user",
@@ -242,6 +241,9 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             check("vsock".into(), v.pci_segment)?;
         }
+        if let Some(b) = &self.balloon {
+            check("balloon".into(), b.pci_segment)?;
+        }
         check("console".into(), self.console.pci_segment)?;
         for (i, p) in self.pci_segments.iter().flatten().enumerate() {
             check(format!("pci_segments[{i}]"), p.pci_segment)?;
@@ -292,6 +294,9 @@ impl VmConfig {
         }
         if let Some(rng) = &self.rng {
             rng.validate()?;
+        }
+        if let Some(balloon) = &self.balloon {
+            balloon.validate(self.memory.boot_size())?;
         }
         let nets = self.net.as_deref().unwrap_or_default();
         for (index, net) in nets.iter().enumerate() {

@@ -85,6 +85,9 @@ pub struct VmSnapshot {
     pub legacy: LegacyDevicesState,
     /// The PCI devices and their slots.
     pub devices: DevicesSnapshot,
+    /// The ranges of RAM hot-added through ACPI (also in `memory`).
+    #[serde(default)]
+    pub memory_hotplug: Vec<devices::acpi::MemorySlot>,
     /// State the host could not provide and that is therefore not saved
     /// (for example nested virtualization state on PVM hosts).
     pub omitted: Vec<String>,
