@@ -220,6 +220,9 @@ pub struct Platform {
     pub msi_device_id: bool,
     /// Whether the firmware tables carry SMBIOS ([`MachineIdentity`]).
     pub smbios: bool,
+    /// The VM generation ID device (`None`: the platform has none, so
+    /// restored clones cannot be told to reseed their RNG).
+    pub generation_id: Option<GenerationIdLayout>,
 }
 
 impl AcpiHotplugLayout {
@@ -236,6 +239,19 @@ impl AcpiHotplugLayout {
         (end <= self.memory_hotplug_window.1).then_some((start, len))
     }
 }
+
+/// Where the firmware tables tell the guest its 16-byte VM generation ID
+/// is, and the GED event that makes it re-read the ID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenerationIdLayout {
+    /// Guest-physical address of the ID (in reserved guest memory).
+    pub addr: u64,
+    /// The GED event bit ([`AcpiHotplugLayout`]'s GED) announcing a new ID.
+    pub ged_event: u32,
+}
+
+/// Bytes of a VM generation ID.
+pub const GENERATION_ID_SIZE: usize = 16;
 
 impl Platform {
     /// The first device of `kind`, if the platform has one.

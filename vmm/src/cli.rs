@@ -749,22 +749,41 @@ fn check_api_socket(value: &str) -> Result<(), OptionError> {
     Ok(())
 }
 
-/// Parses `--restore source_url=...[,prefault=on|off][,resume=true|false]`.
+/// Parses `--restore source_url=...[,prefault=on|off][,resume=true|false]`
+/// `[,net_fds=[id@[fd,...]]]` and chv's clone overrides
+/// `[,serial="MODE"][,console="MODE"][,vsock_cid=N][,vsock_socket=PATH]`
+/// (MODE in `--serial` syntax, e.g. `serial="socket=/run/c1.sock"`).
 fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionError> {
     let mut source_url = None;
     let mut prefault = false;
     let mut resume = false;
     let mut net_fds = None;
+    let (mut serial, mut console) = (None, None);
+    let mut vsock: Option<crate::snapshot::RestoredVsockConfig> = None;
     for item in split_options(value)? {
         match item.key.as_str() {
             "source_url" => source_url = Some(item.non_empty_value()?.to_owned()),
             "net_fds" => net_fds = Some(parse_net_fds(item.non_empty_value()?)?),
+            "serial" => serial = Some(parse_console(item.non_empty_value()?)?),
+            "console" => console = Some(parse_console(item.non_empty_value()?)?),
+            "vsock_cid" => {
+                let raw = item.non_empty_value()?;
+                let cid = raw
+                    .parse::<u32>()
+                    .map_err(|_| OptionError::invalid("vsock_cid", raw, "not a number"))?;
+                vsock.get_or_insert_with(Default::default).cid = Some(cid);
+            }
+            "vsock_socket" => {
+                let path = PathBuf::from(item.non_empty_value()?);
+                vsock.get_or_insert_with(Default::default).socket = Some(path);
+            }
             "prefault" => prefault = parse_toggle("prefault", item.value()?)?,
             "resume" => resume = parse_toggle("resume", item.value()?)?,
             _ => {
                 return Err(OptionError::UnknownKey {
                     key: item.key,
-                    expected: "source_url, prefault, resume, net_fds",
+                    expected: "source_url, prefault, resume, net_fds, serial, console, \
+                               vsock_cid, vsock_socket",
                 })
             }
         }
@@ -781,6 +800,9 @@ fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionEr
         vfio_fds: None,
         iommufd_fd: None,
         zone_updates: Vec::new(),
+        serial,
+        console,
+        vsock,
     })
 }
 

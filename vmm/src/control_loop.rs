@@ -244,10 +244,9 @@ impl Vmm {
         mut snap: VmSnapshot,
     ) -> Result<(), VmmError> {
         let started = std::time::Instant::now();
-        for net in restore.net_fds.iter().flatten() {
-            net.apply(&mut snap.config)
-                .map_err(|e| VmmError::Snapshot(e.to_string()))?;
-        }
+        restore
+            .apply_overrides(&mut snap.config)
+            .map_err(|e| VmmError::Snapshot(e.to_string()))?;
         let vm = Vm::build(
             &snap.config,
             &self.filters,

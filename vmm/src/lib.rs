@@ -12,6 +12,7 @@ pub mod config;
 pub mod console_host;
 pub mod control_loop;
 pub mod device_manager;
+pub mod generation_id;
 pub mod guest_profile;
 pub mod interrupt;
 pub mod memory;

@@ -97,6 +97,8 @@ pub struct Vm {
     /// The pty paths of the serial port and the virtio console in `Pty`
     /// mode (reported in `vm.info` as their `file`).
     pub pty_paths: [Option<std::path::PathBuf>; 2],
+    /// Guest address of the VM generation ID, if the guest has one.
+    generation_id: Option<u64>,
 }
 
 fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
@@ -223,6 +225,16 @@ impl Vm {
             VmSource::Boot => Some(load_payload(config, &memory, &machine, num_vcpus)?),
             VmSource::Restore { .. } => None,
         };
+        let generation_id = match &source {
+            VmSource::Boot => match arch::PLATFORM.generation_id {
+                Some(layout) => {
+                    crate::generation_id::write_fresh(&memory, layout.addr)?;
+                    Some(layout.addr)
+                }
+                None => None,
+            },
+            VmSource::Restore { snapshot, .. } => snapshot.generation_id,
+        };
 
         // Buses and the guest's stop requests.
         let exit_evt = GuestStopEvent::new().map_err(VmmError::EventFd)?;
@@ -315,21 +327,24 @@ impl Vm {
             reset_evt: &reset_evt,
         })?;
         let serial = legacy.console();
-        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
-            host.feed_serial(serial.clone(), worker_setup.clone())
-                .map_err(VmmError::Thread)?;
-        }
         let mut pci_devices = DeviceManager::new(
             vm_fd.clone(),
             GuestMemoryAtomic::new(memory.clone()),
             &io_bus,
             mmio_bus.clone(),
-            worker_setup,
+            worker_setup.clone(),
             &crate::device_manager::pci_segment_layouts(config)?,
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;
             pci_devices.restore_slots(&snapshot.devices);
+        }
+        // Host input reaches the UART only once its saved state is back:
+        // bytes fed before would be overwritten by the restore (a clone's
+        // first command lost).
+        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
+            host.feed_serial(serial.clone(), worker_setup.clone())
+                .map_err(VmmError::Thread)?;
         }
         pci_devices.add_configured_devices(config)?;
         if let VmSource::Restore { snapshot, .. } = &source {
@@ -344,6 +359,20 @@ impl Vm {
             machine
                 .restore_state(&vm_fd, &snapshot.vm)
                 .map_err(|e| VmmError::Snapshot(e.to_string()))?;
+        }
+        if let VmSource::Restore {
+            memory: RestoreMemory::File { .. },
+            ..
+        } = &source
+        {
+            // A copy of the snapshotted VM, not the VM itself (as after a
+            // migration): the guest must learn it, after the irqchip state
+            // is back so the GED interrupt is not lost.
+            crate::generation_id::renew_after_restore(
+                &memory,
+                generation_id,
+                pci_devices.ged_events().as_ref(),
+            )?;
         }
         let cpu_hotplug = match (arch::PLATFORM.acpi_hotplug, pci_devices.ged_events()) {
             (Some(layout), Some(ged)) if max_vcpus > num_vcpus => {
@@ -409,6 +438,7 @@ impl Vm {
                 serial_host.and_then(|h| h.pty_path),
                 pci_devices_console_pty,
             ],
+            generation_id,
         })
     }
 
@@ -604,6 +634,7 @@ impl Vm {
                 .map(MemoryHotplug::slots)
                 .unwrap_or_default(),
             omitted,
+            generation_id: self.generation_id,
         })
     }
 

@@ -63,6 +63,9 @@ pub const PLATFORM: Platform = Platform {
     first_msi_gsi: FIRST_MSI_GSI,
     msi_device_id: true,
     smbios: false,
+    // No ACPI here; the device tree binding (`microsoft,vmgenid`, Linux
+    // 6.10+) is not implemented.
+    generation_id: None,
 };
 
 /// GSI n is SPI n of the GIC (irqchip 0, pin n), for every SPI below the

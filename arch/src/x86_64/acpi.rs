@@ -36,6 +36,8 @@ pub mod cpu;
 pub mod hotplug;
 #[path = "acpi_memory.rs"]
 pub mod memory;
+#[path = "acpi_vmgenid.rs"]
+pub mod vmgenid;
 
 /// OEM id written into every table header.
 const OEM_ID: [u8; 6] = *b"CHVVMM";
@@ -287,6 +289,8 @@ fn write(
 /// the PCI hotplug slots (see [`hotplug`]); the processor devices when
 /// vCPUs can be hot-plugged (see [`cpu`]); the memory devices when RAM
 /// can be hot-added (see [`memory`]).
+/// vCPUs can be hot-plugged (see [`cpu`]); the VM generation ID device
+/// (see [`vmgenid`]).
 /// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
 fn create_dsdt(
     cpus: Cpus,
@@ -324,6 +328,7 @@ fn create_dsdt(
         RawAml(Vec::new())
     };
     let memory_hotplug = memory::memory_hotplug_aml(memory_slots);
+    let vmgenid = vmgenid::vmgenid_aml(layout::VMGENID_START);
     let sb = aml::Scope::new(
         "\\_SB_".into(),
         vec![
@@ -334,6 +339,7 @@ fn create_dsdt(
             &pci_hotplug,
             &cpu_hotplug,
             &memory_hotplug,
+            &vmgenid,
         ],
     );
     dsdt.append_slice(&to_bytes(&sb));
@@ -836,6 +842,7 @@ mod tests {
         let pci0 = find_once(aml, b"PCI0\x08_HID");
         let ged = find_once(aml, b"GED_\x08_HID");
         let pwrb = find_once(aml, b"PWRB\x08_HID");
+        find_once(aml, b"VGEN\x08_HID");
         // `Scope (PCI0)` (ScopeOp, 1-byte length, name) with the slots
         // comes after the device it extends.
         let scope = aml

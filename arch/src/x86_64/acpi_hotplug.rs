@@ -9,6 +9,7 @@
 //!         Local0 = GDAT                                // read-to-clear
 //!         If (Local0 & 1) { \_SB_.PCI0.PCNT () }       // PCI hotplug
 //!         If (Local0 & 2) { Notify (PWRB, 0x80) }      // power button
+//!         If (Local0 & 8) { Notify (\_SB_.VGEN, 0x80) } // new VM generation ID
 //!         If (Local0 & 4) { \_SB_.CPUS.CSCN () }       // CPU hotplug (if any)
 //!         If (Local0 & 8) { \_SB_.MHPC.MSCN () }       // memory hotplug (if any)
 //!     }
@@ -121,7 +122,8 @@ pub(super) fn ged_aml(cpu_hotplug: bool, memory_hotplug: bool) -> RawAml {
     let mem_bit = aml::And::new(&aml::ZERO, &aml::Local(0), &GED_EVENT_MEMORY_HOTPLUG);
     let mscn = aml::MethodCall::new(MEMORY_SCAN_METHOD.into(), vec![]);
     let on_mem = aml::If::new(&mem_bit, vec![&mscn]);
-    let mut body: Vec<&dyn Aml> = vec![&read, &on_pci, &on_pwr];
+    let on_generation = super::vmgenid::ged_branch();
+    let mut body: Vec<&dyn Aml> = vec![&read, &on_pci, &on_pwr, &on_generation];
     if cpu_hotplug {
         body.push(&on_cpu);
     }

@@ -38,7 +38,11 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first) live in the BIOS read-only area.
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the BIOS area reserved for the ACPI tables.
-pub const ACPI_END: u64 = SMBIOS_START;
+pub const ACPI_END: u64 = VMGENID_START;
+/// The 16-byte VM generation ID (`acpi_vmgenid.rs`), alone in the last
+/// page before the SMBIOS area, so that rewriting it on a restore copies
+/// one page of a clone's memory and no table.
+pub const VMGENID_START: u64 = SMBIOS_START - 0x1000;
 /// SMBIOS entry point and tables: the F segment, which Linux scans for the
 /// `_SM3_` anchor.
 pub const SMBIOS_START: u64 = 0xf0000;

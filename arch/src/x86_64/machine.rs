@@ -12,14 +12,15 @@ use vm_memory::GuestMemoryMmap;
 use super::acpi::cpu::GED_EVENT_CPU_HOTPLUG;
 use super::acpi::hotplug::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, LAST_HOTPLUG_SLOT};
 use super::acpi::memory::{GED_EVENT_MEMORY_HOTPLUG, MAX_MEMORY_SLOTS};
+use super::acpi::vmgenid::{GED_EVENT_VM_GENERATION, VMGENID_SIZE};
 use super::boot::KernelEntry;
 use super::cpuid::{self, CpuidPolicy};
 use super::layout;
 use super::vcpu_state::{StateError, VcpuState};
 use super::vm_state::VmKvmState;
 use crate::{
-    AcpiHotplugLayout, ArchError, CpuOptions, CpuTopology, DeviceBus, IrqchipRoute, Payload,
-    PayloadError, PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
+    AcpiHotplugLayout, ArchError, CpuOptions, CpuTopology, DeviceBus, GenerationIdLayout,
+    IrqchipRoute, Payload, PayloadError, PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
 };
 
 /// Where the boot vCPU starts.
@@ -94,7 +95,13 @@ pub const PLATFORM: Platform = Platform {
     first_msi_gsi: IOAPIC_PINS,
     msi_device_id: false,
     smbios: true,
+    generation_id: Some(GenerationIdLayout {
+        addr: layout::VMGENID_START,
+        ged_event: GED_EVENT_VM_GENERATION,
+    }),
 };
+
+const _: () = assert!(VMGENID_SIZE as usize == crate::GENERATION_ID_SIZE);
 
 /// KVM's default legacy routes (PIC pins 0-15, IOAPIC pins 0-23, GSI n to
 /// pin n), kept when MSI routes are added so the serial port and the PIT

@@ -278,10 +278,14 @@ impl VirtioDevice for VirtioVsock {
             )))
         };
         if s.cid != self.cid {
-            return bad(format!(
-                "guest CID {} saved, device has {}",
-                s.cid, self.cid
-            ));
+            // A clone with its own CID: the transport reset sent on
+            // activation makes the driver read the new one.
+            log::info!(
+                "virtio-vsock {}: guest CID {} in the snapshot, now {}",
+                self.id,
+                s.cid,
+                self.cid
+            );
         }
         if s.acked_features & !self.features() != 0 {
             return bad(format!("features {:#x} not offered", s.acked_features));

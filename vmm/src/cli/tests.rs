@@ -1101,6 +1101,20 @@ fn restore_options() {
     assert_eq!(nets[0].id, "net0");
     assert_eq!(nets[0].fds, Some(vec![3, 4]));
     assert_eq!(nets[1].num_fds, 1);
+    // chv's clone overrides.
+    let cli = parse_args([
+        "chv",
+        "--restore",
+        "source_url=/s,serial=\"socket=/c/s.sock\",console=pty,vsock_cid=9,vsock_socket=/c/v",
+    ])
+    .expect("accepted");
+    let r = cli.restore.expect("restore");
+    let serial = r.serial.expect("serial");
+    assert_eq!(serial.socket, Some("/c/s.sock".into()));
+    assert_eq!(r.console.expect("console").mode, ConsoleOutputMode::Pty);
+    let vsock = r.vsock.expect("vsock");
+    assert_eq!(vsock.cid, Some(9));
+    assert_eq!(vsock.socket, Some("/c/v".into()));
 
     let bad = |v: &str| {
         let e = parse_args(["chv", "--restore", v])
@@ -1116,6 +1130,8 @@ fn restore_options() {
     assert!(bad("source_url=/s,net_fds=[@[3]]").contains("net_fds"));
     assert!(bad("source_url=/s,net_fds=net0").contains("net_fds"));
     assert!(bad("source_url=/s,colour=red").contains("colour"));
+    assert!(bad("source_url=/s,vsock_cid=x").contains("vsock_cid"));
+    assert!(bad("source_url=/s,serial=loud").contains("loud"));
     let e = parse_args(["chv", "--kernel", "/k", "--restore", "source_url=/s"])
         .expect_err("both")
         .to_string();

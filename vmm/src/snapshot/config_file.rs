@@ -61,7 +61,6 @@ const DEVICE_SHAPE: &[&str] = &[
     "readonly",
     "mac",
     "mtu",
-    "cid",
     "tag",
     "size",
     "deflate_on_oom",
@@ -203,17 +202,22 @@ mod tests {
         let mut v: Value =
             serde_json::from_slice(&std::fs::read(dir.join(CONFIG_FILE)).unwrap()).unwrap();
         v["vsock"]["socket"] = "/run/new.sock".into();
+        // A new CID reaches the guest through the vsock transport reset.
+        v["vsock"]["cid"] = 9.into();
         v["disks"][0]["path"] = "/b.img".into();
         std::fs::write(dir.join(CONFIG_FILE), v.to_string()).unwrap();
         let edited = read_edited(&dir, &saved()).unwrap().unwrap();
-        assert_eq!(edited.vsock.unwrap().socket, Path::new("/run/new.sock"));
+        let vsock = edited.vsock.unwrap();
+        assert_eq!(
+            (vsock.socket.as_path(), vsock.cid),
+            (Path::new("/run/new.sock"), 9)
+        );
         assert_eq!(
             edited.disks.unwrap()[0].path.as_deref(),
             Some(Path::new("/b.img"))
         );
         for (pointer, value) in [
             ("/memory/size", Value::from(1u64 << 30)),
-            ("/vsock/cid", Value::from(9)),
             ("/cpus/boot_vcpus", Value::from(2)),
         ] {
             let mut w = v.clone();

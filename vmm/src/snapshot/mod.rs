@@ -9,6 +9,7 @@
 
 pub mod config_file;
 pub mod memory;
+pub mod overrides;
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,7 @@ use crate::device_manager::DevicesSnapshot;
 use crate::platform_devices::LegacyDevicesState;
 
 pub use memory::{MemoryRange, MemoryRestoreMode};
+pub use overrides::RestoredVsockConfig;
 
 /// Value of the `format` field, identifying a chv snapshot.
 pub const SNAPSHOT_FORMAT: &str = "chv-snapshot";
@@ -91,6 +93,10 @@ pub struct VmSnapshot {
     /// State the host could not provide and that is therefore not saved
     /// (for example nested virtualization state on PVM hosts).
     pub omitted: Vec<String>,
+    /// Guest address of the VM generation ID the firmware tables describe
+    /// (absent in snapshots of VMs without one); a restore renews it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation_id: Option<u64>,
 }
 
 /// `vm.snapshot`'s body (Cloud Hypervisor's `VmSnapshotConfig`).
@@ -101,7 +107,8 @@ pub struct SnapshotConfig {
 }
 
 /// `vm.restore`'s body and `--restore` (Cloud Hypervisor's `RestoreConfig`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct RestoreConfig {
     /// `file:///dir` of the snapshot.
     pub source_url: String,
@@ -132,6 +139,16 @@ pub struct RestoreConfig {
     /// no zones: only `[]` is accepted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zone_updates: Vec<serde_json::Value>,
+    /// chv extension: the serial port's new host side (a clone's own file,
+    /// socket or pty), see [`overrides`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<crate::config::ConsoleConfig>,
+    /// chv extension: the virtio console's new host side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<crate::config::ConsoleConfig>,
+    /// chv extension: the vsock device's new guest CID and host socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<RestoredVsockConfig>,
 }
 
 /// Cloud Hypervisor's `MemoryRestoreMode` spellings.
@@ -191,6 +208,20 @@ impl RestoredNetConfig {
 }
 
 impl RestoreConfig {
+    /// Applies `net_fds` and the host-side overrides to the snapshot's
+    /// configuration.
+    pub fn apply_overrides(&self, config: &mut VmConfig) -> Result<(), SnapshotError> {
+        for net in self.net_fds.iter().flatten() {
+            net.apply(config)?;
+        }
+        overrides::apply(
+            config,
+            self.serial.as_ref(),
+            self.console.as_ref(),
+            self.vsock.as_ref(),
+        )
+    }
+
     /// How guest memory comes back.
     pub fn memory_mode(&self) -> MemoryRestoreMode {
         let copy = match self.memory_restore_mode {
