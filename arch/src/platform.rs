@@ -172,6 +172,19 @@ pub struct AcpiHotplugLayout {
     pub event_power_button: u32,
     /// GED event bit of a CPU hotplug.
     pub event_cpu_hotplug: u32,
+    /// Memory hotplug controller port and size.
+    pub memory_hotplug_port: u16,
+    /// Bytes of the memory hotplug registers.
+    pub memory_hotplug_port_size: u16,
+    /// GED event bit of a memory hotplug.
+    pub event_memory_hotplug: u32,
+    /// Memory hotplug slots the tables describe (one per hot-add).
+    pub memory_hotplug_slots: u8,
+    /// Guest-physical window hot-added RAM may use: start, end (exclusive);
+    /// it starts after the boot RAM when that ends higher.
+    pub memory_hotplug_window: (u64, u64),
+    /// Alignment (and granule) of hot-added RAM ranges.
+    pub memory_hotplug_align: u64,
     /// Highest PCI slot the tables can describe as hotpluggable.
     pub last_hotplug_slot: u8,
 }
@@ -210,6 +223,21 @@ pub struct Platform {
     /// The VM generation ID device (`None`: the platform has none, so
     /// restored clones cannot be told to reseed their RNG).
     pub generation_id: Option<GenerationIdLayout>,
+}
+
+impl AcpiHotplugLayout {
+    /// Where the next hot-added range of `len` bytes goes, after the boot
+    /// RAM that ends at `ram_end` and the ranges already added (`added`
+    /// bytes); `None` when it does not fit the window.
+    pub fn hotplug_range(&self, ram_end: u64, added: u64, len: u64) -> Option<(u64, u64)> {
+        let align = self.memory_hotplug_align;
+        let start = ram_end
+            .max(self.memory_hotplug_window.0)
+            .checked_next_multiple_of(align)?
+            .checked_add(added)?;
+        let end = start.checked_add(len)?;
+        (end <= self.memory_hotplug_window.1).then_some((start, len))
+    }
 }
 
 /// Where the firmware tables tell the guest its 16-byte VM generation ID
@@ -257,6 +285,9 @@ pub struct Payload<'a> {
     /// The PCI segments the firmware tables describe (from
     /// [`PciLayout::segments`]).
     pub pci_segments: &'a [PciSegmentLayout],
+    /// Describe the memory hotplug slots ([`AcpiHotplugLayout`]); only
+    /// on platforms with ACPI hotplug.
+    pub memory_hotplug: bool,
     /// The machine identity for the SMBIOS tables.
     pub identity: &'a MachineIdentity,
 }

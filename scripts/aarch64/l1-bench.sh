@@ -3,7 +3,9 @@
 # (run-l1.sh --qemu): boots the L2 kernel to power-off with chv and with
 # QEMU (-accel kvm, the kit's anchor VMM), alternately, N times each, the same
 # guest (1 vCPU, 256 MiB, serial console, no other device). Prints each run's
-# time from exec to exit (L1 /proc/uptime, 10 ms resolution) and the medians.
+# time from exec to exit (L1 /proc/uptime, 10 ms resolution) as
+# "BENCH <vmm> <seconds>"; scripts/bench/aarch64_boot.sh (on the host) starts
+# it and prints the medians and the ratio.
 H=/mnt/host
 N=${1:-5}
 APPEND="console=ttyAMA0 quiet panic=-1 guest_name=L2"

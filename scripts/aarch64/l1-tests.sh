@@ -137,7 +137,86 @@ case_snapshot() {
     [ -z "$why" ] && pass snapshot || fail snapshot "$why"
 }
 
-cases=${*:-unit devices api snapshot}
+# virtio-vsock with CH's hybrid vsock on a Unix socket, both ways: the
+# guest connects to host port 5000 (chv connects to <socket>_5000, where
+# L1 answers) and L1 connects to the guest's port 1234 (CONNECT 1234 on the
+# socket) and gets its bytes echoed. The guest's AF_VSOCK tool comes in a
+# second initramfs archive (vsock.cpio), the host side is the same tool.
+case_vsock() {
+    v=$W/vsock.sock; o=$W/vsock.out; rm -f $v ${v}_5000
+    cat $H/l2-initramfs.cpio $H/vsock.cpio > $W/l2-vsock.cpio
+    $H/vsock unix-reply ${v}_5000 > $W/vsock-reply.out 2>&1 &
+    pr=$!
+    cmd='/vsock listen 1234 1 & echo guest-to-host | /vsock connect 2 5000; wait'
+    $H/chv --kernel $H/l2-Image --initramfs $W/l2-vsock.cpio --cmdline "$BASE guest_cmd=\"$cmd\"" \
+        --memory size=256M --serial tty --console off --vsock cid=3,socket=$v > $o 2>&1 &
+    pid=$!
+    why=
+    wait_for $o "VSOCK-LISTEN-READY 1234" 120 || why="guest vsock listener not up"
+    [ -z "$why" ] && { echo host-to-guest | $H/vsock unix-connect $v 1234 > $W/vsock-h2g.out 2>&1 || why="host to guest: $(cat $W/vsock-h2g.out)"; }
+    [ -z "$why" ] && { has $W/vsock-h2g.out host-to-guest || why="host to guest: no echo"; }
+    i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
+    kill -0 $pid 2>/dev/null && { kill -9 $pid; why="${why:-chv did not exit}"; }
+    wait $pid; rc=$?
+    kill $pr 2>/dev/null; wait $pr
+    grep -E "VSOCK|REPLY" $o
+    [ -z "$why" ] && { has $o "REPLY:guest-to-host" || why="guest to host: no reply"; }
+    [ -z "$why" ] && { has $o "VSOCK-LISTEN-DONE conns=1 bytes=14 errors=0" || why="guest listener"; }
+    [ -z "$why" ] && [ $rc != 0 ] && why="chv exit $rc"
+    [ -z "$why" ] && pass vsock || fail vsock "$why"
+}
+
+# PSCI SYSTEM_RESET: the guest reboots once (a mark on its disk says it
+# did), chv builds the VM again from the same configuration, the second boot
+# powers off with PSCI SYSTEM_OFF and chv exits 0.
+case_reset() {
+    o=$W/reset.out
+    dd if=/dev/zero of=$W/reset.raw bs=1M count=1 2>/dev/null
+    cmd='if head -c 8 /dev/vda | grep -q rebooted; then echo AFTER-RESET; else echo rebooted | dd of=/dev/vda conv=fsync 2>/dev/null; echo RESETTING; reboot -f; fi'
+    $H/chv $KERNEL --cmdline "$BASE guest_cmd=\"$cmd\"" --memory size=256M --serial tty \
+        --console off --disk path=$W/reset.raw > $o 2>&1
+    rc=$?
+    grep -E "RESETTING|AFTER-RESET|GUEST-READY" $o
+    why=
+    has $o RESETTING || why="guest did not reset"
+    [ -z "$why" ] && { has $o AFTER-RESET || why="no second boot after the reset"; }
+    [ -z "$why" ] && [ $rc != 0 ] && why="chv exit $rc"
+    [ -z "$why" ] && pass reset || fail reset "$why"
+}
+
+# Live migration between two chv processes in L1 over a Unix socket: the
+# guest goes on counting and writing its disk on the receiver.
+case_migration() {
+    a=$W/mig-a.sock; b=$W/mig-b.sock; m=$W/mig.sock; rm -f $a $b $m
+    dd if=/dev/zero of=$W/mig.raw bs=1M count=2 2>/dev/null
+    cmd='n=0; while true; do n=$((n+1)); echo tick-$n | dd of=/dev/vda conv=fsync 2>/dev/null; echo TICK-$n; sleep 0.3; done'
+    $H/chv --api-socket $b > $W/mig-b.out 2>&1 &
+    pb=$!
+    $H/chv $KERNEL --cmdline "$BASE guest_cmd=\"$cmd\"" --memory size=256M --serial tty \
+        --console off --disk path=$W/mig.raw --api-socket $a > $W/mig-a.out 2>&1 &
+    pa=$!
+    R="$H/chv-remote --api-socket"
+    why=
+    wait_for $W/mig-a.out TICK-3 120 || why="guest did not tick"
+    i=0; while [ ! -S $b ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -z "$why" ] && { $R $b receive-migration unix:$m > $W/mig-r.err 2>&1 & }
+    i=0; while [ ! -S $m ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    [ -z "$why" ] && { $R $a send-migration unix:$m > $W/mig.err 2>&1 || why="send-migration: $(cat $W/mig.err)"; }
+    i=0; while kill -0 $pa 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -0 $pa 2>/dev/null && { kill -9 $pa; why="${why:-the sender did not exit}"; }
+    wait $pa
+    last=$(tr -d '\r' < $W/mig-a.out | sed -n 's/^TICK-//p' | tail -1)
+    [ -z "$why" ] && { $R $b info | grep -q Running || why="receiver not running: $($R $b info 2>&1)"; }
+    [ -z "$why" ] && { wait_for $W/mig-b.out "TICK-$((last + 2))" 60 || why="migrated guest did not go on (last tick $last)"; }
+    first=$(tr -d '\r' < $W/mig-b.out | sed -n 's/^TICK-//p' | head -1)
+    [ -z "$why" ] && [ "${first:-0}" -le "$last" ] && why="migrated guest restarted counting at $first"
+    [ -z "$why" ] && { head -c 12 $W/mig.raw | grep -q "tick-" || why="disk"; }
+    $R $b shutdown-vmm >/dev/null 2>&1; sleep 0.5; kill -9 $pb 2>/dev/null; wait $pb
+    echo "migration: last tick on the sender $last, ticks on the receiver: $(tr -d '\r' < $W/mig-b.out | grep -c '^TICK-')"
+    [ -z "$why" ] && pass migration || fail migration "$why"
+}
+
+cases=${*:-unit devices api vsock snapshot reset migration}
 for c in $cases; do
     t0=$(cut -d' ' -f1 /proc/uptime)
     case_$c

@@ -10,6 +10,17 @@
  *   vsock connect CID PORT  connect, send stdin, then copy everything
  *                           received to stdout until EOF.
  *
+ * The host side of a hybrid vsock (the VMM's Unix socket), for hosts
+ * without a tool that speaks it (the aarch64 L1 machine's busybox):
+ *
+ *   vsock unix-connect PATH PORT   connect to PATH, send "CONNECT PORT",
+ *                           check the "OK " answer, send stdin, then copy
+ *                           to stdout as many bytes as were sent (an echo).
+ *   vsock unix-reply PATH   listen on PATH (the VMM connects there for
+ *                           guest connections to that port), accept one
+ *                           connection, read one line and answer
+ *                           "REPLY:<line>" before closing.
+ *
  * Every run is bounded by an alarm (TIMEOUT_S) so a stuck transfer ends
  * with "VSOCK-TIMEOUT" and exit code 3 instead of hanging the guest.
  */
@@ -21,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
 
@@ -90,6 +102,29 @@ static void *echo(void *arg)
 	free(buf);
 	close(c->fd);
 	return NULL;
+}
+
+/* Sends all of stdin to fd (buf holds BUF_SIZE); the byte count or -1. */
+static ssize_t send_stdin(int fd, char *buf)
+{
+	ssize_t sent = 0;
+
+	for (;;) {
+		ssize_t n = read(0, buf, BUF_SIZE);
+		if (n == 0)
+			return sent;
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			perror("vsock: read stdin");
+			return -1;
+		}
+		if (write_all(fd, buf, (size_t)n) < 0) {
+			perror("vsock: send");
+			return -1;
+		}
+		sent += n;
+	}
 }
 
 static int do_listen(unsigned port, int count)
@@ -173,21 +208,8 @@ static int do_connect(unsigned cid, unsigned port)
 		perror("vsock: connect");
 		return 1;
 	}
-	for (;;) {
-		ssize_t n = read(0, buf, BUF_SIZE);
-		if (n == 0)
-			break;
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			perror("vsock: read stdin");
-			return 1;
-		}
-		if (write_all(fd, buf, (size_t)n) < 0) {
-			perror("vsock: send");
-			return 1;
-		}
-	}
+	if (send_stdin(fd, buf) < 0)
+		return 1;
 	for (;;) {
 		ssize_t n = read(fd, buf, BUF_SIZE);
 		if (n == 0)
@@ -205,6 +227,109 @@ static int do_connect(unsigned cid, unsigned port)
 	return 0;
 }
 
+/* A stream socket connected to, or listening on, the Unix socket PATH. */
+static int unix_socket(const char *path, int listening)
+{
+	struct sockaddr_un addr;
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+	if (fd < 0 || strlen(path) >= sizeof(addr.sun_path)) {
+		fprintf(stderr, "vsock: unix socket %s\n", path);
+		return -1;
+	}
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	strcpy(addr.sun_path, path);
+	if (listening) {
+		unlink(path);
+		if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 1) < 0) {
+			perror("vsock: bind/listen");
+			return -1;
+		}
+	} else if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+		perror("vsock: connect");
+		return -1;
+	}
+	return fd;
+}
+
+/* Reads one line (up to len - 1 bytes, newline dropped); its length or -1. */
+static int read_line(int fd, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	while (n + 1 < len) {
+		ssize_t r = read(fd, buf + n, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return -1;
+		if (buf[n] == '\n')
+			break;
+		n++;
+	}
+	buf[n] = 0;
+	return (int)n;
+}
+
+static int do_unix_connect(const char *path, unsigned port)
+{
+	char line[128];
+	char *buf = malloc(BUF_SIZE);
+	ssize_t sent, got = 0;
+	int fd = unix_socket(path, 0);
+
+	if (fd < 0 || !buf)
+		return 1;
+	snprintf(line, sizeof(line), "CONNECT %u\n", port);
+	if (write_all(fd, line, strlen(line)) < 0 || read_line(fd, line, sizeof(line)) < 0 ||
+	    strncmp(line, "OK ", 3) != 0) {
+		fprintf(stderr, "vsock: no OK for CONNECT %u\n", port);
+		return 1;
+	}
+	sent = send_stdin(fd, buf);
+	if (sent < 0)
+		return 1;
+	while (got < sent) {
+		ssize_t n = read(fd, buf, BUF_SIZE);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			fprintf(stderr, "vsock: echo ended after %zd of %zd bytes\n", got, sent);
+			return 1;
+		}
+		if (write_all(1, buf, (size_t)n) < 0)
+			return 1;
+		got += n;
+	}
+	close(fd);
+	return 0;
+}
+
+static int do_unix_reply(const char *path)
+{
+	char line[256], reply[300];
+	int c, fd = unix_socket(path, 1);
+
+	if (fd < 0)
+		return 1;
+	printf("VSOCK-REPLY-READY %s\n", path);
+	fflush(stdout);
+	while ((c = accept(fd, NULL, NULL)) < 0 && errno == EINTR)
+		;
+	if (c < 0 || read_line(c, line, sizeof(line)) < 0) {
+		perror("vsock: accept/read");
+		return 1;
+	}
+	snprintf(reply, sizeof(reply), "REPLY:%s\n", line);
+	if (write_all(c, reply, strlen(reply)) < 0)
+		return 1;
+	printf("VSOCK-REPLY-SENT %s\n", line);
+	close(c);
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	signal(SIGALRM, on_alarm);
@@ -215,6 +340,11 @@ int main(int argc, char **argv)
 	if (argc == 4 && strcmp(argv[1], "connect") == 0)
 		return do_connect((unsigned)strtoul(argv[2], NULL, 0),
 				  (unsigned)strtoul(argv[3], NULL, 0));
-	fprintf(stderr, "usage: vsock listen PORT N | vsock connect CID PORT\n");
+	if (argc == 4 && strcmp(argv[1], "unix-connect") == 0)
+		return do_unix_connect(argv[2], (unsigned)strtoul(argv[3], NULL, 0));
+	if (argc == 3 && strcmp(argv[1], "unix-reply") == 0)
+		return do_unix_reply(argv[2]);
+	fprintf(stderr, "usage: vsock listen PORT N | vsock connect CID PORT | "
+			"vsock unix-connect PATH PORT | vsock unix-reply PATH\n");
 	return 2;
 }

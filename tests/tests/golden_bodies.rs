@@ -10,7 +10,9 @@
 //! Kata's disk hotplug on the running guest (200 + PciDeviceInfo with a
 //! segment-0 bdf) and its unplug; snapshot and restore (ch-remote's and
 //! Kata's shapes); receive-migration and send-migration between two chv
-//! processes.
+//! processes; Cloud Hypervisor api_client framing (fds on the first
+//! write, then Content-Length, then the body) for several taps and a hundred
+//! requests on one keep-alive connection.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -570,5 +572,68 @@ fn golden_migration_and_restore_refusals_name_the_field() {
     chv.check(
         put(&sock, "vmm.shutdown", None).status == 204,
         "vmm.shutdown",
+    );
+}
+
+/// Cloud Hypervisor's api_client framing on one keep-alive connection:
+/// the request line and headers in a `sendmsg` carrying the tap fd, then
+/// `Content-Length`, then the body, each a separate write (paced, so chv
+/// reads them apart), for several cold-added taps; then a hundred more
+/// requests on the same connection, and `vm.info` lists every device.
+#[test]
+fn api_client_framing_with_fds_on_one_connection() {
+    let dir = Scratch::new("framing");
+    let (chv, sock) = start_vmm(&dir, "api.sock");
+    let serial = dir.path("serial.log");
+    let a = put(&sock, "vm.create", Some(&ticker_config(&serial)));
+    chv.check(
+        a.status == 204,
+        &format!("vm.create: {} {}", a.status, a.body),
+    );
+    let mut s = UnixStream::connect(&sock).expect("connect");
+    let mut taps = Vec::new();
+    for i in 0..3 {
+        let tap = open_tap(&format!("chvfr{}n{i}", std::process::id() % 10000));
+        let body = format!(r#"{{"id":"framed{i}","num_queues":2,"queue_size":256}}"#);
+        let head = "PUT /api/v1/vm.add-net HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n";
+        send_with_fds(&s, head.as_bytes(), &[tap.as_raw_fd()]);
+        thread::sleep(Duration::from_millis(20));
+        s.write_all(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes())
+            .expect("write length");
+        thread::sleep(Duration::from_millis(20));
+        s.write_all(body.as_bytes()).expect("write body");
+        let a = read_answer(&mut s);
+        chv.check(
+            a.status == 204 && a.body.is_empty(),
+            &format!("add-net {i} framed as api_client: {} {}", a.status, a.body),
+        );
+        taps.push(tap);
+    }
+    for i in 0..100 {
+        s.write_all(b"GET /api/v1/vmm.ping HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n")
+            .expect("write head");
+        s.write_all(b"\r\n").expect("write end");
+        let a = read_answer(&mut s);
+        chv.check(
+            a.status == 200,
+            &format!("ping {i} on the kept connection: {}", a.status),
+        );
+    }
+    s.write_all(b"GET /api/v1/vm.info HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write info");
+    let a = read_answer(&mut s);
+    let info: serde_json::Value = serde_json::from_str(&a.body).unwrap_or_default();
+    let ids: Vec<&str> = info["config"]["net"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    chv.check(
+        ids == ["framed0", "framed1", "framed2"],
+        &format!(
+            "vm.info net ids after the framed adds: {ids:?} ({})",
+            a.body
+        ),
     );
 }

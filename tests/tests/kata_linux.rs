@@ -98,6 +98,7 @@ fn kata_create_body(kernel: &Path, initramfs: &Path, fs_sock: &Path, vsock: &Pat
         "landlock_enable": false,
         "memory": {
             "hotplug_method": "Acpi",
+            "hotplug_size": 268435456u64,
             "hugepages": false,
             "mergeable": false,
             "prefault": false,
@@ -303,6 +304,23 @@ fn kata_driven_lifecycle() {
         "CHK-ONLINE:",
     );
     chv.check(value(&chv, "CHK-ONLINE") == "0-2", "hot-added vCPU online");
+
+    // Kata grows memory for a container's limit with desired_ram.
+    let r = call(
+        &chv,
+        &mut api,
+        "PUT",
+        "vm.resize",
+        Some(r#"{"desired_ram":536870912}"#),
+        &[],
+    );
+    expect_status(&chv, &r, &[204], "vm.resize desired_ram");
+    let r = call(&chv, &mut api, "GET", "vm.info", None, &[]);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    chv.check(
+        v["config"]["memory"]["size"] == 536870912u64 && v["memory_actual_size"] == 536870912u64,
+        &format!("vm.info after desired_ram: {}", r.body),
+    );
 
     // 5. Snapshot; edit config.json as Kata does; vmm.shutdown.
     let r = call(&chv, &mut api, "PUT", "vm.pause", None, &[]);

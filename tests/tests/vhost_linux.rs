@@ -13,9 +13,15 @@
 //!   hot-removed (the guest ejects it); virtiofsd is killed and chv keeps
 //!   running and answering the API. A share without shared memory is
 //!   refused naming `memory.shared`.
-//! - `vhost_user_blk_writes_reach_the_qemu_storage_daemon_image`.
+//! - `vhost_user_blk_writes_reach_the_qemu_storage_daemon_image`: a
+//!   `conv=fsync` write is on the image; a snapshot is refused (400 naming
+//!   `VHOST_USER_PROTOCOL_F_DEVICE_STATE`); the daemon is killed and a new
+//!   one started on the same socket, chv reconnects by itself and the next
+//!   write lands too.
 //! - `pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file`.
-//! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`.
+//! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`:
+//!   then a live migration to another chv, whose virtiofsd gets the
+//!   state of the one before (vhost-user device-state transfer).
 //!
 //! Needs /dev/kvm, the guest kit, `virtiofsd` and `qemu-storage-daemon`
 //! (`.ci/run` installs them).
@@ -281,7 +287,7 @@ fn vhost_user_blk_writes_reach_the_qemu_storage_daemon_image() {
     let image = scratch.path("disk.raw");
     std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
     let sock = scratch.path("blk.sock");
-    let _qsd = qemu_storage_daemon(&image, &sock);
+    let mut qsd = qemu_storage_daemon(&image, &sock);
     let api = scratch.path("api.sock");
     let Some(mut chv) = restore_shared(&scratch, &api) else {
         return;
@@ -310,6 +316,43 @@ fn vhost_user_blk_writes_reach_the_qemu_storage_daemon_image() {
     chv.check(
         data.starts_with(b"VHOST-BLK-DATA\n"),
         "the guest's write is on the host image",
+    );
+
+    // qemu-storage-daemon cannot hand over its state: a snapshot is
+    // refused with a 4xx naming the missing protocol feature.
+    let (status, reply) = http(&api, "PUT", "vm.pause", None);
+    assert_eq!(status, 204, "vm.pause: {reply}");
+    let snap = scratch.path("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (status, reply) = put(&api, "vm.snapshot", &url);
+    chv.check(
+        status == 400 && reply.contains("VHOST_USER_PROTOCOL_F_DEVICE_STATE"),
+        &format!("vm.snapshot with vhost-user-blk: {status} {reply}"),
+    );
+    let (status, reply) = http(&api, "PUT", "vm.resume", None);
+    assert_eq!(status, 204, "vm.resume: {reply}\n{}", chv.dump());
+
+    // The daemon dies and a new one listens on the same socket: chv
+    // reconnects on its own and the guest's next write lands.
+    qsd.kill();
+    chv.check(
+        wait_log(&chv, "the backend disconnected"),
+        "chv logged the daemon's exit",
+    );
+    let _qsd2 = qemu_storage_daemon(&image, &sock);
+    chv.check(
+        wait_log(&chv, "vrings handed over"),
+        "chv reconnected to the new daemon",
+    );
+    chv.send_line(
+        "echo AFTER-RECONNECT | dd of=/dev/vda bs=512 seek=8 conv=fsync 2>/dev/null; \
+         echo CHK-BLK-AGAIN",
+    );
+    chv.expect("CHK-BLK-AGAIN", ABORT, STEP);
+    let data = std::fs::read(&image).unwrap();
+    chv.check(
+        data[4096..].starts_with(b"AFTER-RECONNECT\n"),
+        "the write after the reconnect is on the host image",
     );
     let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"vblk"}"#);
     chv.check(
@@ -508,5 +551,63 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
             == Some("after\n"),
         "write after the restore reached the host",
     );
+
+    // Live migration to another chv with a third virtiofsd. The sent
+    // config names b.sock, so virtiofsd C's socket takes that name (B keeps
+    // its accepted connection); the receiver loads B's state into C.
+    let sock_c = scratch.path("c.sock");
+    let _fsd_c = virtiofsd(&share, &sock_c);
+    std::fs::rename(&sock_c, &sock_b).unwrap();
+    let api2 = scratch.path("api2.sock");
+    let mut chv2 = Chv::spawn_with_input(&["--api-socket".to_string(), api2.display().to_string()]);
+    let mig = scratch.path("mig.sock");
+    let receiver = {
+        let (api2, body) = (
+            api2.clone(),
+            format!(r#"{{"receiver_url":"unix:{}"}}"#, mig.display()),
+        );
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !api2.exists() && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            put(&api2, "vm.receive-migration", &body)
+        })
+    };
+    let start = Instant::now();
+    while !mig.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "receiver not listening\n{}",
+            chv2.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = format!(r#"{{"destination_url":"unix:{}"}}"#, mig.display());
+    let (status, reply) = put(&api, "vm.send-migration", &body);
+    assert_eq!(status, 204, "vm.send-migration: {reply}\n{}", chv.dump());
+    let (status, reply) = receiver.join().expect("receiver thread");
+    assert_eq!(
+        status,
+        204,
+        "vm.receive-migration: {reply}\n{}",
+        chv2.dump()
+    );
+    chv2.send_line(
+        "echo CHK-MIG:$(cat /mnt/kept); echo moved > /mnt/written-migrated; echo CHK-MIG-END",
+    );
+    chv2.expect("CHK-MIG-END", ABORT, STEP);
+    chv2.check(
+        chv2.stdout().contains("CHK-MIG:line-before-snapshot"),
+        "read through virtiofsd C after the migration",
+    );
+    chv2.check(
+        std::fs::read_to_string(share.join("written-migrated"))
+            .ok()
+            .as_deref()
+            == Some("moved\n"),
+        "write after the migration reached the host",
+    );
     chv.assert_no_panic();
+    chv2.assert_no_panic();
 }

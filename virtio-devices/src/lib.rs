@@ -6,9 +6,11 @@
 //! `pmem`, …); `vhost_user` is the frontend that `fs` (virtio-fs) and
 //! `vhost_user_blk` are built on.
 
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod discard;
 pub mod fs;
 pub mod net;
 pub mod pmem;

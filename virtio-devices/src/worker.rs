@@ -102,6 +102,11 @@ pub trait QueueHandler: Send + 'static {
     fn extra_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
+    /// A new list of extra fds, when the handler replaced one (a
+    /// reconnected socket); polled after every event.
+    fn take_new_fds(&mut self) -> Option<Vec<RawFd>> {
+        None
+    }
     /// Whether fd `id` should be polled right now (false e.g. while an
     /// input buffer is full, or after EOF). Queried after every event.
     fn fd_wanted(&self, _id: usize) -> bool {
@@ -292,7 +297,23 @@ impl<'a> EventLoop<'a> {
     }
 
     /// Registers/unregisters the extra fds as the handler wants them.
-    fn sync_fds<H: QueueHandler>(&mut self, handler: &H) {
+    fn sync_fds<H: QueueHandler>(&mut self, handler: &mut H) {
+        if let Some(fds) = handler.take_new_fds() {
+            for id in 0..self.fds.len() {
+                if self.fd_registered[id] {
+                    // The old fd may be closed already (then epoll forgot it).
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        self.fds[id],
+                        EpollEvent::default(),
+                    );
+                }
+            }
+            let n = fds.len();
+            self.fds = fds;
+            self.fd_registered = vec![false; n];
+            self.fd_dead = vec![false; n];
+        }
         for id in 0..self.fds.len() {
             let want = !self.fd_dead[id] && handler.fd_wanted(id);
             if want == self.fd_registered[id] {

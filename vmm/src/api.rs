@@ -11,7 +11,7 @@ use crate::control_loop::{Next, VmState, Vmm};
 use crate::device_manager::{DeviceManager, HotplugError, PciDeviceInfo};
 use crate::migration;
 use crate::snapshot::{self, RestoreConfig, SnapshotConfig};
-use crate::vm::VmExit;
+use crate::vm::{Vm, VmExit};
 
 /// `vmm.ping`'s answer.
 #[derive(Serialize)]
@@ -32,7 +32,6 @@ struct VmInfo<'a> {
 
 /// `vm.send-migration`'s body (Cloud Hypervisor's `SendMigrationData`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct SendMigration {
     destination_url: String,
     /// Cloud Hypervisor's same-host flag (memory passed as fds). chv sends
@@ -84,7 +83,6 @@ enum MigrationMode {
 
 /// `vm.receive-migration`'s body (Cloud Hypervisor's `ReceiveMigrationData`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ReceiveMigration {
     receiver_url: String,
     /// TLS certificates directory (chv: none).
@@ -163,7 +161,6 @@ impl ReceiveMigration {
 
 /// `vm.resize-zone`'s body (Cloud Hypervisor's `VmResizeZone`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmResizeZone {
     id: String,
     #[allow(dead_code)]
@@ -172,7 +169,6 @@ struct VmResizeZone {
 
 /// `vm.resize-disk`'s body (Cloud Hypervisor's `VmResizeDisk`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmResizeDisk {
     id: String,
     #[allow(dead_code)]
@@ -181,7 +177,6 @@ struct VmResizeDisk {
 
 /// `vm.coredump`'s body (Cloud Hypervisor's `VmCoredumpData`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmCoredump {
     #[allow(dead_code)]
     destination_url: String,
@@ -189,14 +184,12 @@ struct VmCoredump {
 
 /// `vm.remove-device`'s body.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmRemoveDevice {
     id: String,
 }
 
 /// `vm.resize`'s body (Cloud Hypervisor's `VmResize`).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VmResize {
     desired_vcpus: Option<u32>,
     desired_ram: Option<u64>,
@@ -216,6 +209,20 @@ pub fn ping_body() -> String {
     serde_json::to_string(&ping).unwrap_or_else(|_| "{}".into())
 }
 
+/// `vm.info`'s `memory_actual_size`, computed as Cloud Hypervisor does: the
+/// boot RAM plus what was hot-plugged, over all zones, less what a balloon
+/// holds (chv has no balloon device, so nothing).
+fn memory_actual_size(config: &VmConfig) -> u64 {
+    let m = &config.memory;
+    let zones = m.zones.iter().flatten().fold(0u64, |sum, z| {
+        sum.saturating_add(z.size)
+            .saturating_add(z.hotplugged_size.unwrap_or(0))
+    });
+    m.size
+        .saturating_add(m.hotplugged_size.unwrap_or(0))
+        .saturating_add(zones)
+}
+
 fn json<T: Serialize>(value: &T) -> ApiResponse {
     match serde_json::to_string(value) {
         Ok(s) => ApiResponse::ok_json(s),
@@ -223,8 +230,12 @@ fn json<T: Serialize>(value: &T) -> ApiResponse {
     }
 }
 
+/// Parses a request body. Keys that are not part of the schema are
+/// ignored, as Cloud Hypervisor's serde structs ignore them (none of them
+/// denies unknown fields, and clients such as Kata's send keys of other
+/// generations); each one is logged.
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8], what: &str) -> Result<T, ApiResponse> {
-    serde_json::from_slice(body)
+    crate::config::parse_json(body, what)
         .map_err(|e| ApiResponse::error(400, format!("invalid {what} body: {e}")))
 }
 
@@ -431,7 +442,8 @@ impl Vmm {
         Ok(fds)
     }
 
-    /// `vm.resize`: only `desired_vcpus` (vCPU hotplug). Before boot it
+    /// `vm.resize`: `desired_vcpus` (vCPU hotplug) and `desired_ram`
+    /// (ACPI memory hotplug, see [`resize_ram`]). Before boot it
     /// only changes the configured count; on a running VM it hot-adds vCPUs
     /// or asks the guest to eject some (204 once requested; the guest
     /// finishes asynchronously). The configured `boot_vcpus` follows, as in
@@ -443,23 +455,11 @@ impl Vmm {
             .config
             .as_mut()
             .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-        // Asking for what the VM has is a no-op, as in Cloud Hypervisor.
-        let ram = config.memory.size + config.memory.hotplugged_size.unwrap_or(0);
-        if req.desired_ram.is_some_and(|r| r != ram) {
-            return Err(ApiResponse::error(
-                400,
-                format!(
-                    "invalid VmResize: desired_ram: not supported by chv (no memory hotplug \
-                     yet; the VM has {ram} bytes)"
-                ),
-            ));
+        if let Some(desired) = req.desired_ram {
+            resize_ram(config, self.vm.as_mut(), desired)?;
         }
-        if req.desired_balloon.is_some_and(|b| b != 0) {
-            return Err(ApiResponse::error(
-                400,
-                "invalid VmResize: desired_balloon: not supported by chv (no balloon device; \
-                 only 0 is accepted)",
-            ));
+        if let Some(desired) = req.desired_balloon {
+            resize_balloon(config, self.vm.as_ref(), desired)?;
         }
         let Some(desired) = req.desired_vcpus else {
             return Ok(done());
@@ -561,7 +561,10 @@ impl Vmm {
                     json(&VmInfo {
                         config,
                         state: self.state.name(),
-                        memory_actual_size: config.memory.size,
+                        memory_actual_size: self
+                            .vm
+                            .as_ref()
+                            .map_or_else(|| memory_actual_size(config), Vm::actual_ram_size),
                     }),
                     Next::Continue,
                 ))
@@ -836,9 +839,9 @@ impl Vmm {
                     .as_ref()
                     .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
                 Err(ApiResponse::error(
-                    404,
+                    400,
                     format!(
-                        "invalid VmResizeZone: id={}: no such memory zone (chv VMs have no \
+                        "invalid VmResizeZone: id={}: not supported by chv (chv VMs have no \
                          memory zones)",
                         req.id
                     ),
@@ -886,4 +889,75 @@ impl Vmm {
             )),
         }
     }
+}
+
+/// `vm.resize`'s `desired_ram`: on a running VM hot-adds RAM (ACPI), before
+/// boot changes the configured size. `memory.size` follows, as in Cloud
+/// Hypervisor, so `vm.info` and a reboot see the new size.
+fn resize_ram(config: &mut VmConfig, vm: Option<&mut Vm>, desired: u64) -> Result<(), ApiResponse> {
+    use crate::memory::hotplug::MemoryResizeError;
+    let Some(vm) = vm else {
+        if desired == config.memory.boot_size() {
+            return Ok(());
+        }
+        if desired == 0 || !desired.is_multiple_of(crate::config::MEMORY_ALIGNMENT) {
+            return Err(ApiResponse::error(
+                400,
+                format!("desired_ram={desired}: must be a non-zero multiple of 4 KiB"),
+            ));
+        }
+        if config.memory.zones.as_ref().is_some_and(|z| !z.is_empty()) {
+            return Err(ApiResponse::error(
+                400,
+                format!("desired_ram={desired}: the RAM is given by memory.zones"),
+            ));
+        }
+        config.memory.size = desired;
+        return Ok(());
+    };
+    match vm.resize_memory(desired) {
+        Ok(()) => {
+            config.memory.size = vm.ram_size();
+            Ok(())
+        }
+        Err(
+            e @ (MemoryResizeError::NotHotpluggable { .. }
+            | MemoryResizeError::TooLarge { .. }
+            | MemoryResizeError::Shrink { .. }
+            | MemoryResizeError::Unaligned { .. }
+            | MemoryResizeError::NoSlot(..)
+            | MemoryResizeError::NoRoom(_)),
+        ) => Err(ApiResponse::error(400, e.to_string())),
+        Err(e) => {
+            config.memory.size = vm.ram_size();
+            Err(ApiResponse::error(500, format!("cannot resize: {e}")))
+        }
+    }
+}
+
+/// `vm.resize`'s `desired_balloon`: sets the balloon's target (the guest
+/// inflates or deflates to it); `balloon.size` follows, as in Cloud
+/// Hypervisor.
+fn resize_balloon(config: &mut VmConfig, vm: Option<&Vm>, desired: u64) -> Result<(), ApiResponse> {
+    let Some(balloon) = config.balloon.as_mut() else {
+        if desired == 0 {
+            return Ok(());
+        }
+        return Err(ApiResponse::error(
+            400,
+            format!("desired_balloon={desired}: the VM has no balloon device (--balloon)"),
+        ));
+    };
+    if let Some(control) = vm.and_then(|vm| vm.devices.balloon()) {
+        control
+            .set_target(desired, vm.map_or(0, Vm::ram_size))
+            .map_err(|e| ApiResponse::error(400, e.to_string()))?;
+    } else if desired >= config.memory.boot_size() {
+        return Err(ApiResponse::error(
+            400,
+            format!("desired_balloon={desired}: must be below the guest's RAM"),
+        ));
+    }
+    balloon.size = desired;
+    Ok(())
 }

@@ -8,6 +8,7 @@
 
 mod cpus_options;
 mod device_options;
+mod memory_options;
 mod options;
 mod platform_options;
 mod rate_limit_options;
@@ -24,10 +25,10 @@ use thiserror::Error;
 
 use crate::config::{
     ConfigError, ConsoleConfig, ConsoleOutputMode, MemoryConfig, PayloadConfig, VmConfig,
-    MAX_MEMORY_SIZE, MEMORY_ALIGNMENT,
 };
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
+use memory_options::{parse_balloon, parse_memory, parse_memory_zone};
 pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
 use options::{parse_toggle, parse_u64};
 use platform_options::parse_platform;
@@ -140,14 +141,37 @@ struct Args {
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     cpus: Option<String>,
 
-    /// Guest RAM: size=<bytes>[K|M|G|T][,shared=on|off]
+    /// Guest RAM: size=<bytes>[K|M|G|T][,shared=on|off][,hugepages=on|off]
+    /// [,hugepage_size=<bytes>][,prefault=on|off][,thp=on|off]
+    /// [,mergeable=on|off][,hotplug_size=<bytes>][,hotplug_method=acpi]
     ///
     /// size: binary units (512M = 512 MiB); a multiple of 4 KiB, at most
-    /// 1T (default 512M). shared=on backs RAM with a shared memfd, which
-    /// vhost-user backends (--fs, --disk vhost_user=on) need (default off).
-    /// hugepages=off is accepted; 'on' is not supported.
+    /// 1T (default 512M); 0 with --memory-zone. shared: memfd mapped
+    /// MAP_SHARED (vhost-user backends map it). hugepages: from the host's
+    /// hugetlb pool (hugepage_size: default the host's). prefault:
+    /// populate at start. thp: transparent huge pages (default on).
+    /// mergeable: KSM. shared=on is needed by vhost-user backends
+    /// (--fs, --disk vhost_user=on). hotplug_size: room for RAM added
+    /// later with vm.resize desired_ram (ACPI memory devices; a multiple
+    /// of 128 MiB).
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     memory: Option<String>,
+
+    /// Guest RAM zones (with --memory size=0); one flag may take several,
+    /// and may be repeated: id=<id>,size=<bytes>[,file=<path>]
+    /// [,shared=on|off][,hugepages=on|off][,hugepage_size=<bytes>]
+    /// [,prefault=on|off][,mergeable=on|off]
+    ///
+    /// Zones are laid out in guest-physical order as given. file: back the
+    /// zone with this file (a directory: an unnamed file in it).
+    #[arg(
+        long = "memory-zone",
+        value_name = "ZONE",
+        num_args = 1..,
+        action = ArgAction::Append,
+        verbatim_doc_comment
+    )]
+    memory_zone: Vec<String>,
 
     /// Legacy serial port (ttyS0): off|null|tty|file=<path> (default null)
     ///
@@ -228,6 +252,17 @@ struct Args {
         verbatim_doc_comment
     )]
     rate_limit_group: Vec<String>,
+
+    /// virtio-balloon: size=<bytes>[,deflate_on_oom=on|off]
+    /// [,free_page_reporting=on|off][,id=<id>][,pci_segment=<n>]
+    ///
+    /// size: how much RAM the guest gives back at start (grown or shrunk
+    /// later with vm.resize desired_balloon). deflate_on_oom: the guest
+    /// takes pages back when it runs out of memory. free_page_reporting:
+    /// the guest reports the pages it frees, and chv returns them to the
+    /// host. Statistics and counters appear in vm.counters.
+    #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
+    balloon: Option<String>,
 
     /// virtio-rng entropy device: src=<path> (default src=/dev/urandom)
     ///
@@ -396,6 +431,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(parse_memory)
         .transpose()
         .map_err(option_error("--memory"))?;
+    let zones = args
+        .memory_zone
+        .iter()
+        .map(|value| parse_memory_zone(value))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(option_error("--memory-zone"))?;
     let serial = args
         .serial
         .as_deref()
@@ -414,6 +455,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         .map(|value| parse_disk(value))
         .collect::<Result<Vec<_>, _>>()
         .map_err(option_error("--disk"))?;
+    let balloon = args
+        .balloon
+        .as_deref()
+        .map(parse_balloon)
+        .transpose()
+        .map_err(option_error("--balloon"))?;
     let rng = args
         .rng
         .as_deref()
@@ -467,10 +514,12 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
             ("--cmdline", args.cmdline.is_some()),
             ("--cpus", cpus.is_some()),
             ("--memory", memory.is_some()),
+            ("--memory-zone", !zones.is_empty()),
             ("--serial", serial.is_some()),
             ("--console", console.is_some()),
             ("--disk", !disks.is_empty()),
             ("--rng", rng.is_some()),
+            ("--balloon", balloon.is_some()),
             ("--net", !nets.is_empty()),
             ("--rate-limit-group", !groups.is_empty()),
             ("--vsock", vsock.is_some()),
@@ -485,7 +534,10 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
     };
     let config = VmConfig {
         cpus: cpus.unwrap_or_default(),
-        memory: memory.unwrap_or_default(),
+        memory: MemoryConfig {
+            zones: (!zones.is_empty()).then_some(zones),
+            ..memory.unwrap_or_default()
+        },
         payload: PayloadConfig {
             kernel: Some(non_empty_path("--kernel", kernel)?),
             initramfs,
@@ -496,6 +548,7 @@ fn build_vm(args: Args) -> Result<Option<VmConfig>, CliError> {
         console: console.unwrap_or_else(ConsoleConfig::default_console),
         disks: (!disks.is_empty()).then_some(disks),
         rng,
+        balloon,
         net: (!nets.is_empty()).then_some(nets),
         rate_limit_groups: (!groups.is_empty()).then_some(groups),
         vsock,
@@ -561,6 +614,9 @@ fn config_error_option(err: &ConfigError) -> &'static str {
 /// The command-line option that sets a configuration field (by the field
 /// path's first part: `disks[1].iommu` → `--disk`).
 fn option_of_field(field: &str) -> &'static str {
+    if field.starts_with("memory.zones") {
+        return "--memory-zone";
+    }
     let top = field.split(['.', '[', '=']).next().unwrap_or_default();
     match top {
         "cpus" => "--cpus",
@@ -591,53 +647,6 @@ fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliEr
         return Err(CliError::NonUtf8Path { option });
     }
     Ok(PathBuf::from(path))
-}
-
-/// Keys accepted by `--memory`, for error messages.
-const MEMORY_KEYS: &str = "size, shared or hugepages=off";
-
-/// Parses `--memory size=SIZE[,shared=on|off][,hugepages=off]`.
-fn parse_memory(value: &str) -> Result<MemoryConfig, OptionError> {
-    let mut config = MemoryConfig::default();
-    for item in split_options(value)? {
-        match item.key.as_str() {
-            "size" => config.size = memory_size(&item)?,
-            "shared" => config.shared = parse_toggle(&item.key, item.value()?)?,
-            "hugepages" => {
-                if parse_toggle(&item.key, item.value()?)? {
-                    return Err(OptionError::Unsupported(format!("{}=on", item.key)));
-                }
-            }
-            "mergeable" | "hotplug_method" | "hotplug_size" | "hotplugged_size"
-            | "hugepage_size" | "prefault" | "thp" | "zones" => {
-                return Err(OptionError::Unsupported(item.key))
-            }
-            _ => {
-                return Err(OptionError::UnknownKey {
-                    key: item.key,
-                    expected: MEMORY_KEYS,
-                })
-            }
-        }
-    }
-    Ok(config)
-}
-
-/// Parses and range-checks `size=`.
-fn memory_size(item: &OptionItem) -> Result<u64, OptionError> {
-    let value = item.value()?;
-    let size =
-        parse_size(value).map_err(|e| OptionError::invalid(&item.key, value, e.to_string()))?;
-    let problem = if size == 0 {
-        "must not be zero"
-    } else if size & (MEMORY_ALIGNMENT - 1) != 0 {
-        "must be a multiple of 4 KiB"
-    } else if size > MAX_MEMORY_SIZE {
-        "must not exceed 1 TiB"
-    } else {
-        return Ok(size);
-    };
-    Err(OptionError::invalid(&item.key, value, problem))
 }
 
 /// What `--serial`/`--console` accept, for error messages.

@@ -248,6 +248,8 @@ type SlotMap = Arc<Mutex<HashMap<u8, SharedVirtioPci>>>;
 /// it hands out and its transports by slot.
 struct PciSegment {
     bus: Arc<Mutex<PciBus>>,
+    /// Base of its ECAM window on the MMIO bus.
+    ecam: u64,
     allocator: PciBarAllocator,
     by_slot: SlotMap,
 }
@@ -278,6 +280,8 @@ pub struct DeviceManager {
     mem: GuestMemory,
     /// The PCI segments, by number; hotplug is on segment 0.
     segments: Vec<PciSegment>,
+    /// The MMIO bus the ECAM windows and the BARs are on.
+    mmio_bus: Arc<Bus>,
     thread_setup: Option<ThreadSetup>,
     /// The virtio console's pty path in `Pty` mode.
     pub console_pty: Option<std::path::PathBuf>,
@@ -292,6 +296,8 @@ pub struct DeviceManager {
     /// Whether the VM's vsock device (at most one) is on the bus; vsock
     /// devices are never unplugged, so it stays set.
     vsock_plugged: bool,
+    /// The balloon's control, when the VM has one.
+    balloon: Option<Arc<virtio_devices::balloon::BalloonControl>>,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
     /// virtio-pmem backing files, mapped into the guest as KVM slots.
@@ -430,6 +436,7 @@ impl DeviceManager {
             );
             segments.push(PciSegment {
                 bus,
+                ecam: layout.ecam.0,
                 allocator,
                 by_slot,
             });
@@ -481,6 +488,7 @@ impl DeviceManager {
             router,
             mem,
             segments,
+            mmio_bus,
             thread_setup,
             console_pty: None,
             devices,
@@ -489,6 +497,7 @@ impl DeviceManager {
             hotplug_slots: 0,
             rate_groups: HashMap::new(),
             vsock_plugged: false,
+            balloon: None,
             restore_slots: None,
             pmem: Vec::new(),
             restore_pmem: None,
@@ -662,6 +671,9 @@ impl DeviceManager {
             self.add_virtio(id, vsock.pci_segment, dev, None)?;
             self.vsock_plugged = true;
         }
+        if let Some(balloon) = &config.balloon {
+            self.add_balloon(balloon, &config.memory)?;
+        }
         if let Some(rng) = &config.rng {
             let mut dev = VirtioRng::new(&rng.src)
                 .map_err(|e| VmmError::Config(format!("--rng: src={}: {e}", rng.src.display())))?;
@@ -671,6 +683,42 @@ impl DeviceManager {
             self.add_virtio("_rng".into(), rng.pci_segment, Box::new(dev), None)?;
         }
         Ok(())
+    }
+
+    /// Adds the virtio-balloon `config` describes (RAM backed as `memory`
+    /// says: hugetlb RAM is given back in whole huge pages).
+    fn add_balloon(
+        &mut self,
+        config: &crate::config::BalloonConfig,
+        memory: &crate::config::MemoryConfig,
+    ) -> Result<(), VmmError> {
+        use virtio_devices::balloon::{BalloonOptions, VirtioBalloon};
+        let huge_page_size = if memory.hugepages {
+            memory
+                .hugepage_size
+                .unwrap_or_else(crate::memory::backing::default_hugepage_size)
+        } else {
+            0
+        };
+        let mut dev = VirtioBalloon::new(BalloonOptions {
+            size: config.size,
+            deflate_on_oom: config.deflate_on_oom,
+            free_page_reporting: config.free_page_reporting,
+            huge_page_size,
+        })
+        .map_err(|e| VmmError::Config(format!("--balloon: {e}")))?;
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        self.balloon = Some(dev.control());
+        let id = config.id.clone().unwrap_or_else(|| "_balloon".into());
+        self.add_virtio(id, config.pci_segment, Box::new(dev), None)?;
+        Ok(())
+    }
+
+    /// The balloon's control, when the VM has a balloon.
+    pub fn balloon(&self) -> Option<&Arc<virtio_devices::balloon::BalloonControl>> {
+        self.balloon.as_ref()
     }
 
     /// Wraps `device` in a virtio-pci transport and plugs it into bus 0 of
@@ -741,6 +789,15 @@ impl DeviceManager {
         Ok(info.slot)
     }
 
+    /// Gives every device the guest memory `memory` (after RAM was
+    /// hot-added): workers read the shared map on each request.
+    pub fn update_memory(&self, memory: &vm_memory::GuestMemoryMmap) {
+        match self.mem.lock() {
+            Ok(guard) => guard.replace(memory.clone()),
+            Err(e) => log::error!("cannot hand the devices the new guest memory: {e}"),
+        }
+    }
+
     /// Per-device I/O counters for `vm.counters`, keyed by device id.
     pub fn counters(
         &self,
@@ -767,6 +824,12 @@ impl DeviceManager {
                 ]);
                 all.insert(dev.id.clone(), map);
             }
+        }
+        if let Some(balloon) = &self.balloon {
+            // The guest's statistics are refreshed on demand; a guest that
+            // does not answer quickly gets its previous sample reported.
+            let values = balloon.counter_values(std::time::Duration::from_millis(200));
+            all.insert("balloon".into(), values.into_iter().collect());
         }
         all
     }
@@ -974,6 +1037,31 @@ impl DeviceManager {
             .iter()
             .map(|d| (d.id.clone(), d.slot))
             .collect()
+    }
+}
+
+impl Drop for DeviceManager {
+    /// The PCI bus and the MMIO bus refer to each other (the ECAM window is
+    /// a device on the MMIO bus, the BARs of the PCI bus' devices are
+    /// mapped there), so nothing on them would be dropped with the VM.
+    /// Taking the devices and the ECAM window out ends every device with
+    /// its VM: workers joined, images unlocked and files closed before a
+    /// guest reset builds the VM again from the same configuration.
+    fn drop(&mut self) {
+        let placed: Vec<(u16, u8)> = lock(&self.devices)
+            .iter()
+            .map(|d| (d.segment, d.slot))
+            .collect();
+        for (segment, slot) in placed {
+            if let Some(s) = self.segments.get(usize::from(segment)) {
+                lock(&s.bus).remove_device(slot);
+            }
+        }
+        lock(&self.devices).clear();
+        for s in &self.segments {
+            lock(&s.by_slot).clear();
+            let _ = self.mmio_bus.remove(s.ecam);
+        }
     }
 }
 

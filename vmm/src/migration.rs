@@ -343,6 +343,12 @@ pub fn send(
             vm.devices
                 .set_host_locks(false)
                 .map_err(MigrationError::Vm)?;
+            // The state first: saving it may write guest RAM (on aarch64
+            // the GICv3 ITS and LPI pending tables), which the final memory
+            // pass then carries.
+            let state = vm
+                .state(config)
+                .map_err(|e| MigrationError::Vm(format!("VM state: {e}")))?;
             let _ = dirty_pages(vm, &sizes)?;
             for (slot, region) in memory.iter().enumerate() {
                 let bytes = region_bytes(region);
@@ -357,9 +363,6 @@ pub fn send(
                     .collect();
                 sender.send(slot, &changed)?;
             }
-            let state = vm
-                .state(config)
-                .map_err(|e| MigrationError::Vm(format!("VM state: {e}")))?;
             let json = serde_json::to_vec(&state)
                 .map_err(|e| MigrationError::Vm(format!("encoding the state: {e}")))?;
             send_msg(sender.out, MSG_STATE, &[&json])?;
@@ -485,7 +488,7 @@ fn receive_vm(
             MSG_STATE => {
                 let state =
                     VmSnapshot::parse(&body).map_err(|e| MigrationError::Vm(e.to_string()))?;
-                if state.config.memory.size != config.memory.size {
+                if state.config.memory.boot_size() != config.memory.boot_size() {
                     return Err(MigrationError::Protocol(
                         "the state's memory size differs from the config's".into(),
                     ));

@@ -22,6 +22,7 @@ use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
 use crate::console_host::HostConsole;
 use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
+use crate::memory::hotplug::{MemoryHotplug, MemoryResizeError};
 use crate::platform_devices::{PlatformContext, PlatformDevices};
 use crate::snapshot::{self, MemoryRestoreMode, SnapshotError, VmSnapshot};
 use crate::vcpu::hotplug::{ResizeError, VcpuHotplug, VcpuSetup};
@@ -80,6 +81,8 @@ pub struct Vm {
     vcpus: Vec<VcpuHandle>,
     /// vCPU hotplug, when `max_vcpus > boot_vcpus`.
     cpu_hotplug: Option<VcpuHotplug>,
+    /// ACPI memory hotplug, when `memory.hotplug_size` is set.
+    memory_hotplug: Option<MemoryHotplug>,
     stop: Arc<AtomicBool>,
     pause: Arc<PauseGate>,
     events: Receiver<VcpuEvent>,
@@ -149,7 +152,17 @@ impl Vm {
         filters: &ThreadFilters,
         source: VmSource<'_>,
     ) -> Result<Self, VmmError> {
-        let ram_size = config.memory.size;
+        let ram_size = config.memory.boot_size();
+        // A restored VM's RAM includes what was hot-added before the
+        // snapshot; the rest is its boot RAM.
+        let hot_added: Vec<devices::acpi::MemorySlot> = match &source {
+            VmSource::Restore { snapshot, .. } => snapshot.memory_hotplug.clone(),
+            VmSource::Boot => Vec::new(),
+        };
+        let boot_ram = hot_added
+            .iter()
+            .try_fold(ram_size, |left, s| left.checked_sub(s.len))
+            .ok_or_else(|| VmmError::Snapshot("the hot-added memory exceeds memory.size".into()))?;
         if ram_size < MIN_MEMORY {
             return Err(VmmError::Config(format!(
                 "--memory: size={ram_size} is too small, chv needs at least {} MiB",
@@ -303,7 +316,7 @@ impl Vm {
             (_, Some(host)) => Some(Some(host.output().map_err(VmmError::Thread)?)),
             _ => Some(open_output(&config.serial, "serial")?),
         };
-        let ram = arch::ram_regions(ram_size);
+        let ram = arch::ram_regions(boot_ram);
         let legacy = PlatformDevices::new(PlatformContext {
             vm_fd: &vm_fd,
             io_bus: &io_bus,
@@ -375,6 +388,29 @@ impl Vm {
             }
             _ => None,
         };
+        let memory_hotplug = match (arch::PLATFORM.acpi_hotplug, pci_devices.ged_events()) {
+            (Some(layout), Some(ged)) if config.memory.hotplug_room() > 0 => {
+                let room = config.memory.hotplug_room();
+                let ram_end = ram.last().map_or(0, |(start, len)| start.0 + *len as u64);
+                if layout.hotplug_range(ram_end, 0, room).is_none() {
+                    return Err(VmmError::Config(format!(
+                        "--memory: memory.hotplug_size={room}: RAM above {ram_end:#x} that large \
+                         does not fit below the 64-bit PCI window"
+                    )));
+                }
+                let backing = crate::memory::zones_for(config)
+                    .into_iter()
+                    .next()
+                    .map(|z| z.backing)
+                    .unwrap_or_default();
+                let mut hotplug =
+                    MemoryHotplug::new(layout, &io_bus, ged, backing, (boot_ram, ram_end, room))
+                        .map_err(VmmError::Bus)?;
+                hotplug.restore(&hot_added).map_err(VmmError::Snapshot)?;
+                Some(hotplug)
+            }
+            _ => None,
+        };
         let pci_devices_console_pty = pci_devices.console_pty.clone();
         let mut vcpus = Vec::with_capacity(fds.len());
         for (id, fd) in (0..num_vcpus).zip(fds) {
@@ -390,6 +426,7 @@ impl Vm {
             legacy,
             vcpus,
             cpu_hotplug,
+            memory_hotplug,
             stop,
             pause,
             events,
@@ -430,6 +467,53 @@ impl Vm {
                 }
             }
         }
+    }
+
+    /// Guest RAM now, in bytes: the boot RAM plus what was hot-added.
+    pub fn ram_size(&self) -> u64 {
+        self.memory.iter().map(|r| r.len()).sum()
+    }
+
+    /// Guest RAM minus what the balloon holds (`memory_actual_size`).
+    pub fn actual_ram_size(&self) -> u64 {
+        let ballooned = self.devices.balloon().map_or(0, |b| b.actual_bytes());
+        self.ram_size().saturating_sub(ballooned)
+    }
+
+    /// `vm.resize` with `desired_ram`: hot-adds a range of RAM so the guest
+    /// has `desired` bytes (ACPI memory hotplug; the guest onlines it).
+    /// Returns once the range is mapped and the guest notified.
+    pub fn resize_memory(&mut self, desired: u64) -> Result<(), MemoryResizeError> {
+        let current = self.ram_size();
+        let Some(hotplug) = self.memory_hotplug.as_mut() else {
+            if desired == current {
+                return Ok(());
+            }
+            return Err(MemoryResizeError::NotHotpluggable { desired, current });
+        };
+        let Some(region) = hotplug.grow(desired)? else {
+            return Ok(());
+        };
+        let (base, len) = (region.start_addr().0, region.len());
+        let slot = u32::try_from(self.memory.num_regions())
+            .map_err(|_| MemoryResizeError::Map("too many memory regions".into()))?;
+        let mem_region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: base,
+            memory_size: len,
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping that `self.memory` keeps
+        // from here on, and it outlives the VM fd (see `register_memory`).
+        unsafe { self.vm_fd.set_user_memory_region(mem_region) }
+            .map_err(|e| MemoryResizeError::Map(format!("KVM_SET_USER_MEMORY_REGION: {e}")))?;
+        self.memory = self
+            .memory
+            .insert_region(Arc::new(region))
+            .map_err(|e| MemoryResizeError::Map(e.to_string()))?;
+        self.devices.update_memory(&self.memory);
+        hotplug.announce(base, len)
     }
 
     /// Joins the threads of vCPUs the guest ejected, so the running vCPUs
@@ -544,6 +628,11 @@ impl Vm {
             vcpus,
             legacy,
             devices,
+            memory_hotplug: self
+                .memory_hotplug
+                .as_ref()
+                .map(MemoryHotplug::slots)
+                .unwrap_or_default(),
             omitted,
             generation_id: self.generation_id,
         })
@@ -620,11 +709,12 @@ fn load_payload(
             kernel: &mut kernel_file,
             initramfs: initramfs_file.as_mut(),
             cmdline: payload.cmdline.as_deref().unwrap_or(""),
-            ram_size: config.memory.size,
+            ram_size: config.memory.boot_size(),
             boot_vcpus: num_vcpus,
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
             pci_segments: &pci_segments,
+            memory_hotplug: config.memory.hotplug_room() > 0,
             identity: &identity,
         },
     )

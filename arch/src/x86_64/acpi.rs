@@ -34,6 +34,8 @@ use crate::PciSegmentLayout;
 pub mod cpu;
 #[path = "acpi_hotplug.rs"]
 pub mod hotplug;
+#[path = "acpi_memory.rs"]
+pub mod memory;
 #[path = "acpi_vmgenid.rs"]
 pub mod vmgenid;
 
@@ -144,6 +146,7 @@ pub fn create_acpi_tables(
     boot_cpus: u8,
     max_cpus: u8,
     hotplug_slots: u8,
+    memory_slots: u8,
     pci_segments: &[PciSegmentLayout],
 ) -> Result<GuestAddress, AcpiError> {
     write_tables(
@@ -153,6 +156,7 @@ pub fn create_acpi_tables(
             max: max_cpus,
         },
         hotplug_slots,
+        memory_slots,
         pci_segments,
         layout::ACPI_START,
         layout::ACPI_END,
@@ -209,6 +213,7 @@ fn write_tables(
     mem: &GuestMemoryMmap,
     cpus: Cpus,
     hotplug_slots: u8,
+    memory_slots: u8,
     pci_segments: &[PciSegmentLayout],
     start: u64,
     end: u64,
@@ -229,7 +234,7 @@ fn write_tables(
     };
     let rsdp_addr = placer.place(Rsdp::len())?;
 
-    let dsdt = create_dsdt(cpus, hotplug_slots, pci_segments);
+    let dsdt = create_dsdt(cpus, hotplug_slots, memory_slots, pci_segments);
     let dsdt_addr = placer.place(dsdt.len())?;
 
     let fadt = to_bytes(&create_fadt(dsdt_addr.0));
@@ -282,10 +287,17 @@ fn write(
 /// IRQ is only mapped when a PNP0501 device names it) and the CMOS RTC;
 /// the PCI host bridge; the Generic Event Device with the power button and
 /// the PCI hotplug slots (see [`hotplug`]); the processor devices when
+/// vCPUs can be hot-plugged (see [`cpu`]); the memory devices when RAM
+/// can be hot-added (see [`memory`]).
 /// vCPUs can be hot-plugged (see [`cpu`]); the VM generation ID device
 /// (see [`vmgenid`]).
 /// Kept minimal because guest kernels on PVM hosts interpret AML slowly.
-fn create_dsdt(cpus: Cpus, hotplug_slots: u8, pci_segments: &[PciSegmentLayout]) -> Sdt {
+fn create_dsdt(
+    cpus: Cpus,
+    hotplug_slots: u8,
+    memory_slots: u8,
+    pci_segments: &[PciSegmentLayout],
+) -> Sdt {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, *b"CHVDSDT ", OEM_REVISION);
     let s5_type = ACPI_S5_SLEEP_TYPE;
     // Package {SLP_TYPa, SLP_TYPb, reserved, reserved}.
@@ -308,13 +320,14 @@ fn create_dsdt(cpus: Cpus, hotplug_slots: u8, pci_segments: &[PciSegmentLayout])
     let rtc_crs = aml::Name::new("_CRS".into(), &rtc_crs);
     let rtc = aml::Device::new("RTC_".into(), vec![&rtc_hid, &rtc_crs]);
     let pci = pci_devices_aml(pci_segments);
-    let ged = hotplug::ged_aml(cpus.hotplug());
+    let ged = hotplug::ged_aml(cpus.hotplug(), memory_slots > 0);
     let pci_hotplug = hotplug::pci_hotplug_aml(hotplug_slots);
     let cpu_hotplug = if cpus.hotplug() {
         cpu::cpu_hotplug_aml(cpus.max)
     } else {
         RawAml(Vec::new())
     };
+    let memory_hotplug = memory::memory_hotplug_aml(memory_slots);
     let vmgenid = vmgenid::vmgenid_aml(layout::VMGENID_START);
     let sb = aml::Scope::new(
         "\\_SB_".into(),
@@ -325,11 +338,57 @@ fn create_dsdt(cpus: Cpus, hotplug_slots: u8, pci_segments: &[PciSegmentLayout])
             &ged,
             &pci_hotplug,
             &cpu_hotplug,
+            &memory_hotplug,
             &vmgenid,
         ],
     );
     dsdt.append_slice(&to_bytes(&sb));
     dsdt
+}
+
+/// Appends `Method (name, 2) { If (Arg0 == i) { Notify (device_i, Arg1) } ... }`
+/// for each `(i, device_i)` of `devices`: the dispatch the hotplug scans
+/// use to notify a device chosen at run time.
+fn notify_method(name: &str, devices: &[(u8, String)], sink: &mut Vec<u8>) {
+    let paths: Vec<aml::Path> = devices.iter().map(|(_, n)| aml::Path::new(n)).collect();
+    let notifies: Vec<aml::Notify> = paths
+        .iter()
+        .map(|p| aml::Notify::new(p, &aml::Arg(1)))
+        .collect();
+    let tests: Vec<aml::Equal> = devices
+        .iter()
+        .map(|(i, _)| aml::Equal::new(&aml::Arg(0), i))
+        .collect();
+    let ifs: Vec<aml::If> = tests
+        .iter()
+        .zip(&notifies)
+        .map(|(t, n)| aml::If::new(t, vec![n]))
+        .collect();
+    aml::Method::new(
+        name.into(),
+        2,
+        false,
+        ifs.iter().map(|i| i as &dyn Aml).collect(),
+    )
+    .to_aml_bytes(sink);
+}
+
+/// Helpers of the AML tests.
+#[cfg(test)]
+mod aml_test_util {
+    use acpi_tables::Aml;
+
+    /// The bytes of `a`.
+    pub fn bytes(a: &dyn Aml) -> Vec<u8> {
+        let mut v = Vec::new();
+        a.to_aml_bytes(&mut v);
+        v
+    }
+
+    /// How often `needle` occurs in `hay`.
+    pub fn count(hay: &[u8], needle: &[u8]) -> usize {
+        hay.windows(needle.len()).filter(|w| *w == needle).count()
+    }
 }
 
 /// Raw AML bytes, so already-built objects can sit in a `Vec<&dyn Aml>`.
@@ -543,7 +602,7 @@ mod tests {
     #[test]
     fn mcfg_has_one_ecam_entry_per_segment() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &segments(3)).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, 0, &segments(3)).unwrap();
         let (_, _, mcfg) = walk_all(&mem, rsdp);
         assert_eq!(mcfg.len(), 36 + 8 + 3 * 16);
         for seg in 0..3u16 {
@@ -561,7 +620,7 @@ mod tests {
     fn dsdt_has_a_host_bridge_per_segment_with_its_own_windows() {
         let mem = guest_mem();
         let segs = segments(2);
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &segs).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, 0, &segs).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
@@ -689,7 +748,7 @@ mod tests {
     #[test]
     fn mcfg_describes_bus0_ecam() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, 0, &one_segment()).unwrap();
         let (_, _, mcfg) = walk_all(&mem, rsdp);
         // Header + 8 reserved bytes + one 16-byte allocation.
         assert_eq!(mcfg.len(), 36 + 8 + 16);
@@ -712,7 +771,7 @@ mod tests {
     #[test]
     fn dsdt_has_pci_host_bridge_and_ecam_reservation() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, 0, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         let aml = &dsdt[36..];
@@ -761,7 +820,7 @@ mod tests {
         find_once(aml, &m);
         // Keep the DSDT small: guests interpret it slowly. Without the GED
         // and the 31 hotplug slots it is under 512 bytes.
-        let hotplug = to_bytes(&hotplug::ged_aml(false)).len()
+        let hotplug = to_bytes(&hotplug::ged_aml(false, false)).len()
             + to_bytes(&hotplug::pci_hotplug_aml(31)).len();
         eprintln!(
             "DSDT {} bytes, {hotplug} of them GED + PCI hotplug",
@@ -774,7 +833,7 @@ mod tests {
     #[test]
     fn dsdt_has_ged_power_button_and_hotplug_slots() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 2, 2, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, 2, 2, 31, 0, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         // read_table checks the length and the checksum.
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
@@ -806,7 +865,7 @@ mod tests {
     #[test]
     fn fadt_is_hw_reduced_and_points_to_dsdt_with_s5() {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 1, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 1, 31, 0, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         assert_eq!(fadt.len(), 276);
         assert_eq!(fadt[8], 6, "FADT revision");
@@ -848,7 +907,7 @@ mod tests {
 
     fn check_madt_hotplug(boot: u8, num_cpus: u8) {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, boot, num_cpus, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, boot, num_cpus, 31, 0, &one_segment()).unwrap();
         let (_, madt) = walk(&mem, rsdp);
         assert_eq!(u32_at(&madt, 36), layout::APIC_START as u32);
         assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
@@ -901,14 +960,14 @@ mod tests {
         }
         // MADT revision 5 or later: Linux honours "online capable" there.
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, 1, 2, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, 1, 2, 31, 0, &one_segment()).unwrap();
         let (_, madt) = walk(&mem, rsdp);
         assert!(madt[8] >= 5);
     }
 
     fn dsdt_aml(boot: u8, max: u8) -> Vec<u8> {
         let mem = guest_mem();
-        let rsdp = create_acpi_tables(&mem, boot, max, 31, &one_segment()).unwrap();
+        let rsdp = create_acpi_tables(&mem, boot, max, 31, 0, &one_segment()).unwrap();
         let (fadt, _) = walk(&mem, rsdp);
         let dsdt = read_table(&mem, u64_at(&fadt, 140), b"DSDT");
         dsdt[36..].to_vec()
@@ -938,7 +997,7 @@ mod tests {
     fn rejects_max_below_boot() {
         let mem = guest_mem();
         assert!(matches!(
-            create_acpi_tables(&mem, 2, 1, 31, &one_segment()),
+            create_acpi_tables(&mem, 2, 1, 31, 0, &one_segment()),
             Err(AcpiError::MaxBelowBoot { boot: 2, max: 1 })
         ));
     }
@@ -947,7 +1006,7 @@ mod tests {
     fn rejects_zero_cpus() {
         let mem = guest_mem();
         assert!(matches!(
-            create_acpi_tables(&mem, 0, 0, 31, &one_segment()),
+            create_acpi_tables(&mem, 0, 0, 31, 0, &one_segment()),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -961,6 +1020,7 @@ mod tests {
             &mem,
             Cpus { boot: 1, max: 1 },
             31,
+            0,
             &one_segment(),
             start,
             start + 0x1000,
@@ -973,6 +1033,7 @@ mod tests {
                 max: 255,
             },
             31,
+            0,
             &one_segment(),
             start,
             start + 0x1000,
@@ -990,6 +1051,7 @@ mod tests {
             &mem,
             Cpus { boot: 1, max: 1 },
             31,
+            0,
             &one_segment(),
             u64::MAX - 8,
             u64::MAX
@@ -1001,7 +1063,7 @@ mod tests {
     fn unbacked_memory_is_an_error() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         assert!(matches!(
-            create_acpi_tables(&mem, 1, 1, 31, &one_segment()),
+            create_acpi_tables(&mem, 1, 1, 31, 0, &one_segment()),
             Err(AcpiError::GuestMemory { .. })
         ));
     }

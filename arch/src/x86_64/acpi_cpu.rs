@@ -144,29 +144,8 @@ fn methods(max_cpus: u8) -> Vec<u8> {
     .to_aml_bytes(&mut bytes);
 
     // CTFY (cpu, value): Notify the CPU's device.
-    let names: Vec<String> = (0..max_cpus).map(cpu_device_name).collect();
-    let paths: Vec<aml::Path> = names.iter().map(|n| aml::Path::new(n)).collect();
-    let cpus: Vec<u8> = (0..max_cpus).collect();
-    let notifies: Vec<aml::Notify> = paths
-        .iter()
-        .map(|p| aml::Notify::new(p, &aml::Arg(1)))
-        .collect();
-    let tests: Vec<aml::Equal> = cpus
-        .iter()
-        .map(|c| aml::Equal::new(&aml::Arg(0), c))
-        .collect();
-    let ifs: Vec<aml::If> = tests
-        .iter()
-        .zip(&notifies)
-        .map(|(t, n)| aml::If::new(t, vec![n]))
-        .collect();
-    aml::Method::new(
-        "CTFY".into(),
-        2,
-        false,
-        ifs.iter().map(|i| i as &dyn Aml).collect(),
-    )
-    .to_aml_bytes(&mut bytes);
+    let devices: Vec<(u8, String)> = (0..max_cpus).map(|c| (c, cpu_device_name(c))).collect();
+    super::notify_method("CTFY", &devices, &mut bytes);
 
     // CSCN: notify every CPU being inserted or removed, and acknowledge.
     let (acquire, release) = (lock(), unlock());
@@ -239,15 +218,7 @@ pub(super) fn cpu_hotplug_aml(max_cpus: u8) -> RawAml {
 mod tests {
     use super::*;
 
-    fn bytes(a: &dyn Aml) -> Vec<u8> {
-        let mut v = Vec::new();
-        a.to_aml_bytes(&mut v);
-        v
-    }
-
-    fn count(hay: &[u8], needle: &[u8]) -> usize {
-        hay.windows(needle.len()).filter(|w| *w == needle).count()
-    }
+    use super::super::aml_test_util::{bytes, count};
 
     #[test]
     fn names_and_lapic_entries() {

@@ -11,6 +11,7 @@
 //!         If (Local0 & 2) { Notify (PWRB, 0x80) }      // power button
 //!         If (Local0 & 8) { Notify (\_SB_.VGEN, 0x80) } // new VM generation ID
 //!         If (Local0 & 4) { \_SB_.CPUS.CSCN () }       // CPU hotplug (if any)
+//!         If (Local0 & 8) { \_SB_.MHPC.MSCN () }       // memory hotplug (if any)
 //!     }
 //! }
 //! Scope (PCI0) {
@@ -38,6 +39,7 @@ use acpi_tables::{aml, Aml};
 
 use super::cpu::{CPU_SCAN_METHOD, GED_EVENT_CPU_HOTPLUG};
 use super::layout;
+use super::memory::{GED_EVENT_MEMORY_HOTPLUG, MEMORY_SCAN_METHOD};
 use super::RawAml;
 
 /// GED event bit for PCI hotplug (matches the VMM's GED device).
@@ -86,8 +88,9 @@ fn io_fields(region: &str, port: u16, len: u16, names: &[&str]) -> Vec<u8> {
 
 /// `PWRB` and `GED_`, to be placed in `\_SB_`. With `cpu_hotplug` the
 /// `_EVT` also dispatches the CPU hotplug bit to `\_SB_.CPUS.CSCN` (which
-/// must then exist, see [`super::cpu`]).
-pub(super) fn ged_aml(cpu_hotplug: bool) -> RawAml {
+/// must then exist, see [`super::cpu`]); with `memory_hotplug` the memory
+/// bit to `\_SB_.MHPC.MSCN` (see [`super::memory`]).
+pub(super) fn ged_aml(cpu_hotplug: bool, memory_hotplug: bool) -> RawAml {
     let mut bytes = Vec::new();
     let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
     let pwrb_uid = aml::Name::new("_UID".into(), &aml::ZERO);
@@ -116,10 +119,16 @@ pub(super) fn ged_aml(cpu_hotplug: bool) -> RawAml {
     let cpu_bit = aml::And::new(&aml::ZERO, &aml::Local(0), &GED_EVENT_CPU_HOTPLUG);
     let cscn = aml::MethodCall::new(CPU_SCAN_METHOD.into(), vec![]);
     let on_cpu = aml::If::new(&cpu_bit, vec![&cscn]);
+    let mem_bit = aml::And::new(&aml::ZERO, &aml::Local(0), &GED_EVENT_MEMORY_HOTPLUG);
+    let mscn = aml::MethodCall::new(MEMORY_SCAN_METHOD.into(), vec![]);
+    let on_mem = aml::If::new(&mem_bit, vec![&mscn]);
     let on_generation = super::vmgenid::ged_branch();
     let mut body: Vec<&dyn Aml> = vec![&read, &on_pci, &on_pwr, &on_generation];
     if cpu_hotplug {
         body.push(&on_cpu);
+    }
+    if memory_hotplug {
+        body.push(&on_mem);
     }
     let evt = aml::Method::new("_EVT".into(), 1, true, body);
     aml::Device::new("GED_".into(), vec![&hid, &uid, &crs, &regs, &evt]).to_aml_bytes(&mut bytes);
@@ -218,15 +227,7 @@ pub(super) fn pci_hotplug_aml(last_slot: u8) -> RawAml {
 mod tests {
     use super::*;
 
-    fn bytes(a: &dyn Aml) -> Vec<u8> {
-        let mut v = Vec::new();
-        a.to_aml_bytes(&mut v);
-        v
-    }
-
-    fn count(hay: &[u8], needle: &[u8]) -> usize {
-        hay.windows(needle.len()).filter(|w| *w == needle).count()
-    }
+    use super::super::aml_test_util::{bytes, count};
 
     #[test]
     fn slot_names() {
@@ -236,7 +237,7 @@ mod tests {
 
     #[test]
     fn ged_has_interrupt_register_and_evt() {
-        let aml = bytes(&ged_aml(false));
+        let aml = bytes(&ged_aml(false, false));
         // _HID "ACPI0013" as a string.
         assert_eq!(count(&aml, b"_HID\x0dACPI0013\x00"), 1);
         // Extended interrupt descriptor: consumer + edge, one GSI.
@@ -253,7 +254,10 @@ mod tests {
         assert_eq!(count(&aml, b"_EVT\x09"), 1);
         assert_eq!(count(&aml, b"\\\x2f\x03_SB_PCI0PCNT"), 1);
         assert_eq!(count(&aml, b"CSCN"), 0);
-        let with_cpu = bytes(&ged_aml(true));
+        assert_eq!(count(&aml, b"MSCN"), 0);
+        let with_memory = bytes(&ged_aml(false, true));
+        assert_eq!(count(&with_memory, b"\\\x2f\x03_SB_MHPCMSCN"), 1);
+        let with_cpu = bytes(&ged_aml(true, false));
         assert_eq!(count(&with_cpu, b"\\\x2f\x03_SB_CPUSCSCN"), 1);
         // And (Local0, 4): the CPU bit.
         assert_eq!(count(&with_cpu, &[0x7b, 0x60, 0x0a, 4, 0]), 1);

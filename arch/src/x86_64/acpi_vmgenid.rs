@@ -24,7 +24,7 @@ use super::layout;
 use super::RawAml;
 
 /// GED event bit: the VM generation ID changed (a snapshot was restored).
-pub const GED_EVENT_VM_GENERATION: u32 = 1 << 3;
+pub const GED_EVENT_VM_GENERATION: u32 = 1 << 4;
 /// ACPI path of the device, for the GED's `Notify`.
 pub const VMGENID_DEVICE_PATH: &str = "\\_SB_.VGEN";
 /// `Notify` value the specification defines for a changed generation ID.

@@ -100,6 +100,15 @@ pub const PCI_HOTPLUG_PORT_SIZE: u16 = 12;
 pub const CPU_HOTPLUG_PORT: u16 = 0x0b20;
 /// Bytes of the CPU hotplug register block.
 pub const CPU_HOTPLUG_PORT_SIZE: u16 = 8;
+/// The memory hotplug registers `MSEL`, `MBLO`, `MBHI`, `MLLO`, `MLHI`
+/// and `MSTS` (+0 to +0x14).
+pub const MEMORY_HOTPLUG_PORT: u16 = 0x0b30;
+/// Bytes of the memory hotplug register block.
+pub const MEMORY_HOTPLUG_PORT_SIZE: u16 = 24;
+/// Hot-added RAM goes above 4 GiB, after the boot RAM, and below the
+/// 64-bit PCI window; each range is aligned to Linux's x86_64 memory
+/// block size (128 MiB), the granule it can add memory in.
+pub const MEMORY_HOTPLUG_ALIGN: u64 = 128 << 20;
 
 // PCI. Bus 0 only; all windows stay clear of the IOAPIC (0xfec0_0000),
 // the LAPIC (0xfee0_0000) and KVM's TSS/identity map (0xfffb_c000..).
@@ -145,4 +154,7 @@ const _: () = assert!(GED_PORT as u32 + GED_PORT_SIZE as u32 <= PCI_HOTPLUG_PORT
 const _: () =
     assert!(PCI_HOTPLUG_PORT as u32 + PCI_HOTPLUG_PORT_SIZE as u32 <= CPU_HOTPLUG_PORT as u32);
 const _: () =
-    assert!(CPU_HOTPLUG_PORT as u32 + CPU_HOTPLUG_PORT_SIZE as u32 <= PCI_IO_WINDOW_START as u32);
+    assert!(CPU_HOTPLUG_PORT as u32 + CPU_HOTPLUG_PORT_SIZE as u32 <= MEMORY_HOTPLUG_PORT as u32);
+const _: () = assert!(
+    MEMORY_HOTPLUG_PORT as u32 + MEMORY_HOTPLUG_PORT_SIZE as u32 <= PCI_IO_WINDOW_START as u32
+);

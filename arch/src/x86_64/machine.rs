@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::acpi::cpu::GED_EVENT_CPU_HOTPLUG;
 use super::acpi::hotplug::{GED_EVENT_PCI_HOTPLUG, GED_EVENT_POWER_BUTTON, LAST_HOTPLUG_SLOT};
+use super::acpi::memory::{GED_EVENT_MEMORY_HOTPLUG, MAX_MEMORY_SLOTS};
 use super::acpi::vmgenid::{GED_EVENT_VM_GENERATION, VMGENID_SIZE};
 use super::boot::KernelEntry;
 use super::cpuid::{self, CpuidPolicy};
@@ -83,6 +84,12 @@ pub const PLATFORM: Platform = Platform {
         event_pci_hotplug: GED_EVENT_PCI_HOTPLUG,
         event_power_button: GED_EVENT_POWER_BUTTON,
         event_cpu_hotplug: GED_EVENT_CPU_HOTPLUG,
+        memory_hotplug_port: layout::MEMORY_HOTPLUG_PORT,
+        memory_hotplug_port_size: layout::MEMORY_HOTPLUG_PORT_SIZE,
+        event_memory_hotplug: GED_EVENT_MEMORY_HOTPLUG,
+        memory_hotplug_slots: MAX_MEMORY_SLOTS,
+        memory_hotplug_window: (layout::RAM_64BIT_START, layout::PCI_MMIO64_START),
+        memory_hotplug_align: layout::MEMORY_HOTPLUG_ALIGN,
         last_hotplug_slot: LAST_HOTPLUG_SLOT,
     }),
     first_msi_gsi: IOAPIC_PINS,
@@ -293,6 +300,11 @@ pub fn load_payload(
         payload.boot_vcpus,
         payload.max_vcpus,
         payload.hotplug_slots,
+        if payload.memory_hotplug {
+            MAX_MEMORY_SLOTS
+        } else {
+            0
+        },
         payload.pci_segments,
     )
     .map_err(|e| PayloadError::Firmware(format!("ACPI tables: {e}")))?;

@@ -1,6 +1,6 @@
 //! ACPI platform devices of the hardware-reduced machine: the Generic Event
-//! Device (GED) that raises ACPI events through one interrupt, and the PCI
-//! and CPU hotplug controllers whose registers the DSDT's AML reads and
+//! Device (GED) that raises ACPI events through one interrupt, and the PCI,
+//! CPU and memory hotplug controllers whose registers the DSDT's AML reads and
 //! writes.
 //!
 //! All are small port-I/O register blocks of 32-bit registers; the AML
@@ -9,6 +9,7 @@
 
 pub mod cpu_hotplug;
 pub mod ged;
+pub mod memory_hotplug;
 pub mod pci_hotplug;
 
 pub use cpu_hotplug::{
@@ -17,6 +18,10 @@ pub use cpu_hotplug::{
 };
 pub use ged::{
     GedDevice, GedEvents, GedState, GED_PCI_HOTPLUG, GED_POWER_BUTTON, GED_REGISTER_SIZE,
+};
+pub use memory_hotplug::{
+    MemoryHotplugController, MemoryHotplugError, MemoryHotplugState, MemorySlot,
+    GED_MEMORY_HOTPLUG, MEMORY_HOTPLUG_REGISTER_SIZE,
 };
 pub use pci_hotplug::{
     EjectHandler, HotplugError, PciHotplugController, PciHotplugSavedState, PciHotplugState,

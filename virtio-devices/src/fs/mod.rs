@@ -77,6 +77,7 @@ impl FsOptions {
                 | (1 << VIRTIO_RING_F_INDIRECT_DESC)
                 | (1 << VIRTIO_RING_F_EVENT_IDX),
             config: self.config_space(),
+            reconnect: false,
         }
     }
 }

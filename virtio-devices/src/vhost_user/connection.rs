@@ -13,7 +13,7 @@ use std::time::Duration;
 use log::info;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
-    VhostUserHeaderFlag, VhostUserProtocolFeatures,
+    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -41,6 +41,31 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::RESET_DEVICE
         | VhostUserProtocolFeatures::DEVICE_STATE
+        | VhostUserProtocolFeatures::STATUS
+        | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+}
+
+/// The backend's shared record of requests in flight
+/// (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`): the frontend keeps the fd so
+/// a restarted backend can pick up what its predecessor had not finished.
+pub struct Inflight {
+    info: VhostUserInflight,
+    file: std::fs::File,
+}
+
+/// `VHOST_USER_SET_STATUS` (the `vhost` crate's frontend does not send it).
+const SET_STATUS: u32 = 39;
+/// Header flags: protocol version 1, and "needs a reply".
+const HDR_VERSION: u32 = 0x1;
+const HDR_NEED_REPLY: u32 = 0x8;
+const HDR_REPLY: u32 = 0x4;
+
+/// Virtio device status bits the frontend reports with `SET_STATUS`.
+pub mod status {
+    /// ACKNOWLEDGE | DRIVER | FEATURES_OK: features are settled.
+    pub const FEATURES_OK: u8 = 0x1 | 0x2 | 0x8;
+    /// ... and DRIVER_OK: the vrings are live.
+    pub const DRIVER_OK: u8 = FEATURES_OK | 0x4;
 }
 
 /// Where a vring lives and how it is signalled, for [`VhostUserConnection::start_vring`].
@@ -67,6 +92,7 @@ pub struct VringSetup<'a> {
 pub struct VhostUserConnection {
     frontend: Frontend,
     socket: PathBuf,
+    num_queues: usize,
     timeout: Duration,
     setup: Option<ThreadSetup>,
     backend_features: u64,
@@ -105,6 +131,7 @@ impl VhostUserConnection {
         let mut conn = VhostUserConnection {
             frontend: Frontend::from_stream(stream, num_queues as u64),
             socket: socket.to_path_buf(),
+            num_queues,
             timeout,
             setup,
             backend_features: 0,
@@ -174,6 +201,17 @@ impl VhostUserConnection {
                 VhostUserError::Request { op, source: e }
             }
         })
+    }
+
+    /// A new connection to the same socket with the same parameters (a
+    /// restarted backend).
+    pub fn reopen(&self) -> Result<Self, VhostUserError> {
+        Self::connect(
+            &self.socket,
+            self.num_queues,
+            self.timeout,
+            self.setup.clone(),
+        )
     }
 
     /// Socket path of the backend.
@@ -284,6 +322,53 @@ impl VhostUserConnection {
         })
     }
 
+    /// Reports the device status to a backend that negotiated
+    /// `VHOST_USER_PROTOCOL_F_STATUS` (a no-op otherwise): FEATURES_OK
+    /// after the features, DRIVER_OK once the vrings run, 0 when stopped.
+    pub fn set_status(&mut self, status: u8) -> Result<(), VhostUserError> {
+        if !self.protocol.contains(VhostUserProtocolFeatures::STATUS) {
+            return Ok(());
+        }
+        let need_reply = self.protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        self.call("SET_STATUS", |f| {
+            send_set_status(f.as_raw_fd(), status, need_reply)
+        })
+    }
+
+    /// Whether the backend keeps an in-flight record the frontend holds.
+    pub fn supports_inflight(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// Asks the backend for a fresh in-flight record for `num_queues`
+    /// rings of up to `queue_size` entries.
+    pub fn get_inflight(
+        &mut self,
+        num_queues: u16,
+        queue_size: u16,
+    ) -> Result<Inflight, VhostUserError> {
+        let ask = VhostUserInflight::new(0, 0, num_queues, queue_size);
+        let (info, file) = self.call("GET_INFLIGHT_FD", |f| f.get_inflight_fd(&ask))?;
+        if info.mmap_size == 0 {
+            return Err(VhostUserError::BadReply {
+                op: "GET_INFLIGHT_FD",
+                what: "an empty in-flight area".into(),
+            });
+        }
+        // The frontend never maps the area; it only hands it back.
+        Ok(Inflight {
+            info: VhostUserInflight::new(info.mmap_size, info.mmap_offset, num_queues, queue_size),
+            file,
+        })
+    }
+
+    /// Gives the backend the in-flight record (before the vrings start).
+    pub fn set_inflight(&mut self, inflight: &Inflight) -> Result<(), VhostUserError> {
+        let fd = inflight.file.as_raw_fd();
+        self.call("SET_INFLIGHT_FD", |f| f.set_inflight_fd(&inflight.info, fd))
+    }
+
     /// Whether the backend can hand over its internal state.
     pub fn supports_device_state(&self) -> bool {
         self.protocol
@@ -312,6 +397,42 @@ impl VhostUserConnection {
     pub fn check_device_state(&mut self) -> Result<(), VhostUserError> {
         self.call("CHECK_DEVICE_STATE", |f| f.check_device_state())
     }
+}
+
+/// Sends `SET_STATUS` on the raw socket and, if asked for, checks the
+/// backend's acknowledgement: a reply for another request, a short one or
+/// a non-zero code is an error.
+fn send_set_status(fd: std::os::fd::RawFd, status: u8, need_reply: bool) -> vhost::Result<()> {
+    use std::io::{Read, Write};
+    use std::mem::ManuallyDrop;
+    use std::os::fd::FromRawFd;
+    let proto = |e: vhost::vhost_user::Error| vhost::Error::VhostUserProtocol(e);
+    let io = |e: std::io::Error| proto(vhost::vhost_user::Error::SocketError(e));
+    // SAFETY: borrows the frontend's open socket for this exchange only;
+    // ManuallyDrop keeps it from being closed here.
+    let mut sock = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    let flags = HDR_VERSION | if need_reply { HDR_NEED_REPLY } else { 0 };
+    let mut msg = Vec::with_capacity(20);
+    msg.extend_from_slice(&SET_STATUS.to_le_bytes());
+    msg.extend_from_slice(&flags.to_le_bytes());
+    msg.extend_from_slice(&8u32.to_le_bytes());
+    msg.extend_from_slice(&u64::from(status).to_le_bytes());
+    sock.write_all(&msg).map_err(io)?;
+    if !need_reply {
+        return Ok(());
+    }
+    let mut reply = [0u8; 20];
+    sock.read_exact(&mut reply).map_err(io)?;
+    let word = |i: usize| u32::from_le_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
+    if word(0) != SET_STATUS || word(4) & HDR_REPLY == 0 || word(8) != 8 {
+        return Err(proto(vhost::vhost_user::Error::InvalidMessage));
+    }
+    let mut code = [0u8; 8];
+    code.copy_from_slice(&reply[12..]);
+    if u64::from_le_bytes(code) != 0 {
+        return Err(proto(vhost::vhost_user::Error::BackendInternalError));
+    }
+    Ok(())
 }
 
 /// The memory table for `mem`: one entry per (file-backed) region.

@@ -5,7 +5,7 @@
 //! positions back on pause and reset.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
@@ -13,8 +13,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::connection::{VhostUserConnection, VringSetup};
-use super::relay::Relay;
+use super::connection::{Inflight, VhostUserConnection};
+use super::relay::{Rejoin, Relay};
+use super::rings::{connect_again, start_backend, RingBase, RingPlan};
 use super::VhostUserError;
 use crate::device::{
     state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
@@ -39,6 +40,10 @@ pub struct VhostUserSpec {
     pub features: u64,
     /// Device configuration space.
     pub config: Vec<u8>,
+    /// Reconnect while running when the backend goes away and comes back
+    /// on the same socket (vhost-user-blk; a restarted virtiofsd has lost
+    /// the guest's inodes, so virtio-fs does not).
+    pub reconnect: bool,
 }
 
 /// The saved state of a vhost-user device.
@@ -76,6 +81,12 @@ pub struct VhostUserDevice {
     pending_backend_state: Option<Vec<u8>>,
     /// Backend state saved by the last `prepare_snapshot`.
     saved_backend_state: Option<Vec<u8>>,
+    /// The backend's in-flight record, kept across reconnects and pauses,
+    /// dropped at a device reset.
+    inflight: Option<Arc<Inflight>>,
+    /// A connection the relay made to a restarted backend, adopted here
+    /// when the relay stops.
+    replacement: Arc<Mutex<Option<VhostUserConnection>>>,
 }
 
 impl VhostUserDevice {
@@ -94,6 +105,8 @@ impl VhostUserDevice {
             broken: Arc::new(AtomicBool::new(false)),
             pending_backend_state: None,
             saved_backend_state: None,
+            inflight: None,
+            replacement: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -104,6 +117,7 @@ impl VhostUserDevice {
 
     /// The connection (for tests and state transfer).
     pub fn connection(&mut self) -> &mut VhostUserConnection {
+        self.adopt_replacement();
         &mut self.conn
     }
 
@@ -116,17 +130,13 @@ impl VhostUserDevice {
     /// device must be inactive. Features the driver already accepted must
     /// still be offered.
     pub fn reconnect(&mut self) -> Result<(), VhostUserError> {
-        let conn = VhostUserConnection::connect(
+        self.adopt_replacement();
+        let conn = connect_again(
             self.conn.socket(),
             self.spec.queue_sizes.len(),
-            super::connection::DEFAULT_TIMEOUT,
             self.setup.clone(),
+            self.acked,
         )?;
-        if self.acked & !conn.backend_features() != 0 {
-            return Err(VhostUserError::FeaturesLost(
-                self.acked & !conn.backend_features(),
-            ));
-        }
         info!(
             "{}: reconnected to {}",
             self.spec.name,
@@ -137,41 +147,51 @@ impl VhostUserDevice {
         Ok(())
     }
 
+    /// Takes over the connection the relay made to a restarted backend.
+    fn adopt_replacement(&mut self) {
+        let taken = match self.replacement.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(conn) = taken {
+            self.conn = conn;
+        }
+    }
+
     fn start(
         &mut self,
         mem: &GuestMemory,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<ActivatedQueue>,
     ) -> Result<(), VhostUserError> {
+        self.adopt_replacement();
         if self.conn.is_broken() {
             self.reconnect()?;
         }
-        let guard = mem.memory();
-        self.conn.set_features_and_memory(self.acked, &guard)?;
-        if let Some(state) = self.pending_backend_state.take() {
-            super::state::load(&mut self.conn, &state)?;
+        if self.inflight.is_none() && self.conn.supports_inflight() {
+            let max = self.spec.queue_sizes.iter().copied().max().unwrap_or(0);
+            let n = u16::try_from(self.spec.queue_sizes.len()).unwrap_or(u16::MAX);
+            self.inflight = Some(Arc::new(self.conn.get_inflight(n, max)?));
         }
         let mut calls = Vec::with_capacity(queues.len());
         let mut vrings = Vec::with_capacity(queues.len());
+        let mut plans = Vec::with_capacity(queues.len());
         for aq in queues {
             if usize::from(aq.index) >= self.spec.queue_sizes.len() {
                 return Err(VhostUserError::BadRing(u64::from(aq.index)));
             }
             let call = EventFd::new(EFD_NONBLOCK).map_err(VhostUserError::Io)?;
             let q = &aq.queue;
-            self.conn.start_vring(
-                &guard,
-                &VringSetup {
-                    index: usize::from(aq.index),
-                    size: q.size(),
-                    desc: GuestAddress(q.desc_table()),
-                    avail: GuestAddress(q.avail_ring()),
-                    used: GuestAddress(q.used_ring()),
-                    base: q.next_avail(),
-                    kick: &aq.notify,
-                    call: &call,
-                },
-            )?;
+            plans.push(RingPlan {
+                index: aq.index,
+                size: q.size(),
+                desc: GuestAddress(q.desc_table()),
+                avail: GuestAddress(q.avail_ring()),
+                used: GuestAddress(q.used_ring()),
+                base: q.next_avail(),
+                kick: aq.notify.try_clone().map_err(VhostUserError::Io)?,
+                call: call.try_clone().map_err(VhostUserError::Io)?,
+            });
             calls.push((aq.index, call));
             vrings.push(ActiveVring {
                 index: aq.index,
@@ -179,13 +199,33 @@ impl VhostUserDevice {
                 kick: aq.notify,
             });
         }
-        let relay = Relay {
-            name: self.spec.name.clone(),
+        let state = self.pending_backend_state.take();
+        start_backend(
+            &mut self.conn,
+            self.acked,
+            &mem.memory(),
+            state.as_deref(),
+            self.inflight.as_deref(),
+            &plans,
+            RingBase::Activation,
+        )?;
+        let rejoin = self.spec.reconnect.then(|| Rejoin {
+            socket: self.conn.socket().to_path_buf(),
+            num_queues: self.spec.queue_sizes.len(),
+            setup: self.setup.clone(),
+            acked: self.acked,
+            mem: mem.clone(),
+            plans,
+            inflight: self.inflight.clone(),
+            replacement: self.replacement.clone(),
+        });
+        let relay = Relay::new(
+            self.spec.name.clone(),
             interrupt,
-            frontend: self.conn.frontend_handle(),
-            socket_fd: self.conn.socket_fd(),
-            broken: self.broken.clone(),
-        };
+            &self.conn,
+            self.broken.clone(),
+            rejoin,
+        )?;
         let name = format!("vu-{}", self.spec.name);
         let worker = spawn_worker(&name, self.setup.clone(), calls, relay)
             .map_err(|e| VhostUserError::Worker(e.error.to_string()))?;
@@ -203,6 +243,7 @@ impl VhostUserDevice {
                 warn!("{}: relay thread: {e}", self.spec.name);
             }
         }
+        self.adopt_replacement();
         let vrings = std::mem::take(&mut self.vrings);
         let mem = self.mem.take();
         let mut paused = Vec::with_capacity(vrings.len());
@@ -228,6 +269,11 @@ impl VhostUserDevice {
                 index: v.index,
                 queue: v.queue,
             });
+        }
+        if first_err.is_none() && !paused.is_empty() {
+            if let Err(e) = self.conn.set_status(0) {
+                first_err = Some(e);
+            }
         }
         match first_err {
             Some(e) => Err(e),
@@ -298,6 +344,8 @@ impl VirtioDevice for VhostUserDevice {
             warn!("{}: stopping the backend on reset: {e}", self.spec.name);
         }
         self.acked = 0;
+        // Entries of the old rings must not be replayed into new ones.
+        self.inflight = None;
         self.broken.store(false, Ordering::Release);
         if self.conn.is_broken() {
             if let Err(e) = self.reconnect() {

@@ -14,6 +14,7 @@
 pub mod connection;
 pub mod device;
 mod relay;
+mod rings;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -22,7 +23,7 @@ mod watchdog;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use connection::{VhostUserConnection, VringSetup, DEFAULT_TIMEOUT};
+pub use connection::{Inflight, VhostUserConnection, VringSetup, DEFAULT_TIMEOUT};
 pub use device::{VhostUserDevice, VhostUserDeviceState, VhostUserSpec};
 
 /// Errors of the vhost-user frontend.

@@ -321,16 +321,19 @@ fn activation_needs_shared_memory() {
 /// A vhost-user message as the fake backend reads it.
 struct Msg {
     code: u32,
+    flags: u32,
+    body: Vec<u8>,
 }
 
 fn read_msg(s: &mut UnixStream) -> Option<Msg> {
     let mut hdr = [0u8; 12];
     s.read_exact(&mut hdr).ok()?;
     let code = u32::from_le_bytes(hdr[..4].try_into().unwrap());
+    let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
     let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
     let mut body = vec![0u8; size.min(1 << 16)];
     s.read_exact(&mut body).ok()?;
-    Some(Msg { code })
+    Some(Msg { code, flags, body })
 }
 
 fn reply_u64(s: &mut UnixStream, code: u32, v: u64) {
@@ -448,18 +451,24 @@ fn minimal_backend(
     }
 }
 
+/// A virtio-fs model of `queues` rings of 64 offering VERSION_1 only.
+fn fake_fs_spec(queues: usize) -> VhostUserSpec {
+    VhostUserSpec {
+        name: "fake-fs".into(),
+        device_type: crate::fs::VIRTIO_ID_FS,
+        queue_sizes: vec![64; queues],
+        features: VERSION_1,
+        config: vec![],
+        reconnect: false,
+    }
+}
+
 fn fake_fs_device(
     backend: impl FnOnce(UnixStream) + Send + 'static,
 ) -> (VhostUserDevice, FuseDriver) {
     // Two queues without the MQ protocol feature (virtio-fs's fixed pair).
     let (r, _) = against_with(backend, 2);
-    let spec = VhostUserSpec {
-        name: "fake-fs".into(),
-        device_type: crate::fs::VIRTIO_ID_FS,
-        queue_sizes: vec![64, 64],
-        features: VERSION_1,
-        config: vec![],
-    };
+    let spec = fake_fs_spec(2);
     let mut dev = VhostUserDevice::new(spec, r.expect("minimal backend negotiates"));
     dev.ack_features(VERSION_1);
     let drv = activate(&mut dev);
@@ -506,13 +515,7 @@ fn pause_against_a_stalled_backend_fails_in_bounded_time() {
 #[test]
 fn vring_outside_guest_memory_is_refused() {
     let (r, _) = against(minimal_backend(|mut s| while read_msg(&mut s).is_some() {}));
-    let spec = VhostUserSpec {
-        name: "fake-fs".into(),
-        device_type: crate::fs::VIRTIO_ID_FS,
-        queue_sizes: vec![64],
-        features: VERSION_1,
-        config: vec![],
-    };
+    let spec = fake_fs_spec(1);
     let mut dev = VhostUserDevice::new(spec, r.unwrap());
     let vm = TestVm::shared();
     let (_q, mut aq) = vm.queues(1, 64);
@@ -521,4 +524,122 @@ fn vring_outside_guest_memory_is_refused() {
         .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
         .unwrap_err();
     assert!(err.to_string().contains("not inside guest memory"), "{err}");
+}
+
+const GET_PROTOCOL_FEATURES: u32 = 15;
+const SET_STATUS: u32 = 39;
+const NEED_REPLY: u32 = 0x8;
+
+const SET_VRING_KICK: u32 = 12;
+const GET_INFLIGHT_FD: u32 = 31;
+const SET_INFLIGHT_FD: u32 = 32;
+
+/// Sends `bytes` with `fd` attached (SCM_RIGHTS).
+fn send_with_fd(s: &UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one cmsg with room for one fd.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        assert_eq!(libc::sendmsg(s.as_raw_fd(), &msg, 0), bytes.len() as isize);
+    }
+}
+
+/// A backend that offers protocol features `STATUS | REPLY_ACK |
+/// INFLIGHT_SHMFD`, answers every request (GET_INFLIGHT_FD with a 4 KiB
+/// memfd), acks `SET_STATUS` with `status_ack` and reports (request,
+/// first 8 body bytes) of SET_STATUS, GET/SET_INFLIGHT_FD, SET_VRING_KICK.
+fn status_backend(
+    status_ack: u64,
+    seen: std::sync::mpsc::Sender<(u32, u64)>,
+) -> impl FnOnce(UnixStream) + Send + 'static {
+    use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures as P};
+    use vm_memory::ByteValued;
+    move |mut s| {
+        while let Some(m) = read_msg(&mut s) {
+            let first = m
+                .body
+                .get(..8)
+                .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+            if [SET_STATUS, GET_INFLIGHT_FD, SET_INFLIGHT_FD, SET_VRING_KICK].contains(&m.code) {
+                let _ = seen.send((m.code, first));
+            }
+            match m.code {
+                GET_FEATURES => reply_u64(&mut s, m.code, VERSION_1 | (1 << 30)),
+                GET_PROTOCOL_FEATURES => reply_u64(
+                    &mut s,
+                    m.code,
+                    (P::STATUS | P::REPLY_ACK | P::INFLIGHT_SHMFD).bits(),
+                ),
+                // VhostUserVringState: the index asked for, ring position 0.
+                GET_VRING_BASE => reply_u64(&mut s, m.code, u64::from(m.body[0])),
+                SET_STATUS => reply_u64(&mut s, m.code, status_ack),
+                GET_INFLIGHT_FD => {
+                    let area = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+                    area.set_len(4096).unwrap();
+                    let body = VhostUserInflight::new(4096, 0, 2, 64);
+                    let mut msg = m.code.to_le_bytes().to_vec();
+                    msg.extend_from_slice(&(0x1u32 | 0x4).to_le_bytes());
+                    msg.extend_from_slice(&(body.as_slice().len() as u32).to_le_bytes());
+                    msg.extend_from_slice(body.as_slice());
+                    send_with_fd(&s, &msg, std::os::fd::AsRawFd::as_raw_fd(&area));
+                }
+                _ if m.flags & NEED_REPLY != 0 => reply_u64(&mut s, m.code, 0),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn set_status_follows_the_device_where_the_backend_supports_it() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut dev, _drv) = fake_fs_device(status_backend(0, tx));
+    assert!(!dev.needs_reset());
+    // Activation: a fresh in-flight record, FEATURES_OK, the record
+    // handed back before the vrings, then DRIVER_OK once they run.
+    let got: Vec<(u32, u64)> = rx.try_iter().collect();
+    let kick = |q| (SET_VRING_KICK, q);
+    assert_eq!(
+        got,
+        [
+            (GET_INFLIGHT_FD, 0),
+            (SET_STATUS, 0x0b),
+            (SET_INFLIGHT_FD, 4096),
+            kick(0),
+            kick(1),
+            (SET_STATUS, 0x0f)
+        ]
+    );
+    assert!(dev.reset());
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)), Ok((SET_STATUS, 0)));
+
+    // A backend that refuses SET_STATUS fails the activation, naming it.
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let (r, _) = against_with(status_backend(1, tx), 2);
+    let spec = fake_fs_spec(2);
+    let mut dev = VhostUserDevice::new(spec, r.unwrap());
+    dev.ack_features(VERSION_1);
+    let vm = TestVm::shared();
+    let (_q, aq) = vm.queues(2, 64);
+    let err = dev
+        .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
+        .unwrap_err();
+    assert!(err.to_string().contains("SET_STATUS"), "{err}");
 }

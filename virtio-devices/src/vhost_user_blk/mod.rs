@@ -84,6 +84,7 @@ pub fn new_vhost_user_blk(
         queue_sizes: vec![opts.queue_size; opts.num_queues],
         features,
         config,
+        reconnect: true,
     };
     let mut dev = VhostUserDevice::new(spec, conn);
     if let Some(s) = setup {

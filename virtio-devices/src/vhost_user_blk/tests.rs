@@ -50,7 +50,7 @@ fn qemu_storage_daemon_serves_writes_and_flushes() {
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("disk.raw");
     std::fs::write(&image, vec![0u8; 8 << 20]).unwrap();
-    let _qsd = qsd(&image, &dir.join("blk.sock"));
+    let qsd_a = qsd(&image, &dir.join("blk.sock"));
     let opts = VhostUserBlkOptions {
         socket: dir.join("blk.sock"),
         num_queues: 1,
@@ -67,33 +67,62 @@ fn qemu_storage_daemon_serves_writes_and_flushes() {
     dev.activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
         .unwrap();
 
-    let mut used = 0;
-    let mut request = |kind: u32, sector: u64, data: &[u8]| -> u8 {
-        let mut hdr = kind.to_le_bytes().to_vec();
-        hdr.extend_from_slice(&0u32.to_le_bytes());
-        hdr.extend_from_slice(&sector.to_le_bytes());
-        vm.write(DATA, &hdr);
-        vm.write(DATA + 0x1000, data);
-        vm.write(DATA + 0x3000, &[0xff]);
-        let mut chain = vec![(DATA, 16, false)];
-        if !data.is_empty() {
-            chain.push((DATA + 0x1000, data.len() as u32, false));
-        }
-        chain.push((DATA + 0x3000, 1, true));
-        tq[0].add_chain(&chain);
-        tq[0].notify();
-        used += 1;
-        assert!(tq[0].wait_used(used), "request {kind} not completed");
+    let used = std::cell::Cell::new(0u16);
+    // Posts one request; the status byte is read after it completes.
+    let post =
+        |tq: &mut Vec<crate::worker::testutil::TestQueue>, kind: u32, sector: u64, data: &[u8]| {
+            let mut hdr = kind.to_le_bytes().to_vec();
+            hdr.extend_from_slice(&0u32.to_le_bytes());
+            hdr.extend_from_slice(&sector.to_le_bytes());
+            vm.write(DATA, &hdr);
+            vm.write(DATA + 0x1000, data);
+            vm.write(DATA + 0x3000, &[0xff]);
+            let mut chain = vec![(DATA, 16, false)];
+            if !data.is_empty() {
+                chain.push((DATA + 0x1000, data.len() as u32, false));
+            }
+            chain.push((DATA + 0x3000, 1, true));
+            tq[0].add_chain(&chain);
+            tq[0].notify();
+        };
+    let wait = |tq: &mut Vec<crate::worker::testutil::TestQueue>| -> u8 {
+        used.set(used.get() + 1);
+        assert!(tq[0].wait_used(used.get()), "request not completed");
         vm.read(DATA + 0x3000, 1)[0]
     };
+    let request = |tq: &mut Vec<_>, kind: u32, sector: u64, data: &[u8]| -> u8 {
+        post(tq, kind, sector, data);
+        wait(tq)
+    };
     let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
-    assert_eq!(request(1, 8, &pattern), 0, "write");
-    assert_eq!(request(4, 0, &[]), 0, "flush");
+    assert_eq!(request(&mut tq, 1, 8, &pattern), 0, "write");
+    assert_eq!(request(&mut tq, 4, 0, &[]), 0, "flush");
     let on_disk = std::fs::read(&image).unwrap();
     assert_eq!(&on_disk[4096..8192], &pattern[..]);
     // Out of range: the backend answers IOERR, the frontend keeps going.
-    assert_ne!(request(1, 1 << 40, &pattern), 0);
+    assert_ne!(request(&mut tq, 1, 1 << 40, &pattern), 0);
     assert!(!dev.needs_reset());
+
+    // The daemon dies: the device is broken, a write posted meanwhile
+    // waits; a new daemon on the same socket gets the vrings back (live
+    // reconnect) and serves it.
+    drop(qsd_a);
+    let t = Instant::now();
+    while !dev.needs_reset() {
+        assert!(t.elapsed() < Duration::from_secs(5), "hang-up not noticed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second: Vec<u8> = pattern.iter().rev().copied().collect();
+    post(&mut tq, 1, 16, &second);
+    std::thread::sleep(Duration::from_millis(100));
+    let _qsd_b = qsd(&image, &dir.join("blk.sock"));
+    assert_eq!(wait(&mut tq), 0, "write across a backend restart");
+    assert!(!dev.needs_reset(), "reconnected");
+    assert_eq!(request(&mut tq, 4, 0, &[]), 0, "flush after the restart");
+    let on_disk = std::fs::read(&image).unwrap();
+    assert_eq!(&on_disk[8192..12288], &second[..]);
+    // Pausing hands the adopted connection's ring positions back.
+    assert_eq!(dev.pause().unwrap().len(), 1);
     assert!(dev.reset());
     let _ = std::fs::remove_dir_all(&dir);
 }

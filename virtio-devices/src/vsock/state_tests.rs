@@ -47,10 +47,7 @@ fn restore_sends_transport_reset() {
     assert_eq!(vm.read(DATA, 8), [0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
     assert!(vm
         .interrupt
-        .seen
-        .lock()
-        .unwrap()
-        .contains(&VirtioInterruptType::Queue(2)));
+        .wait_for(|i| *i == VirtioInterruptType::Queue(2)));
 
     // Pause and resume: no second reset event; all three queues come back.
     let queues = fresh.pause().unwrap();

@@ -87,6 +87,16 @@ impl ChainBuffers {
         Ok(bufs)
     }
 
+    /// The device-readable buffers (guest address, length), in order.
+    pub fn readable_segments(&self) -> &[(GuestAddress, u32)] {
+        &self.readable
+    }
+
+    /// The device-writable buffers (guest address, length), in order.
+    pub fn writable_segments(&self) -> &[(GuestAddress, u32)] {
+        &self.writable
+    }
+
     /// Total device-readable bytes.
     pub fn readable_len(&self) -> u64 {
         self.readable_len

@@ -24,6 +24,22 @@ pub struct TestInterrupt {
     pub seen: Mutex<Vec<VirtioInterruptType>>,
 }
 
+impl TestInterrupt {
+    /// Waits (up to 60 s: emulated runs are slow) until an interrupt that
+    /// `matches` has been raised. The device publishes a used buffer before
+    /// it signals, so a test that saw the buffer must wait for the signal.
+    pub fn wait_for(&self, matches: impl Fn(&VirtioInterruptType) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if self.seen.lock().unwrap().iter().any(&matches) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+}
+
 impl VirtioInterrupt for TestInterrupt {
     fn trigger(&self, kind: VirtioInterruptType) -> std::io::Result<()> {
         self.seen.lock().unwrap().push(kind);

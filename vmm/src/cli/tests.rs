@@ -265,6 +265,49 @@ fn memory_accepted() {
     assert_eq!(size("size=1T"), 1 << 40);
     assert_eq!(size("size=256M,shared=off,hugepages=off"), 256 << 20);
     assert_eq!(size("shared=off"), MemoryConfig::default().size);
+    let memory = vm(&[
+        "--memory",
+        "size=1G,shared=on,hugepages=on,hugepage_size=2M,prefault=on,thp=off,mergeable=on",
+    ])
+    .memory;
+    let hotplug = vm(&["--memory", "size=1G,hotplug_size=2G"]).memory;
+    assert_eq!(hotplug.hotplug_room(), 2 << 30);
+    assert_eq!(
+        memory,
+        MemoryConfig {
+            size: 1 << 30,
+            shared: true,
+            hugepages: true,
+            hugepage_size: Some(2 << 20),
+            prefault: true,
+            thp: false,
+            mergeable: true,
+            ..MemoryConfig::default()
+        }
+    );
+}
+
+#[test]
+fn memory_zones_accepted() {
+    let memory = vm(&[
+        "--memory",
+        "size=0",
+        "--memory-zone",
+        "id=mem0,size=256M,shared=on",
+        "id=mem1,size=128M,file=/dev/shm,prefault=on,mergeable=on",
+    ])
+    .memory;
+    assert_eq!(memory.size, 0);
+    assert_eq!(memory.boot_size(), 384 << 20);
+    let zones = memory.zones.unwrap();
+    assert_eq!(zones.len(), 2);
+    assert_eq!((zones[0].id.as_str(), zones[0].size), ("mem0", 256 << 20));
+    assert!(zones[0].shared && zones[0].file.is_none());
+    assert_eq!(
+        zones[1].file.as_deref(),
+        Some(std::path::Path::new("/dev/shm"))
+    );
+    assert!(zones[1].prefault && zones[1].mergeable && !zones[1].shared);
 }
 
 #[test]
@@ -275,7 +318,7 @@ fn memory_rejected() {
     );
     assert_eq!(
         error(&["--memory", "size=0"]),
-        "--memory: size=0: must not be zero"
+        "--memory: memory.size=0: must not be zero"
     );
     assert_eq!(error(&["--memory", "size="]), "--memory: size=: empty size");
     assert_eq!(
@@ -291,20 +334,63 @@ fn memory_rejected() {
         "--memory: size=99999999T: size does not fit in 64 bits"
     );
     assert_eq!(
-        error(&["--memory", "size=1G,hugepages=on"]),
-        "--memory: 'hugepages=on' is not supported by chv"
-    );
-    assert_eq!(
         error(&["--memory", "hugepages=maybe"]),
         "--memory: hugepages=maybe: expected on or off"
     );
     assert_eq!(
         error(&["--memory", "128M"]),
-        "--memory: unknown option '128M' (expected size, shared or hugepages=off)"
+        "--memory: unknown option '128M' (expected size, shared, hugepages, hugepage_size, \
+         prefault, thp, mergeable, hotplug_method, hotplug_size or hotplugged_size)"
     );
     assert_eq!(
-        error(&["--memory", "hotplug_size=1G"]),
-        "--memory: 'hotplug_size' is not supported by chv"
+        error(&["--memory", "size=1G,hotplug_size=100M"]),
+        "--memory: memory.hotplug_size=104857600: must be a multiple of 128 MiB"
+    );
+    assert_eq!(
+        error(&[
+            "--memory",
+            "size=1G,hotplug_size=1G,hotplug_method=virtio-mem"
+        ]),
+        "--memory: memory.hotplug_method=virtio-mem: not supported by chv (not implemented by \
+         chv yet; use hotplug_method=acpi)"
+    );
+    assert_eq!(
+        error(&["--memory", "hotplug_method=dimm"]),
+        "--memory: hotplug_method=dimm: expected acpi or virtio-mem"
+    );
+    assert_eq!(
+        error(&["--memory", "size=1G,hugepage_size=3M,hugepages=on"]),
+        "--memory: memory.hugepage_size=3145728: must be a power of two of at least 4 KiB"
+    );
+    assert_eq!(
+        error(&["--memory", "size=1G,hugepage_size=2M"]),
+        "--memory: memory.hugepage_size=2097152: needs hugepages=on"
+    );
+    assert_eq!(
+        error(&["--memory", "size=1G", "--memory-zone", "id=a,size=1G"]),
+        "--memory: memory.size=1073741824: must be 0 when memory.zones define the RAM"
+    );
+    assert_eq!(
+        error(&["--memory", "size=0", "--memory-zone", "size=1G"]),
+        "--memory-zone: missing id=ID"
+    );
+    assert_eq!(
+        error(&["--memory", "size=0", "--memory-zone", "id=a,size=0"]),
+        "--memory-zone: size=0: must not be zero"
+    );
+    assert_eq!(
+        error(&[
+            "--memory",
+            "size=0",
+            "--memory-zone",
+            "id=a,size=1G",
+            "id=a,size=1G"
+        ]),
+        "--memory-zone: memory.zones[a].id: is used by another zone"
+    );
+    assert_eq!(
+        error(&["--memory", "size=0", "--memory-zone", "id=a,size=1G,host_numa_node=0"]),
+        "--memory-zone: memory.zones[a].host_numa_node: not supported by chv (not implemented by chv yet)"
     );
 }
 
@@ -1056,7 +1142,7 @@ fn restore_options() {
 fn platform_segments_and_device_pci_segment() {
     let vm = vm(&[
         "--platform",
-        "num_pci_segments=2,serial_number=s1,oem_strings=[a,b]",
+        "num_pci_segments=2",
         "--disk",
         "path=/d,pci_segment=1",
         "--net",
@@ -1068,7 +1154,6 @@ fn platform_segments_and_device_pci_segment() {
     ]);
     let platform = vm.platform.as_ref().unwrap();
     assert_eq!(platform.num_pci_segments, 2);
-    assert_eq!(platform.serial(), Some("s1"));
     assert_eq!(vm.disks.unwrap()[0].pci_segment, 1);
     assert_eq!(vm.net.unwrap()[0].pci_segment, 1);
     assert_eq!(vm.rng.unwrap().pci_segment, 1);
@@ -1077,6 +1162,20 @@ fn platform_segments_and_device_pci_segment() {
         error(&["--platform", "num_pci_segments=97"]),
         "--platform: platform.num_pci_segments=97: must be between 1 and 96"
     );
+    // SMBIOS identity: taken where the platform has SMBIOS, refused by
+    // name where it has none (aarch64).
+    match vm_of(&["--platform", "serial_number=s1,oem_strings=[a,b]"]) {
+        Ok(vm) if arch::PLATFORM.smbios => {
+            assert_eq!(vm.platform.as_ref().unwrap().serial(), Some("s1"));
+        }
+        Err(e) if !arch::PLATFORM.smbios => {
+            assert!(
+                e.contains("platform.serial_number") && e.contains("not supported"),
+                "{e}"
+            );
+        }
+        r => panic!("SMBIOS fields on {}: {r:?}", arch::PLATFORM.name),
+    }
 }
 
 /// The VM `args` (after a kernel) describe, or the one-line error.

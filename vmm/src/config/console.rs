@@ -8,7 +8,6 @@ use super::*;
 
 /// Where a console device's output goes (Cloud Hypervisor's `ConsoleConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConsoleConfig {
     /// Output file when `mode` is `File` (the pty's path in `vm.info`
     /// when `mode` is `Pty`).

@@ -6,7 +6,6 @@ use super::*;
 
 /// `--cpus boot=N,max=M,topology=…,…` (Cloud Hypervisor's `CpusConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpusConfig {
     /// vCPUs started at boot.
     pub boot_vcpus: u8,
@@ -37,6 +36,26 @@ pub struct CpusConfig {
     /// Core scheduling (Cloud Hypervisor's `Vm`, `Vcpu` or `Off`).
     #[serde(default)]
     pub core_scheduling: CoreScheduling,
+    /// Cloud Hypervisor's CPU model for migration compatibility; chv
+    /// passes the host's CPU through (only `host`).
+    #[serde(default)]
+    pub profile: CpuProfile,
+}
+
+/// Cloud Hypervisor's CPU profiles (JSON spellings `host`, `dev-laptop`,
+/// `skylake`, `sapphire-rapids`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuProfile {
+    /// The host's CPU model.
+    #[default]
+    Host,
+    /// Cloud Hypervisor's development profile (refused).
+    DevLaptop,
+    /// Intel Skylake (refused).
+    Skylake,
+    /// Intel Sapphire Rapids (refused).
+    SapphireRapids,
 }
 
 impl Default for CpusConfig {
@@ -51,6 +70,7 @@ impl Default for CpusConfig {
             affinity: None,
             features: CpuFeatures::default(),
             core_scheduling: CoreScheduling::default(),
+            profile: CpuProfile::Host,
         }
     }
 }
@@ -69,7 +89,6 @@ pub const MAX_HOST_CPUS: usize = 1024;
 
 /// The CPU topology the guest sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuTopology {
     /// Hardware threads per core.
     pub threads_per_core: u8,
@@ -100,7 +119,6 @@ impl CpuTopology {
 
 /// The host CPUs one vCPU may run on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuAffinity {
     /// The vCPU index.
     pub vcpu: u8,
@@ -126,7 +144,6 @@ pub enum CoreScheduling {
 /// run; each name listed here is exposed to the guest again (`all` re-exposes
 /// every hidden feature).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CpuFeatures {
     /// Intel AMX (Cloud Hypervisor's; chv cannot expose it: `true` is
     /// refused).
@@ -219,6 +236,14 @@ impl CpusConfig {
                 ));
             }
         }
+        refuse_if(
+            self.profile != CpuProfile::Host,
+            format!(
+                "cpus.profile={}",
+                serde_json::to_string(&self.profile).unwrap_or_default()
+            ),
+            "chv passes the host CPU model through (profile host)",
+        )?;
         refuse_if(
             self.features.amx,
             "cpus.features.amx=true",

@@ -1,5 +1,5 @@
 //! The other devices of Cloud Hypervisor's `VmConfig`: `RngConfig`,
-//! `VsockConfig`, and the device kinds chv does not provide yet (balloon,
+//! `VsockConfig`, `BalloonConfig`, and the device kinds chv does not provide yet (
 //! VFIO, vDPA, generic vhost-user, TPM, debug console), which are accepted
 //! only when absent.
 
@@ -11,7 +11,6 @@ use super::*;
 
 /// `--rng src=PATH` (Cloud Hypervisor's `RngConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RngConfig {
     /// Host entropy source.
     pub src: PathBuf,
@@ -57,7 +56,6 @@ impl RngConfig {
 /// CID `cid`; host programs connect to the Unix socket `socket` and write
 /// `CONNECT <port>`, guest connections to host port P reach `socket_P`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// Guest context id (3..=u32::MAX-1).
     pub cid: u32,
@@ -104,7 +102,6 @@ impl VsockConfig {
 
 /// `--balloon size=…` (Cloud Hypervisor's `BalloonConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BalloonConfig {
     /// Device id.
     #[serde(default)]
@@ -128,9 +125,37 @@ pub struct BalloonConfig {
     pub free_page_reporting: bool,
 }
 
+impl BalloonConfig {
+    /// The size must be whole 4 KiB pages and leave the guest some RAM
+    /// (`ram` bytes at boot); no virtual IOMMU.
+    pub fn validate(&self, ram: u64) -> Result<(), ConfigError> {
+        if !self.size.is_multiple_of(MEMORY_ALIGNMENT) {
+            return Err(invalid(
+                format!("balloon.size={}", self.size),
+                "must be a multiple of 4 KiB",
+            ));
+        }
+        if self.size >= ram {
+            return Err(invalid(
+                format!("balloon.size={}", self.size),
+                format!("must be below the guest's {ram} bytes of RAM"),
+            ));
+        }
+        refuse_if(self.iommu, "balloon.iommu=true", "no virtual IOMMU")?;
+        if let Some(id) = &self.id {
+            if !valid_device_id(id) {
+                return Err(invalid(
+                    format!("balloon.id={id}"),
+                    "must be non-empty and must not start with '_'",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A VFIO device (Cloud Hypervisor's `DeviceConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
     /// Sysfs path of the device.
     #[serde(default)]
@@ -158,7 +183,6 @@ pub struct DeviceConfig {
 /// A vfio-user device (Cloud Hypervisor's `UserDeviceConfig`; also the
 /// body of `vm.add-user-device`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UserDeviceConfig {
     /// The backend's socket.
     pub socket: PathBuf,
@@ -175,7 +199,6 @@ pub struct UserDeviceConfig {
 
 /// A vDPA device (Cloud Hypervisor's `VdpaConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VdpaConfig {
     /// The vhost-vdpa character device.
     pub path: PathBuf,
@@ -203,7 +226,6 @@ fn default_one() -> usize {
 /// A generic vhost-user device (Cloud Hypervisor's
 /// `GenericVhostUserConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GenericVhostUserConfig {
     /// The backend's socket.
     pub socket: PathBuf,
@@ -224,15 +246,16 @@ pub struct GenericVhostUserConfig {
 
 /// A TPM emulator socket (Cloud Hypervisor's `TpmConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TpmConfig {
     /// swtpm's control socket.
     pub socket: PathBuf,
 }
 
+/// The debug console's default I/O port.
+pub const DEBUG_CONSOLE_IOBASE: u16 = 0xe9;
+
 /// The port-0xe9 debug console (Cloud Hypervisor's `DebugConsoleConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DebugConsoleConfig {
     /// Output file when `mode` is `File`.
     #[serde(default)]
@@ -249,14 +272,14 @@ impl Default for DebugConsoleConfig {
         Self {
             file: None,
             mode: ConsoleOutputMode::Off,
-            iobase: None,
+            // Cloud Hypervisor's default port.
+            iobase: Some(DEBUG_CONSOLE_IOBASE),
         }
     }
 }
 
 /// An emulated RTC on PCI (Cloud Hypervisor's `RtcConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RtcConfig {
     /// Device id.
     #[serde(default)]
@@ -274,7 +297,6 @@ pub struct RtcConfig {
 
 /// An SGX enclave page cache section (older Cloud Hypervisor).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SgxEpcConfig {
     /// Section id.
     pub id: String,

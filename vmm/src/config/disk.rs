@@ -8,7 +8,6 @@ use super::*;
 
 /// `--disk path=…,readonly=on,direct=on,…` (Cloud Hypervisor's `DiskConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     /// Host image file (raw or qcow2).
     #[serde(default)]
@@ -148,7 +147,6 @@ pub enum LockGranularity {
 
 /// Host CPUs for one virtqueue's worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VirtQueueAffinity {
     /// The queue.
     pub queue_index: u16,

@@ -10,7 +10,6 @@ use super::*;
 /// `--fs tag=…,socket=…` (Cloud Hypervisor's `FsConfig`): virtio-fs served
 /// by a vhost-user backend such as virtiofsd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FsConfig {
     /// Mount tag the guest uses.
     pub tag: String,

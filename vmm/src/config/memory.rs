@@ -6,7 +6,6 @@ use super::*;
 
 /// `--memory size=…,…` (Cloud Hypervisor's `MemoryConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     /// Guest RAM in bytes (at boot).
     pub size: u64,
@@ -76,7 +75,6 @@ pub enum HotplugMethod {
 
 /// One memory zone (Cloud Hypervisor's `MemoryZoneConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MemoryZoneConfig {
     /// Zone id.
     pub id: String,
@@ -121,42 +119,163 @@ pub const MEMORY_ALIGNMENT: u64 = 4 << 10;
 pub const MAX_MEMORY_SIZE: u64 = 1 << 40;
 
 impl MemoryConfig {
-    /// Checks that the RAM size is non-zero, page aligned and at most 1 TiB.
+    /// Guest RAM at boot: `size`, or the zones' sizes when RAM is split
+    /// into zones (then `size` is 0, as in Cloud Hypervisor).
+    pub fn boot_size(&self) -> u64 {
+        let zones: u64 = self.zones.iter().flatten().map(|z| z.size).sum();
+        self.size.saturating_add(zones)
+    }
+
+    /// Checks the sizes (non-zero, page aligned, at most 1 TiB), the huge
+    /// page size and the zones, and refuses by name what chv cannot do yet.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.size == 0 {
+        let zones = self.zones.as_deref().unwrap_or_default();
+        if zones.is_empty() && self.size == 0 {
             return Err(ConfigError::MemoryZero);
+        }
+        if !zones.is_empty() && self.size != 0 {
+            return Err(invalid(
+                format!("memory.size={}", self.size),
+                "must be 0 when memory.zones define the RAM",
+            ));
         }
         if self.size & (MEMORY_ALIGNMENT - 1) != 0 {
             return Err(ConfigError::MemoryUnaligned(self.size));
         }
-        if self.size > MAX_MEMORY_SIZE {
-            return Err(ConfigError::MemoryTooLarge(self.size));
+        if self.boot_size() > MAX_MEMORY_SIZE {
+            return Err(ConfigError::MemoryTooLarge(self.boot_size()));
         }
+        check_hugepage_size("memory", self.hugepages, self.hugepage_size)?;
         let not_yet = "not implemented by chv yet";
-        refuse_if(
-            self.hotplug_size.is_some_and(|s| s > 0),
-            "memory.hotplug_size",
-            not_yet,
-        )?;
+        self.validate_hotplug()?;
         refuse_if(
             self.hotplugged_size.is_some_and(|s| s > 0),
             "memory.hotplugged_size",
             not_yet,
         )?;
-        refuse_if(self.mergeable, "memory.mergeable=true", not_yet)?;
-        refuse_if(self.hugepages, "memory.hugepages=true", not_yet)?;
-        refuse_if(
-            self.hugepage_size.is_some(),
-            "memory.hugepage_size",
-            not_yet,
-        )?;
-        refuse_if(self.prefault, "memory.prefault=true", not_yet)?;
         refuse_if(self.reserve, "memory.reserve=true", not_yet)?;
-        refuse_if(
-            self.zones.as_ref().is_some_and(|z| !z.is_empty()),
-            "memory.zones",
-            not_yet,
-        )?;
+        let mut ids: Vec<&str> = Vec::new();
+        for zone in zones {
+            zone.validate()?;
+            if ids.contains(&zone.id.as_str()) {
+                return Err(invalid(
+                    format!("{}.id", zone.field()),
+                    "is used by another zone",
+                ));
+            }
+            ids.push(&zone.id);
+        }
         Ok(())
     }
+}
+
+impl MemoryConfig {
+    /// RAM that can be hot-added (`hotplug_size`, 0 when absent).
+    pub fn hotplug_room(&self) -> u64 {
+        self.hotplug_size.unwrap_or(0)
+    }
+
+    /// `hotplug_size` and `hotplug_method`: ACPI hotplug needs a platform
+    /// with ACPI hotplug and ranges in its granule; virtio-mem is refused
+    /// by name until chv has it.
+    fn validate_hotplug(&self) -> Result<(), ConfigError> {
+        let room = self.hotplug_room();
+        if room == 0 {
+            return Ok(());
+        }
+        refuse_if(
+            self.zones.as_ref().is_some_and(|z| !z.is_empty()),
+            format!("memory.hotplug_size={room}"),
+            "with memory.zones: not implemented by chv yet",
+        )?;
+        if self.hotplug_method == HotplugMethod::VirtioMem {
+            return Err(unsupported(
+                "memory.hotplug_method=virtio-mem",
+                "not implemented by chv yet; use hotplug_method=acpi",
+            ));
+        }
+        let Some(acpi) = arch::PLATFORM.acpi_hotplug else {
+            return Err(unsupported(
+                "memory.hotplug_method=acpi",
+                arch::PLATFORM.unsupported("ACPI memory hotplug"),
+            ));
+        };
+        let align = acpi.memory_hotplug_align;
+        if !room.is_multiple_of(align) {
+            return Err(invalid(
+                format!("memory.hotplug_size={room}"),
+                format!("must be a multiple of {} MiB", align >> 20),
+            ));
+        }
+        if self.boot_size().saturating_add(room) > MAX_MEMORY_SIZE {
+            return Err(invalid(
+                format!("memory.hotplug_size={room}"),
+                "size + hotplug_size must not exceed 1 TiB",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl MemoryZoneConfig {
+    /// The zone's name in error messages.
+    pub fn field(&self) -> String {
+        format!("memory.zones[{}]", self.id)
+    }
+
+    /// Checks one zone: an id, a non-zero page-aligned size, a valid huge
+    /// page size; refuses what chv cannot do yet.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let field = self.field();
+        if self.id.is_empty() {
+            return Err(invalid("memory.zones[].id", "must not be empty"));
+        }
+        if self.size == 0 || self.size & (MEMORY_ALIGNMENT - 1) != 0 {
+            return Err(invalid(
+                format!("{field}.size={}", self.size),
+                "must be a non-zero multiple of 4 KiB",
+            ));
+        }
+        if self.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(invalid(format!("{field}.file"), "must not be empty"));
+        }
+        check_hugepage_size(&field, self.hugepages, self.hugepage_size)?;
+        let not_yet = "not implemented by chv yet";
+        refuse_if(
+            self.host_numa_node.is_some(),
+            format!("{field}.host_numa_node"),
+            not_yet,
+        )?;
+        refuse_if(
+            self.hotplug_size.is_some_and(|s| s > 0),
+            format!("{field}.hotplug_size"),
+            not_yet,
+        )?;
+        refuse_if(
+            self.hotplugged_size.is_some_and(|s| s > 0),
+            format!("{field}.hotplugged_size"),
+            not_yet,
+        )?;
+        refuse_if(self.reserve, format!("{field}.reserve=true"), not_yet)?;
+        Ok(())
+    }
+}
+
+/// `hugepage_size` must be a power of two of at least 4 KiB, and needs
+/// `hugepages`.
+fn check_hugepage_size(field: &str, hugepages: bool, size: Option<u64>) -> Result<(), ConfigError> {
+    let Some(size) = size else { return Ok(()) };
+    if !hugepages {
+        return Err(invalid(
+            format!("{field}.hugepage_size={size}"),
+            "needs hugepages=on",
+        ));
+    }
+    if !size.is_power_of_two() || size < MEMORY_ALIGNMENT {
+        return Err(invalid(
+            format!("{field}.hugepage_size={size}"),
+            "must be a power of two of at least 4 KiB",
+        ));
+    }
+    Ok(())
 }

@@ -6,7 +6,9 @@
 //! Hypervisor's schema is known: a value chv provides, or that asks for
 //! Cloud Hypervisor's default or "off", is accepted and echoed in `vm.info`;
 //! any other is refused by [`VmConfig::validate`] with the field named,
-//! never ignored.
+//! never ignored. Keys that are not part of the schema are ignored (and
+//! logged by [`parse_json`]), as in Cloud Hypervisor, none of whose config
+//! structs denies unknown fields.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +44,6 @@ pub use rate_limit::{RateLimitGroupConfig, RateLimiterConfig, TokenBucketConfig}
 
 /// Everything needed to build and boot one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// vCPU topology and CPUID tweaks.
     #[serde(default)]
@@ -177,7 +178,6 @@ impl VmConfig {
     /// Refuses the device kinds and switches chv does not provide yet.
     fn validate_absent_devices(&self) -> Result<(), ConfigError> {
         let not_yet = "not implemented by chv yet";
-        refuse_if(self.balloon.is_some(), "balloon", not_yet)?;
         refuse_if(
             present(&self.generic_vhost_user),
             "generic_vhost_user",
@@ -241,6 +241,9 @@ impl VmConfig {
         if let Some(v) = &self.vsock {
             check("vsock".into(), v.pci_segment)?;
         }
+        if let Some(b) = &self.balloon {
+            check("balloon".into(), b.pci_segment)?;
+        }
         check("console".into(), self.console.pci_segment)?;
         for (i, p) in self.pci_segments.iter().flatten().enumerate() {
             check(format!("pci_segments[{i}]"), p.pci_segment)?;
@@ -292,6 +295,9 @@ impl VmConfig {
         if let Some(rng) = &self.rng {
             rng.validate()?;
         }
+        if let Some(balloon) = &self.balloon {
+            balloon.validate(self.memory.boot_size())?;
+        }
         let nets = self.net.as_deref().unwrap_or_default();
         for (index, net) in nets.iter().enumerate() {
             net.validate(index)?;
@@ -318,6 +324,21 @@ impl VmConfig {
         fs::validate_fs_and_pmem(self)?;
         rate_limit::validate(self)
     }
+}
+
+/// Deserializes a configuration or request body from `bytes` (one JSON
+/// value, optionally surrounded by whitespace). Unknown keys are ignored,
+/// as Cloud Hypervisor ignores them, and each is logged with its path.
+pub fn parse_json<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+    what: &str,
+) -> Result<T, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_ignored::deserialize(&mut de, |path| {
+        log::warn!("{what}: ignoring unknown field {path}");
+    })?;
+    de.end()?;
+    Ok(value)
 }
 
 /// `#[serde(default = …)]` for settings that are on unless turned off.

@@ -9,7 +9,6 @@ use super::*;
 /// `--net tap=…,mac=…,ip=…` (Cloud Hypervisor's `NetConfig`, without
 /// vhost-user).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetConfig {
     /// Tap interface to open or create; `vmtap%d` (kernel-chosen number)
     /// when neither `tap` nor `fds` is given.

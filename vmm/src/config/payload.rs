@@ -8,7 +8,6 @@ use super::*;
 
 /// The kernel, initramfs and command line to boot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PayloadConfig {
     /// Firmware image (chv boots kernels directly; refused).
     #[serde(default)]

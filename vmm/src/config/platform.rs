@@ -8,7 +8,6 @@ use super::*;
 /// `--platform num_pci_segments=…,serial_number=…,uuid=…,oem_strings=[…]`
 /// (Cloud Hypervisor's `PlatformConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PlatformConfig {
     /// PCI segments (host bridges), each with its own ECAM window.
     #[serde(default = "default_num_pci_segments")]
@@ -222,7 +221,6 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
 /// Per-segment MMIO aperture weights (Cloud Hypervisor's
 /// `PciSegmentConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PciSegmentConfig {
     /// The segment.
     pub pci_segment: u16,
@@ -240,7 +238,6 @@ fn default_weight() -> u32 {
 
 /// A guest NUMA node (Cloud Hypervisor's `NumaConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NumaConfig {
     /// Node id.
     pub guest_numa_id: u32,
@@ -266,7 +263,6 @@ pub struct NumaConfig {
 
 /// Distance from one NUMA node to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NumaDistance {
     /// The other node.
     pub destination: u32,
@@ -276,7 +272,6 @@ pub struct NumaDistance {
 
 /// One Landlock rule (Cloud Hypervisor's `LandlockConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LandlockConfig {
     /// Path the rule opens up.
     pub path: std::path::PathBuf,

@@ -10,7 +10,6 @@ use super::*;
 
 /// `--pmem file=…` (Cloud Hypervisor's `PmemConfig`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PmemConfig {
     /// Backing file.
     pub file: PathBuf,

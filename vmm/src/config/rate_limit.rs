@@ -14,7 +14,6 @@ use super::{ConfigError, VmConfig};
 /// One token bucket: `size` tokens refilled every `refill_time` ms, plus
 /// `one_time_burst` extra tokens usable once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TokenBucketConfig {
     /// Bucket size (bytes or operations).
     pub size: u64,
@@ -51,7 +50,6 @@ impl TokenBucketConfig {
 /// A bandwidth (bytes) and/or an operations bucket; absent ones do not
 /// limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimiterConfig {
     /// Bytes per `refill_time`.
     #[serde(default)]
@@ -85,7 +83,6 @@ impl RateLimiterConfig {
 /// `--rate-limit-group id=…,bw_size=…`: limits shared by every disk that
 /// names the group in `rate_limit_group`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RateLimitGroupConfig {
     /// Group id, referenced by `DiskConfig::rate_limit_group`.
     pub id: String,
@@ -198,7 +195,9 @@ mod tests {
         assert_eq!(l.bandwidth.unwrap().size, 1 << 20);
         let back = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<RateLimiterConfig>(&back).unwrap(), c);
-        assert!(serde_json::from_str::<RateLimiterConfig>(r#"{"bw":{}}"#).is_err());
+        // Unknown keys are ignored, as in Cloud Hypervisor.
+        let unknown: RateLimiterConfig = serde_json::from_str(r#"{"bw":{}}"#).unwrap();
+        assert_eq!(unknown, RateLimiterConfig::default());
         let g: RateLimitGroupConfig = serde_json::from_str(
             r#"{"id":"g0","rate_limiter_config":{"ops":{"size":5,"refill_time":10}}}"#,
         )

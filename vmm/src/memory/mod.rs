@@ -2,6 +2,7 @@
 //! zones sit in guest-physical space.
 
 pub mod backing;
+pub mod hotplug;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -9,18 +10,43 @@ use crate::config::VmConfig;
 
 pub use backing::{BackingError, RamBacking, ZoneBacking};
 
-/// The zones of guest RAM `config` describes. `memory.shared` backs RAM
-/// with a memfd mapped shared (vhost-user backends map it).
+/// The zones of guest RAM `config` describes: one zone `memory` with
+/// the memory options, or the `memory.zones` in order.
 pub fn zones_for(config: &VmConfig) -> Vec<RamZone> {
-    let shared = config.memory.shared;
-    vec![RamZone {
-        field: "memory".into(),
-        size: config.memory.size,
-        backing: RamBacking {
-            shared,
-            ..RamBacking::default()
-        },
-    }]
+    let memory = &config.memory;
+    let zones = memory.zones.as_deref().unwrap_or_default();
+    if zones.is_empty() {
+        return vec![RamZone {
+            field: "memory".into(),
+            size: memory.size,
+            backing: RamBacking {
+                shared: memory.shared,
+                hugepages: memory.hugepages,
+                hugepage_size: memory.hugepage_size,
+                prefault: memory.prefault,
+                thp: memory.thp,
+                mergeable: memory.mergeable,
+                file: None,
+            },
+        }];
+    }
+    zones
+        .iter()
+        .map(|zone| RamZone {
+            field: zone.field(),
+            size: zone.size,
+            backing: RamBacking {
+                shared: zone.shared,
+                hugepages: zone.hugepages,
+                hugepage_size: zone.hugepage_size,
+                prefault: zone.prefault,
+                // Zones have no thp option of their own: the VM's applies.
+                thp: memory.thp,
+                mergeable: zone.mergeable,
+                file: zone.file.clone(),
+            },
+        })
+        .collect()
 }
 
 /// Creates the guest RAM `config` describes, at the architecture's RAM

@@ -41,7 +41,7 @@ pub fn read_edited(dir: &Path, saved: &VmConfig) -> Result<Option<VmConfig>, Sna
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(SnapshotError::Io(format!("{}: {e}", path.display()))),
     };
-    let edited: VmConfig = serde_json::from_slice(&bytes)
+    let edited: VmConfig = crate::config::parse_json(&bytes, CONFIG_FILE)
         .map_err(|e| SnapshotError::Invalid(format!("{CONFIG_FILE}: {e}")))?;
     edited
         .validate()

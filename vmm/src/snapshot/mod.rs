@@ -87,6 +87,9 @@ pub struct VmSnapshot {
     pub legacy: LegacyDevicesState,
     /// The PCI devices and their slots.
     pub devices: DevicesSnapshot,
+    /// The ranges of RAM hot-added through ACPI (also in `memory`).
+    #[serde(default)]
+    pub memory_hotplug: Vec<devices::acpi::MemorySlot>,
     /// State the host could not provide and that is therefore not saved
     /// (for example nested virtualization state on PVM hosts).
     pub omitted: Vec<String>,
@@ -98,7 +101,6 @@ pub struct VmSnapshot {
 
 /// `vm.snapshot`'s body (Cloud Hypervisor's `VmSnapshotConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct SnapshotConfig {
     /// `file:///dir` to write the snapshot into.
     pub destination_url: String,
@@ -161,7 +163,6 @@ pub enum ChMemoryRestoreMode {
 /// Tap fds a restored network device uses instead of its saved tap
 /// (Cloud Hypervisor's `RestoredNetConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct RestoredNetConfig {
     /// The network device's id (`_net0` for the first one without an id).
     pub id: String,

@@ -1,0 +1,560 @@
+//! Guest RAM backings end to end: the Linux guest kit booted with RAM in
+//! two zones, `mem0` a shared memfd and `mem1` a shared, prefaulted,
+//! mergeable user file (`--memory size=0 --memory-zone ...`).
+//!
+//! One boot checks:
+//! - a second host process (this test) opens chv's memfd through /proc,
+//!   maps it and finds a pattern the guest wrote into a tmpfs file, in
+//!   the memfd or the zone file;
+//! - it overwrites the pattern in the mapping and the guest reads the new
+//!   bytes from its file (the same pages, both ways);
+//! - `mem1`'s mapping is populated (prefault) and marked mergeable (KSM),
+//!   `mem0`'s is not populated.
+//!
+//! A missing guest kit fails these tests unless `CHV_SKIP_LINUX=1`.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chv_tests::{require_guest_kit, Chv, Scratch};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const ABORT: &[&str] = &["Kernel panic"];
+const MIB: usize = 1 << 20;
+
+/// The pattern the guest writes: the shell computes it, so the command
+/// line (also in guest RAM) does not contain it.
+const PATTERN: &[u8] = b"CHVPAT777777777";
+/// What the host writes over it (same length).
+const HOST_PATTERN: &[u8] = b"CHVHOST88888888";
+
+/// A shared read-write mapping of a whole file, unmapped on drop.
+struct SharedMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl SharedMap {
+    fn new(file: &File) -> SharedMap {
+        let len = file.metadata().unwrap().len() as usize;
+        // SAFETY: maps `len` bytes of an open file; the mapping is only
+        // used through `bytes()` while `self` lives.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        SharedMap {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn bytes(&self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes and lives as long as `self`;
+        // the guest writes it concurrently, which only changes the bytes
+        // read.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Overwrites every occurrence of `from` with `to`; returns how many.
+    fn replace(&self, from: &[u8], to: &[u8]) -> usize {
+        let bytes = self.bytes();
+        let mut count = 0;
+        let mut i = 0;
+        while i + from.len() <= bytes.len() {
+            if &bytes[i..i + from.len()] == from {
+                bytes[i..i + to.len()].copy_from_slice(to);
+                count += 1;
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+        count
+    }
+}
+
+impl Drop for SharedMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping `new` created.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// chv's guest-RAM memfd, opened through /proc/PID/fd.
+fn open_memfd(pid: u32) -> File {
+    let dir = PathBuf::from(format!("/proc/{pid}/fd"));
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(link) = std::fs::read_link(&path) else {
+            continue;
+        };
+        if link.to_string_lossy().starts_with("/memfd:chv-guest-ram") {
+            return std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+        }
+    }
+    panic!("chv (pid {pid}) has no chv-guest-ram memfd");
+}
+
+/// (Rss in KiB, VmFlags) of chv's mappings of `file`, summed over them.
+fn mapping_of(pid: u32, file: &Path) -> (u64, String) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let name = file.display().to_string();
+    let mut rss = 0;
+    let mut flags = String::new();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let is_header = line
+            .split_whitespace()
+            .next()
+            .is_some_and(|range| range.contains('-') && !range.ends_with(':'));
+        if is_header {
+            inside = line.ends_with(&name);
+        } else if inside {
+            if let Some(kib) = line.strip_prefix("Rss:") {
+                rss += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            } else if let Some(f) = line.strip_prefix("VmFlags:") {
+                flags = f.trim().to_owned();
+            }
+        }
+    }
+    (rss, flags)
+}
+
+#[test]
+fn shared_zones_are_seen_by_another_process_both_ways() {
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let scratch = Scratch::new("memory-linux");
+    let zone_file = scratch.path("zone1");
+    let guest_cmd = "P=CHVPAT$((7*111111111)); echo $P > /tmp/p; echo CHK-WROTE; \
+                     while read -r L </tmp/p; [ ${L#CHVHOST} = $L ]; do sleep 1; done; \
+                     echo CHK-SEEN:$L";
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\"");
+    let args: Vec<String> = vec![
+        "--kernel".into(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--memory".into(),
+        "size=0".into(),
+        "--memory-zone".into(),
+        "id=mem0,size=96M,shared=on".into(),
+        format!(
+            "id=mem1,size=32M,file={},shared=on,prefault=on,mergeable=on",
+            zone_file.display()
+        ),
+        "--serial".into(),
+        "tty".into(),
+    ];
+    File::create(&zone_file).unwrap();
+    let mut chv = Chv::spawn(&args);
+    chv.expect("CHK-WROTE", ABORT, BOOT_TIMEOUT);
+    let pid = chv.pid();
+
+    let (rss1, flags1) = mapping_of(pid, &zone_file);
+    chv.check(
+        rss1 >= 32 << 10,
+        &format!("mem1 (prefault=on) is populated: Rss {rss1} KiB, want 32768"),
+    );
+    chv.check(
+        flags1.split(' ').any(|f| f == "mg") && flags1.split(' ').any(|f| f == "sh"),
+        &format!("mem1 is shared and mergeable: VmFlags {flags1}"),
+    );
+
+    let memfd = open_memfd(pid);
+    chv.check(
+        memfd.metadata().unwrap().len() == (96 * MIB) as u64,
+        "the memfd holds mem0's 96 MiB",
+    );
+    let mem0 = SharedMap::new(&memfd);
+    let mem1 = SharedMap::new(
+        &File::options()
+            .read(true)
+            .write(true)
+            .open(&zone_file)
+            .unwrap(),
+    );
+    let in0 = mem0.replace(PATTERN, HOST_PATTERN);
+    let in1 = mem1.replace(PATTERN, HOST_PATTERN);
+    eprintln!("pattern found {in0}x in the memfd, {in1}x in the zone file");
+    chv.check(
+        in0 + in1 > 0,
+        "the guest's pattern is in the memfd or the zone file",
+    );
+    chv.expect("CHK-SEEN:", ABORT, Duration::from_secs(60));
+    chv.check(
+        chv.stdout().contains("CHK-SEEN:CHVHOST88888888"),
+        "the guest reads what the host wrote into its pages",
+    );
+    chv.expect("GUEST-POWEROFF", ABORT, Duration::from_secs(60));
+    let st = chv.expect_exit(Duration::from_secs(60));
+    chv.assert_no_panic();
+    chv.check(st.code() == Some(0), &format!("chv exit status {st}"));
+}
+
+/// Reads the guest's `MemTotal` (KiB) with shell builtins only (the first
+/// line of /proc/meminfo), printed after `tag`.
+fn memtotal_cmd(tag: &str) -> String {
+    format!("read -r k v u </proc/meminfo; echo {tag}:$v:{tag}-END")
+}
+
+/// The KiB the guest printed after the last `tag:`.
+fn printed_kib(chv: &Chv, tag: &str) -> u64 {
+    let out = chv.stdout();
+    let needle = format!("{tag}:");
+    let Some(at) = out.rfind(&needle) else {
+        chv.fail(&format!("the guest printed no {needle}"));
+    };
+    out[at + needle.len()..]
+        .split(':')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| chv.fail(&format!("{needle} is not followed by a number")))
+}
+
+/// Has the guest poll its `MemTotal` (once a second, up to a minute) until
+/// it exceeds `kib` (the guest onlines hot-added memory asynchronously);
+/// returns the last value, printed after `tag`.
+fn wait_memtotal_above(chv: &mut Chv, kib: u64, tag: &str) -> u64 {
+    chv.send_line(&format!(
+        "i=0; while [ $i -lt 60 ]; do read -r k v u </proc/meminfo; [ $v -gt {kib} ] && break; \
+         sleep 1; i=$((i+1)); done; {}",
+        memtotal_cmd(tag)
+    ));
+    chv.expect(&format!("{tag}-END"), ABORT, Duration::from_secs(120));
+    printed_kib(chv, tag)
+}
+
+/// As [`wait_memtotal_above`], until `MemTotal` drops below `kib`.
+fn wait_memtotal_below(chv: &mut Chv, kib: u64, tag: &str) -> u64 {
+    chv.send_line(&format!(
+        "i=0; while [ $i -lt 60 ]; do read -r k v u </proc/meminfo; [ $v -lt {kib} ] && break; \
+         sleep 1; i=$((i+1)); done; {}",
+        memtotal_cmd(tag)
+    ));
+    chv.expect(&format!("{tag}-END"), ABORT, Duration::from_secs(120));
+    printed_kib(chv, tag)
+}
+
+/// `"key":<number>` in a JSON body, if there.
+fn json_number(body: &str, key: &str) -> Option<u64> {
+    let at = body.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = body[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+/// ACPI memory hotplug (Kata's `clh` path: `memory.hotplug_size`, then
+/// `vm.resize desired_ram`): one boot of the guest kit at its command loop
+/// with 128 MiB and 256 MiB of hotplug room checks that
+/// - bad `desired_ram` values are refused naming the field (above
+///   size + hotplug_size, below the current size, not 128 MiB granular);
+/// - `desired_ram` = 384 MiB answers 204, `vm.info` reports the new
+///   `config.memory.size` and `memory_actual_size`, and the guest's
+///   `MemTotal` grows by about 256 MiB (Linux onlines the new range);
+/// - a snapshot of the grown VM restores in a new chv with the same
+///   `MemTotal`, and a further resize after the restore still works.
+#[test]
+fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
+    use chv_tests::api_client::http;
+    use chv_tests::base_snapshot::{wait_ready, LOOP, READY};
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let scratch = Scratch::new("memory-acpi");
+    let api = scratch.path("api.sock");
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\"");
+    let mut chv = Chv::spawn_with_input(&[
+        "--kernel".to_string(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--memory".into(),
+        "size=128M,hotplug_size=384M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ]);
+    chv.expect(READY, ABORT, BOOT_TIMEOUT);
+    chv.send_line(&memtotal_cmd("CHK-MEM0"));
+    chv.expect("CHK-MEM0-END", ABORT, Duration::from_secs(30));
+    let before = printed_kib(&chv, "CHK-MEM0");
+
+    let resize = |ram: u64| {
+        http(
+            &api,
+            "PUT",
+            "vm.resize",
+            Some(&format!(r#"{{"desired_ram":{ram}}}"#)),
+        )
+    };
+    for (ram, what) in [
+        (1024 * MIB as u64, "must not exceed size + hotplug_size"),
+        (64 * MIB as u64, "ACPI memory hotplug cannot remove memory"),
+        (200 * MIB as u64, "must be a multiple of 128 MiB"),
+    ] {
+        let (status, body) = resize(ram);
+        chv.check(
+            status == 400 && body.contains("desired_ram") && body.contains(what),
+            &format!("desired_ram={ram}: {status} {body}"),
+        );
+    }
+    let (status, body) = resize(384 * MIB as u64);
+    chv.check(status == 204, &format!("vm.resize: {status} {body}"));
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_number(&info, "size") == Some(384 * MIB as u64)
+            && json_number(&info, "memory_actual_size") == Some(384 * MIB as u64),
+        &format!("vm.info after the resize: {info}"),
+    );
+
+    // The guest onlines the new memory asynchronously.
+    let after = wait_memtotal_above(&mut chv, before + (200 << 10), "CHK-MEM1");
+    chv.check(
+        after >= before + (250 << 10),
+        &format!("MemTotal grows by ~256 MiB: {before} KiB -> {after} KiB"),
+    );
+    // Snapshot and restore the grown VM.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = http(&api, "PUT", "vm.pause", None);
+    chv.check(status == 204, &format!("vm.pause: {status} {body}"));
+    let snap = scratch.path("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (status, body) = http(&api, "PUT", "vm.snapshot", Some(&url));
+    chv.check(status == 204, &format!("vm.snapshot: {status} {body}"));
+    chv.kill();
+    let _ = std::fs::remove_file(&api);
+
+    let mut chv = Chv::spawn_with_input(&[
+        "--api-socket".to_string(),
+        api.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{},resume=true", snap.display()),
+    ]);
+    wait_ready(&mut chv);
+    chv.send_line(&memtotal_cmd("CHK-MEM2"));
+    chv.expect("CHK-MEM2-END", ABORT, Duration::from_secs(30));
+    let restored = printed_kib(&chv, "CHK-MEM2");
+    chv.check(
+        restored == after,
+        &format!("MemTotal after the restore: {restored} KiB, before {after} KiB"),
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_number(&info, "memory_actual_size") == Some(384 * MIB as u64),
+        &format!("vm.info after the restore: {info}"),
+    );
+    // The restored VM keeps its slots: one more 128 MiB range.
+    let (status, body) = resize(512 * MIB as u64);
+    chv.check(
+        status == 204,
+        &format!("vm.resize after restore: {status} {body}"),
+    );
+    let last = wait_memtotal_above(&mut chv, restored + (100 << 10), "CHK-MEM3");
+    chv.check(
+        last >= restored + (120 << 10),
+        &format!("MemTotal grows again after the restore: {restored} KiB -> {last} KiB"),
+    );
+    chv.kill();
+    chv.assert_no_panic();
+}
+
+/// `VmRSS` and `VmHWM` (peak) of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// virtio-balloon end to end, one boot of the guest kit at its command
+/// loop with 256 MiB and `--balloon size=0,free_page_reporting=on`:
+/// - free page reporting: the guest touches 64 MiB (`dd` with a 64 MiB
+///   buffer) and frees it; chv's RSS then drops from its peak by most of
+///   it, and `vm.counters` reports the bytes under `balloon`;
+/// - `desired_balloon` = 32 MiB lowers the guest's `MemTotal` by 32 MiB,
+///   and `vm.info`'s `memory_actual_size` and the counters follow; the
+///   guest's statistics (`total_memory`) appear in `vm.counters`;
+/// - bad `desired_balloon` values are refused naming the field;
+/// - a snapshot with the inflated balloon restores with the same
+///   `MemTotal` and balloon size, and deflating it after the restore gives
+///   the guest its memory back.
+#[test]
+fn balloon_reports_free_pages_inflates_and_survives_snapshot_restore() {
+    use chv_tests::api_client::http;
+    use chv_tests::base_snapshot::{wait_ready, LOOP, READY};
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let scratch = Scratch::new("memory-balloon");
+    let api = scratch.path("api.sock");
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\"");
+    let mut chv = Chv::spawn_with_input(&[
+        "--kernel".to_string(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--memory".into(),
+        "size=256M".into(),
+        "--balloon".into(),
+        "size=0,free_page_reporting=on".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ]);
+    chv.expect(READY, ABORT, BOOT_TIMEOUT);
+    let pid = chv.pid();
+    // Let the boot's own freed pages be reported first.
+    std::thread::sleep(Duration::from_secs(5));
+    let (rss0, _) = rss_kib(pid);
+
+    let started = std::time::Instant::now();
+    chv.send_line("dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo CHK-TOUCHED-END");
+    chv.expect("CHK-TOUCHED-END", ABORT, Duration::from_secs(240));
+    eprintln!("touching 64 MiB took {:?}", started.elapsed());
+    let mut low = u64::MAX;
+    let mut peak = 0;
+    for _ in 0..30 {
+        let (rss, hwm) = rss_kib(pid);
+        (low, peak) = (low.min(rss), hwm);
+        if peak.saturating_sub(low) >= 48 << 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!("chv RSS: before {rss0} KiB, peak {peak} KiB, after {low} KiB");
+    chv.check(
+        peak >= rss0 + (48 << 10),
+        &format!("the guest's 64 MiB show in chv's RSS: {rss0} -> peak {peak} KiB"),
+    );
+    chv.check(
+        peak.saturating_sub(low) >= 48 << 10,
+        &format!("free page reporting gives most of it back: peak {peak} -> {low} KiB"),
+    );
+    let (_, counters) = http(&api, "GET", "vm.counters", None);
+    chv.check(
+        json_number(&counters, "reported_bytes").is_some_and(|b| b >= 48 << 20),
+        &format!("vm.counters reports the freed pages: {counters}"),
+    );
+
+    chv.send_line(&memtotal_cmd("CHK-B0"));
+    chv.expect("CHK-B0-END", ABORT, Duration::from_secs(30));
+    let full = printed_kib(&chv, "CHK-B0");
+    let balloon = |bytes: u64| {
+        http(
+            &api,
+            "PUT",
+            "vm.resize",
+            Some(&format!(r#"{{"desired_balloon":{bytes}}}"#)),
+        )
+    };
+    for bytes in [(256 * MIB + 4096) as u64, 1000] {
+        let (status, body) = balloon(bytes);
+        chv.check(
+            status == 400 && body.contains("desired_balloon"),
+            &format!("desired_balloon={bytes}: {status} {body}"),
+        );
+    }
+    let (status, body) = balloon(32 * MIB as u64);
+    chv.check(status == 204, &format!("desired_balloon: {status} {body}"));
+    let inflated = wait_memtotal_below(&mut chv, full - (30 << 10), "CHK-B1");
+    chv.check(
+        full - inflated >= 32 << 10,
+        &format!("MemTotal drops by 32 MiB: {full} -> {inflated} KiB"),
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_number(&info, "memory_actual_size") == Some(224 * MIB as u64),
+        &format!("vm.info memory_actual_size: {info}"),
+    );
+    let (_, counters) = http(&api, "GET", "vm.counters", None);
+    chv.check(
+        json_number(&counters, "actual_bytes") == Some(32 * MIB as u64)
+            && json_number(&counters, "total_memory").is_some(),
+        &format!("vm.counters balloon size and guest statistics: {counters}"),
+    );
+
+    // Snapshot and restore with the balloon inflated.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = http(&api, "PUT", "vm.pause", None);
+    chv.check(status == 204, &format!("vm.pause: {status} {body}"));
+    let snap = scratch.path("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (status, body) = http(&api, "PUT", "vm.snapshot", Some(&url));
+    chv.check(status == 204, &format!("vm.snapshot: {status} {body}"));
+    chv.kill();
+    let _ = std::fs::remove_file(&api);
+    let mut chv = Chv::spawn_with_input(&[
+        "--api-socket".to_string(),
+        api.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{},resume=true", snap.display()),
+    ]);
+    wait_ready(&mut chv);
+    chv.send_line(&memtotal_cmd("CHK-B2"));
+    chv.expect("CHK-B2-END", ABORT, Duration::from_secs(30));
+    let restored = printed_kib(&chv, "CHK-B2");
+    chv.check(
+        restored == inflated,
+        &format!("MemTotal after the restore: {restored} KiB, before {inflated} KiB"),
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_number(&info, "memory_actual_size") == Some(224 * MIB as u64),
+        &format!("vm.info after the restore: {info}"),
+    );
+    let (status, body) = balloon(0);
+    chv.check(status == 204, &format!("deflate: {status} {body}"));
+    let deflated = wait_memtotal_above(&mut chv, restored + (30 << 10), "CHK-B3");
+    chv.check(
+        deflated == full,
+        &format!("deflating gives the memory back: {restored} -> {deflated} KiB (was {full})"),
+    );
+    chv.kill();
+    chv.assert_no_panic();
+}
