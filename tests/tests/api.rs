@@ -1584,10 +1584,6 @@ fn ch_remote_syntax_with_chv_remote() {
             "vdpa",
         ),
         (
-            vec!["resize".into(), "--memory".into(), "1G".into()],
-            "desired_ram",
-        ),
-        (
             vec!["resize".into(), "--balloon".into(), "16M".into()],
             "desired_balloon",
         ),

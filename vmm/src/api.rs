@@ -787,6 +787,9 @@ impl Vmm {
                 }
                 let (dir, snap) = Vmm::read_snapshot(&req)
                     .map_err(|e| ApiResponse::error(400, format!("cannot restore: {e}")))?;
+                // Overrides the snapshot cannot take are the request's fault.
+                req.apply_overrides(&mut snap.config.clone())
+                    .map_err(|e| ApiResponse::error(400, format!("invalid RestoreConfig: {e}")))?;
                 self.restore_snapshot(&req, &dir, snap)
                     .map_err(|e| ApiResponse::error(500, format!("cannot restore: {e}")))?;
                 self.preserved_fds = received;

@@ -108,7 +108,6 @@ pub struct SnapshotConfig {
 
 /// `vm.restore`'s body and `--restore` (Cloud Hypervisor's `RestoreConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct RestoreConfig {
     /// `file:///dir` of the snapshot.
     pub source_url: String,
