@@ -69,7 +69,7 @@ fn resize_api_with_test_guest() {
         (
             r#"{"desired_ram":134217728}"#,
             400,
-            "desired_ram: not supported by chv",
+            "no memory.hotplug_size",
         ),
         // Unknown keys are ignored, as in Cloud Hypervisor.
         (r#"{"desired_vcpus":1,"bogus":1}"#, 204, ""),
