@@ -39,7 +39,11 @@ fn ram_memfds(pid: u32) -> Vec<(u64, File)> {
         if !is_ram {
             continue;
         }
-        if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
             if let Ok(m) = f.metadata() {
                 out.push((m.len(), f));
             }
@@ -50,7 +54,10 @@ fn ram_memfds(pid: u32) -> Vec<(u64, File)> {
 
 fn put(chv: &Chv, sock: &Path, endpoint: &str, body: &str, want: u16) -> String {
     let (st, text) = http(sock, "PUT", endpoint, Some(body));
-    chv.check(st == want, &format!("{endpoint} {body}: {st} {text} (wanted {want})"));
+    chv.check(
+        st == want,
+        &format!("{endpoint} {body}: {st} {text} (wanted {want})"),
+    );
     text
 }
 
@@ -75,7 +82,13 @@ fn hot_added_memory_migrates_where_the_guest_knows_it() {
         src_sock.display().to_string(),
     ]);
     src.expect("TICK 3", &[], Duration::from_secs(30));
-    put(&src, &src_sock, "vm.resize", r#"{"desired_ram":201326592}"#, 204);
+    put(
+        &src,
+        &src_sock,
+        "vm.resize",
+        r#"{"desired_ram":201326592}"#,
+        204,
+    );
 
     let fds = ram_memfds(src.pid());
     let hot = fds.iter().find(|(len, _)| *len == 128 * MIB);
@@ -137,8 +150,20 @@ fn hot_added_memory_migrates_where_the_guest_knows_it() {
     dst.expect("TICK", &[], Duration::from_secs(30));
     // The hotplug slots migrated: the rest of hotplug_size can be added,
     // nothing beyond.
-    put(&dst, &dst_sock, "vm.resize", r#"{"desired_ram":469762048}"#, 400);
-    put(&dst, &dst_sock, "vm.resize", r#"{"desired_ram":335544320}"#, 204);
+    put(
+        &dst,
+        &dst_sock,
+        "vm.resize",
+        r#"{"desired_ram":469762048}"#,
+        400,
+    );
+    put(
+        &dst,
+        &dst_sock,
+        "vm.resize",
+        r#"{"desired_ram":335544320}"#,
+        204,
+    );
     let (_, info) = http(&dst_sock, "GET", "vm.info", None);
     dst.check(
         info.contains(r#""memory_actual_size":335544320"#),

@@ -199,7 +199,7 @@ fn encode_layout(memory: &GuestMemoryMmap) -> Vec<u8> {
 /// not overlapping.
 fn decode_layout(body: &[u8]) -> Result<Vec<(GuestAddress, usize)>, MigrationError> {
     let bad = |what: String| MigrationError::Protocol(format!("memory layout: {what}"));
-    if body.is_empty() || body.len() % 16 != 0 || body.len() / 16 > MAX_LAYOUT_REGIONS {
+    if body.is_empty() || !body.len().is_multiple_of(16) || body.len() / 16 > MAX_LAYOUT_REGIONS {
         return Err(bad(format!("{} bytes", body.len())));
     }
     let mut layout = Vec::with_capacity(body.len() / 16);
@@ -214,7 +214,10 @@ fn decode_layout(body: &[u8]) -> Result<Vec<(GuestAddress, usize)>, MigrationErr
         let page = PAGE as u64;
         match (region_end, usize::try_from(len)) {
             (Some(region_end), Ok(size))
-                if len > 0 && gpa % page == 0 && len % page == 0 && gpa >= end =>
+                if len > 0
+                    && gpa.is_multiple_of(page)
+                    && len.is_multiple_of(page)
+                    && gpa >= end =>
             {
                 end = region_end;
                 layout.push((GuestAddress(gpa), size));
