@@ -33,7 +33,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chv_tests::{expect_option_error, require_guest_kit, testguest, Chv, GuestKit};
+use chv_tests::{expect_option_error, halted_guest_args, require_guest_kit, Chv, GuestKit};
 
 /// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -709,18 +709,9 @@ fn disk_qcow2_in_use_by_another_chv_is_a_lock_error() {
         &["create", "-q", "-f", "qcow2", "shared.qcow2", "64M"],
     );
     let disk = format!("path={}", dir.arg("shared.qcow2"));
-    let mut first = Chv::spawn(&[
-        "--kernel",
-        &testguest().display().to_string(),
-        "--cmdline",
-        "test=hlt",
-        "--memory",
-        "size=64M",
-        "--serial",
-        "tty",
-        "--disk",
-        &disk,
-    ]);
+    let mut args = halted_guest_args();
+    args.extend(["--disk".to_string(), disk.clone()]);
+    let mut first = Chv::spawn(&args);
     first.expect("HLT-NOW", &["TESTGUEST-FAIL"], Duration::from_secs(30));
     let path = dir.arg("shared.qcow2");
     expect_option_error(
