@@ -10,7 +10,8 @@
 //! receiver's RAM memfd at the hot-added region's place (64 MiB into its
 //! single 192 MiB memfd). The receiver reports 192 MiB, its guest keeps
 //! ticking, and it can grow again to the full 320 MiB (the hotplug slots
-//! came along) but not beyond.
+//! came along) but not beyond. A balloon target set on the source
+//! (`desired_balloon`) is the receiver's too.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -74,6 +75,8 @@ fn hot_added_memory_migrates_where_the_guest_knows_it() {
         "test=ticker".into(),
         "--memory".into(),
         "size=64M,shared=on,hotplug_size=256M".into(),
+        "--balloon".into(),
+        "size=0,free_page_reporting=on".into(),
         "--serial".into(),
         "tty".into(),
         "--console".into(),
@@ -87,6 +90,13 @@ fn hot_added_memory_migrates_where_the_guest_knows_it() {
         &src_sock,
         "vm.resize",
         r#"{"desired_ram":201326592}"#,
+        204,
+    );
+    put(
+        &src,
+        &src_sock,
+        "vm.resize",
+        r#"{"desired_balloon":33554432}"#,
         204,
     );
 
@@ -145,6 +155,10 @@ fn hot_added_memory_migrates_where_the_guest_knows_it() {
     dst.check(
         st == 200 && info.contains(r#""memory_actual_size":201326592"#),
         &format!("receiver vm.info: {st} {info}"),
+    );
+    dst.check(
+        info.contains(r#""balloon":{"id":"#) && info.contains(r#""size":33554432"#),
+        &format!("the balloon target did not migrate: {info}"),
     );
     // The guest runs on the receiver: its console is the receiver's tty.
     dst.expect("TICK", &[], Duration::from_secs(30));
