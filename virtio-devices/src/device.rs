@@ -90,6 +90,16 @@ pub(crate) fn state_from_value<T: DeserializeOwned>(
     Ok(state)
 }
 
+/// Copies the bytes of a config space `config` at `offset` into `data`
+/// ([`VirtioDevice::read_config`]); bytes past its end read 0.
+pub(crate) fn copy_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// The saved state of a device whose only state is the features its
 /// driver accepted (virtio-rng, virtio-pmem: their data lives elsewhere).
 #[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! `device` is the interface between a device model and its transport;
 //! `transport` holds virtio-pci; `worker` the thread that serves a device's
 //! queues; each device has its own folder (`block`, `console`, `rng`,
-//! `pmem`, …); `vhost_user` is the frontend that `fs` (virtio-fs) and
+//! `pmem`, `mem`, …); `vhost_user` is the frontend that `fs` (virtio-fs) and
 //! `vhost_user_blk` are built on.
 
 pub mod balloon;
@@ -12,6 +12,7 @@ pub mod console;
 pub mod device;
 pub mod discard;
 pub mod fs;
+pub mod mem;
 pub mod net;
 pub mod pmem;
 pub mod rate_limiter;

@@ -181,6 +181,14 @@ pub fn stop_for_pause<H: QueueHandler>(
     Ok(Some((handler, broken)))
 }
 
+/// Stops `worker` if one runs (device reset); false if it would not stop.
+pub fn stop_worker<H: QueueHandler>(worker: &mut Option<WorkerHandle<H>>) -> bool {
+    match worker.take() {
+        Some(w) => w.stop().is_ok(),
+        None => true,
+    }
+}
+
 /// Pauses a one-queue device: stops `worker` (if one runs), marks the
 /// device `broken` if its queue was, and gives back the queue that
 /// `queue_of` takes out of the stopped handler.

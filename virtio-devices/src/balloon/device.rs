@@ -104,13 +104,6 @@ impl VirtioBalloon {
         }
         roles
     }
-
-    fn stop_worker(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop().is_ok(),
-            None => true,
-        }
-    }
 }
 
 impl VirtioDevice for VirtioBalloon {
@@ -155,14 +148,7 @@ impl VirtioDevice for VirtioBalloon {
                 .load(Ordering::Acquire)
                 .to_le_bytes(),
         );
-        data.fill(0);
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start < CONFIG_SIZE {
-            let n = data.len().min(CONFIG_SIZE - start);
-            data[..n].copy_from_slice(&config[start..start + n]);
-        }
+        crate::device::copy_config(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -223,7 +209,7 @@ impl VirtioDevice for VirtioBalloon {
     }
 
     fn reset(&mut self) -> bool {
-        let ok = self.stop_worker();
+        let ok = crate::worker::stop_worker(&mut self.worker);
         *lock(&self.control.interrupt) = None;
         self.acked = 0;
         self.held_stats = None;

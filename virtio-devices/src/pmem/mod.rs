@@ -106,11 +106,7 @@ impl VirtioDevice for VirtioPmem {
         let mut c = [0u8; 16];
         c[..8].copy_from_slice(&self.start.to_le_bytes());
         c[8..].copy_from_slice(&self.size.to_le_bytes());
-        data.fill(0);
-        if let Some(src) = usize::try_from(offset).ok().and_then(|o| c.get(o..)) {
-            let n = src.len().min(data.len());
-            data[..n].copy_from_slice(&src[..n]);
-        }
+        crate::device::copy_config(&c, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
@@ -144,10 +140,7 @@ impl VirtioDevice for VirtioPmem {
     }
 
     fn reset(&mut self) -> bool {
-        let ok = match self.worker.take() {
-            Some(w) => w.stop().is_ok(),
-            None => true,
-        };
+        let ok = crate::worker::stop_worker(&mut self.worker);
         self.acked = 0;
         self.broken = false;
         ok

@@ -85,10 +85,7 @@ impl VirtioRng {
     }
 
     fn stop_worker(&mut self) -> bool {
-        match self.worker.take() {
-            Some(w) => w.stop().is_ok(),
-            None => true,
-        }
+        crate::worker::stop_worker(&mut self.worker)
     }
 }
 
