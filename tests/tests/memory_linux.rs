@@ -288,7 +288,7 @@ fn json_number(body: &str, key: &str) -> Option<u64> {
 #[test]
 fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
     use chv_tests::api_client::http;
-    use chv_tests::base_snapshot::{wait_ready, LOOP, READY};
+    use chv_tests::base_snapshot::{LOOP, READY};
     let Some(kit) = require_guest_kit() else {
         return;
     };
@@ -351,23 +351,7 @@ fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
         &format!("MemTotal grows by ~256 MiB: {before} KiB -> {after} KiB"),
     );
     // Snapshot and restore the grown VM.
-    std::thread::sleep(Duration::from_millis(500));
-    let (status, body) = http(&api, "PUT", "vm.pause", None);
-    chv.check(status == 204, &format!("vm.pause: {status} {body}"));
-    let snap = scratch.path("snap");
-    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
-    let (status, body) = http(&api, "PUT", "vm.snapshot", Some(&url));
-    chv.check(status == 204, &format!("vm.snapshot: {status} {body}"));
-    chv.kill();
-    let _ = std::fs::remove_file(&api);
-
-    let mut chv = Chv::spawn_with_input(&[
-        "--api-socket".to_string(),
-        api.display().to_string(),
-        "--restore".into(),
-        format!("source_url=file://{},resume=true", snap.display()),
-    ]);
-    wait_ready(&mut chv);
+    let mut chv = snapshot_and_restore(chv, &api, &scratch);
     chv.send_line(&memtotal_cmd("CHK-MEM2"));
     chv.expect("CHK-MEM2-END", ABORT, Duration::from_secs(30));
     let restored = printed_kib(&chv, "CHK-MEM2");
@@ -555,6 +539,180 @@ fn balloon_reports_free_pages_inflates_and_survives_snapshot_restore() {
     chv.check(
         deflated == full,
         &format!("deflating gives the memory back: {restored} -> {deflated} KiB (was {full})"),
+    );
+    chv.kill();
+    chv.assert_no_panic();
+}
+
+/// Pauses and snapshots the VM `chv` serves on `api` into `scratch`, kills
+/// it and returns a new chv restored from the snapshot, resumed and at the
+/// guest's command loop.
+fn snapshot_and_restore(mut chv: Chv, api: &Path, scratch: &Scratch) -> Chv {
+    use chv_tests::api_client::http;
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = http(api, "PUT", "vm.pause", None);
+    chv.check(status == 204, &format!("vm.pause: {status} {body}"));
+    let snap = scratch.path("snap");
+    let url = format!(r#"{{"destination_url":"file://{}"}}"#, snap.display());
+    let (status, body) = http(api, "PUT", "vm.snapshot", Some(&url));
+    chv.check(status == 204, &format!("vm.snapshot: {status} {body}"));
+    chv.kill();
+    let _ = std::fs::remove_file(api);
+    let mut chv = Chv::spawn_with_input(&[
+        "--api-socket".to_string(),
+        api.display().to_string(),
+        "--restore".into(),
+        format!("source_url=file://{},resume=true", snap.display()),
+    ]);
+    chv_tests::base_snapshot::wait_ready(&mut chv);
+    chv
+}
+
+/// Polls `vm.info` (up to a minute) until `memory_actual_size` is `want`;
+/// returns the last value.
+fn wait_actual_size(api: &Path, want: u64) -> Option<u64> {
+    let mut last = None;
+    for _ in 0..120 {
+        let (_, info) = chv_tests::api_client::http(api, "GET", "vm.info", None);
+        last = json_number(&info, "memory_actual_size");
+        if last == Some(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    last
+}
+
+/// virtio-mem (`hotplug_method=virtio-mem`): one boot of the guest kit
+/// with 256 MiB, 512 MiB of region and 128 MiB plugged at boot
+/// (`hotplugged_size`) checks that
+/// - the boot-time part is plugged (MemTotal above 256 MiB);
+/// - bad `desired_ram` values are refused naming the field (above
+///   size + hotplug_size, not a whole number of 2 MiB blocks, below the
+///   boot RAM);
+/// - growing to 640 MiB plugs 384 MiB (`memory_actual_size`, MemTotal
+///   grows) and shrinking to 384 MiB unplugs again (MemTotal falls,
+///   `plugged_size` in `vm.counters` follows);
+/// - a snapshot restores with the same plug state and MemTotal, and the
+///   restored VM grows again.
+#[test]
+fn virtio_mem_grows_shrinks_and_survives_snapshot_restore() {
+    use chv_tests::api_client::http;
+    use chv_tests::base_snapshot::{LOOP, READY};
+    let Some(kit) = require_guest_kit() else {
+        return;
+    };
+    let scratch = Scratch::new("memory-virtio-mem");
+    let api = scratch.path("api.sock");
+    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\"");
+    let mut chv = Chv::spawn_with_input(&[
+        "--kernel".to_string(),
+        kit.kernel.display().to_string(),
+        "--initramfs".into(),
+        kit.initramfs.display().to_string(),
+        "--cmdline".into(),
+        cmdline,
+        "--memory".into(),
+        "size=256M,hotplug_size=512M,hotplug_method=virtio-mem,hotplugged_size=128M".into(),
+        "--serial".into(),
+        "tty".into(),
+        "--console".into(),
+        "off".into(),
+        "--api-socket".into(),
+        api.display().to_string(),
+    ]);
+    chv.expect(READY, ABORT, BOOT_TIMEOUT);
+    let mib = MIB as u64;
+    let boot = wait_memtotal_above(&mut chv, 300 << 10, "CHK-VM0");
+    chv.check(
+        boot > 300 << 10,
+        &format!("hotplugged_size=128M is plugged at boot: MemTotal {boot} KiB"),
+    );
+    chv.check(
+        wait_actual_size(&api, 384 * mib) == Some(384 * mib),
+        "memory_actual_size after boot is 384 MiB",
+    );
+    let resize = |ram: u64| {
+        http(
+            &api,
+            "PUT",
+            "vm.resize",
+            Some(&format!(r#"{{"desired_ram":{ram}}}"#)),
+        )
+    };
+    for (ram, what) in [
+        (1024 * mib, "must not exceed size + hotplug_size"),
+        (385 * mib, "multiple of the virtio-mem block size"),
+        (128 * mib, "below the boot RAM"),
+    ] {
+        let (status, body) = resize(ram);
+        chv.check(
+            status == 400 && body.contains("desired_ram") && body.contains(what),
+            &format!("desired_ram={ram}: {status} {body}"),
+        );
+    }
+    // Grow.
+    let (status, body) = resize(640 * mib);
+    chv.check(status == 204, &format!("vm.resize grow: {status} {body}"));
+    let grown = wait_memtotal_above(&mut chv, boot + (200 << 10), "CHK-VM1");
+    chv.check(
+        grown >= boot + (250 << 10),
+        &format!("MemTotal grows by ~256 MiB: {boot} KiB -> {grown} KiB"),
+    );
+    let actual = wait_actual_size(&api, 640 * mib);
+    chv.check(
+        actual == Some(640 * mib),
+        &format!("memory_actual_size after the grow: {actual:?}"),
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_number(&info, "hotplugged_size") == Some(384 * mib),
+        &format!("config.memory.hotplugged_size follows desired_ram: {info}"),
+    );
+    // Shrink back.
+    let (status, body) = resize(384 * mib);
+    chv.check(status == 204, &format!("vm.resize shrink: {status} {body}"));
+    let shrunk = wait_memtotal_below(&mut chv, grown - (200 << 10), "CHK-VM2");
+    chv.check(
+        shrunk + (200 << 10) <= grown,
+        &format!("MemTotal shrinks again: {grown} KiB -> {shrunk} KiB"),
+    );
+    let actual = wait_actual_size(&api, 384 * mib);
+    chv.check(
+        actual == Some(384 * mib),
+        &format!("memory_actual_size after the shrink: {actual:?}"),
+    );
+    let (_, counters) = http(&api, "GET", "vm.counters", None);
+    chv.check(
+        json_number(&counters, "plugged_size") == Some(128 * mib)
+            && json_number(&counters, "unplugs").is_some_and(|n| n > 0),
+        &format!("vm.counters virtio-mem: {counters}"),
+    );
+
+    // Snapshot and restore keep the plug state.
+    let mut chv = snapshot_and_restore(chv, &api, &scratch);
+    chv.send_line(&memtotal_cmd("CHK-VM3"));
+    chv.expect("CHK-VM3-END", ABORT, Duration::from_secs(30));
+    let restored = printed_kib(&chv, "CHK-VM3");
+    let (_, counters) = http(&api, "GET", "vm.counters", None);
+    chv.check(
+        restored == shrunk,
+        &format!("MemTotal after the restore: {restored} KiB, before {shrunk} KiB; {counters}"),
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_number(&info, "memory_actual_size") == Some(384 * mib),
+        &format!("vm.info after the restore: {info}"),
+    );
+    let (status, body) = resize(512 * mib);
+    chv.check(
+        status == 204,
+        &format!("vm.resize after restore: {status} {body}"),
+    );
+    let last = wait_memtotal_above(&mut chv, restored + (100 << 10), "CHK-VM4");
+    chv.check(
+        last >= restored + (120 << 10),
+        &format!("MemTotal grows again after the restore: {restored} KiB -> {last} KiB"),
     );
     chv.kill();
     chv.assert_no_panic();

@@ -920,7 +920,12 @@ fn resize_ram(config: &mut VmConfig, vm: Option<&mut Vm>, desired: u64) -> Resul
     };
     match vm.resize_memory(desired) {
         Ok(()) => {
-            config.memory.size = vm.ram_size();
+            match vm.devices.virtio_mem() {
+                // As Cloud Hypervisor: memory.size stays the boot RAM and
+                // hotplugged_size is what virtio-mem is asked to plug.
+                Some(m) => config.memory.hotplugged_size = Some(m.requested_bytes()),
+                None => config.memory.size = vm.ram_size(),
+            }
             Ok(())
         }
         Err(
@@ -928,6 +933,8 @@ fn resize_ram(config: &mut VmConfig, vm: Option<&mut Vm>, desired: u64) -> Resul
             | MemoryResizeError::TooLarge { .. }
             | MemoryResizeError::Shrink { .. }
             | MemoryResizeError::Unaligned { .. }
+            | MemoryResizeError::BelowBoot { .. }
+            | MemoryResizeError::VirtioMem { .. }
             | MemoryResizeError::NoSlot(..)
             | MemoryResizeError::NoRoom(_)),
         ) => Err(ApiResponse::error(400, e.to_string())),

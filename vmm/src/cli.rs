@@ -143,7 +143,8 @@ struct Args {
 
     /// Guest RAM: size=<bytes>[K|M|G|T][,shared=on|off][,hugepages=on|off]
     /// [,hugepage_size=<bytes>][,prefault=on|off][,thp=on|off]
-    /// [,mergeable=on|off][,hotplug_size=<bytes>][,hotplug_method=acpi]
+    /// [,mergeable=on|off][,hotplug_size=<bytes>]
+    /// [,hotplug_method=acpi|virtio-mem][,hotplugged_size=<bytes>]
     ///
     /// size: binary units (512M = 512 MiB); a multiple of 4 KiB, at most
     /// 1T (default 512M); 0 with --memory-zone. shared: memfd mapped
@@ -152,8 +153,10 @@ struct Args {
     /// populate at start. thp: transparent huge pages (default on).
     /// mergeable: KSM. shared=on is needed by vhost-user backends
     /// (--fs, --disk vhost_user=on). hotplug_size: room for RAM added
-    /// later with vm.resize desired_ram (ACPI memory devices; a multiple
-    /// of 128 MiB).
+    /// later with vm.resize desired_ram (a multiple of 128 MiB).
+    /// hotplug_method: acpi (memory devices, grow only) or virtio-mem (a
+    /// virtio-mem device, grows and shrinks in 2 MiB blocks).
+    /// hotplugged_size: with virtio-mem, the part plugged at boot.
     #[arg(long, value_name = "OPTIONS", verbatim_doc_comment)]
     memory: Option<String>,
 

@@ -298,6 +298,8 @@ pub struct DeviceManager {
     vsock_plugged: bool,
     /// The balloon's control, when the VM has one.
     balloon: Option<Arc<virtio_devices::balloon::BalloonControl>>,
+    /// The virtio-mem device's control, with `hotplug_method=virtio-mem`.
+    virtio_mem: Option<Arc<virtio_devices::mem::MemControl>>,
     /// While restoring a snapshot: the slot of each device id.
     restore_slots: Option<HashMap<String, u8>>,
     /// virtio-pmem backing files, mapped into the guest as KVM slots.
@@ -498,6 +500,7 @@ impl DeviceManager {
             rate_groups: HashMap::new(),
             vsock_plugged: false,
             balloon: None,
+            virtio_mem: None,
             restore_slots: None,
             pmem: Vec::new(),
             restore_pmem: None,
@@ -674,6 +677,9 @@ impl DeviceManager {
         if let Some(balloon) = &config.balloon {
             self.add_balloon(balloon, &config.memory)?;
         }
+        if let Some(region) = crate::memory::virtio_mem_region(config) {
+            self.add_virtio_mem(&region, &config.memory)?;
+        }
         if let Some(rng) = &config.rng {
             let mut dev = VirtioRng::new(&rng.src)
                 .map_err(|e| VmmError::Config(format!("--rng: src={}: {e}", rng.src.display())))?;
@@ -714,6 +720,40 @@ impl DeviceManager {
         let id = config.id.clone().unwrap_or_else(|| "_balloon".into());
         self.add_virtio(id, config.pci_segment, Box::new(dev), None)?;
         Ok(())
+    }
+
+    /// Adds the virtio-mem device over `region` (the guest RAM mapped for
+    /// it); it asks the driver to plug `memory.hotplugged_size` at start.
+    fn add_virtio_mem(
+        &mut self,
+        region: &crate::memory::VirtioMemRegion,
+        memory: &crate::config::MemoryConfig,
+    ) -> Result<(), VmmError> {
+        use virtio_devices::mem::{MemOptions, VirtioMem};
+        let huge_page_size = if memory.hugepages {
+            region.block_size
+        } else {
+            0
+        };
+        let mut dev = VirtioMem::new(MemOptions {
+            addr: region.addr,
+            region_size: region.size,
+            block_size: region.block_size,
+            requested_size: memory.hotplugged_size.unwrap_or(0),
+            huge_page_size,
+        })
+        .map_err(|e| VmmError::Config(format!("--memory: hotplug_method=virtio-mem: {e}")))?;
+        if let Some(s) = &self.thread_setup {
+            dev.set_thread_setup(s.clone());
+        }
+        self.virtio_mem = Some(dev.control());
+        self.add_virtio("_virtio-mem".into(), 0, Box::new(dev), None)?;
+        Ok(())
+    }
+
+    /// The virtio-mem device's control, when the VM has one.
+    pub fn virtio_mem(&self) -> Option<&Arc<virtio_devices::mem::MemControl>> {
+        self.virtio_mem.as_ref()
     }
 
     /// The balloon's control, when the VM has a balloon.
@@ -824,6 +864,12 @@ impl DeviceManager {
                 ]);
                 all.insert(dev.id.clone(), map);
             }
+        }
+        if let Some(mem) = &self.virtio_mem {
+            all.insert(
+                "virtio-mem".into(),
+                mem.counter_values().into_iter().collect(),
+            );
         }
         if let Some(balloon) = &self.balloon {
             // The guest's statistics are refreshed on demand; a guest that

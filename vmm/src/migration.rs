@@ -523,7 +523,7 @@ fn receive_vm(
         )));
     }
     let layout = decode_layout(&body)?;
-    let zones = crate::memory::zones_for(&config);
+    let zones = crate::memory::all_zones(&config);
     let zone_total: u64 = zones.iter().map(|z| z.size).sum();
     let layout_total: u64 = layout.iter().map(|&(_, len)| len as u64).sum();
     if zone_total != layout_total {

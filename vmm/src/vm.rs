@@ -134,6 +134,12 @@ fn open_payload(path: &std::path::Path, what: &str) -> Result<File, VmmError> {
         .map_err(|e| VmmError::Config(format!("--{what}: cannot open {}: {e}", path.display())))
 }
 
+/// True when `config` hot-adds RAM through ACPI memory devices.
+fn acpi_memory_hotplug(config: &VmConfig) -> bool {
+    config.memory.hotplug_room() > 0
+        && config.memory.hotplug_method == crate::config::HotplugMethod::Acpi
+}
+
 fn eventfd() -> Result<EventFd, VmmError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)
 }
@@ -206,7 +212,7 @@ impl Vm {
             } => snapshot::memory::restore(
                 &dir.join(snapshot::MEMORY_FILE),
                 &snapshot.memory,
-                &crate::memory::zones_for(config),
+                &crate::memory::all_zones(config),
                 *mode,
             )
             .map_err(|e| VmmError::Snapshot(e.to_string()))?,
@@ -389,7 +395,7 @@ impl Vm {
             _ => None,
         };
         let memory_hotplug = match (arch::PLATFORM.acpi_hotplug, pci_devices.ged_events()) {
-            (Some(layout), Some(ged)) if config.memory.hotplug_room() > 0 => {
+            (Some(layout), Some(ged)) if acpi_memory_hotplug(config) => {
                 let room = config.memory.hotplug_room();
                 let ram_end = ram.last().map_or(0, |(start, len)| start.0 + *len as u64);
                 if layout.hotplug_range(ram_end, 0, room).is_none() {
@@ -469,9 +475,15 @@ impl Vm {
         }
     }
 
-    /// Guest RAM now, in bytes: the boot RAM plus what was hot-added.
+    /// Guest RAM now, in bytes: the boot RAM plus what was hot-added
+    /// (ACPI) or plugged (virtio-mem; its region counts only as far as
+    /// plugged).
     pub fn ram_size(&self) -> u64 {
-        self.memory.iter().map(|r| r.len()).sum()
+        let all: u64 = self.memory.iter().map(|r| r.len()).sum();
+        match self.devices.virtio_mem() {
+            Some(m) => all - m.options().region_size + m.plugged_bytes(),
+            None => all,
+        }
     }
 
     /// Guest RAM minus what the balloon holds (`memory_actual_size`).
@@ -484,6 +496,9 @@ impl Vm {
     /// has `desired` bytes (ACPI memory hotplug; the guest onlines it).
     /// Returns once the range is mapped and the guest notified.
     pub fn resize_memory(&mut self, desired: u64) -> Result<(), MemoryResizeError> {
+        if let Some(control) = self.devices.virtio_mem() {
+            return crate::memory::hotplug::resize_virtio_mem(control, self.ram_size(), desired);
+        }
         let current = self.ram_size();
         let Some(hotplug) = self.memory_hotplug.as_mut() else {
             if desired == current {
@@ -714,7 +729,7 @@ fn load_payload(
             max_vcpus: config.cpus.max_vcpus,
             hotplug_slots: crate::device_manager::hotplug_slots_for(config),
             pci_segments: &pci_segments,
-            memory_hotplug: config.memory.hotplug_room() > 0,
+            memory_hotplug: acpi_memory_hotplug(config),
             identity: &identity,
         },
     )

@@ -351,10 +351,29 @@ fn memory_rejected() {
     assert_eq!(
         error(&[
             "--memory",
-            "size=1G,hotplug_size=1G,hotplug_method=virtio-mem"
+            "size=1G,hotplug_size=1G,hotplug_method=virtio-mem,hotplugged_size=3M"
         ]),
-        "--memory: memory.hotplug_method=virtio-mem: not supported by chv (not implemented by \
-         chv yet; use hotplug_method=acpi)"
+        "--memory: memory.hotplugged_size=3145728: must be a multiple of the 2 MiB virtio-mem \
+         block size, at most memory.hotplug_size"
+    );
+    assert_eq!(
+        error(&[
+            "--memory",
+            "size=1G,hotplug_size=128M,hotplug_method=virtio-mem,hotplugged_size=256M"
+        ]),
+        "--memory: memory.hotplugged_size=268435456: must be a multiple of the 2 MiB virtio-mem \
+         block size, at most memory.hotplug_size"
+    );
+    assert_eq!(
+        error(&[
+            "--memory",
+            "size=1G,hotplug_method=virtio-mem,hotplugged_size=2M"
+        ]),
+        "--memory: memory.hotplugged_size=2097152: needs memory.hotplug_size"
+    );
+    assert!(
+        error(&["--memory", "size=1G,hotplug_size=1G,hotplugged_size=2M"])
+            .starts_with("--memory: memory.hotplugged_size: not supported by chv")
     );
     assert_eq!(
         error(&["--memory", "hotplug_method=dimm"]),

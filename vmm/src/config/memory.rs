@@ -149,9 +149,11 @@ impl MemoryConfig {
         let not_yet = "not implemented by chv yet";
         self.validate_hotplug()?;
         refuse_if(
-            self.hotplugged_size.is_some_and(|s| s > 0),
+            self.hotplugged_size.is_some_and(|s| s > 0)
+                && self.hotplug_method != HotplugMethod::VirtioMem,
             "memory.hotplugged_size",
-            not_yet,
+            "with hotplug_method=acpi (RAM is hot-added with vm.resize); use \
+             hotplug_method=virtio-mem",
         )?;
         refuse_if(self.reserve, "memory.reserve=true", not_yet)?;
         refuse_if(
@@ -180,12 +182,33 @@ impl MemoryConfig {
         self.hotplug_size.unwrap_or(0)
     }
 
-    /// `hotplug_size` and `hotplug_method`: ACPI hotplug needs a platform
-    /// with ACPI hotplug and ranges in its granule; virtio-mem is refused
-    /// by name until chv has it.
+    /// The virtio-mem block size: the guest's page block (2 MiB), or the
+    /// huge page size of huge-page RAM (freed in whole huge pages only).
+    pub fn virtio_mem_block_size(&self) -> u64 {
+        let huge = if self.hugepages {
+            self.hugepage_size
+                .unwrap_or_else(crate::memory::backing::default_hugepage_size)
+        } else {
+            0
+        };
+        huge.max(virtio_devices::mem::MIN_BLOCK_SIZE)
+    }
+
+    /// `hotplug_size`, `hotplugged_size` and `hotplug_method`: hotplug
+    /// needs a platform with a hotplug window and ranges in its granule
+    /// (the guest's memory block, 128 MiB on x86_64); virtio-mem's
+    /// `hotplugged_size` (plugged at boot) is a whole number of blocks
+    /// within `hotplug_size`.
     fn validate_hotplug(&self) -> Result<(), ConfigError> {
         let room = self.hotplug_room();
+        let plugged = self.hotplugged_size.unwrap_or(0);
         if room == 0 {
+            if plugged > 0 && self.hotplug_method == HotplugMethod::VirtioMem {
+                return Err(invalid(
+                    format!("memory.hotplugged_size={plugged}"),
+                    "needs memory.hotplug_size",
+                ));
+            }
             return Ok(());
         }
         refuse_if(
@@ -193,18 +216,38 @@ impl MemoryConfig {
             format!("memory.hotplug_size={room}"),
             "with memory.zones: not implemented by chv yet",
         )?;
-        if self.hotplug_method == HotplugMethod::VirtioMem {
-            return Err(unsupported(
-                "memory.hotplug_method=virtio-mem",
-                "not implemented by chv yet; use hotplug_method=acpi",
-            ));
-        }
+        let method = match self.hotplug_method {
+            HotplugMethod::Acpi => "acpi",
+            HotplugMethod::VirtioMem => "virtio-mem",
+        };
         let Some(acpi) = arch::PLATFORM.acpi_hotplug else {
             return Err(unsupported(
-                "memory.hotplug_method=acpi",
-                arch::PLATFORM.unsupported("ACPI memory hotplug"),
+                format!("memory.hotplug_method={method}"),
+                arch::PLATFORM.unsupported("memory hotplug"),
             ));
         };
+        if self.hotplug_method == HotplugMethod::VirtioMem {
+            let block = self.virtio_mem_block_size();
+            if !room.is_multiple_of(block) {
+                return Err(invalid(
+                    format!("memory.hotplug_size={room}"),
+                    format!(
+                        "must be a multiple of the {} MiB huge page size",
+                        block >> 20
+                    ),
+                ));
+            }
+            if plugged > room || !plugged.is_multiple_of(block) {
+                return Err(invalid(
+                    format!("memory.hotplugged_size={plugged}"),
+                    format!(
+                        "must be a multiple of the {} MiB virtio-mem block size, at most \
+                         memory.hotplug_size",
+                        block >> 20
+                    ),
+                ));
+            }
+        }
         let align = acpi.memory_hotplug_align;
         if !room.is_multiple_of(align) {
             return Err(invalid(

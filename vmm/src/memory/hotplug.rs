@@ -80,6 +80,22 @@ pub enum MemoryResizeError {
     /// The hotplug window has no room.
     #[error("desired_ram={0}: the guest-physical hotplug window has no room for it")]
     NoRoom(u64),
+    /// Below the boot RAM: virtio-mem can only unplug what it plugged.
+    #[error("desired_ram={desired}: below the boot RAM ({boot} bytes, memory.size)")]
+    BelowBoot {
+        /// Requested bytes.
+        desired: u64,
+        /// Boot RAM.
+        boot: u64,
+    },
+    /// virtio-mem refused the size.
+    #[error("desired_ram={desired}: {err}")]
+    VirtioMem {
+        /// Requested bytes.
+        desired: u64,
+        /// Why.
+        err: virtio_devices::mem::MemError,
+    },
     /// The new RAM could not be created.
     #[error("desired_ram: {0}")]
     Backing(#[from] BackingError),
@@ -89,6 +105,29 @@ pub enum MemoryResizeError {
     /// The guest could not be interrupted.
     #[error("cannot raise the GED interrupt: {0}")]
     Notify(std::io::Error),
+}
+
+/// `vm.resize desired_ram` with virtio-mem: asks the driver to plug or
+/// unplug blocks until the guest has `desired` bytes (boot RAM plus the
+/// plugged part of the region); `current` is the RAM now. Returns at once:
+/// `vm.info`'s `memory_actual_size` shows how far the guest got.
+pub fn resize_virtio_mem(
+    control: &virtio_devices::mem::MemControl,
+    current: u64,
+    desired: u64,
+) -> Result<(), MemoryResizeError> {
+    let options = control.options();
+    let boot = current - control.plugged_bytes();
+    let max = boot + options.region_size;
+    if desired > max {
+        return Err(MemoryResizeError::TooLarge { desired, max });
+    }
+    let Some(plugged) = desired.checked_sub(boot) else {
+        return Err(MemoryResizeError::BelowBoot { desired, boot });
+    };
+    control
+        .set_requested(plugged)
+        .map_err(|err| MemoryResizeError::VirtioMem { desired, err })
 }
 
 /// The VMM side of ACPI memory hotplug for one VM.

@@ -6,7 +6,7 @@ pub mod hotplug;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use crate::config::VmConfig;
+use crate::config::{HotplugMethod, VmConfig};
 
 pub use backing::{BackingError, RamBacking, ZoneBacking};
 
@@ -49,12 +49,76 @@ pub fn zones_for(config: &VmConfig) -> Vec<RamZone> {
         .collect()
 }
 
+/// Where a virtio-mem device's region sits: its guest-physical start and
+/// size, block size and the zone that backs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioMemRegion {
+    /// Guest-physical start (aligned to the hotplug granule).
+    pub addr: u64,
+    /// Bytes (`memory.hotplug_size`).
+    pub size: u64,
+    /// Bytes of a block.
+    pub block_size: u64,
+    /// How the region is backed: as the boot RAM, never prefaulted.
+    pub zone: RamZone,
+}
+
+/// The virtio-mem region of `config` (`hotplug_method=virtio-mem` with a
+/// `hotplug_size`): above the boot RAM in the platform's hotplug window,
+/// so outside the firmware's RAM map.
+pub fn virtio_mem_region(config: &VmConfig) -> Option<VirtioMemRegion> {
+    let memory = &config.memory;
+    let size = memory.hotplug_room();
+    if memory.hotplug_method != HotplugMethod::VirtioMem || size == 0 {
+        return None;
+    }
+    let layout = arch::PLATFORM.acpi_hotplug?;
+    let boot = zones_for(config);
+    let ram_end = arch::ram_regions(boot.iter().map(|z| z.size).sum())
+        .last()
+        .map_or(0, |(a, l)| a.0 + *l as u64);
+    let (addr, _) = layout.hotplug_range(ram_end, 0, size)?;
+    let mut backing = boot.first()?.backing.clone();
+    // Prefaulting would make the whole region resident before a block is plugged.
+    backing.prefault = false;
+    Some(VirtioMemRegion {
+        addr,
+        size,
+        block_size: memory.virtio_mem_block_size(),
+        zone: RamZone {
+            field: "memory.hotplug_size".into(),
+            size,
+            backing,
+        },
+    })
+}
+
+/// Every zone of guest RAM, the virtio-mem region's last: what a snapshot's
+/// memory ranges hold.
+pub fn all_zones(config: &VmConfig) -> Vec<RamZone> {
+    let mut zones = zones_for(config);
+    zones.extend(virtio_mem_region(config).map(|r| r.zone));
+    zones
+}
+
 /// Creates the guest RAM `config` describes, at the architecture's RAM
-/// ranges.
+/// ranges, and the virtio-mem region if it has one.
 pub fn create_for_config(config: &VmConfig) -> Result<GuestRam, BackingError> {
     let zones = zones_for(config);
     let total = zones.iter().map(|z| z.size).sum();
-    create_guest_ram(&zones, &arch::ram_regions(total))
+    let mut layout = arch::ram_regions(total);
+    let mut zones = zones;
+    if let Some(region) = virtio_mem_region(config) {
+        let len = usize::try_from(region.size).map_err(|_| BackingError::Map {
+            field: region.zone.field.clone(),
+            gpa: region.addr,
+            len: 0,
+            err: "too large".into(),
+        })?;
+        layout.push((GuestAddress(region.addr), len));
+        zones.push(region.zone);
+    }
+    create_guest_ram(&zones, &layout)
 }
 
 /// One zone of guest RAM: `size` bytes backed as `backing` says.
