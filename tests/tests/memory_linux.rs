@@ -265,6 +265,19 @@ fn wait_memtotal_below(chv: &mut Chv, kib: u64, tag: &str) -> u64 {
     printed_kib(chv, tag)
 }
 
+/// Has the guest poll its `MemTotal` until two reads 2 s apart agree (up
+/// to a minute): virtio-mem's unplug removes memory blocks asynchronously
+/// and `MemTotal` moves while it does. Returns the value, printed after `tag`.
+fn wait_memtotal_stable(chv: &mut Chv, tag: &str) -> u64 {
+    chv.send_line(&format!(
+        "i=0; read -r k v u </proc/meminfo; while [ $i -lt 30 ]; do sleep 2; \
+         read -r k w u </proc/meminfo; [ $v -eq $w ] && break; v=$w; i=$((i+1)); done; {}",
+        memtotal_cmd(tag)
+    ));
+    chv.expect(&format!("{tag}-END"), ABORT, Duration::from_secs(120));
+    printed_kib(chv, tag)
+}
+
 /// `"key":<number>` in a JSON body, if there.
 fn json_number(body: &str, key: &str) -> Option<u64> {
     let at = body.find(&format!("\"{key}\":"))? + key.len() + 3;
@@ -672,7 +685,8 @@ fn virtio_mem_grows_shrinks_and_survives_snapshot_restore() {
     // Shrink back.
     let (status, body) = resize(384 * mib);
     chv.check(status == 204, &format!("vm.resize shrink: {status} {body}"));
-    let shrunk = wait_memtotal_below(&mut chv, grown - (200 << 10), "CHK-VM2");
+    wait_memtotal_below(&mut chv, grown - (200 << 10), "CHK-VM2");
+    let shrunk = wait_memtotal_stable(&mut chv, "CHK-VM2S");
     chv.check(
         shrunk + (200 << 10) <= grown,
         &format!("MemTotal shrinks again: {grown} KiB -> {shrunk} KiB"),
@@ -691,9 +705,7 @@ fn virtio_mem_grows_shrinks_and_survives_snapshot_restore() {
 
     // Snapshot and restore keep the plug state.
     let mut chv = snapshot_and_restore(chv, &api, &scratch);
-    chv.send_line(&memtotal_cmd("CHK-VM3"));
-    chv.expect("CHK-VM3-END", ABORT, Duration::from_secs(30));
-    let restored = printed_kib(&chv, "CHK-VM3");
+    let restored = wait_memtotal_stable(&mut chv, "CHK-VM3");
     let (_, counters) = http(&api, "GET", "vm.counters", None);
     chv.check(
         restored == shrunk,
