@@ -481,7 +481,7 @@ impl Vm {
     pub fn ram_size(&self) -> u64 {
         let all: u64 = self.memory.iter().map(|r| r.len()).sum();
         match self.devices.virtio_mem() {
-            Some(m) => all - m.options().region_size + m.plugged_bytes(),
+            Some(m) => all.saturating_sub(m.options().region_size) + m.plugged_bytes(),
             None => all,
         }
     }

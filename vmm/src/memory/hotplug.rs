@@ -117,7 +117,7 @@ pub fn resize_virtio_mem(
     desired: u64,
 ) -> Result<(), MemoryResizeError> {
     let options = control.options();
-    let boot = current - control.plugged_bytes();
+    let boot = current.saturating_sub(control.plugged_bytes());
     let max = boot + options.region_size;
     if desired > max {
         return Err(MemoryResizeError::TooLarge { desired, max });
