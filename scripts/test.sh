@@ -7,6 +7,6 @@ cd "$repo"
 export CHV_GUEST_DIR=${CHV_GUEST_DIR:-$(scripts/find-guest-kit.sh)}
 cargo build -p vmm --bin chv
 export CHV_BIN="$repo/target/debug/chv"
-cargo test --workspace -- --test-threads="${CHV_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${CHV_TEST_THREADS:-2}"
 # The benchmark scripts' own parsing and bookkeeping (no VM, a second).
 python3 scripts/bench/test_bench.py

@@ -1,4 +1,4 @@
-"""schemathesis hooks for chv's schema run (tests/tests/api.rs,
+"""schemathesis hooks for chv's schema run (tests/tests/api/schemathesis.rs,
 `openapi_schema_fuzzing`).
 
 The run sends the cases schemathesis generates from

@@ -563,6 +563,70 @@ pub fn run_to_exit<S: AsRef<str>>(args: &[S], timeout: Duration) -> (Option<Exit
     (st, chv)
 }
 
+/// Arguments that run the test guest's `hlt` scenario (64 MiB, serial on
+/// stdout): a VM that does nothing, for start-up checks.
+pub fn halted_guest_args() -> Vec<String> {
+    [
+        "--kernel",
+        &testguest().display().to_string(),
+        "--cmdline",
+        "test=hlt",
+        "--memory",
+        "size=64M",
+        "--serial",
+        "tty",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Checks that chv refused to start: exit code 1 (`st`), no guest output,
+/// no panic, and exactly one `chv: error:` line on stderr (besides
+/// `chv: warn:` lines) that contains every one of `needles`. `what` names
+/// the bad input in failures. Returns the error line.
+pub fn expect_startup_error(
+    chv: &Chv,
+    st: Option<ExitStatus>,
+    what: &str,
+    needles: &[&str],
+) -> String {
+    chv.assert_no_panic();
+    chv.check(
+        st.and_then(|s| s.code()) == Some(1),
+        &format!("{what}: want exit code 1, got {st:?}"),
+    );
+    chv.check(
+        !chv.stdout().contains("TESTGUEST-START"),
+        &format!("the guest started despite {what}"),
+    );
+    let stderr = chv.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("chv: warn:"))
+        .collect();
+    chv.check(
+        lines.len() == 1 && lines[0].starts_with("chv: error:"),
+        &format!("{what}: want exactly one `chv: error:` line on stderr"),
+    );
+    for needle in needles {
+        chv.check(
+            lines[0].contains(needle),
+            &format!("{what}: the error line does not mention {needle:?}"),
+        );
+    }
+    lines[0].to_string()
+}
+
+/// Runs the halted test guest with `extra` options, which chv must refuse
+/// at start-up as [`expect_startup_error`] says; returns the error line.
+pub fn expect_option_error(extra: &[String], needles: &[&str]) -> String {
+    let mut args = halted_guest_args();
+    args.extend_from_slice(extra);
+    let (st, chv) = run_to_exit(&args, Duration::from_secs(20));
+    expect_startup_error(&chv, st, &format!("{extra:?}"), needles)
+}
+
 /// Civil date (proleptic Gregorian, UTC) to seconds since the Unix epoch.
 pub fn unix_time(year: i64, month: u32, day: u32, hour: u32, min: u32, sec: u32) -> i64 {
     // Days from 1970-01-01, counting from March so leap days end a year.

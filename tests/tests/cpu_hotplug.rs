@@ -2,11 +2,12 @@
 //!
 //! - `resize_api_with_test_guest` (fast, no Linux): with `--cpus
 //!   boot=1,max=2`, `desired_vcpus` 0 or 3 answers 400 naming the limit,
-//!   `desired_ram` 501, an empty body 400; resizing to 2 answers 204 and
-//!   `vm.info` reports `boot_vcpus` 2; resizing back to 1 asks the guest to
-//!   eject vCPU 1, which the tiny guest (no ACPI) never does, so the next
-//!   resize answers 429. A VM started without headroom (`boot=1`) answers
-//!   400 to `desired_vcpus` 2 and 204 to 1.
+//!   `desired_ram` 400 naming `memory.hotplug_size`, an empty body 204;
+//!   resizing to 2 answers 204 and `vm.info` reports `boot_vcpus` 2;
+//!   resizing back to 1 asks the guest to eject vCPU 1, which the tiny
+//!   guest (no ACPI) never does, so the next resize answers 429. A VM
+//!   started without headroom (`boot=1`) answers 400 to `desired_vcpus` 2
+//!   and 204 to 1.
 //! - `linux_cpu_hotplug` (one Linux boot of the guest kit, `boot=1,max=2`):
 //!   the guest sees 2 possible CPUs and 1 online; after `vm.resize` to 2
 //!   it gets `cpu1` (onlining it if the kernel did not), and

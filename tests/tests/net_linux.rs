@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
 use chv_tests::netns::NetNs;
-use chv_tests::{testguest, Chv, Scratch};
+use chv_tests::{expect_startup_error, halted_guest_args, Chv, Scratch};
 
 /// Time from `GUEST-READY` to the last check line: each transfer is bound
 /// by the guest's slow system calls (about 0.65 ms each).
@@ -563,47 +563,14 @@ fn linux_virtio_net_ping_transfers_and_multiqueue() {
 /// booting or panicking.
 fn expect_net_error(net: &str, needles: &[&str]) {
     let ns = NetNs::new("test");
-    let args = [
-        "--kernel",
-        &testguest().display().to_string(),
-        "--cmdline",
-        "test=hlt",
-        "--memory",
-        "size=64M",
-        "--serial",
-        "tty",
-        "--net",
-        net,
-    ];
+    let mut args = halted_guest_args();
+    args.extend(["--net".to_string(), net.to_string()]);
     let mut chv = ns.spawn_chv(&args);
     let st = chv.wait_exit(Duration::from_secs(20));
     if st.is_none() {
         chv.kill();
     }
-    chv.assert_no_panic();
-    chv.check(
-        st.and_then(|s| s.code()) == Some(1),
-        &format!("--net {net}: want exit code 1, got {st:?}"),
-    );
-    chv.check(
-        !chv.stdout().contains("TESTGUEST-START"),
-        "the guest started despite the bad --net",
-    );
-    let stderr = chv.stderr();
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("chv: warn:"))
-        .collect();
-    chv.check(
-        lines.len() == 1 && lines[0].starts_with("chv: error:"),
-        "want exactly one `chv: error:` line on stderr",
-    );
-    for needle in needles {
-        chv.check(
-            lines[0].contains(needle),
-            &format!("the error line does not mention {needle:?}"),
-        );
-    }
+    expect_startup_error(&chv, st, &format!("--net {net}"), needles);
     // Nothing was left behind in the namespace.
     let links = ns.ip(&["-o", "link", "show"]);
     chv.check(

@@ -33,7 +33,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chv_tests::{require_guest_kit, run_to_exit, testguest, Chv, GuestKit};
+use chv_tests::{expect_option_error, halted_guest_args, require_guest_kit, Chv, GuestKit};
 
 /// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -623,53 +623,11 @@ fn linux_virtio_disks_console_rng_and_seccomp() {
     );
 }
 
-/// Runs chv (test guest, halted) with `disk_args`; it must exit 1 at once
-/// with exactly one `chv: error:` line on stderr (besides `chv: warn:`
-/// lines) that contains every one of `needles`, without booting or panicking.
-fn expect_disk_error(disk_args: &[String], needles: &[&str]) {
-    let mut args: Vec<String> = vec![
-        "--kernel".into(),
-        testguest().display().to_string(),
-        "--cmdline".into(),
-        "test=hlt".into(),
-        "--memory".into(),
-        "size=64M".into(),
-        "--serial".into(),
-        "tty".into(),
-    ];
-    args.extend_from_slice(disk_args);
-    let (st, chv) = run_to_exit(&args, Duration::from_secs(20));
-    chv.assert_no_panic();
-    chv.check(
-        st.and_then(|s| s.code()) == Some(1),
-        &format!("want exit code 1, got {st:?}"),
-    );
-    chv.check(
-        !chv.stdout().contains("TESTGUEST-START"),
-        "the guest started despite the bad disk",
-    );
-    let stderr = chv.stderr();
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("chv: warn:"))
-        .collect();
-    chv.check(
-        lines.len() == 1 && lines[0].starts_with("chv: error:"),
-        "want exactly one `chv: error:` line on stderr",
-    );
-    for needle in needles {
-        chv.check(
-            lines[0].contains(needle),
-            &format!("the error line does not mention {needle:?}"),
-        );
-    }
-}
-
 #[test]
 fn disk_missing_image_is_a_clean_error() {
     let dir = Scratch::new("missing");
     let path = dir.arg("missing.raw");
-    expect_disk_error(
+    expect_option_error(
         &["--disk".into(), format!("path={path}")],
         &["--disk", &path, "No such file"],
     );
@@ -680,7 +638,7 @@ fn disk_unknown_image_type_is_a_clean_error() {
     let dir = Scratch::new("imagetype");
     let path = dir.path("disk.raw");
     fs::write(&path, vec![0u8; 65536]).expect("write disk.raw");
-    expect_disk_error(
+    expect_option_error(
         &[
             "--disk".into(),
             format!("path={},image_type=vmdk", path.display()),
@@ -694,7 +652,7 @@ fn disk_directory_is_a_clean_error() {
     let dir = Scratch::new("directory");
     let path = dir.arg("");
     let path = path.trim_end_matches('/');
-    expect_disk_error(
+    expect_option_error(
         &["--disk".into(), format!("path={path}")],
         &["--disk", path, "directory"],
     );
@@ -719,7 +677,7 @@ fn disk_corrupt_qcow2_headers_are_clean_errors() {
         let path = dir.path(name);
         fs::write(&path, bytes).expect("write corrupt image");
         let path = path.display().to_string();
-        expect_disk_error(
+        expect_option_error(
             &["--disk".into(), format!("path={path}")],
             &["--disk", &path],
         );
@@ -736,7 +694,7 @@ fn disk_missing_backing_file_is_a_clean_error() {
             "create", "-q", "-f", "qcow2", "-u", "-b", "gone.raw", "-F", "raw", "o.qcow2", "64M",
         ],
     );
-    expect_disk_error(
+    expect_option_error(
         &["--disk".into(), format!("path={}", dir.arg("o.qcow2"))],
         &["--disk", &dir.arg("o.qcow2"), &dir.arg("gone.raw")],
     );
@@ -751,26 +709,17 @@ fn disk_qcow2_in_use_by_another_chv_is_a_lock_error() {
         &["create", "-q", "-f", "qcow2", "shared.qcow2", "64M"],
     );
     let disk = format!("path={}", dir.arg("shared.qcow2"));
-    let mut first = Chv::spawn(&[
-        "--kernel",
-        &testguest().display().to_string(),
-        "--cmdline",
-        "test=hlt",
-        "--memory",
-        "size=64M",
-        "--serial",
-        "tty",
-        "--disk",
-        &disk,
-    ]);
+    let mut args = halted_guest_args();
+    args.extend(["--disk".to_string(), disk.clone()]);
+    let mut first = Chv::spawn(&args);
     first.expect("HLT-NOW", &["TESTGUEST-FAIL"], Duration::from_secs(30));
     let path = dir.arg("shared.qcow2");
-    expect_disk_error(
+    expect_option_error(
         &["--disk".into(), disk.clone()],
         &["--disk", &path, "locked"],
     );
     // A read-only opener (shared lock) must not get in either.
-    expect_disk_error(
+    expect_option_error(
         &["--disk".into(), format!("{disk},readonly=on")],
         &["--disk", &path, "locked"],
     );

@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chv_tests::netns::NetNs;
-use chv_tests::{chv_bin, require_guest_kit, run_to_exit, testguest, Chv, GuestKit};
+use chv_tests::{chv_bin, expect_option_error, require_guest_kit, Chv, GuestKit};
 
 /// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
@@ -732,49 +732,6 @@ fn run_args(kit: &GuestKit, cmdline: &str, extra: &[String]) -> Vec<String> {
     ];
     args.extend_from_slice(extra);
     args
-}
-
-/// Runs chv (test guest, halted) with `extra`; it must exit 1 at once with
-/// exactly one `chv: error:` line (besides `chv: warn:` lines) containing
-/// every one of `needles`, without starting the guest or panicking.
-fn expect_option_error(extra: &[String], needles: &[&str]) {
-    let mut args: Vec<String> = vec![
-        "--kernel".into(),
-        testguest().display().to_string(),
-        "--cmdline".into(),
-        "test=hlt".into(),
-        "--memory".into(),
-        "size=64M".into(),
-        "--serial".into(),
-        "tty".into(),
-    ];
-    args.extend_from_slice(extra);
-    let (st, chv) = run_to_exit(&args, Duration::from_secs(20));
-    chv.assert_no_panic();
-    chv.check(
-        st.and_then(|s| s.code()) == Some(1),
-        &format!("want exit code 1, got {st:?}"),
-    );
-    chv.check(
-        !chv.stdout().contains("TESTGUEST-START"),
-        "the guest started despite the bad option",
-    );
-    let stderr = chv.stderr();
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("chv: warn:"))
-        .collect();
-    chv.check(
-        lines.len() == 1 && lines[0].starts_with("chv: error:"),
-        "want exactly one `chv: error:` line on stderr",
-    );
-    for needle in needles {
-        chv.check(
-            lines[0].contains(needle),
-            &format!("the error line does not mention {needle:?}"),
-        );
-    }
-    eprintln!("{:?} -> {}", extra, lines[0]);
 }
 
 #[test]

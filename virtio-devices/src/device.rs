@@ -90,6 +90,42 @@ pub(crate) fn state_from_value<T: DeserializeOwned>(
     Ok(state)
 }
 
+/// The saved state of a device whose only state is the features its
+/// driver accepted (virtio-rng, virtio-pmem: their data lives elsewhere).
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FeaturesState {
+    /// The device's state format version.
+    pub version: u32,
+    /// Features the driver accepted.
+    pub acked_features: u64,
+}
+
+/// [`FeaturesState`] for [`VirtioDevice::snapshot_state`].
+pub(crate) fn features_state(version: u32, acked_features: u64) -> serde_json::Value {
+    state_to_value(&FeaturesState {
+        version,
+        acked_features,
+    })
+}
+
+/// Reads a [`FeaturesState`] of format `version` for device `name`;
+/// returns the accepted features, which must be among `offered`.
+pub(crate) fn restore_features_state(
+    name: &str,
+    value: &serde_json::Value,
+    version: u32,
+    offered: u64,
+) -> Result<u64, ActivateError> {
+    let s = state_from_value(name, value, version, |s: &FeaturesState| s.version)?;
+    if s.acked_features & !offered != 0 {
+        return Err(ActivateError::State(format!(
+            "{name}: features {:#x} not offered",
+            s.acked_features
+        )));
+    }
+    Ok(s.acked_features)
+}
+
 /// A virtio device model: what it offers the driver, its config space, and
 /// starting/stopping the worker that serves its queues.
 pub trait VirtioDevice: Send {

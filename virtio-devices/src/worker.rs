@@ -181,6 +181,25 @@ pub fn stop_for_pause<H: QueueHandler>(
     Ok(Some((handler, broken)))
 }
 
+/// Pauses a one-queue device: stops `worker` (if one runs), marks the
+/// device `broken` if its queue was, and gives back the queue that
+/// `queue_of` takes out of the stopped handler.
+pub fn pause_one_queue<H: QueueHandler>(
+    worker: &mut Option<WorkerHandle<H>>,
+    what: &str,
+    broken: &mut bool,
+    queue_of: impl FnOnce(H) -> Queue,
+) -> Result<Vec<PausedQueue>, ActivateError> {
+    let Some((handler, was_broken)) = stop_for_pause(worker, what)? else {
+        return Ok(Vec::new());
+    };
+    *broken |= was_broken;
+    Ok(vec![PausedQueue {
+        index: 0,
+        queue: queue_of(handler),
+    }])
+}
+
 /// The queues a stopped handler gave back, numbered by their position
 /// (`None` marks a queue the driver never enabled).
 pub fn paused_queues(queues: Vec<Option<Queue>>) -> Vec<PausedQueue> {

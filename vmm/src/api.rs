@@ -153,7 +153,7 @@ impl ReceiveMigration {
             return refuse("vfio_fds/iommufd_fd", "no VFIO");
         }
         if !self.zone_updates.is_empty() {
-            return refuse("zone_updates", "chv VMs have no memory zones");
+            return refuse("zone_updates", "zones are not bound to host NUMA nodes");
         }
         Ok(())
     }
@@ -844,8 +844,8 @@ impl Vmm {
                 Err(ApiResponse::error(
                     400,
                     format!(
-                        "invalid VmResizeZone: id={}: not supported by chv (chv VMs have no \
-                         memory zones)",
+                        "invalid VmResizeZone: id={}: not supported by chv (zones cannot \
+                         grow: memory.zones[].hotplug_size is not implemented)",
                         req.id
                     ),
                 ))

@@ -33,6 +33,10 @@ pub struct HostConsole {
     pub device_end: File,
     /// The pty slave's path (`Pty` mode).
     pub pty_path: Option<PathBuf>,
+    /// A descriptor of the pty slave, held by the device's output so the
+    /// master reads no EIO while no client is attached, and closed with
+    /// the device (`Pty` mode).
+    pty_slave: Option<File>,
 }
 
 impl HostConsole {
@@ -45,11 +49,12 @@ impl HostConsole {
     ) -> Result<Option<Self>, String> {
         match cfg.mode {
             ConsoleOutputMode::Pty => {
-                let (master, path) = open_pty().map_err(|e| format!("{field}: pty: {e}"))?;
+                let (master, slave, path) = open_pty().map_err(|e| format!("{field}: pty: {e}"))?;
                 log::info!("{field} console on {}", path.display());
                 Ok(Some(Self {
                     device_end: master,
                     pty_path: Some(path),
+                    pty_slave: Some(slave),
                 }))
             }
             ConsoleOutputMode::Socket => {
@@ -80,6 +85,7 @@ impl HostConsole {
                 Ok(Some(Self {
                     device_end: File::from(OwnedFd::from(device)),
                     pty_path: None,
+                    pty_slave: None,
                 }))
             }
             _ => Ok(None),
@@ -87,9 +93,17 @@ impl HostConsole {
     }
 
     /// A writer for the device's output that drops what the host side
-    /// does not take right away.
+    /// does not take right away. It keeps the pty slave open as long as
+    /// the device lives.
     pub fn output(&self) -> std::io::Result<Box<dyn Write + Send>> {
-        Ok(Box::new(DropWhenFull(self.device_end.try_clone()?)))
+        let slave = match &self.pty_slave {
+            Some(s) => Some(s.try_clone()?),
+            None => None,
+        };
+        Ok(Box::new(DropWhenFull {
+            out: self.device_end.try_clone()?,
+            _pty_slave: slave,
+        }))
     }
 
     /// Starts the thread that feeds host input to the serial port.
@@ -115,11 +129,14 @@ impl HostConsole {
 }
 
 /// Output that never blocks: bytes the peer has no room for are dropped.
-struct DropWhenFull(File);
+struct DropWhenFull {
+    out: File,
+    _pty_slave: Option<File>,
+}
 
 impl Write for DropWhenFull {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.write(buf) {
+        match self.out.write(buf) {
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(buf.len()),
             // No reader (a pty nobody opened, a closed relay): drop too.
             Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(buf.len()),
@@ -132,10 +149,9 @@ impl Write for DropWhenFull {
     }
 }
 
-/// Opens a pty pair in raw mode; returns the non-blocking master and the
-/// slave's path. A slave descriptor is kept open (leaked into the master's
-/// lifetime) so the master reads no EIO while no client is attached.
-fn open_pty() -> std::io::Result<(File, PathBuf)> {
+/// Opens a pty pair in raw mode; returns the non-blocking master, a slave
+/// descriptor and the slave's path.
+fn open_pty() -> std::io::Result<(File, File, PathBuf)> {
     // SAFETY: posix_openpt takes flags only.
     let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -170,9 +186,8 @@ fn open_pty() -> std::io::Result<(File, PathBuf)> {
         // SAFETY: valid tty descriptor and termios pointer.
         unsafe { libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &tio) };
     }
-    std::mem::forget(slave);
     set_nonblocking(&master)?;
-    Ok((master, path))
+    Ok((master, slave, path))
 }
 
 /// `O_NOCTTY` for opening the pty slave (chv must not get a controlling

@@ -13,9 +13,10 @@
 //! page whose hash changed, which catches both kinds of writes.
 //!
 //! Wire format: messages of `kind: u8`, `len: u64` (little endian) and
-//! `len` payload bytes. `CONFIG` (VmConfig JSON), then `PAGES` (guest
-//! address u64 + whole pages), then `STATE` (VmSnapshot JSON); the receiver
-//! answers one `RESULT` ("OK" or an error text).
+//! `len` payload bytes. `CONFIG` (VmConfig JSON), then `LAYOUT` (guest
+//! address u64 + length u64 of each RAM region, hot-added ones included),
+//! then `PAGES` (guest address u64 + whole pages), then `STATE` (VmSnapshot
+//! JSON); the receiver answers one `RESULT` ("OK" or an error text).
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -36,6 +37,11 @@ const MSG_CONFIG: u8 = 1;
 const MSG_PAGES: u8 = 2;
 const MSG_STATE: u8 = 3;
 const MSG_RESULT: u8 = 4;
+const MSG_LAYOUT: u8 = 5;
+
+/// Most RAM regions a layout may list (boot RAM around the 32-bit hole
+/// plus every hot-added slot fits well within this).
+const MAX_LAYOUT_REGIONS: usize = 512;
 
 /// Bytes per page of the dirty log and of the page stream.
 const PAGE: usize = 4096;
@@ -178,6 +184,50 @@ fn recv_msg(input: &mut impl Read) -> Result<(u8, Vec<u8>), MigrationError> {
     Ok((head[0], body))
 }
 
+/// The `LAYOUT` message: each RAM region's guest address and length, so
+/// the receiver maps hot-added memory where the guest knows it.
+fn encode_layout(memory: &GuestMemoryMmap) -> Vec<u8> {
+    let mut body = Vec::with_capacity(memory.num_regions() * 16);
+    for region in memory.iter() {
+        body.extend_from_slice(&region.start_addr().0.to_le_bytes());
+        body.extend_from_slice(&region.len().to_le_bytes());
+    }
+    body
+}
+
+/// Parses and checks a `LAYOUT` message: whole pages, in ascending order,
+/// not overlapping.
+fn decode_layout(body: &[u8]) -> Result<Vec<(GuestAddress, usize)>, MigrationError> {
+    let bad = |what: String| MigrationError::Protocol(format!("memory layout: {what}"));
+    if body.is_empty() || !body.len().is_multiple_of(16) || body.len() / 16 > MAX_LAYOUT_REGIONS {
+        return Err(bad(format!("{} bytes", body.len())));
+    }
+    let mut layout = Vec::with_capacity(body.len() / 16);
+    let mut end = 0u64;
+    for entry in body.chunks_exact(16) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&entry[..8]);
+        let gpa = u64::from_le_bytes(word);
+        word.copy_from_slice(&entry[8..]);
+        let len = u64::from_le_bytes(word);
+        let region_end = gpa.checked_add(len);
+        let page = PAGE as u64;
+        match (region_end, usize::try_from(len)) {
+            (Some(region_end), Ok(size))
+                if len > 0
+                    && gpa.is_multiple_of(page)
+                    && len.is_multiple_of(page)
+                    && gpa >= end =>
+            {
+                end = region_end;
+                layout.push((GuestAddress(gpa), size));
+            }
+            _ => return Err(bad(format!("region of {len:#x} bytes at {gpa:#x}"))),
+        }
+    }
+    Ok(layout)
+}
+
 /// A fast 64-bit hash of one page (multiply-xor over its words).
 fn page_hash(page: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -261,6 +311,7 @@ pub fn send(
     send_msg(&mut out, MSG_CONFIG, &[&config_json])?;
 
     let memory = vm.memory();
+    send_msg(&mut out, MSG_LAYOUT, &[&encode_layout(memory)])?;
     let sizes: Vec<usize> = memory.iter().map(|r| r.len() as usize).collect();
     vm.set_dirty_logging(true)
         .map_err(|e| MigrationError::Vm(format!("dirty logging: {e}")))?;
@@ -465,7 +516,22 @@ fn receive_vm(
     config
         .validate()
         .map_err(|e| MigrationError::Vm(format!("the sent VM config is invalid: {e}")))?;
-    let memory = crate::memory::create_for_config(&config)
+    let (kind, body) = recv_msg(input)?;
+    if kind != MSG_LAYOUT {
+        return Err(MigrationError::Protocol(format!(
+            "expected the memory layout after the config, got message {kind}"
+        )));
+    }
+    let layout = decode_layout(&body)?;
+    let zones = crate::memory::zones_for(&config);
+    let zone_total: u64 = zones.iter().map(|z| z.size).sum();
+    let layout_total: u64 = layout.iter().map(|&(_, len)| len as u64).sum();
+    if zone_total != layout_total {
+        return Err(MigrationError::Protocol(format!(
+            "the memory layout holds {layout_total} bytes, the config's memory {zone_total}"
+        )));
+    }
+    let memory = crate::memory::create_guest_ram(&zones, &layout)
         .map_err(|e| MigrationError::Vm(format!("guest memory: {e}")))?
         .memory;
     loop {
@@ -579,6 +645,9 @@ mod tests {
             &[&serde_json::to_vec(&config).unwrap()],
         )
         .unwrap();
+        let config_only = stream.clone();
+        let layout = layout_msg(&[(0, 32 << 20)]);
+        send_msg(&mut stream, MSG_LAYOUT, &[&layout]).unwrap();
         // Pages far outside guest RAM.
         send_msg(
             &mut stream,
@@ -588,5 +657,52 @@ mod tests {
         .unwrap();
         let e = receive_vm(&mut stream.as_slice(), &filters).err().unwrap();
         assert!(e.to_string().contains("pages at"), "{e}");
+
+        // Pages before the layout.
+        let mut early = config_only.clone();
+        send_msg(&mut early, MSG_PAGES, &[&0u64.to_le_bytes(), &[0u8; PAGE]]).unwrap();
+        let e = receive_vm(&mut early.as_slice(), &filters).err().unwrap();
+        assert!(e.to_string().contains("expected the memory layout"), "{e}");
+
+        // A layout that does not hold the config's RAM.
+        let mut short = config_only;
+        send_msg(&mut short, MSG_LAYOUT, &[&layout_msg(&[(0, 16 << 20)])]).unwrap();
+        let e = receive_vm(&mut short.as_slice(), &filters).err().unwrap();
+        assert!(e.to_string().contains("the config's memory"), "{e}");
+    }
+
+    fn layout_msg(regions: &[(u64, u64)]) -> Vec<u8> {
+        regions
+            .iter()
+            .flat_map(|(gpa, len)| gpa.to_le_bytes().into_iter().chain(len.to_le_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn hostile_layouts_are_refused() {
+        let page = PAGE as u64;
+        for (what, body) in [
+            ("empty", Vec::new()),
+            ("torn entry", vec![0u8; 15]),
+            ("zero length", layout_msg(&[(0, 0)])),
+            ("unaligned address", layout_msg(&[(1, page)])),
+            ("unaligned length", layout_msg(&[(0, page + 1)])),
+            ("wraps", layout_msg(&[(u64::MAX - page + 1, 2 * page)])),
+            ("overlap", layout_msg(&[(0, 2 * page), (page, page)])),
+            ("descending", layout_msg(&[(4 * page, page), (0, page)])),
+            (
+                "too many",
+                layout_msg(&vec![(0, page); MAX_LAYOUT_REGIONS + 1])
+                    .into_iter()
+                    .collect(),
+            ),
+        ] {
+            assert!(decode_layout(&body).is_err(), "{what} accepted");
+        }
+        let ok = decode_layout(&layout_msg(&[(0, 2 * page), (1 << 32, page)])).unwrap();
+        assert_eq!(
+            ok,
+            vec![(GuestAddress(0), 2 * PAGE), (GuestAddress(1 << 32), PAGE)]
+        );
     }
 }

@@ -39,7 +39,7 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the BIOS area reserved for the ACPI tables.
 pub const ACPI_END: u64 = VMGENID_START;
-/// The 16-byte VM generation ID (`acpi_vmgenid.rs`), alone in the last
+/// The 16-byte VM generation ID (`acpi/vmgenid.rs`), alone in the last
 /// page before the SMBIOS area, so that rewriting it on a restore copies
 /// one page of a clone's memory and no table.
 pub const VMGENID_START: u64 = SMBIOS_START - 0x1000;

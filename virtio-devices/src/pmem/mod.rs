@@ -15,7 +15,6 @@ use std::fs::File;
 use std::sync::Arc;
 
 use log::{error, warn};
-use serde::{Deserialize, Serialize};
 use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::Queue;
@@ -24,12 +23,12 @@ use vm_memory::GuestAddressSpace;
 pub use mapping::{PmemError, PmemMapping, PMEM_ALIGNMENT};
 
 use crate::device::{
-    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
-    VirtioDevice, VirtioInterrupt,
+    features_state, restore_features_state, ActivateError, ActivatedQueue, GuestMemory,
+    PausedQueue, VirtioDevice, VirtioInterrupt,
 };
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{
-    drain_queue, prepare_queues, spawn_worker, stop_for_pause, HandlerError, QueueHandler,
+    drain_queue, pause_one_queue, prepare_queues, spawn_worker, HandlerError, QueueHandler,
     ThreadSetup, WorkerHandle,
 };
 
@@ -48,13 +47,7 @@ pub const VIRTIO_PMEM_RESP_EIO: u32 = 1;
 pub const PMEM_STATE_VERSION: u32 = 1;
 
 /// The saved state of a virtio-pmem device (the data is in the file).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct PmemState {
-    /// Format version ([`PMEM_STATE_VERSION`]).
-    pub version: u32,
-    /// Features the driver accepted.
-    pub acked_features: u64,
-}
+pub type PmemState = crate::device::FeaturesState;
 
 /// The virtio-pmem device model.
 pub struct VirtioPmem {
@@ -169,34 +162,18 @@ impl VirtioDevice for VirtioPmem {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some((h, broken)) = stop_for_pause(&mut self.worker, "virtio-pmem")? else {
-            return Ok(Vec::new());
-        };
-        self.broken |= broken;
-        Ok(vec![PausedQueue {
-            index: 0,
-            queue: h.queue,
-        }])
-    }
-
-    fn snapshot_state(&self) -> serde_json::Value {
-        state_to_value(&PmemState {
-            version: PMEM_STATE_VERSION,
-            acked_features: self.acked,
+        pause_one_queue(&mut self.worker, "virtio-pmem", &mut self.broken, |h| {
+            h.queue
         })
     }
 
+    fn snapshot_state(&self) -> serde_json::Value {
+        features_state(PMEM_STATE_VERSION, self.acked)
+    }
+
     fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
-        let s = state_from_value("virtio-pmem", state, PMEM_STATE_VERSION, |s: &PmemState| {
-            s.version
-        })?;
-        if s.acked_features & !self.features() != 0 {
-            return Err(ActivateError::State(format!(
-                "virtio-pmem: features {:#x} not offered",
-                s.acked_features
-            )));
-        }
-        self.acked = s.acked_features;
+        self.acked =
+            restore_features_state("virtio-pmem", state, PMEM_STATE_VERSION, self.features())?;
         Ok(())
     }
 }

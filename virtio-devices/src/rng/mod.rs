@@ -16,15 +16,13 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::Queue;
 use vm_memory::GuestAddressSpace;
 
-use serde::{Deserialize, Serialize};
-
 use crate::device::{
-    state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
-    VirtioDevice, VirtioInterrupt,
+    features_state, restore_features_state, ActivateError, ActivatedQueue, GuestMemory,
+    PausedQueue, VirtioDevice, VirtioInterrupt,
 };
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{
-    drain_queue, prepare_queues, spawn_worker, stop_for_pause, HandlerError, QueueHandler,
+    drain_queue, pause_one_queue, prepare_queues, spawn_worker, HandlerError, QueueHandler,
     ThreadSetup, WorkerHandle,
 };
 
@@ -39,13 +37,7 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const RNG_STATE_VERSION: u32 = 1;
 
 /// The saved state of a virtio-rng device: only the accepted features.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct RngState {
-    /// Format version ([`RNG_STATE_VERSION`]).
-    pub version: u32,
-    /// Features the driver accepted.
-    pub acked_features: u64,
-}
+pub type RngState = crate::device::FeaturesState;
 
 /// Errors creating a virtio-rng device.
 #[derive(Debug, thiserror::Error)]
@@ -168,34 +160,18 @@ impl VirtioDevice for VirtioRng {
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
-        let Some((h, broken)) = stop_for_pause(&mut self.worker, "virtio-rng")? else {
-            return Ok(Vec::new());
-        };
-        self.broken |= broken;
-        Ok(vec![PausedQueue {
-            index: 0,
-            queue: h.queue,
-        }])
-    }
-
-    fn snapshot_state(&self) -> serde_json::Value {
-        state_to_value(&RngState {
-            version: RNG_STATE_VERSION,
-            acked_features: self.acked,
+        pause_one_queue(&mut self.worker, "virtio-rng", &mut self.broken, |h| {
+            h.queue
         })
     }
 
+    fn snapshot_state(&self) -> serde_json::Value {
+        features_state(RNG_STATE_VERSION, self.acked)
+    }
+
     fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), ActivateError> {
-        let s = state_from_value("virtio-rng", state, RNG_STATE_VERSION, |s: &RngState| {
-            s.version
-        })?;
-        if s.acked_features & !self.features() != 0 {
-            return Err(ActivateError::State(format!(
-                "virtio-rng: features {:#x} not offered",
-                s.acked_features
-            )));
-        }
-        self.acked = s.acked_features;
+        self.acked =
+            restore_features_state("virtio-rng", state, RNG_STATE_VERSION, self.features())?;
         Ok(())
     }
 }

@@ -267,10 +267,13 @@ fn memory_accepted() {
     assert_eq!(size("shared=off"), MemoryConfig::default().size);
     let memory = vm(&[
         "--memory",
-        "size=1G,shared=on,hugepages=on,hugepage_size=2M,prefault=on,thp=off,mergeable=on",
+        "size=1G,shared=on,hugepages=on,hugepage_size=2M,prefault=on,thp=off",
     ])
     .memory;
     let hotplug = vm(&["--memory", "size=1G,hotplug_size=2G"]).memory;
+    assert!(vm(&["--memory", "size=1G,mergeable=on"]).memory.mergeable);
+    let refused = error(&["--memory", "size=1G,shared=on,mergeable=on"]);
+    assert!(refused.contains("memory.mergeable"), "{refused}");
     assert_eq!(hotplug.hotplug_room(), 2 << 30);
     assert_eq!(
         memory,
@@ -281,7 +284,6 @@ fn memory_accepted() {
             hugepage_size: Some(2 << 20),
             prefault: true,
             thp: false,
-            mergeable: true,
             ..MemoryConfig::default()
         }
     );

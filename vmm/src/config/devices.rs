@@ -47,6 +47,7 @@ impl RngConfig {
             return Err(ConfigError::EmptyPath("rng.src"));
         }
         refuse_if(self.iommu, "rng.iommu=true", "no virtual IOMMU")?;
+        refuse_placement("rng.pci_device_id", self.pci_device_id)?;
         Ok(())
     }
 }
@@ -91,6 +92,7 @@ impl VsockConfig {
             return Err(ConfigError::EmptyPath("vsock.socket"));
         }
         refuse_if(self.iommu, "vsock.iommu=true", "no virtual IOMMU")?;
+        refuse_placement("vsock.pci_device_id", self.pci_device_id)?;
         if let Some(id) = &self.id {
             if !valid_device_id(id) {
                 return Err(ConfigError::VsockId(id.clone()));
@@ -142,6 +144,7 @@ impl BalloonConfig {
             ));
         }
         refuse_if(self.iommu, "balloon.iommu=true", "no virtual IOMMU")?;
+        refuse_placement("balloon.pci_device_id", self.pci_device_id)?;
         if let Some(id) = &self.id {
             if !valid_device_id(id) {
                 return Err(invalid(

@@ -177,6 +177,7 @@ impl DiskConfig {
     /// Checks one disk; `index` is its position in `VmConfig::disks`, used
     /// in error messages. Whether the image exists is checked on open.
     pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        refuse_placement(&format!("disks[{index}].pci_device_id"), self.pci_device_id)?;
         if self.vhost_user {
             return self.validate_vhost_user(index);
         }

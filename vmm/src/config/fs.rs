@@ -80,22 +80,9 @@ impl FsConfig {
             ));
         }
         refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
-        refuse_placement(&field, self.pci_device_id)?;
+        refuse_placement(&field("pci_device_id"), self.pci_device_id)?;
         check_id(&field, self.id.as_deref())
     }
-}
-
-/// Refuses a PCI placement chv does not honour (the segment is checked
-/// against `platform.num_pci_segments` with the whole config).
-pub(crate) fn refuse_placement(
-    field: &dyn Fn(&str) -> String,
-    pci_device_id: Option<u8>,
-) -> Result<(), ConfigError> {
-    refuse_if(
-        pci_device_id.is_some(),
-        field("pci_device_id"),
-        "this device gets the first free PCI slot",
-    )
 }
 
 /// Checks a user-given device id.

@@ -154,6 +154,11 @@ impl MemoryConfig {
             not_yet,
         )?;
         refuse_if(self.reserve, "memory.reserve=true", not_yet)?;
+        refuse_if(
+            self.mergeable && (self.shared || self.hugepages),
+            "memory.mergeable=true",
+            KSM_PRIVATE_ONLY,
+        )?;
         let mut ids: Vec<&str> = Vec::new();
         for zone in zones {
             zone.validate()?;
@@ -257,9 +262,19 @@ impl MemoryZoneConfig {
             not_yet,
         )?;
         refuse_if(self.reserve, format!("{field}.reserve=true"), not_yet)?;
+        refuse_if(
+            self.mergeable && (self.shared || self.hugepages),
+            format!("{field}.mergeable=true"),
+            KSM_PRIVATE_ONLY,
+        )?;
         Ok(())
     }
 }
+
+/// Why `mergeable` is refused on shared or huge-page RAM: the kernel's
+/// KSM merges private anonymous pages only and ignores `MADV_MERGEABLE`
+/// elsewhere, so the option would silently do nothing.
+const KSM_PRIVATE_ONLY: &str = "KSM merges only private memory, not shared=on or hugepages=on RAM";
 
 /// `hugepage_size` must be a power of two of at least 4 KiB, and needs
 /// `hugepages`.

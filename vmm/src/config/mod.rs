@@ -372,6 +372,17 @@ pub fn refuse_if(cond: bool, field: impl Into<String>, reason: &str) -> Result<(
     Ok(())
 }
 
+/// Refuses a PCI slot chosen by the user (`pci_device_id`, named by
+/// `field`): chv gives each device the first free slot of its segment
+/// (the segment itself is checked against `platform.num_pci_segments`).
+pub fn refuse_placement(field: &str, pci_device_id: Option<u8>) -> Result<(), ConfigError> {
+    refuse_if(
+        pci_device_id.is_some(),
+        field,
+        "devices get the first free PCI slot",
+    )
+}
+
 /// Whether a user-given device id is acceptable: non-empty and outside the
 /// `RESERVED_ID_PREFIX` namespace chv uses for the ids it generates.
 pub fn valid_device_id(id: &str) -> bool {

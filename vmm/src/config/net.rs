@@ -138,6 +138,7 @@ impl NetConfig {
     /// Checks one net device; `index` is its position in `VmConfig::net`.
     /// Whether the tap or fds can be opened is checked by the VMM.
     pub fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        refuse_placement(&format!("net[{index}].pci_device_id"), self.pci_device_id)?;
         let q = self.num_queues;
         if !(2..=MAX_NET_QUEUES).contains(&q) || !q.is_multiple_of(2) {
             return Err(ConfigError::NetNumQueues { index, value: q });

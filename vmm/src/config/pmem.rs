@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use virtio_devices::pmem::PMEM_ALIGNMENT;
 
-use super::fs::{check_id, refuse_placement};
+use super::fs::check_id;
 use super::*;
 
 /// `--pmem file=…` (Cloud Hypervisor's `PmemConfig`).
@@ -51,7 +51,7 @@ impl PmemConfig {
             }
         }
         refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
-        refuse_placement(&field, self.pci_device_id)?;
+        refuse_placement(&field("pci_device_id"), self.pci_device_id)?;
         check_id(&field, self.id.as_deref())
     }
 }

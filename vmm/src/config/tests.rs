@@ -322,3 +322,61 @@ fn platform_smbios_identity() {
     let e = p.validate().unwrap_err().to_string();
     assert!(e.contains("platform.oem_strings"), "{e}");
 }
+
+#[test]
+fn mergeable_is_refused_where_ksm_cannot_merge() {
+    let mut config = booting();
+    config.memory.mergeable = true;
+    assert_eq!(config.validate(), Ok(()), "private RAM can be merged");
+    config.memory.shared = true;
+    let e = config.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("memory.mergeable") && e.contains("not supported by chv"),
+        "{e}"
+    );
+    config.memory.shared = false;
+    config.memory.hugepages = true;
+    assert!(config.validate().is_err(), "hugepages + mergeable accepted");
+
+    let mut zoned = booting();
+    zoned.memory.size = 0;
+    let zone: MemoryZoneConfig =
+        serde_json::from_str(r#"{"id":"z0","size":67108864,"file":"/tmp/zone","mergeable":true}"#)
+            .expect("zone JSON");
+    zoned.memory.zones = Some(vec![zone]);
+    assert_eq!(
+        zoned.validate(),
+        Ok(()),
+        "a private file zone can be merged"
+    );
+    if let Some(z) = zoned.memory.zones.as_mut().and_then(|z| z.first_mut()) {
+        z.shared = true;
+    }
+    let e = zoned.validate().unwrap_err().to_string();
+    assert!(e.contains("memory.zones[z0].mergeable"), "{e}");
+}
+
+#[test]
+fn pci_slots_are_refused_by_name() {
+    let mut config = booting();
+    config.disks = Some(vec![DiskConfig {
+        pci_device_id: Some(5),
+        ..disk("/d.img")
+    }]);
+    let e = config.validate().unwrap_err().to_string();
+    assert!(e.contains("disks[0].pci_device_id"), "{e}");
+    let mut config = booting();
+    config.net = Some(vec![NetConfig {
+        pci_device_id: Some(5),
+        ..NetConfig::default()
+    }]);
+    let e = config.validate().unwrap_err().to_string();
+    assert!(e.contains("net[0].pci_device_id"), "{e}");
+    let mut config = booting();
+    config.rng = Some(RngConfig {
+        pci_device_id: Some(5),
+        ..RngConfig::default()
+    });
+    let e = config.validate().unwrap_err().to_string();
+    assert!(e.contains("rng.pci_device_id"), "{e}");
+}

@@ -255,7 +255,7 @@ impl RestoreConfig {
             return refuse("iommufd_fd", "no VFIO");
         }
         if !self.zone_updates.is_empty() {
-            return refuse("zone_updates", "chv VMs have no memory zones");
+            return refuse("zone_updates", "zones are not bound to host NUMA nodes");
         }
         Ok(())
     }
