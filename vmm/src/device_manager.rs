@@ -389,7 +389,7 @@ impl DeviceManager {
     /// config-space access paths (its ECAM window; for segment 0 also the
     /// 0xCF8 ports where the platform has them) and, where the platform has
     /// ACPI hotplug, the Generic Event Device and the PCI hotplug
-    /// controller (segment 0).
+    /// controller (segment 0). MSI routes follow `msi`.
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
@@ -397,8 +397,9 @@ impl DeviceManager {
         mmio_bus: Arc<Bus>,
         thread_setup: Option<ThreadSetup>,
         pci_segments: &[arch::PciSegmentLayout],
+        msi: arch::MsiDelivery,
     ) -> Result<Self, VmmError> {
-        let router = Arc::new(GsiRouter::new(vm.clone()));
+        let router = Arc::new(GsiRouter::new(vm.clone(), msi));
         let mut segments = Vec::with_capacity(pci_segments.len());
         for layout in pci_segments {
             let bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
