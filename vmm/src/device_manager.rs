@@ -559,11 +559,7 @@ impl DeviceManager {
 
     /// Opens (or creates) `net`'s tap and builds its virtio-net device with
     /// id `id` (or connects to its vhost-user backend: no counters then).
-    fn build_net(
-        &self,
-        net: &NetConfig,
-        id: &str,
-    ) -> Result<BuiltNet, VmmError> {
+    fn build_net(&self, net: &NetConfig, id: &str) -> Result<BuiltNet, VmmError> {
         if net.vhost_user {
             return Ok((self.build_vhost_user_net(net, id)?, None));
         }

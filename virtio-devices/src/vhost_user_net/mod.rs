@@ -9,6 +9,7 @@
 //! socket, and reconnects when a restarted backend listens again) or the
 //! server (creates the socket and waits for the backend to connect).
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -97,37 +98,52 @@ fn config_space(mac: MacAddr) -> Vec<u8> {
 }
 
 /// Creates `socket` and waits up to `timeout` for one backend to connect;
-/// the socket file is removed once it has (or on failure).
+/// the socket file is removed once it has (or on failure). Waits in
+/// `ppoll`, which the VMM thread's seccomp filter allows (hotplug).
 fn accept_backend(socket: &Path, timeout: Duration) -> Result<UnixStream, VhostUserError> {
     let err = |source: std::io::Error| VhostUserError::Connect {
         path: socket.to_path_buf(),
         source,
     };
     let listener = UnixListener::bind(socket).map_err(err)?;
-    let result = (|| {
-        listener.set_nonblocking(true)?;
-        let start = Instant::now();
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    return Ok(stream);
+    let result = wait_readable(listener.as_raw_fd(), timeout).and_then(|()| listener.accept());
+    let _ = std::fs::remove_file(socket);
+    result.map(|(stream, _)| stream).map_err(err)
+}
+
+/// Waits until `fd` is readable or `timeout` passed.
+fn wait_readable(fd: RawFd, timeout: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(left.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(left.subsec_nanos()),
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd and a valid timespec, both on the stack
+        // for the duration of the call; no signal mask is passed.
+        let n = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+        match n {
+            n if n > 0 => return Ok(()),
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no backend connected within {timeout:?}"),
+                ))
+            }
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if start.elapsed() >= timeout {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no backend connected within {timeout:?}"),
-                        ));
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e),
             }
         }
-    })();
-    let _ = std::fs::remove_file(socket);
-    result.map_err(err)
+    }
 }
 
 /// Connects to (or waits for) the backend and builds the device.
