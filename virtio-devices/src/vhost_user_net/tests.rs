@@ -111,8 +111,9 @@ const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc];
 const PEER_MAC: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
 
 /// Activates `dev`, sends one frame on TX and checks it comes back on RX
-/// with source and destination swapped.
-fn frame_comes_back(dev: &mut VhostUserDevice) {
+/// with source and destination swapped; then runs `between` (a backend
+/// restart) and does it again.
+fn frame_comes_back(dev: &mut VhostUserDevice, between: impl FnOnce(&mut VhostUserDevice)) {
     let features = dev.features();
     assert_ne!(features & (1 << VIRTIO_NET_F_MAC), 0, "MAC offered by chv");
     assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
@@ -128,37 +129,52 @@ fn frame_comes_back(dev: &mut VhostUserDevice) {
     let (mut tq, aq) = vm.queues(2, 64);
     dev.activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
         .expect("activate against dpdk-testpmd");
-    let rx_buf = DATA + 0x4000;
-    vm.write(rx_buf, &[0u8; 2048]);
-    tq[0].add_chain(&[(rx_buf, 2048, true)]);
-    tq[0].notify();
-
-    let mut frame = vec![0u8; HDR_LEN];
-    frame.extend_from_slice(&PEER_MAC);
-    frame.extend_from_slice(&GUEST_MAC);
-    frame.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
-    frame.extend((0..100u8).map(|i| i.wrapping_mul(3)));
-    vm.write(DATA, &frame);
-    tq[1].add_chain(&[(DATA, frame.len() as u32, false)]);
-    tq[1].notify();
-    assert!(
-        tq[1].wait_used(1),
-        "the backend did not consume the TX frame"
-    );
-    assert!(tq[0].wait_used(1), "the frame did not come back on RX");
-    let (_, len) = tq[0].used(0);
-    assert_eq!(len as usize, frame.len(), "received length");
-    let got = vm.read(rx_buf, frame.len());
-    assert_eq!(
-        &got[HDR_LEN..HDR_LEN + 6],
-        &GUEST_MAC,
-        "destination swapped"
-    );
-    assert_eq!(&got[HDR_LEN + 6..HDR_LEN + 12], &PEER_MAC, "source swapped");
-    assert_eq!(&got[HDR_LEN + 12..], &frame[HDR_LEN + 12..], "payload");
+    let mut round_trip = |n: u16| {
+        let base = DATA + u64::from(n) * 0x2000;
+        let rx_buf = base + 0x1000;
+        vm.write(rx_buf, &[0u8; 2048]);
+        tq[0].add_chain(&[(rx_buf, 2048, true)]);
+        tq[0].notify();
+        let mut frame = vec![0u8; HDR_LEN];
+        frame.extend_from_slice(&PEER_MAC);
+        frame.extend_from_slice(&GUEST_MAC);
+        frame.extend_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+        frame.extend((0..100u8).map(|i| i.wrapping_mul(3).wrapping_add(n as u8)));
+        vm.write(base, &frame);
+        tq[1].add_chain(&[(base, frame.len() as u32, false)]);
+        tq[1].notify();
+        assert!(tq[1].wait_used(n), "frame {n}: TX not consumed");
+        assert!(tq[0].wait_used(n), "frame {n}: did not come back on RX");
+        let (_, len) = tq[0].used(n - 1);
+        assert_eq!(len as usize, frame.len(), "received length");
+        let got = vm.read(rx_buf, frame.len());
+        assert_eq!(
+            &got[HDR_LEN..HDR_LEN + 6],
+            &GUEST_MAC,
+            "destination swapped"
+        );
+        assert_eq!(&got[HDR_LEN + 6..HDR_LEN + 12], &PEER_MAC, "source swapped");
+        assert_eq!(&got[HDR_LEN + 12..], &frame[HDR_LEN + 12..], "payload");
+    };
+    round_trip(1);
+    assert!(!dev.needs_reset());
+    between(dev);
+    round_trip(2);
     assert!(!dev.needs_reset());
     assert_eq!(dev.pause().unwrap().len(), 2);
     assert!(dev.reset());
+}
+
+/// Waits until `dev.needs_reset()` is `broken`.
+fn wait_broken(dev: &VhostUserDevice, broken: bool) {
+    let t = Instant::now();
+    while dev.needs_reset() != broken {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "needs_reset never became {broken}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn options(socket: &Path, role: SocketRole) -> VhostUserNetOptions {
@@ -180,9 +196,21 @@ fn testpmd_loops_a_frame_back_with_chv_as_client_and_as_server() {
     backend.wait_forwarding();
     let mut dev = new_vhost_user_net(&options(&sock, SocketRole::Client), None)
         .expect("connect to dpdk-testpmd");
-    frame_comes_back(&mut dev);
+    // Client mode reconnects: testpmd dies and a new one listens on the
+    // same socket; the relay hands it the running vrings.
+    let mut second = None;
+    frame_comes_back(&mut dev, |dev| {
+        drop(backend);
+        wait_broken(dev, true);
+        // A killed testpmd leaves its socket file behind.
+        let _ = std::fs::remove_file(&sock);
+        let again = testpmd(&dir, &sock, false);
+        again.wait_forwarding();
+        wait_broken(dev, false);
+        second = Some(again);
+    });
     drop(dev);
-    drop(backend);
+    drop(second);
 
     // Server: chv creates the socket and DPDK connects to it.
     let sock = dir.join("server.sock");
@@ -195,7 +223,7 @@ fn testpmd_loops_a_frame_back_with_chv_as_client_and_as_server() {
     .expect("dpdk-testpmd connects to chv's socket");
     assert!(!sock.exists(), "the listening socket is removed once used");
     backend.wait_forwarding();
-    frame_comes_back(&mut dev);
+    frame_comes_back(&mut dev, |_| {});
     let _ = std::fs::remove_dir_all(&dir);
 }
 
