@@ -12,7 +12,8 @@
 #      real aarch64 kernel (seccomp and KVM do not work under qemu-user), then
 #      boots the L2 kernel with chv on L1's KVM (scripts/aarch64/l1-tests.sh)
 #      and checks every case's marker: devices (2 vCPUs, blk, net, rng,
-#      console, PL031), the API with disk hot-add, vsock both ways,
+#      console, PL031), the MSI-frame fallback of a GIC without ITS (blk,
+#      net, snapshot/restore), the API with disk hot-add, vsock both ways,
 #      snapshot/restore, PSCI reset, and live migration between two chv.
 #
 # Environment: AARCH64_KIT (default ../shared/aarch64), DEBIAN_MIRROR (default

@@ -11,7 +11,8 @@
 //! - [`PLATFORM`]: the static [`Platform`] description (PCI windows,
 //!   platform devices, ACPI hotplug registers, what is not supported);
 //! - `ram_regions(size)`: the guest RAM layout;
-//! - `Machine`: the VM-wide in-kernel parts (interrupt controller, timers),
+//! - `Machine`: the VM-wide in-kernel parts (interrupt controller, timers)
+//!   and how MSIs reach them (`msi_delivery`: KVM, or a VMM-side MSI frame),
 //!   created before the vCPUs, finished after them, saved and restored;
 //! - `CpuConfig`: builds and restores each vCPU's initial state;
 //! - `load_payload`: loads kernel and initramfs and writes the firmware

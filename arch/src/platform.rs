@@ -201,6 +201,50 @@ pub struct IrqchipRoute {
     pub pin: u32,
 }
 
+/// How a VM's MSI messages (the address and data a PCI device's MSI-X
+/// vector holds) reach its interrupt controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsiDelivery {
+    /// KVM decodes the message itself (`KVM_IRQ_ROUTING_MSI`): the x86
+    /// LAPIC, the GICv3 ITS.
+    Kvm,
+    /// An MSI frame in the VMM (GICv2m-style): a message writes the number
+    /// of one of the frame's SPIs to its doorbell, so it becomes an irqchip
+    /// route to that SPI's pin.
+    Frame(MsiFrame),
+}
+
+/// An MSI frame that turns doorbell writes into SPIs (the Arm GICv2m
+/// `arm,gic-v2m-frame` programming model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiFrame {
+    /// Guest-physical base of the frame's registers.
+    pub base: u64,
+    /// Bytes the frame decodes.
+    pub len: u64,
+    /// The doorbell address MSI messages name (`MSI_SETSPI_NS`).
+    pub doorbell: u64,
+    /// Interrupt number (GIC INTID) of the frame's first SPI; messages carry
+    /// INTIDs as data.
+    pub first_intid: u32,
+    /// SPIs the frame hands out.
+    pub count: u32,
+    /// KVM irqchip of the SPIs.
+    pub chip: u32,
+    /// Irqchip pin of the first SPI; it is also the GSI whose default route
+    /// ([`IrqchipRoute`]) goes to that pin, and so on for the others.
+    pub first_pin: u32,
+}
+
+impl MsiFrame {
+    /// The irqchip pin an MSI message raises, if it is a write of one of the
+    /// frame's SPIs to its doorbell.
+    pub fn pin(&self, address: u64, data: u32) -> Option<u32> {
+        let index = data.checked_sub(self.first_intid)?;
+        (address == self.doorbell && index < self.count).then(|| self.first_pin + index)
+    }
+}
+
 /// The static description of a platform the VMM builds on.
 #[derive(Clone, Copy, Debug)]
 pub struct Platform {
@@ -430,4 +474,31 @@ pub struct MachineIdentity {
     pub chassis_asset_tag: Option<String>,
     /// OEM strings.
     pub oem_strings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msi_frame_maps_doorbell_writes_of_its_spis_to_pins() {
+        let frame = MsiFrame {
+            base: 0x1000,
+            len: 0x1000,
+            doorbell: 0x1040,
+            first_intid: 64,
+            count: 64,
+            chip: 0,
+            first_pin: 32,
+        };
+        assert_eq!(frame.pin(0x1040, 64), Some(32));
+        assert_eq!(frame.pin(0x1040, 127), Some(95));
+        // Outside the frame's SPIs, at another address, or a hostile value
+        // near u32::MAX: no pin.
+        assert_eq!(frame.pin(0x1040, 128), None);
+        assert_eq!(frame.pin(0x1040, 63), None);
+        assert_eq!(frame.pin(0x1044, 64), None);
+        assert_eq!(frame.pin(0x1040, u32::MAX), None);
+        assert_eq!(frame.pin(0, 0), None);
+    }
 }

@@ -20,6 +20,9 @@ medians and chv/QEMU ratios and writes all runs and medians as JSON.
              `chv --help` offers --restore)
   density    N clones of one snapshot started at once, and N cold boots,
              chv and QEMU (scripts/bench/density.py; --quick: N=10, chv)
+  vhost      sequential and 4 KiB random reads on virtio-fs (virtiofsd) and
+             vhost-user-blk (qemu-storage-daemon) against the in-process
+             virtio-blk, chv and QEMU (scripts/bench/vhost.py; own table)
 
 block and net share one boot per VMM and pair (disk + NIC attached).
 
@@ -28,7 +31,6 @@ Usage: scripts/bench/all.py [--pairs N] [--quick] [--only boot,api,...] [--json 
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -44,7 +46,7 @@ import benchlib as B  # noqa: E402
 from block import host_dd  # noqa: E402
 from net import GUEST_IP, HOST_IP  # noqa: E402
 
-BENCHES = ("boot", "footprint", "block", "net", "api", "snapshot", "density")
+BENCHES = ("boot", "footprint", "block", "net", "api", "snapshot", "density", "vhost")
 BOOT_CMDLINE = "console=ttyS0 quiet panic=-1 -- echo hello"
 MEM_MIB = 128
 QTAP, CTAP = "qtap0", "btap0"
@@ -74,7 +76,7 @@ ROWS = [
     ("snapshot", "vm.snapshot of the paused VM", "snapshot_s", "s", 1, 3),
     ("snapshot", "restore: exec -> VM running", "restore_s", "s", 1, 3),
 ]
-CHVBLK = re.compile(r"CHVBLK (seqread|seqwrite|randread) (\d+) (\d+)")
+parse_chvblk = B.parse_chvblk
 
 
 def parse_args():
@@ -152,20 +154,6 @@ def io_cmd(args, want_block, want_net):
     if want_block:
         parts.append(f"/chvblk /dev/vda {args.read_mib} {args.write_mib} {args.rand_ops}")
     return "; ".join(parts)
-
-
-def parse_chvblk(text, where):
-    """MiB/s and IOPS from chvblk's output lines."""
-    if "CHVBLK-ERROR" in text:
-        raise RuntimeError(f"{where}: {text[text.index('CHVBLK-ERROR'):][:200]}")
-    res = {}
-    for what, n, ns in CHVBLK.findall(text):
-        secs = max(int(ns), 1) / 1e9
-        if what == "randread":
-            res["randread_iops"] = int(n) / secs
-        else:
-            res[f"{what}_mib_s"] = int(n) / B.MIB / secs
-    return res
 
 
 def io_run(vmm, exe, kit, initrd, img, ns, args, want_block, want_net):
@@ -364,13 +352,9 @@ def main():
     if "block" in only or "net" in only:
         only.add("io")  # the VMM CPU rows come from the block/net run
     notes = []
-    B.ensure_chv(args.chv)
-    vmms = {"chv": args.chv}
-    qemu = B.which_qemu()
-    if qemu:
-        vmms["qemu"] = qemu
-    else:
-        notes.append("QEMU: not installed (qemu-system-x86_64 not found), ratios skipped")
+    vmms, note = B.vmms_to_compare(args.chv)
+    qemu = vmms.get("qemu")
+    notes += [note] if note else []
     snap_ok = "snapshot" in only and snapshot_supported(args.chv)
     if "snapshot" in only and not snap_ok:
         notes.append("snapshot: not supported by this chv build (no --restore in chv --help)")
@@ -436,6 +420,13 @@ def main():
                                  args.chv, "--json", args.json + ".density.json", *extra]).returncode
             if rc:
                 failures.append(f"density: density.py exited with {rc}")
+        if "vhost" in only:
+            # Its own table (three I/O paths per VMM): vhost.py.
+            extra = ["--quick"] if args.quick else ["--pairs", str(args.pairs)]
+            rc = subprocess.run([sys.executable, os.path.join(HERE, "vhost.py"), "--chv", args.chv,
+                                 "--json", args.json + ".vhost.json", *extra]).returncode
+            if rc:
+                failures.append(f"vhost: vhost.py exited with {rc}")
     finally:
         if ns:
             subprocess.run(["ip", "netns", "del", ns])
@@ -449,7 +440,9 @@ def main():
     if want_block or want_net:
         log(f"sizes: read {args.read_mib} MiB, write {args.write_mib} MiB, {args.rand_ops} random "
             f"reads on a {args.image_mib} MiB image; TCP {args.net_kib} KiB each way")
-    log(table(med, ratios, only))
+    rows = table(med, ratios, only)
+    if rows.count("\n") > 1:  # more than the header (vhost and density print their own)
+        log(rows)
     for n in notes:
         log(n)
     for f in failures:

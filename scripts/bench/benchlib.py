@@ -27,16 +27,28 @@ def which_qemu():
     return shutil.which("qemu-system-x86_64")
 
 
+def vmms_to_compare(chv):
+    """Builds chv if needed; ({"chv": path[, "qemu": path]}, a note when QEMU is missing)."""
+    ensure_chv(chv)
+    qemu = which_qemu()
+    if qemu:
+        return {"chv": chv, "qemu": qemu}, None
+    return {"chv": chv}, "QEMU: not installed (qemu-system-x86_64 not found), ratios skipped"
+
+
 def ensure_chv(chv):
     """Builds the release chv if the binary is missing."""
     if not os.path.exists(chv):
         subprocess.run(["cargo", "build", "--release", "-p", "vmm", "--bin", "chv"], cwd=REPO, check=True)
 
 
-def chv_argv(chv, kernel, initrd, cmdline, mem_mib, api=None, disk=None, tap=None, cpus=1):
-    """chv command line: serial console on stdout, optional API socket, disk, tap."""
+def chv_argv(chv, kernel, initrd, cmdline, mem_mib, api=None, disk=None, tap=None, cpus=1,
+             shared=False):
+    """chv command line: serial console on stdout, optional API socket, disk, tap;
+    shared=True backs guest RAM with a shared memfd (vhost-user backends map it)."""
+    memory = f"size={mem_mib}M" + (",shared=on" if shared else "")
     argv = [chv, "--kernel", kernel, "--initramfs", initrd, "--cmdline", cmdline,
-            "--cpus", f"boot={cpus}", "--memory", f"size={mem_mib}M",
+            "--cpus", f"boot={cpus}", "--memory", memory,
             "--serial", "tty", "--console", "off"]
     if api:
         argv += ["--api-socket", f"path={api}"]
@@ -47,14 +59,20 @@ def chv_argv(chv, kernel, initrd, cmdline, mem_mib, api=None, disk=None, tap=Non
     return argv
 
 
-def qemu_argv(qemu, kernel, initrd, cmdline, mem_mib, qmp=None, disk=None, tap=None, cpus=1):
-    """QEMU microvm command line as in the kit README; PCIe only when devices are added."""
-    machine = "microvm,acpi=on" + (",pcie=on" if disk or tap else "")
+def qemu_argv(qemu, kernel, initrd, cmdline, mem_mib, qmp=None, disk=None, tap=None, cpus=1,
+              shared=False):
+    """QEMU microvm command line as in the kit README; PCIe only when devices are added
+    (or shared=True, which also backs guest RAM with a shared memfd for vhost-user)."""
+    machine = "microvm,acpi=on" + (",pcie=on" if disk or tap or shared else "")
+    if shared:
+        machine += ",memory-backend=ram0"
     # debug-threads names the vCPU threads "CPU N/KVM" (see cpu_split).
     argv = [qemu, "-M", machine, "-name", "qemu,debug-threads=on", "-enable-kvm", "-cpu", QEMU_CPU,
             "-smp", str(cpus),
             "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-serial", "stdio", "-kernel", kernel, "-initrd", initrd, "-append", cmdline]
+    if shared:
+        argv += ["-object", f"memory-backend-memfd,id=ram0,size={mem_mib}M,share=on"]
     if qmp:
         argv += ["-qmp", f"unix:{qmp},server=on,wait=off"]
     if disk:
@@ -288,6 +306,25 @@ def qmp_ok(sock):
         f.write(b'{"execute": "qmp_capabilities"}\r\n')
         f.flush()
         return b'"return"' in f.readline()
+
+
+# --- chvblk ------------------------------------------------------------------
+
+CHVBLK = re.compile(r"CHVBLK (seqread|seqwrite|randread) (\d+) (\d+)")
+
+
+def parse_chvblk(text, where):
+    """MiB/s and IOPS from chvblk's output lines (seqread_mib_s, seqwrite_mib_s, randread_iops)."""
+    if "CHVBLK-ERROR" in text:
+        raise RuntimeError(f"{where}: {text[text.index('CHVBLK-ERROR'):][:200]}")
+    res = {}
+    for what, n, ns in CHVBLK.findall(text):
+        secs = max(int(ns), 1) / 1e9
+        if what == "randread":
+            res["randread_iops"] = int(n) / secs
+        else:
+            res[f"{what}_mib_s"] = int(n) / MIB / secs
+    return res
 
 
 # --- bench initramfs --------------------------------------------------------

@@ -9,6 +9,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import all as allbench  # noqa: E402
 import benchlib as B  # noqa: E402
+import vhost as vhostbench  # noqa: E402
 
 MIB = 1 << 20
 
@@ -59,6 +60,20 @@ class Parsing(unittest.TestCase):
         self.assertEqual(ratios, {"ready_s": 0.5})
         t = allbench.table(med, ratios, {"boot"})
         self.assertIn("| 2.00 | 4.00 | 0.50 |", t)
+
+    def test_vhost_sections_by_device_size(self):
+        sizes = {32 * MIB: "virtio-blk", 33 * MIB: "vhost-user-blk"}
+        lines = "CHVBLK seqread 1048576 1000000000\r\nCHVBLK randread 10 1000000000\r\n"
+        out = (f"DEV vda {33 * 2048}\r\n{lines}DEV vdb {32 * 2048}\r\n"
+               f"{lines.replace('10 ', '20 ')}DEV fs\r\n{lines}GUEST-CMD-EXIT=0")
+        r = vhostbench.parse_guest(out, sizes, "t")
+        self.assertEqual(r["vhost-user-blk"]["randread_iops"], 10.0)
+        self.assertEqual(r["virtio-blk"]["randread_iops"], 20.0)
+        self.assertEqual(r["virtio-fs"]["seqread_mib_s"], 1.0)
+        with self.assertRaises(RuntimeError):  # the share did not mount
+            vhostbench.parse_guest(out[:out.index("DEV fs")], sizes, "t")
+        with self.assertRaises(RuntimeError):  # a disk of another size
+            vhostbench.parse_guest(out.replace(f"vdb {32 * 2048}", "vdb 8"), sizes, "t")
 
 
 class Initramfs(unittest.TestCase):

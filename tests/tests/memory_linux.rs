@@ -453,7 +453,7 @@ fn balloon_reports_free_pages_inflates_and_survives_snapshot_restore() {
 
     let started = std::time::Instant::now();
     chv.send_line("dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; echo CHK-TOUCHED-END");
-    chv.expect("CHK-TOUCHED-END", ABORT, Duration::from_secs(240));
+    chv.expect("CHK-TOUCHED-END", ABORT, Duration::from_secs(480));
     eprintln!("touching 64 MiB took {:?}", started.elapsed());
     let mut low = u64::MAX;
     let mut peak = 0;

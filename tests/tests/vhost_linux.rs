@@ -19,12 +19,16 @@
 //!   one started on the same socket, chv reconnects by itself and the next
 //!   write lands too.
 //! - `pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file`.
+//! - `vhost_user_net_pings_the_host_through_dpdk_testpmd`: a hot-added
+//!   vhost-user-net NIC served by DPDK's vhost PMD (`dpdk-testpmd`, frames
+//!   forwarded to and from a DPDK tap in a network namespace); the guest
+//!   pings the namespace's address through it, and it is hot-removed.
 //! - `snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_virtiofsd`:
 //!   then a live migration to another chv, whose virtiofsd gets the
 //!   state of the one before (vhost-user device-state transfer).
 //!
-//! Needs /dev/kvm, the guest kit, `virtiofsd` and `qemu-storage-daemon`
-//! (`.ci/run` installs them).
+//! Needs /dev/kvm, the guest kit, `virtiofsd`, `qemu-storage-daemon` and
+//! `dpdk-testpmd` (`.ci/run` installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
 use chv_tests::base_snapshot::{base_snapshot, wait_ready};
+use chv_tests::netns::NetNs;
 use chv_tests::{Chv, Scratch};
 
 /// Time for one guest step (each fork in the guest costs 1-2 s).
@@ -157,6 +162,16 @@ fn retry(cmd: &str, what: &str) -> String {
     )
 }
 
+/// `vm.remove-device` of `id`, then waits for the log line `done`.
+fn remove_device(chv: &Chv, api: &Path, id: &str, done: &str, what: &str) {
+    let (status, reply) = put(api, "vm.remove-device", &format!(r#"{{"id":"{id}"}}"#));
+    chv.check(
+        status == 204,
+        &format!("vm.remove-device {id}: {status} {reply}"),
+    );
+    chv.check(wait_log(chv, done), what);
+}
+
 /// Waits for the log line `needle` on chv's stderr.
 fn wait_log(chv: &Chv, needle: &str) -> bool {
     chv.wait_until(Duration::from_secs(30), needle, |c| {
@@ -250,13 +265,11 @@ fn virtiofs_shares_hotplug_read_write_and_survive_backend_loss() {
         chv.stdout().contains("CHK-READ2:second-share"),
         "guest read the second, hot-added share",
     );
-    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"_fs0"}"#);
-    chv.check(
-        status == 204,
-        &format!("vm.remove-device: {status} {reply}"),
-    );
-    chv.check(
-        wait_log(&chv, "_fs0: ejected from PCI slot 2"),
+    remove_device(
+        &chv,
+        &api,
+        "_fs0",
+        "_fs0: ejected from PCI slot 2",
         "the guest ejected the second share",
     );
     let (_, info) = http(&api, "GET", "vm.info", None);
@@ -354,13 +367,11 @@ fn vhost_user_blk_writes_reach_the_qemu_storage_daemon_image() {
         data[4096..].starts_with(b"AFTER-RECONNECT\n"),
         "the write after the reconnect is on the host image",
     );
-    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"vblk"}"#);
-    chv.check(
-        status == 204,
-        &format!("vm.remove-device: {status} {reply}"),
-    );
-    chv.check(
-        wait_log(&chv, "vblk: ejected from PCI slot 1"),
+    remove_device(
+        &chv,
+        &api,
+        "vblk",
+        "vblk: ejected from PCI slot 1",
         "the guest ejected the vhost-user disk",
     );
     chv.assert_no_panic();
@@ -451,22 +462,18 @@ fn pmem_hotplug_mounts_ext4_and_discard_writes_keeps_the_file() {
     );
     // Hot-remove: the guest ejects pm0; its range is unmapped on the next
     // device request (here: removing the other one).
-    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"pm0"}"#);
-    chv.check(
-        status == 204,
-        &format!("vm.remove-device: {status} {reply}"),
-    );
-    chv.check(
-        wait_log(&chv, "pm0: ejected from PCI slot"),
+    remove_device(
+        &chv,
+        &api,
+        "pm0",
+        "pm0: ejected from PCI slot",
         "the guest ejected pm0",
     );
-    let (status, reply) = put(&api, "vm.remove-device", r#"{"id":"_pmem0"}"#);
-    chv.check(
-        status == 204,
-        &format!("vm.remove-device: {status} {reply}"),
-    );
-    chv.check(
-        wait_log(&chv, "pm0: pmem range at"),
+    remove_device(
+        &chv,
+        &api,
+        "_pmem0",
+        "pm0: pmem range at",
         "pm0's range was unmapped",
     );
     chv.assert_no_panic();
@@ -610,4 +617,83 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
     );
     chv.assert_no_panic();
     chv2.assert_no_panic();
+}
+
+/// Host side of the vhost-user-net test's link (in its namespace).
+const NET_HOST_IP: &str = "10.0.9.1";
+
+/// dpdk-testpmd in `ns` serving vhost-user-net on `socket` (DPDK listens)
+/// and forwarding each frame between it and the DPDK tap `dtap0`
+/// (`--no-huge`: no hugepages here; niced, as it polls a core).
+fn testpmd(ns: &NetNs, dir: &Path, socket: &Path) -> Backend {
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nice", "-n", "19"])
+        // EAL options: two lcores (main and forwarding), plain memory.
+        .args("dpdk-testpmd -l 0-1 --no-huge -m 128 --no-pci --log-level 4".split(' '))
+        .arg(format!("--file-prefix=chvt{}", std::process::id()))
+        .arg("--vdev")
+        .arg(format!("net_vhost0,iface={},queues=1", socket.display()))
+        .args(["--vdev", "net_tap0,iface=dtap0", "--"])
+        .args([
+            "--total-num-mbufs=4096",
+            "--forward-mode=io",
+            "--auto-start",
+        ])
+        .arg("--stats-period=1000")
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("dpdk-testpmd must be installed (Debian dpdk-dev; .ci/run does it)");
+    let backend = wait_socket(child, socket, "dpdk-testpmd");
+    let start = Instant::now();
+    while !ns.has_link("dtap0") {
+        assert!(start.elapsed() < Duration::from_secs(20), "no dtap0");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ns.ip(&["addr", "add", &format!("{NET_HOST_IP}/24"), "dev", "dtap0"]);
+    ns.ip(&["link", "set", "dtap0", "up"]);
+    backend
+}
+
+#[test]
+fn vhost_user_net_pings_the_host_through_dpdk_testpmd() {
+    let scratch = Scratch::new("vhost-net");
+    let ns = NetNs::new("vunet");
+    let sock = scratch.path("net.sock");
+    let _pmd = testpmd(&ns, &scratch.path(""), &sock);
+    let api = scratch.path("api.sock");
+    let Some(mut chv) = restore_shared(&scratch, &api) else {
+        return;
+    };
+    let body = format!(
+        r#"{{"vhost_user":true,"vhost_socket":"{}","vhost_mode":"Client","mac":"02:00:00:00:09:02","id":"vnet"}}"#,
+        sock.display()
+    );
+    let (status, reply) = put(&api, "vm.add-net", &body);
+    assert_eq!(status, 200, "vm.add-net: {reply}\n{}", chv.dump());
+    let up = retry("ip link set eth0 up 2>/dev/null", "ETH");
+    let ping = retry(&format!("ping -c 1 -W 2 {NET_HOST_IP} >/dev/null"), "PING");
+    chv.send_line(&format!(
+        "{up}; echo CHK-MAC:$(cat /sys/class/net/eth0/address); \
+         ip addr add 10.0.9.2/24 dev eth0; {ping}; echo CHK-PINGED"
+    ));
+    chv.expect("CHK-PINGED", ABORT, STEP);
+    chv.check(
+        chv.stdout().contains("CHK-MAC:02:00:00:00:09:02"),
+        "the guest NIC has the MAC chv put in the config space",
+    );
+    let neigh = ns.ip(&["neigh", "show", "dev", "dtap0"]);
+    chv.check(
+        neigh.contains("02:00:00:00:09:02"),
+        &format!("the host learned the guest's MAC over the link: {neigh}"),
+    );
+    remove_device(
+        &chv,
+        &api,
+        "vnet",
+        "vnet: ejected from PCI slot",
+        "the guest ejected the vhost-user NIC",
+    );
+    chv.assert_no_panic();
 }

@@ -20,6 +20,7 @@ pub mod rng;
 pub mod transport;
 pub mod vhost_user;
 pub mod vhost_user_blk;
+pub mod vhost_user_net;
 pub mod vsock;
 pub mod worker;
 

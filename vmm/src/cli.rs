@@ -215,7 +215,7 @@ struct Args {
     )]
     disk: Vec<String>,
 
-    /// virtio-net devices over taps; one flag may take several, and may be
+    /// virtio-net devices over taps or vhost-user; one flag may take several, and may be
     /// repeated: [tap=<name>|fd=<fd>|fd=[<fd>,...]][,mac=<mac>][,ip=<ipv4>]
     /// [,mask=<ipv4>][,mtu=<n>][,num_queues=<n>][,queue_size=<n>][,id=<id>]
     /// [,offload_tso=on|off][,offload_csum=on|off]
@@ -229,6 +229,11 @@ struct Args {
     /// queue_size: power of two, 2..=4096 (default 256).
     /// offload_tso, offload_csum: default on. iommu=off and offload_ufo=off
     /// are accepted. bw_*/ops_*: rate limits, see --rate-limit-group.
+    /// Or vhost_user=on,socket=<path>[,vhost_mode=client|server][,mac=<mac>]
+    /// [,queue_size=<n>][,offload_*][,id=<id>]: a vhost-user-net backend
+    /// (DPDK's vhost PMD) moves the frames; one queue pair; needs --memory
+    /// shared=on. vhost_mode=client (default): chv connects to the socket;
+    /// server: chv creates it and waits up to 30 s for the backend.
     #[arg(
         long,
         value_name = "NET",

@@ -206,6 +206,17 @@ pub struct PciDeviceHandle {
     pub removable: bool,
 }
 
+/// The guest MAC a `--net` entry names, if any.
+pub(super) fn guest_mac(net: &NetConfig) -> Result<Option<MacAddr>, VmmError> {
+    net.mac
+        .as_ref()
+        .map(|m| {
+            m.parse::<MacAddr>()
+                .map_err(|e| VmmError::Config(format!("--net: mac={m}: {e}")))
+        })
+        .transpose()
+}
+
 /// The virtio-net options a `--net` entry asks for.
 fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
     let backend = match (&net.tap, &net.fds) {
@@ -213,13 +224,7 @@ fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
         (Some(tap), None) => NetBackend::Name(tap.clone()),
         (None, None) => NetBackend::Name("vmtap%d".into()),
     };
-    let mac = match &net.mac {
-        Some(m) => Some(
-            m.parse::<MacAddr>()
-                .map_err(|e| VmmError::Config(format!("--net: mac={m}: {e}")))?,
-        ),
-        None => None,
-    };
+    let mac = guest_mac(net)?;
     Ok(NetOptions {
         backend,
         mac,
@@ -234,6 +239,9 @@ fn net_options(net: &NetConfig, id: &str) -> Result<NetOptions, VmmError> {
         rate_limit: net.rate_limiter_config.as_ref().map(|c| c.limits()),
     })
 }
+
+/// A NIC's device and, for chv's own virtio-net, its traffic counters.
+type BuiltNet = (Box<dyn VirtioDevice>, Option<Arc<NetCounters>>);
 
 /// A disk's device and, for chv's own virtio-blk, its I/O counters.
 type BuiltDisk = (Box<dyn VirtioDevice>, Option<Arc<BlockCounters>>);
@@ -391,7 +399,7 @@ impl DeviceManager {
     /// config-space access paths (its ECAM window; for segment 0 also the
     /// 0xCF8 ports where the platform has them) and, where the platform has
     /// ACPI hotplug, the Generic Event Device and the PCI hotplug
-    /// controller (segment 0).
+    /// controller (segment 0). MSI routes follow `msi`.
     pub fn new(
         vm: Arc<VmFd>,
         mem: GuestMemory,
@@ -399,8 +407,9 @@ impl DeviceManager {
         mmio_bus: Arc<Bus>,
         thread_setup: Option<ThreadSetup>,
         pci_segments: &[arch::PciSegmentLayout],
+        msi: arch::MsiDelivery,
     ) -> Result<Self, VmmError> {
-        let router = Arc::new(GsiRouter::new(vm.clone()));
+        let router = Arc::new(GsiRouter::new(vm.clone(), msi));
         let mut segments = Vec::with_capacity(pci_segments.len());
         for layout in pci_segments {
             let bus = Arc::new(Mutex::new(PciBus::new(mmio_bus.clone())));
@@ -553,12 +562,11 @@ impl DeviceManager {
     }
 
     /// Opens (or creates) `net`'s tap and builds its virtio-net device with
-    /// id `id`.
-    fn build_net(
-        &self,
-        net: &NetConfig,
-        id: &str,
-    ) -> Result<(Box<dyn VirtioDevice>, Arc<NetCounters>), VmmError> {
+    /// id `id` (or connects to its vhost-user backend: no counters then).
+    fn build_net(&self, net: &NetConfig, id: &str) -> Result<BuiltNet, VmmError> {
+        if net.vhost_user {
+            return Ok((self.build_vhost_user_net(net, id)?, None));
+        }
         let mut dev = VirtioNet::new(net_options(net, id)?)
             .map_err(|e| VmmError::Config(format!("--net: {e}")))?;
         log::info!("{id}: tap {} mac {}", dev.tap_name(), dev.mac());
@@ -566,7 +574,7 @@ impl DeviceManager {
             dev.set_thread_setup(s.clone());
         }
         let counters = dev.counters();
-        Ok((Box::new(dev), counters))
+        Ok((Box::new(dev), Some(counters)))
     }
 
     /// Binds `vsock`'s listening socket and builds its virtio-vsock device
@@ -586,7 +594,8 @@ impl DeviceManager {
     }
 
     /// Attaches traffic counters to the network device `id`.
-    fn set_net_counters(&self, id: &str, counters: Arc<NetCounters>) {
+    fn set_net_counters(&self, id: &str, counters: Option<Arc<NetCounters>>) {
+        let Some(counters) = counters else { return };
         if let Some(h) = lock(&self.devices).iter_mut().find(|d| d.id == id) {
             h.net_counters = Some(counters);
         }

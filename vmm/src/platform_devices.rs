@@ -1,12 +1,13 @@
 //! The fixed platform devices of a VM (serial console, reset line, RTC,
 //! power management), built from the platform description
-//! ([`arch::PLATFORM`]) and placed on the bus and at the address it names;
-//! and their snapshot state.
+//! ([`arch::PLATFORM`]) and placed on the bus and at the address it names,
+//! plus the MSI frame where the interrupt controller needs one; and their
+//! snapshot state.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use arch::{DeviceBus, PlatformDevice, PlatformDeviceKind};
+use arch::{DeviceBus, MsiDelivery, MsiFrame, PlatformDevice, PlatformDeviceKind};
 use devices::legacy::{
     AcpiPmDevice, AcpiPmTimer, Cmos, ConsoleInput, GuestStopEvent, I8042Device, Pl011, Pl031,
     SerialDevice,
@@ -34,6 +35,9 @@ pub struct PlatformContext<'a> {
     pub exit_evt: &'a GuestStopEvent,
     /// Raised when the guest resets.
     pub reset_evt: &'a GuestStopEvent,
+    /// How MSIs reach the interrupt controller (an MSI frame goes on the
+    /// MMIO bus).
+    pub msi: MsiDelivery,
 }
 
 /// The platform devices whose state a snapshot keeps.
@@ -106,7 +110,30 @@ impl PlatformDevices {
                     .map_err(VmmError::Bus)?;
             }
         }
+        if let MsiDelivery::Frame(frame) = ctx.msi {
+            ctx.mmio_bus
+                .insert(Self::msi_frame(&frame, ctx.vm_fd)?, frame.base, frame.len)
+                .map_err(VmmError::Bus)?;
+        }
         Ok(devs)
+    }
+
+    /// The MSI frame, with an irqfd per SPI on the GSI whose default route
+    /// goes to that SPI's pin. It keeps no state a snapshot needs.
+    fn msi_frame(frame: &MsiFrame, vm_fd: &VmFd) -> Result<SharedDevice, VmmError> {
+        let spis = (0..frame.count)
+            .map(|i| {
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+                vm_fd
+                    .register_irqfd(&evt, frame.first_pin + i)
+                    .map_err(VmmError::Kvm)?;
+                Ok(evt)
+            })
+            .collect::<Result<Vec<_>, VmmError>>()?;
+        Ok(Arc::new(Mutex::new(devices::legacy::MsiFrame::new(
+            frame.first_intid,
+            spis,
+        ))))
     }
 
     /// The eventfd behind `desc`'s interrupt, registered as an irqfd.

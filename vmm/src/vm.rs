@@ -331,6 +331,7 @@ impl Vm {
             serial_out,
             exit_evt: &exit_evt,
             reset_evt: &reset_evt,
+            msi: machine.msi_delivery(),
         })?;
         let serial = legacy.console();
         let mut pci_devices = DeviceManager::new(
@@ -340,6 +341,7 @@ impl Vm {
             mmio_bus.clone(),
             worker_setup.clone(),
             &crate::device_manager::pci_segment_layouts(config)?,
+            machine.msi_delivery(),
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
             legacy.restore(&snapshot.legacy)?;

@@ -130,6 +130,7 @@ pub fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aarch64::fdt::MsiController;
     use std::io::Write;
 
     fn ram(size: u64) -> GuestMemoryMmap {
@@ -164,7 +165,7 @@ mod tests {
             ram_size: 64 << 20,
             vcpus: 1,
             initrd: None,
-            its: true,
+            msi: MsiController::Its,
         };
         let entry = load(&mem, &mut kernel, Some(&mut initrd), cfg).unwrap();
         assert_eq!(entry.pc, RAM_START);
@@ -201,7 +202,7 @@ mod tests {
             ram_size: 16 << 20,
             vcpus: 1,
             initrd: None,
-            its: true,
+            msi: MsiController::Its,
         };
         let err = load(&mem, &mut image(0, 1 << 20, 16), Some(&mut file(&big)), cfg).unwrap_err();
         assert!(matches!(err, PayloadError::Initramfs(ref m) if m.contains("do not fit")));

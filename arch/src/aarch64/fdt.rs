@@ -1,5 +1,6 @@
 //! The device tree an aarch64 guest boots with: memory, CPUs, PSCI, the
-//! architected timer, the GICv3 and its ITS, the PL011 UART, the PL031 RTC
+//! architected timer, the GICv3 and its ITS (or MSI frame), the PL011 UART,
+//! the PL031 RTC
 //! and the generic ECAM PCI host bridge, plus `/chosen` (command line,
 //! initramfs, console).
 
@@ -11,6 +12,7 @@ use super::layout::*;
 const PHANDLE_GIC: u32 = 1;
 const PHANDLE_ITS: u32 = 2;
 const PHANDLE_CLOCK: u32 = 3;
+const PHANDLE_V2M: u32 = 4;
 
 /// Interrupt specifier cells (GIC binding): type, number, flags.
 const GIC_FDT_IRQ_TYPE_SPI: u32 = 0;
@@ -39,8 +41,18 @@ pub struct FdtConfig<'a> {
     pub vcpus: u8,
     /// Guest-physical start and end (exclusive) of the initramfs.
     pub initrd: Option<(u64, u64)>,
-    /// Whether the GIC has an ITS (otherwise PCI has no MSI parent).
-    pub its: bool,
+    /// Where PCI MSIs go.
+    pub msi: MsiController,
+}
+
+/// The MSI controller the PCI host bridge names as its MSI parent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsiController {
+    /// The GICv3 ITS (`msi-map`: requester id = ITS device id).
+    Its,
+    /// A GICv2m-style MSI frame under the GIC node (`msi-parent`); Linux's
+    /// GICv3 driver probes it when the distributor has no LPIs.
+    V2m,
 }
 
 /// The MPIDR KVM gives vCPU `id` (affinity 0 holds 16 CPUs, affinity 1 the
@@ -73,11 +85,11 @@ pub fn create_fdt(cfg: &FdtConfig<'_>) -> FdtWriterResult<Vec<u8>> {
     cpus(&mut fdt, cfg.vcpus)?;
     psci(&mut fdt)?;
     timer(&mut fdt)?;
-    gic(&mut fdt, cfg.vcpus, cfg.its)?;
+    gic(&mut fdt, cfg.vcpus, cfg.msi)?;
     clock(&mut fdt)?;
     uart(&mut fdt)?;
     rtc(&mut fdt)?;
-    pci(&mut fdt, cfg.its)?;
+    pci(&mut fdt, cfg.msi)?;
 
     fdt.end_node(root)?;
     fdt.finish()
@@ -138,7 +150,7 @@ fn timer(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
     fdt.end_node(node)
 }
 
-fn gic(fdt: &mut FdtWriter, vcpus: u8, its: bool) -> FdtWriterResult<()> {
+fn gic(fdt: &mut FdtWriter, vcpus: u8, msi: MsiController) -> FdtWriterResult<()> {
     let node = fdt.begin_node(&format!("intc@{GIC_DIST_START:x}"))?;
     fdt.property_string("compatible", "arm,gic-v3")?;
     fdt.property_null("interrupt-controller")?;
@@ -160,14 +172,25 @@ fn gic(fdt: &mut FdtWriter, vcpus: u8, its: bool) -> FdtWriterResult<()> {
         ],
     )?;
     fdt.property_phandle(PHANDLE_GIC)?;
-    if its {
-        let its_node = fdt.begin_node(&format!("msic@{GIC_ITS_START:x}"))?;
-        fdt.property_string("compatible", "arm,gic-v3-its")?;
-        fdt.property_null("msi-controller")?;
-        fdt.property_u32("#msi-cells", 1)?;
-        fdt.property_array_u64("reg", &[GIC_ITS_START, GIC_ITS_SIZE])?;
-        fdt.property_phandle(PHANDLE_ITS)?;
-        fdt.end_node(its_node)?;
+    match msi {
+        MsiController::Its => {
+            let its_node = fdt.begin_node(&format!("msic@{GIC_ITS_START:x}"))?;
+            fdt.property_string("compatible", "arm,gic-v3-its")?;
+            fdt.property_null("msi-controller")?;
+            fdt.property_u32("#msi-cells", 1)?;
+            fdt.property_array_u64("reg", &[GIC_ITS_START, GIC_ITS_SIZE])?;
+            fdt.property_phandle(PHANDLE_ITS)?;
+            fdt.end_node(its_node)?;
+        }
+        MsiController::V2m => {
+            // The frame's MSI_TYPER register gives its SPIs.
+            let v2m = fdt.begin_node(&format!("v2m@{GIC_V2M_START:x}"))?;
+            fdt.property_string("compatible", "arm,gic-v2m-frame")?;
+            fdt.property_null("msi-controller")?;
+            fdt.property_array_u64("reg", &[GIC_V2M_START, GIC_V2M_SIZE])?;
+            fdt.property_phandle(PHANDLE_V2M)?;
+            fdt.end_node(v2m)?;
+        }
     }
     fdt.end_node(node)
 }
@@ -215,7 +238,7 @@ fn rtc(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
     fdt.end_node(node)
 }
 
-fn pci(fdt: &mut FdtWriter, its: bool) -> FdtWriterResult<()> {
+fn pci(fdt: &mut FdtWriter, msi: MsiController) -> FdtWriterResult<()> {
     let node = fdt.begin_node(&format!("pcie@{PCI_ECAM_START:x}"))?;
     fdt.property_string("compatible", "pci-host-ecam-generic")?;
     fdt.property_string("device_type", "pci")?;
@@ -244,9 +267,10 @@ fn pci(fdt: &mut FdtWriter, its: bool) -> FdtWriterResult<()> {
             low(PCI_MMIO64_SIZE),
         ],
     )?;
-    if its {
+    match msi {
         // Requester ids 0-0xffff map 1:1 onto ITS device ids.
-        fdt.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?;
+        MsiController::Its => fdt.property_array_u32("msi-map", &[0, PHANDLE_ITS, 0, 0x1_0000])?,
+        MsiController::V2m => fdt.property_u32("msi-parent", PHANDLE_V2M)?,
     }
     fdt.property_null("dma-coherent")?;
     fdt.end_node(node)
@@ -256,13 +280,13 @@ fn pci(fdt: &mut FdtWriter, its: bool) -> FdtWriterResult<()> {
 mod tests {
     use super::*;
 
-    fn config(its: bool) -> Vec<u8> {
+    fn config(msi: MsiController) -> Vec<u8> {
         create_fdt(&FdtConfig {
             cmdline: "console=ttyAMA0",
             ram_size: 256 << 20,
             vcpus: 2,
             initrd: Some((0x4200_0000, 0x4210_0000)),
-            its,
+            msi,
         })
         .unwrap()
     }
@@ -273,7 +297,7 @@ mod tests {
 
     #[test]
     fn the_tree_is_a_valid_blob_with_every_node() {
-        let blob = config(true);
+        let blob = config(MsiController::Its);
         assert_eq!(&blob[..4], &[0xd0, 0x0d, 0xfe, 0xed], "FDT magic");
         let total = u32::from_be_bytes(blob[4..8].try_into().unwrap()) as usize;
         assert_eq!(total, blob.len());
@@ -298,10 +322,18 @@ mod tests {
     }
 
     #[test]
-    fn without_an_its_pci_has_no_msi_map() {
-        let blob = config(false);
+    fn without_an_its_pci_msis_go_to_the_v2m_frame() {
+        let blob = config(MsiController::V2m);
         assert!(!contains(&blob, b"arm,gic-v3-its"));
         assert!(!contains(&blob, b"msi-map"));
+        assert!(!contains(&blob, b"#msi-cells"));
+        assert!(contains(&blob, b"v2m@8080000"));
+        assert!(contains(&blob, b"arm,gic-v2m-frame"));
+        assert!(contains(&blob, b"msi-parent"));
+        assert!(contains(&blob, b"msi-controller"));
+        let its = config(MsiController::Its);
+        assert!(!contains(&its, b"arm,gic-v2m-frame"));
+        assert!(!contains(&its, b"msi-parent"));
     }
 
     #[test]

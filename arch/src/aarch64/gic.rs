@@ -1,6 +1,8 @@
 //! The in-kernel GICv3 (`KVM_DEV_TYPE_ARM_VGIC_V3`) and its ITS
 //! (`KVM_DEV_TYPE_ARM_VGIC_ITS`), which translates virtio-pci MSI-X writes
-//! into LPIs.
+//! into LPIs. Where KVM has no ITS (or [`NO_ITS_ENV`] asks for none), MSIs
+//! go through a GICv2m-style MSI frame chv emulates instead: each MSI-X
+//! vector then raises one of the frame's SPIs.
 
 use kvm_bindings::{
     kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
@@ -10,7 +12,10 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{DeviceFd, VmFd};
 
-use super::layout::{GIC_DIST_START, GIC_ITS_START, GIC_NR_IRQS, GIC_REDIST_START};
+use super::layout::{
+    GIC_DIST_START, GIC_ITS_START, GIC_NR_IRQS, GIC_REDIST_START, GIC_V2M_FIRST_SPI, GIC_V2M_SPIS,
+    GIC_V2M_START,
+};
 use crate::ArchError;
 
 /// The VM's GICv3 and, where KVM offers one, its ITS.
@@ -48,11 +53,21 @@ fn set_attr<T>(
     dev.set_device_attr(&attr).map_err(ArchError::kvm(what))
 }
 
+/// Environment variable that, set to anything but `0` or empty, builds the
+/// GICv3 without an ITS, as on a host whose KVM has none: PCI MSIs then take
+/// the MSI-frame path. For tests of that path on hosts with an ITS.
+pub const NO_ITS_ENV: &str = "CHV_AARCH64_NO_ITS";
+
+/// Whether [`NO_ITS_ENV`] asks for a GICv3 without ITS.
+pub fn its_disabled_by_env() -> bool {
+    std::env::var_os(NO_ITS_ENV).is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 impl Gic {
     /// Creates the GICv3 and places its distributor and redistributors;
-    /// creates the ITS if KVM has one (otherwise virtio-pci gets no MSIs:
-    /// chv then says so and refuses PCI devices).
-    pub fn create(vm: &VmFd) -> Result<Self, ArchError> {
+    /// creates the ITS when `want_its` and KVM has one. Without it, PCI
+    /// MSIs go through the MSI frame, and this says so.
+    pub fn create(vm: &VmFd, want_its: bool) -> Result<Self, ArchError> {
         let gic = create_device(
             vm,
             kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
@@ -77,6 +92,15 @@ impl Gic {
             Some(&GIC_REDIST_START),
             "GICv3 redistributor address",
         )?;
+        let frame = format!(
+            "PCI MSIs go through a GICv2m-style MSI frame at {GIC_V2M_START:#x} instead \
+             (SPIs {GIC_V2M_FIRST_SPI}-{}: {GIC_V2M_SPIS} MSI-X vectors for all devices)",
+            GIC_V2M_FIRST_SPI + GIC_V2M_SPIS - 1
+        );
+        if !want_its {
+            log::warn!("GICv3 without ITS ({NO_ITS_ENV} is set): {frame}");
+            return Ok(Self { gic, its: None });
+        }
         let its = match create_device(
             vm,
             kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
@@ -93,14 +117,14 @@ impl Gic {
                 Some(its)
             }
             Err(e) => {
-                log::warn!("{e}: no GICv3 ITS, so PCI devices get no MSI-X interrupts");
+                log::warn!("{e}: this host's KVM has no GICv3 ITS; {frame}");
                 None
             }
         };
         Ok(Self { gic, its })
     }
 
-    /// Whether MSIs can be delivered (through the ITS).
+    /// Whether the GIC has an ITS (otherwise MSIs take the MSI frame).
     pub fn has_its(&self) -> bool {
         self.its.is_some()
     }

@@ -247,9 +247,20 @@ impl GicState {
     /// same vCPUs, once guest RAM (which holds the ITS tables) is in place.
     pub fn restore(&self, gic: &Gic) -> Result<(), StateError> {
         if self.its.is_empty() != gic.its.is_none() {
-            return Err(StateError::Invalid(
-                "the snapshot and this host disagree on whether the GIC has an ITS".into(),
-            ));
+            let has = |its: bool| {
+                if its {
+                    "an ITS"
+                } else {
+                    "no ITS (MSIs through the MSI frame)"
+                }
+            };
+            return Err(StateError::Invalid(format!(
+                "the snapshot's GIC has {} and this VM's {}: restore where the GIC matches \
+                 ({} builds it without ITS)",
+                has(!self.its.is_empty()),
+                has(gic.its.is_some()),
+                super::gic::NO_ITS_ENV
+            )));
         }
         for reg in &self.dist {
             set(

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! 0x0800_0000  GICv3 distributor (64 KiB)
-//! 0x0808_0000  GICv3 ITS (128 KiB)
+//! 0x0808_0000  GICv3 ITS (128 KiB), or in its place, when the host's KVM
+//!              has no ITS, a GICv2m-style MSI frame (4 KiB)
 //! 0x080a_0000  GICv3 redistributors (128 KiB per vCPU, up to 0x0900_0000)
 //! 0x0900_0000  PL011 UART (4 KiB)
 //! 0x0901_0000  PL031 RTC (4 KiB)
@@ -24,6 +25,11 @@ pub const GIC_DIST_SIZE: u64 = 0x1_0000;
 pub const GIC_ITS_START: u64 = 0x0808_0000;
 /// Size of the ITS frames.
 pub const GIC_ITS_SIZE: u64 = 0x2_0000;
+/// The GICv2m-style MSI frame chv emulates where the GICv3 has no ITS (in
+/// the ITS's place).
+pub const GIC_V2M_START: u64 = GIC_ITS_START;
+/// Size of the MSI frame.
+pub const GIC_V2M_SIZE: u64 = 0x1000;
 /// First redistributor (RD and SGI frames of vCPU 0).
 pub const GIC_REDIST_START: u64 = 0x080a_0000;
 /// Redistributor frames of one vCPU.
@@ -37,6 +43,13 @@ pub const MAX_VCPUS: u8 = ((GIC_REDIST_END - GIC_REDIST_START) / GIC_REDIST_SIZE
 pub const GIC_NR_IRQS: u32 = 128;
 /// First shared peripheral interrupt (SPI) number; GSI n is SPI n.
 pub const GIC_SPI_BASE: u32 = 32;
+
+/// The SPIs the MSI frame hands out (INTIDs): the upper half of the
+/// distributor's SPIs; the platform devices' pins are below.
+pub const GIC_V2M_FIRST_SPI: u32 = 64;
+/// How many SPIs the MSI frame hands out: every MSI-X vector of every PCI
+/// device takes one.
+pub const GIC_V2M_SPIS: u32 = GIC_NR_IRQS - GIC_V2M_FIRST_SPI;
 
 /// PL011 UART.
 pub const UART_START: u64 = 0x0900_0000;
@@ -74,6 +87,9 @@ pub const FDT_MAX_SIZE: u64 = 2 << 20;
 
 const _: () = assert!(GIC_DIST_START + GIC_DIST_SIZE <= GIC_ITS_START);
 const _: () = assert!(GIC_ITS_START + GIC_ITS_SIZE <= GIC_REDIST_START);
+const _: () = assert!(GIC_V2M_START + GIC_V2M_SIZE <= GIC_ITS_START + GIC_ITS_SIZE);
+const _: () = assert!(GIC_SPI_BASE + UART_IRQ < GIC_V2M_FIRST_SPI);
+const _: () = assert!(GIC_SPI_BASE + RTC_IRQ < GIC_V2M_FIRST_SPI);
 const _: () = assert!(GIC_REDIST_END <= UART_START);
 const _: () = assert!(RTC_START + PLATFORM_DEVICE_SIZE <= PCI_MMIO32_START);
 const _: () = assert!(PCI_MMIO32_END <= PCI_ECAM_START);

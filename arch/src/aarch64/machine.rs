@@ -6,14 +6,14 @@ use kvm_bindings::kvm_vcpu_init;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::fdt::FdtConfig;
-use super::gic::Gic;
+use super::fdt::{FdtConfig, MsiController};
+use super::gic::{its_disabled_by_env, Gic};
 use super::layout;
 use super::regs;
 use super::vcpu_state::{StateError, VcpuState};
 use crate::{
-    ArchError, CpuOptions, DeviceBus, IrqchipRoute, Payload, PayloadError, PciLayout, Platform,
-    PlatformDevice, PlatformDeviceKind,
+    ArchError, CpuOptions, DeviceBus, IrqchipRoute, MsiDelivery, MsiFrame, Payload, PayloadError,
+    PciLayout, Platform, PlatformDevice, PlatformDeviceKind,
 };
 
 pub use super::boot::BootEntry;
@@ -33,7 +33,7 @@ const fn mmio(kind: PlatformDeviceKind, base: u64, irq: u32) -> PlatformDevice {
 }
 
 /// The aarch64 platform: PL011 and PL031 on MMIO, generic ECAM PCI with
-/// MSIs through the GICv3 ITS, no ACPI.
+/// MSIs through the GICv3 ITS (or, without one, an MSI frame), no ACPI.
 pub const PLATFORM: Platform = Platform {
     name: "aarch64",
     pci: PciLayout {
@@ -85,6 +85,24 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
     vec![(GuestAddress(layout::RAM_START), size as usize)]
 }
 
+/// The MSI frame that stands in for a missing ITS: GICv2m's registers at
+/// [`layout::GIC_V2M_START`], its SPIs on irqchip 0, whose pin n is SPI n
+/// (INTID 32 + n) and the default route of GSI n.
+pub const MSI_FRAME: MsiFrame = MsiFrame {
+    base: layout::GIC_V2M_START,
+    len: layout::GIC_V2M_SIZE,
+    doorbell: layout::GIC_V2M_START + MSI_SETSPI_NS,
+    first_intid: layout::GIC_V2M_FIRST_SPI,
+    count: layout::GIC_V2M_SPIS,
+    chip: 0,
+    first_pin: layout::GIC_V2M_FIRST_SPI - layout::GIC_SPI_BASE,
+};
+
+/// Offset of the doorbell register (`MSI_SETSPI_NS`) in a GICv2m frame.
+const MSI_SETSPI_NS: u64 = 0x40;
+
+const _: () = assert!(MSI_FRAME.first_pin + MSI_FRAME.count <= FIRST_MSI_GSI);
+
 /// The in-kernel GICv3 and ITS of one VM.
 pub struct Machine {
     gic: Gic,
@@ -93,13 +111,29 @@ pub struct Machine {
 }
 
 impl Machine {
-    /// Creates the GICv3 (and ITS) and places their frames; before any
+    /// Creates the GICv3 (and ITS, unless the host's KVM has none or
+    /// `CHV_AARCH64_NO_ITS` is set) and places their frames; before any
     /// vCPU runs.
     pub fn create(vm: &VmFd) -> Result<Self, ArchError> {
+        Self::with_its(vm, !its_disabled_by_env())
+    }
+
+    /// [`Self::create`], with an ITS only if `want_its`.
+    pub fn with_its(vm: &VmFd, want_its: bool) -> Result<Self, ArchError> {
         Ok(Self {
-            gic: Gic::create(vm)?,
+            gic: Gic::create(vm, want_its)?,
             vcpus: 0,
         })
+    }
+
+    /// How PCI MSIs reach the GIC: through the ITS (KVM routes the
+    /// messages), or else through the MSI frame the VMM puts on the MMIO bus.
+    pub fn msi_delivery(&self) -> MsiDelivery {
+        if self.gic.has_its() {
+            MsiDelivery::Kvm
+        } else {
+            MsiDelivery::Frame(MSI_FRAME)
+        }
     }
 
     /// Initialises the GIC once every vCPU exists.
@@ -114,8 +148,8 @@ impl Machine {
         self.gic.finalize()
     }
 
-    /// Whether PCI devices can get MSIs (the GIC has an ITS).
-    pub fn has_msi(&self) -> bool {
+    /// Whether the GIC has an ITS.
+    pub fn has_its(&self) -> bool {
         self.gic.has_its()
     }
 
@@ -258,7 +292,11 @@ pub fn load_payload(
             ram_size: payload.ram_size,
             vcpus: payload.boot_vcpus,
             initrd: None,
-            its: machine.has_msi(),
+            msi: if machine.has_its() {
+                MsiController::Its
+            } else {
+                MsiController::V2m
+            },
         },
     )
 }
@@ -341,7 +379,11 @@ mod kvm_tests {
     }
 
     fn two_vcpus(kvm: &Kvm, vm: &VmFd) -> (Machine, CpuConfig, VcpuFd, VcpuFd) {
-        let machine = Machine::create(vm).unwrap();
+        two_vcpus_with(kvm, vm, true)
+    }
+
+    fn two_vcpus_with(kvm: &Kvm, vm: &VmFd, its: bool) -> (Machine, CpuConfig, VcpuFd, VcpuFd) {
+        let machine = Machine::with_its(vm, its).unwrap();
         let opts = CpuOptions {
             boot_vcpus: 2,
             max_vcpus: 2,
@@ -360,7 +402,8 @@ mod kvm_tests {
     fn boot_registers_psci_power_state_and_gic_state_survive_a_round_trip() {
         let Some((kvm, vm)) = kvm_vm() else { return };
         let (mut machine, cfg, v0, v1) = two_vcpus(&kvm, &vm);
-        assert!(machine.has_msi(), "this host's vGICv3 has an ITS");
+        assert!(machine.has_its(), "this host's vGICv3 has an ITS");
+        assert_eq!(machine.msi_delivery(), MsiDelivery::Kvm);
         let mem =
             GuestMemoryMmap::from_ranges(&[(GuestAddress(layout::RAM_START), 4 << 20)]).unwrap();
         let entry = BootEntry {
@@ -405,5 +448,94 @@ mod kvm_tests {
         short.redist.pop();
         let err = machine2.restore_state(&vm2, &short).unwrap_err();
         assert!(err.to_string().contains("redistributors"), "{err}");
+    }
+
+    /// Whether SPI `intid` is pending in a saved distributor state.
+    fn spi_pending(state: &VmState, intid: u32) -> bool {
+        let offset = 0x200 + 4 * u64::from(intid / 32); // GICD_ISPENDR<n>
+        let word = state.dist.iter().find(|r| r.offset == offset).unwrap();
+        word.value & (1 << (intid % 32)) != 0
+    }
+
+    #[test]
+    fn without_its_msis_raise_the_frames_spis_through_irqchip_routes() {
+        use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_IRQCHIP};
+        use vmm_sys_util::eventfd::EventFd;
+
+        let Some((kvm, vm)) = kvm_vm() else { return };
+        let (mut machine, cfg, v0, v1) = two_vcpus_with(&kvm, &vm, false);
+        assert!(!machine.has_its());
+        let MsiDelivery::Frame(frame) = machine.msi_delivery() else {
+            panic!("no MSI frame without an ITS");
+        };
+        assert_eq!(frame, MSI_FRAME);
+        cfg.configure(&v0, 0, None).unwrap();
+        cfg.configure(&v1, 1, None).unwrap();
+        machine.finalize(&vm, 2).unwrap();
+
+        // Make every SPI edge-triggered, as Linux configures the frame's.
+        let mut state = machine.save_state(&vm).unwrap();
+        assert!(state.its.is_empty());
+        for reg in state.dist.iter_mut() {
+            if (0xc08..0xd00).contains(&reg.offset) {
+                reg.value = 0xaaaa_aaaa; // GICD_ICFGR<n>: edge
+            }
+        }
+        machine.restore_state(&vm, &state).unwrap();
+
+        // The default routes plus one vector's route to the frame's third
+        // SPI, as the VMM installs for an MSI-X vector.
+        let msi_gsi = FIRST_MSI_GSI + 4;
+        let mut entries: Vec<kvm_irq_routing_entry> = irqchip_routes()
+            .iter()
+            .map(|r| {
+                let mut e = kvm_irq_routing_entry {
+                    gsi: r.gsi,
+                    type_: KVM_IRQ_ROUTING_IRQCHIP,
+                    ..Default::default()
+                };
+                e.u.irqchip.irqchip = r.chip;
+                e.u.irqchip.pin = r.pin;
+                e
+            })
+            .collect();
+        let pin = frame.pin(frame.doorbell, frame.first_intid + 2).unwrap();
+        let mut e = kvm_irq_routing_entry {
+            gsi: msi_gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip.irqchip = frame.chip;
+        e.u.irqchip.pin = pin;
+        entries.push(e);
+        vm.set_gsi_routing(&KvmIrqRouting::from_entries(&entries).unwrap())
+            .unwrap();
+        let vector = EventFd::new(0).unwrap();
+        vm.register_irqfd(&vector, msi_gsi).unwrap();
+        // The frame's own doorbell path: the irqfd on the SPI's default GSI.
+        let doorbell = EventFd::new(0).unwrap();
+        vm.register_irqfd(&doorbell, frame.first_pin + 5).unwrap();
+
+        let before = machine.save_state(&vm).unwrap();
+        assert!(!spi_pending(&before, frame.first_intid + 2));
+        assert!(!spi_pending(&before, frame.first_intid + 5));
+        vector.write(1).unwrap();
+        doorbell.write(1).unwrap();
+        let after = machine.save_state(&vm).unwrap();
+        assert!(spi_pending(&after, frame.first_intid + 2), "vector route");
+        assert!(spi_pending(&after, frame.first_intid + 5), "doorbell irqfd");
+        assert!(!spi_pending(&after, frame.first_intid + 3));
+
+        // A snapshot without ITS does not restore into a VM with one.
+        let vm2 = kvm.create_vm().unwrap();
+        let (mut other, cfg2, w0, w1) = two_vcpus_with(&kvm, &vm2, true);
+        cfg2.configure(&w0, 0, None).unwrap();
+        cfg2.configure(&w1, 1, None).unwrap();
+        other.finalize(&vm2, 2).unwrap();
+        let err = other.restore_state(&vm2, &after).unwrap_err().to_string();
+        assert!(
+            err.contains("no ITS") && err.contains("CHV_AARCH64_NO_ITS"),
+            "{err}"
+        );
     }
 }

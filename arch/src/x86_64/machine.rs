@@ -144,6 +144,11 @@ impl Machine {
         Ok(Self { _private: () })
     }
 
+    /// MSIs go to the LAPICs through KVM's MSI routes.
+    pub fn msi_delivery(&self) -> crate::MsiDelivery {
+        crate::MsiDelivery::Kvm
+    }
+
     /// Nothing left to do once the vCPUs exist on x86_64.
     pub fn finalize(&mut self, _vm: &VmFd, _vcpus: u8) -> Result<(), ArchError> {
         Ok(())

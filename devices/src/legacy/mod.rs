@@ -1,6 +1,7 @@
 //! Legacy platform devices: on x86_64 the 16550A serial port, the i8042
 //! reset line, the CMOS RTC/NVRAM and the ACPI power-management registers;
-//! on aarch64 the PL011 UART and the PL031 RTC.
+//! on aarch64 the PL011 UART, the PL031 RTC and, where the GICv3 has no
+//! ITS, a GICv2m-style MSI frame.
 //!
 //! Each device implements [`crate::bus::BusDevice`] and is inserted on the
 //! bus the platform description (`arch::PLATFORM`) names, at its address.
@@ -8,6 +9,7 @@
 pub mod acpi_pm;
 pub mod cmos;
 pub mod i8042;
+pub mod msi_frame;
 pub mod pl011;
 pub mod pl031;
 pub mod serial;
@@ -15,6 +17,7 @@ pub mod serial;
 pub use acpi_pm::{AcpiPmDevice, AcpiPmTimer, AcpiPmTimerState};
 pub use cmos::{Cmos, CmosState};
 pub use i8042::{I8042Device, I8042State};
+pub use msi_frame::MsiFrame;
 pub use pl011::{Pl011, Pl011State};
 pub use pl031::{Pl031, Pl031State};
 pub use serial::{SerialDevice, SerialDeviceState, SerialDeviceState as SerialState};

@@ -76,6 +76,7 @@ impl FsOptions {
             features: (1 << VIRTIO_F_VERSION_1)
                 | (1 << VIRTIO_RING_F_INDIRECT_DESC)
                 | (1 << VIRTIO_RING_F_EVENT_IDX),
+            frontend_features: 0,
             config: self.config_space(),
             reconnect: false,
         }

@@ -38,6 +38,10 @@ pub struct VhostUserSpec {
     /// Feature bits the model allows; the driver is offered those the
     /// backend offers too.
     pub features: u64,
+    /// Feature bits the frontend itself implements (virtio-net's MAC in
+    /// the config space): offered whatever the backend offers, and never
+    /// sent to it (a backend refuses bits it did not offer).
+    pub frontend_features: u64,
     /// Device configuration space.
     pub config: Vec<u8>,
     /// Reconnect while running when the backend goes away and comes back
@@ -92,7 +96,7 @@ pub struct VhostUserDevice {
 impl VhostUserDevice {
     /// A device model over an established connection.
     pub fn new(spec: VhostUserSpec, conn: VhostUserConnection) -> Self {
-        let offered = spec.features & conn.backend_features();
+        let offered = (spec.features & conn.backend_features()) | spec.frontend_features;
         VhostUserDevice {
             spec,
             conn,
@@ -108,6 +112,11 @@ impl VhostUserDevice {
             inflight: None,
             replacement: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// The accepted features the backend is told about.
+    fn backend_acked(&self) -> u64 {
+        self.acked & !self.spec.frontend_features
     }
 
     /// Hook run first on the device's worker thread (seccomp filter).
@@ -135,7 +144,7 @@ impl VhostUserDevice {
             self.conn.socket(),
             self.spec.queue_sizes.len(),
             self.setup.clone(),
-            self.acked,
+            self.backend_acked(),
         )?;
         info!(
             "{}: reconnected to {}",
@@ -200,9 +209,10 @@ impl VhostUserDevice {
             });
         }
         let state = self.pending_backend_state.take();
+        let acked = self.backend_acked();
         start_backend(
             &mut self.conn,
-            self.acked,
+            acked,
             &mem.memory(),
             state.as_deref(),
             self.inflight.as_deref(),
@@ -213,7 +223,7 @@ impl VhostUserDevice {
             socket: self.conn.socket().to_path_buf(),
             num_queues: self.spec.queue_sizes.len(),
             setup: self.setup.clone(),
-            acked: self.acked,
+            acked: self.backend_acked(),
             mem: mem.clone(),
             plans,
             inflight: self.inflight.clone(),

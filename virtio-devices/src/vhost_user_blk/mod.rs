@@ -83,6 +83,7 @@ pub fn new_vhost_user_blk(
         device_type: VIRTIO_ID_BLOCK,
         queue_sizes: vec![opts.queue_size; opts.num_queues],
         features,
+        frontend_features: 0,
         config,
         reconnect: true,
     };

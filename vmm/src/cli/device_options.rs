@@ -16,7 +16,7 @@ use crate::config::{
     MAX_DISK_QUEUES, MAX_DISK_QUEUE_SIZE, MAX_DISK_SERIAL_BYTES, MAX_NET_QUEUES,
     MAX_NET_QUEUE_SIZE, MIN_NET_MTU,
 };
-use crate::config::{VsockConfig, MAX_VSOCK_CID, MIN_VSOCK_CID};
+use crate::config::{VhostMode, VsockConfig, MAX_VSOCK_CID, MIN_VSOCK_CID};
 
 /// Keys accepted by `--disk`, for error messages.
 const DISK_KEYS: &str = "path, readonly, direct, num_queues, queue_size, serial, id, image_type, \
@@ -209,10 +209,20 @@ pub(super) fn parse_rng(value: &str) -> Result<RngConfig, OptionError> {
 
 /// Keys accepted by `--net`, for error messages.
 const NET_KEYS: &str = "tap, fd, mac, ip, mask, mtu, num_queues, queue_size, id, offload_tso, \
-                        offload_csum, offload_ufo, pci_segment, bw_*/ops_* limits or iommu=off";
+                        offload_csum, offload_ufo, pci_segment, vhost_user, socket, vhost_mode, \
+                        bw_*/ops_* limits or iommu=off";
 
 /// `--net` keys Cloud Hypervisor knows that chv does not implement.
-const NET_UNSUPPORTED: [&str; 4] = ["vhost_user", "socket", "vhost_mode", "host_mac"];
+const NET_UNSUPPORTED: [&str; 1] = ["host_mac"];
+
+/// Parses `vhost_mode=client|server`.
+fn vhost_mode(item: &OptionItem) -> Result<VhostMode, OptionError> {
+    match item.non_empty_value()? {
+        "client" => Ok(VhostMode::Client),
+        "server" => Ok(VhostMode::Server),
+        other => Err(OptionError::invalid(&item.key, other, "client or server")),
+    }
+}
 
 /// Parses one `--net` value, e.g. `tap=tap0,mac=12:34:56:78:9a:bc`.
 ///
@@ -245,6 +255,9 @@ pub(super) fn parse_net(value: &str) -> Result<NetConfig, OptionError> {
             "offload_csum" => net.offload_csum = parse_toggle(&item.key, item.value()?)?,
             "offload_ufo" => net.offload_ufo = parse_toggle(&item.key, item.value()?)?,
             "iommu" => reject_iommu_on(&item)?,
+            "vhost_user" => net.vhost_user = parse_toggle(&item.key, item.value()?)?,
+            "socket" => net.vhost_socket = Some(item.non_empty_value()?.to_owned()),
+            "vhost_mode" => net.vhost_mode = vhost_mode(&item)?,
             key if NET_UNSUPPORTED.contains(&key) => {
                 return Err(OptionError::Unsupported(item.key))
             }

@@ -147,6 +147,11 @@ pub(crate) fn validate_fs_and_pmem(config: &VmConfig) -> Result<(), ConfigError>
             .flatten()
             .position(|d| d.vhost_user)
             .map(|i| format!("disks[{i}].vhost_user=true"))
+            .or_else(|| {
+                let mut net = config.net.iter().flatten();
+                net.position(|n| n.vhost_user)
+                    .map(|i| format!("net[{i}].vhost_user=true"))
+            })
     });
     if let (Some(device), false) = (vhost_user, config.memory.shared) {
         return Err(invalid(

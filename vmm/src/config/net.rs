@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-/// `--net tap=…,mac=…,ip=…` (Cloud Hypervisor's `NetConfig`, without
-/// vhost-user).
+/// `--net tap=…,mac=…,ip=…` or `--net vhost_user=on,socket=…` (Cloud
+/// Hypervisor's `NetConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NetConfig {
     /// Tap interface to open or create; `vmtap%d` (kernel-chosen number)
@@ -181,11 +181,15 @@ impl NetConfig {
         }
         let field = |name: &str| format!("net[{index}].{name}");
         refuse_if(self.iommu, field("iommu=true"), "no virtual IOMMU")?;
-        refuse_if(
-            self.vhost_user,
-            field("vhost_user=true"),
-            "no vhost-user net frontend yet",
-        )?;
+        if self.vhost_user {
+            self.validate_vhost_user(index)?;
+        } else {
+            refuse_if(
+                self.vhost_socket.is_some(),
+                field("vhost_socket"),
+                "only with vhost_user=true",
+            )?;
+        }
         refuse_if(
             self.host_mac.is_some(),
             field("host_mac"),
@@ -200,6 +204,39 @@ impl NetConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl NetConfig {
+    /// Checks a `vhost_user=true` device: a socket, one queue pair, and no
+    /// setting that only chv's own tap-backed device has.
+    fn validate_vhost_user(&self, index: usize) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("net[{index}].{name}");
+        if self.vhost_socket.as_deref().is_none_or(str::is_empty) {
+            return Err(invalid(
+                field("vhost_socket"),
+                "vhost_user=true needs the backend's socket (--net vhost_user=on,socket=PATH)",
+            ));
+        }
+        let backend = "with vhost_user=true the backend moves the frames";
+        refuse_if(self.tap.is_some(), field("tap"), backend)?;
+        refuse_if(self.fds.is_some(), field("fds"), backend)?;
+        refuse_if(
+            self.ip.is_some() || self.mask.is_some(),
+            field("ip/mask"),
+            backend,
+        )?;
+        refuse_if(self.mtu.is_some(), field("mtu"), backend)?;
+        refuse_if(
+            self.rate_limiter_config.is_some(),
+            field("rate_limiter_config"),
+            backend,
+        )?;
+        refuse_if(
+            self.num_queues != 2,
+            field(&format!("num_queues={}", self.num_queues)),
+            "vhost-user net has one queue pair (multi-queue needs a control queue)",
+        )
     }
 }
 

@@ -1,6 +1,6 @@
-//! The devices whose data lives outside chv: virtio-fs shares and
-//! vhost-user-blk disks (served by a vhost-user backend over guest RAM
-//! shared with it) and virtio-pmem devices (a host file mapped into
+//! The devices whose data lives outside chv: virtio-fs shares,
+//! vhost-user-blk disks and vhost-user-net NICs (served by a vhost-user
+//! backend over guest RAM shared with it) and virtio-pmem devices (a host file mapped into
 //! guest-physical space as a KVM memory slot).
 //!
 //! A pmem range stays mapped until the VMM thread next looks at the
@@ -14,10 +14,11 @@ use serde::{Deserialize, Serialize};
 use virtio_devices::fs::{new_virtio_fs, FsOptions};
 use virtio_devices::pmem::{PmemMapping, VirtioPmem};
 use virtio_devices::vhost_user_blk::{new_vhost_user_blk, VhostUserBlkOptions};
+use virtio_devices::vhost_user_net::{new_vhost_user_net, SocketRole, VhostUserNetOptions};
 use virtio_devices::VirtioDevice;
 
 use super::{lock, DeviceManager, HotplugError, PciDeviceInfo};
-use crate::config::{DiskConfig, FsConfig, PmemConfig};
+use crate::config::{DiskConfig, FsConfig, NetConfig, PmemConfig, VhostMode};
 use crate::VmmError;
 
 /// First KVM memory slot of virtio-pmem ranges (RAM slots count from 0).
@@ -60,7 +61,45 @@ fn vhost_blk_options(disk: &DiskConfig) -> Result<VhostUserBlkOptions, VmmError>
     })
 }
 
+/// The vhost-user-net options of a `vhost_user=true` NIC.
+fn vhost_net_options(net: &NetConfig) -> Result<VhostUserNetOptions, VmmError> {
+    let socket = net
+        .vhost_socket
+        .as_ref()
+        .ok_or_else(|| VmmError::Config("--net: vhost_user=on needs socket=PATH".into()))?;
+    let mac = super::guest_mac(net)?;
+    Ok(VhostUserNetOptions {
+        socket: socket.into(),
+        role: match net.vhost_mode {
+            VhostMode::Client => SocketRole::Client,
+            VhostMode::Server => SocketRole::Server,
+        },
+        mac,
+        queue_size: net.queue_size,
+        offload_csum: net.offload_csum,
+        offload_tso: net.offload_tso,
+    })
+}
+
 impl DeviceManager {
+    /// Connects to (or, in server mode, waits for) `net`'s vhost-user
+    /// backend and builds the device.
+    pub(super) fn build_vhost_user_net(
+        &self,
+        net: &NetConfig,
+        id: &str,
+    ) -> Result<Box<dyn VirtioDevice>, VmmError> {
+        let opts = vhost_net_options(net)?;
+        let dev = new_vhost_user_net(&opts, self.thread_setup.clone()).map_err(|e| {
+            VmmError::Config(format!(
+                "--net: id={id}: socket={}: {e}",
+                opts.socket.display()
+            ))
+        })?;
+        log::info!("{id}: vhost-user-net on {}", opts.socket.display());
+        Ok(Box::new(dev))
+    }
+
     /// Connects to `disk`'s vhost-user-blk backend and builds the device.
     pub(super) fn build_vhost_user_disk(
         &self,
