@@ -362,8 +362,10 @@ pub fn install_sigsys_handler() -> Result<(), SeccompError> {
 }
 
 /// System calls every chv thread needs once its filter is in place: thread
-/// exit, memory management by the allocator, locks, time, signal return and
-/// the SIGSYS report itself (`prctl(PR_GET_NAME)`, `write`, `exit_group`).
+/// exit, memory management by the allocator, locks, time, signal return,
+/// `restart_syscall` (the kernel resumes an interrupted sleep or poll with
+/// it after SIGSTOP/SIGCONT or a debugger's attach) and the SIGSYS report
+/// itself (`prctl(PR_GET_NAME)`, `write`, `exit_group`).
 pub fn common_rules(name: &'static str) -> ThreadRules {
     ThreadRules::new(name)
         .allow(&[
@@ -382,6 +384,7 @@ pub fn common_rules(name: &'static str) -> ThreadRules {
             libc::SYS_mremap,
             libc::SYS_munmap,
             libc::SYS_nanosleep,
+            libc::SYS_restart_syscall,
             libc::SYS_rt_sigprocmask,
             libc::SYS_rt_sigreturn,
             libc::SYS_sched_yield,
