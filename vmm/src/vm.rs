@@ -344,15 +344,7 @@ impl Vm {
             machine.msi_delivery(),
         )?;
         if let VmSource::Restore { snapshot, .. } = &source {
-            legacy.restore(&snapshot.legacy)?;
             pci_devices.restore_slots(&snapshot.devices);
-        }
-        // Host input reaches the UART only once its saved state is back:
-        // bytes fed before would be overwritten by the restore (a clone's
-        // first command lost).
-        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
-            host.feed_serial(serial.clone(), worker_setup.clone())
-                .map_err(VmmError::Thread)?;
         }
         pci_devices.add_configured_devices(config)?;
         if let VmSource::Restore { snapshot, .. } = &source {
@@ -367,6 +359,18 @@ impl Vm {
             machine
                 .restore_state(&vm_fd, &snapshot.vm)
                 .map_err(|e| VmmError::Snapshot(e.to_string()))?;
+            // After the interrupt controllers: an interrupt a legacy device
+            // raises again on restore (the UART's pending RX or THR-empty)
+            // would be wiped by KVM_SET_IRQCHIP if sent before it.
+            legacy.restore(&snapshot.legacy)?;
+        }
+        // Host input reaches the UART only once its saved state and the
+        // interrupt controllers' are back: bytes fed before would be
+        // overwritten, or their interrupt lost (a clone's first command
+        // never answered).
+        if let (Some(host), Some(serial)) = (&serial_host, &serial) {
+            host.feed_serial(serial.clone(), worker_setup.clone())
+                .map_err(VmmError::Thread)?;
         }
         if let VmSource::Restore {
             memory: RestoreMemory::File { .. },
