@@ -67,7 +67,7 @@ fn vhost_net_options(net: &NetConfig) -> Result<VhostUserNetOptions, VmmError> {
         .vhost_socket
         .as_ref()
         .ok_or_else(|| VmmError::Config("--net: vhost_user=on needs socket=PATH".into()))?;
-    let mac = super::guest_mac(net)?;
+    let mac = super::build::guest_mac(net)?;
     Ok(VhostUserNetOptions {
         socket: socket.into(),
         role: match net.vhost_mode {
@@ -264,7 +264,7 @@ impl DeviceManager {
     /// to its backend on this (VMM) thread; gives it an id (`_fs<N>`) first
     /// when it has none.
     pub fn hotplug_fs(&mut self, fs: &mut FsConfig) -> Result<PciDeviceInfo, HotplugError> {
-        super::refuse_hotplug_segment("fs", fs.pci_segment)?;
+        super::hotplug::refuse_hotplug_segment("fs", fs.pci_segment)?;
         let id = self.hotplug_id(fs.id.as_deref(), "_fs")?;
         let dev = self.build_fs(fs)?;
         let info = self.hotplug_virtio(id.clone(), dev, None)?;
@@ -275,7 +275,7 @@ impl DeviceManager {
     /// Hot-adds pmem device `p` (`vm.add-pmem` on a running VM); gives it
     /// an id (`_pmem<N>`) first when it has none.
     pub fn hotplug_pmem(&mut self, p: &mut PmemConfig) -> Result<PciDeviceInfo, HotplugError> {
-        super::refuse_hotplug_segment("pmem", p.pci_segment)?;
+        super::hotplug::refuse_hotplug_segment("pmem", p.pci_segment)?;
         let id = self.hotplug_id(p.id.as_deref(), "_pmem")?;
         let dev = self.build_pmem(p, &id)?;
         let plugged = self.hotplug_virtio(id.clone(), dev, None);
