@@ -1,17 +1,22 @@
 //! Answers REST API requests (Cloud Hypervisor's endpoints and JSON bodies)
-//! on the VMM thread.
+//! on the VMM thread: `dispatch` routes each endpoint; `hotplug` adds and
+//! removes devices, `resize` handles `vm.resize`.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+mod hotplug;
+mod resize;
+
+use std::os::fd::OwnedFd;
 
 use api_server::{ApiResponse, Endpoint};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DiskConfig, FsConfig, NetConfig, PmemConfig, VmConfig, VsockConfig};
 use crate::control_loop::{Next, VmState, Vmm};
-use crate::device_manager::{DeviceManager, HotplugError, PciDeviceInfo};
+use crate::device_manager::DeviceManager;
 use crate::migration;
 use crate::snapshot::{self, RestoreConfig, SnapshotConfig};
 use crate::vm::{Vm, VmExit};
+use hotplug::{remove_from_config, AddDevice};
 
 /// `vmm.ping`'s answer.
 #[derive(Serialize)]
@@ -188,14 +193,6 @@ struct VmRemoveDevice {
     id: String,
 }
 
-/// `vm.resize`'s body (Cloud Hypervisor's `VmResize`).
-#[derive(Deserialize)]
-struct VmResize {
-    desired_vcpus: Option<u32>,
-    desired_ram: Option<u64>,
-    desired_balloon: Option<u64>,
-}
-
 /// `vmm.ping`'s JSON body. The API thread answers pings with it directly
 /// (see `api_server::ServerOptions::ping_body`).
 pub fn ping_body() -> String {
@@ -243,260 +240,7 @@ fn done() -> (ApiResponse, Next) {
     (ApiResponse::no_content(), Next::Continue)
 }
 
-/// How `vm.add-*` records and hot-plugs one kind of device.
-struct AddDevice<T> {
-    /// Schema name for error messages ("DiskConfig").
-    schema: &'static str,
-    /// Device kind for error messages ("disk").
-    what: &'static str,
-    /// Adds the device to a VM configuration.
-    record: fn(&mut VmConfig, T),
-    /// Plugs it into the running VM (filling in a generated id).
-    hotplug: fn(&mut DeviceManager, &mut T) -> Result<PciDeviceInfo, HotplugError>,
-}
-
-/// Position of device `id` in a device list: by its id, or for devices
-/// without one by the id they got from their position (`_disk<i>`,
-/// `_fs<i>`, …), as when they were plugged at boot.
-fn position_of(ids: &[Option<&str>], prefix: &str, id: &str) -> Option<usize> {
-    ids.iter().position(|d| *d == Some(id)).or_else(|| {
-        ids.iter()
-            .enumerate()
-            .position(|(i, d)| d.is_none() && format!("{prefix}{i}") == id)
-    })
-}
-
-/// Removes device `id` (disk, net, fs or pmem) from `config`; false when
-/// no such device is configured. The devices of that kind left without an
-/// id get the one they have on the bus first, which their new positions
-/// would no longer give.
-fn remove_from_config(config: &mut VmConfig, id: &str) -> bool {
-    /// Reads and sets a device config's `id`.
-    struct Ids<T> {
-        get: fn(&T) -> Option<&str>,
-        set: fn(&mut T, String),
-    }
-    fn take<T>(list: &mut Option<Vec<T>>, prefix: &str, id: &str, ids: Ids<T>) -> bool {
-        let Some(items) = list.as_mut() else {
-            return false;
-        };
-        let known: Vec<Option<&str>> = items.iter().map(ids.get).collect();
-        let Some(at) = position_of(&known, prefix, id) else {
-            return false;
-        };
-        for (i, item) in items.iter_mut().enumerate() {
-            if (ids.get)(item).is_none() {
-                (ids.set)(item, format!("{prefix}{i}"));
-            }
-        }
-        items.remove(at);
-        true
-    }
-    take(
-        &mut config.disks,
-        "_disk",
-        id,
-        Ids {
-            get: |d| d.id.as_deref(),
-            set: |d, id| d.id = Some(id),
-        },
-    ) || take(
-        &mut config.net,
-        "_net",
-        id,
-        Ids {
-            get: |n| n.id.as_deref(),
-            set: |n, id| n.id = Some(id),
-        },
-    ) || take(
-        &mut config.fs,
-        "_fs",
-        id,
-        Ids {
-            get: |f| f.id.as_deref(),
-            set: |f, id| f.id = Some(id),
-        },
-    ) || take(
-        &mut config.pmem,
-        "_pmem",
-        id,
-        Ids {
-            get: |p| p.id.as_deref(),
-            set: |p, id| p.id = Some(id),
-        },
-    )
-}
-
 impl Vmm {
-    /// `vm.add-disk`/`add-net`/`add-vsock`: validates the configuration with
-    /// the device added; before boot only records it (204), on a running VM
-    /// hot-plugs it and records it with the id it got (200 + PciDeviceInfo).
-    fn add_device<T: Clone>(
-        &mut self,
-        mut device: T,
-        kind: AddDevice<T>,
-    ) -> Result<(ApiResponse, Next), ApiResponse> {
-        let config = self
-            .config
-            .as_mut()
-            .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-        let mut candidate = config.clone();
-        (kind.record)(&mut candidate, device.clone());
-        candidate
-            .validate()
-            .map_err(|e| ApiResponse::error(400, format!("invalid {}: {e}", kind.schema)))?;
-        let Some(vm) = self.vm.as_mut() else {
-            // Not booted: the device is plugged at boot.
-            *config = candidate;
-            return Ok(done());
-        };
-        let info = (kind.hotplug)(&mut vm.devices, &mut device).map_err(|e| match e {
-            HotplugError::DuplicateId(_)
-            | HotplugError::VsockExists
-            | HotplugError::NotOnSegment0(_) => ApiResponse::error(400, e.to_string()),
-            _ => ApiResponse::error(500, format!("cannot hot-add the {}: {e}", kind.what)),
-        })?;
-        // Record it with the id it got, so vm.info, a reboot and
-        // vm.remove-device see the same device.
-        (kind.record)(config, device);
-        Ok((json(&info), Next::Continue))
-    }
-
-    /// `vm.add-*` for device kinds chv cannot hot-plug: parses `body` as
-    /// `schema`, checks the configuration with the device added (which
-    /// names the field chv refuses) and, before boot, records it (204).
-    fn add_unplugged<T: serde::de::DeserializeOwned>(
-        &mut self,
-        body: &[u8],
-        schema: &'static str,
-        record: fn(&mut VmConfig, T),
-    ) -> Result<(ApiResponse, Next), ApiResponse> {
-        let device: T = parse(body, schema)?;
-        let config = self
-            .config
-            .as_mut()
-            .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-        let mut candidate = config.clone();
-        record(&mut candidate, device);
-        candidate
-            .validate()
-            .map_err(|e| ApiResponse::error(400, format!("invalid {schema}: {e}")))?;
-        if self.vm.is_some() {
-            return Err(ApiResponse::error(
-                400,
-                format!("invalid {schema}: not supported by chv (hot-adding this device kind)"),
-            ));
-        }
-        *config = candidate;
-        Ok(done())
-    }
-
-    /// Points `net` at the tap fds that came with `vm.add-net` (preferred
-    /// over any `fds` numbers in the JSON, as Cloud Hypervisor does) and
-    /// returns them, to be kept open while the device exists.
-    fn take_tap_fds(
-        &self,
-        net: &mut NetConfig,
-        fds: Vec<OwnedFd>,
-    ) -> Result<Vec<OwnedFd>, ApiResponse> {
-        if fds.is_empty() {
-            return Ok(fds);
-        }
-        if fds.len() * 2 != net.num_queues {
-            return Err(ApiResponse::error(
-                400,
-                format!(
-                    "invalid NetConfig: {} tap fds sent for num_queues={} (one per RX/TX pair)",
-                    fds.len(),
-                    net.num_queues
-                ),
-            ));
-        }
-        net.fds = Some(fds.iter().map(AsRawFd::as_raw_fd).collect());
-        net.tap = None;
-        Ok(fds)
-    }
-
-    /// Hands the tap fds that came with `vm.restore` to the `net_fds`
-    /// entries, `num_fds` each, in order (Cloud Hypervisor's rule).
-    fn take_restore_fds(
-        &self,
-        req: &mut RestoreConfig,
-        fds: Vec<OwnedFd>,
-    ) -> Result<Vec<OwnedFd>, ApiResponse> {
-        let wanted: usize = req.net_fds.iter().flatten().map(|n| n.num_fds).sum();
-        if req.net_fds.iter().flatten().any(|n| n.fds.is_some()) || wanted != fds.len() {
-            return Err(ApiResponse::error(
-                400,
-                format!(
-                    "invalid RestoreConfig: net_fds asks for {wanted} fds and {} were sent \
-                     with the request (SCM_RIGHTS)",
-                    fds.len()
-                ),
-            ));
-        }
-        let mut next = fds.iter().map(AsRawFd::as_raw_fd);
-        for net in req.net_fds.iter_mut().flatten() {
-            net.fds = Some(next.by_ref().take(net.num_fds).collect());
-        }
-        Ok(fds)
-    }
-
-    /// `vm.resize`: `desired_vcpus` (vCPU hotplug) and `desired_ram`
-    /// (ACPI memory hotplug, see [`resize_ram`]). Before boot it
-    /// only changes the configured count; on a running VM it hot-adds vCPUs
-    /// or asks the guest to eject some (204 once requested; the guest
-    /// finishes asynchronously). The configured `boot_vcpus` follows, as in
-    /// Cloud Hypervisor, so `vm.info` and a reboot see the new count.
-    fn resize(&mut self, body: &[u8]) -> Result<(ApiResponse, Next), ApiResponse> {
-        use crate::vcpu::hotplug::ResizeError;
-        let req: VmResize = parse(body, "VmResize")?;
-        let config = self
-            .config
-            .as_mut()
-            .ok_or_else(|| ApiResponse::error(404, "no VM is created"))?;
-        if let Some(desired) = req.desired_ram {
-            resize_ram(config, self.vm.as_mut(), desired)?;
-        }
-        if let Some(desired) = req.desired_balloon {
-            resize_balloon(config, self.vm.as_ref(), desired)?;
-        }
-        let Some(desired) = req.desired_vcpus else {
-            return Ok(done());
-        };
-        let max = config.cpus.max_vcpus;
-        let desired = u8::try_from(desired).map_err(|_| {
-            ApiResponse::error(
-                400,
-                format!("desired_vcpus={desired}: must be between 1 and max_vcpus ({max})"),
-            )
-        })?;
-        if desired == 0 || desired > max {
-            return Err(ApiResponse::error(
-                400,
-                ResizeError::OutOfRange { desired, max }.to_string(),
-            ));
-        }
-        if let Some(vm) = self.vm.as_mut() {
-            if let Err(e) = vm.resize_vcpus(desired) {
-                return Err(match e {
-                    ResizeError::OutOfRange { .. } | ResizeError::NotHotpluggable { .. } => {
-                        ApiResponse::error(400, e.to_string())
-                    }
-                    ResizeError::RemovalPending => ApiResponse::error(429, e.to_string()),
-                    ResizeError::Vcpu(..) | ResizeError::Notify(_) => {
-                        // Some vCPUs may have been added before the failure.
-                        config.cpus.boot_vcpus =
-                            u8::try_from(vm.vcpu_count()).unwrap_or(config.cpus.boot_vcpus);
-                        ApiResponse::error(500, format!("cannot resize: {e}"))
-                    }
-                });
-            }
-        }
-        config.cpus.boot_vcpus = desired;
-        Ok(done())
-    }
-
     /// Handles one request; returns the response and what the control loop
     /// must do next.
     pub(crate) fn handle_api(
@@ -892,82 +636,4 @@ impl Vmm {
             )),
         }
     }
-}
-
-/// `vm.resize`'s `desired_ram`: on a running VM hot-adds RAM (ACPI), before
-/// boot changes the configured size. `memory.size` follows, as in Cloud
-/// Hypervisor, so `vm.info` and a reboot see the new size.
-fn resize_ram(config: &mut VmConfig, vm: Option<&mut Vm>, desired: u64) -> Result<(), ApiResponse> {
-    use crate::memory::hotplug::MemoryResizeError;
-    let Some(vm) = vm else {
-        if desired == config.memory.boot_size() {
-            return Ok(());
-        }
-        if desired == 0 || !desired.is_multiple_of(crate::config::MEMORY_ALIGNMENT) {
-            return Err(ApiResponse::error(
-                400,
-                format!("desired_ram={desired}: must be a non-zero multiple of 4 KiB"),
-            ));
-        }
-        if config.memory.zones.as_ref().is_some_and(|z| !z.is_empty()) {
-            return Err(ApiResponse::error(
-                400,
-                format!("desired_ram={desired}: the RAM is given by memory.zones"),
-            ));
-        }
-        config.memory.size = desired;
-        return Ok(());
-    };
-    match vm.resize_memory(desired) {
-        Ok(()) => {
-            match vm.devices.virtio_mem() {
-                // As Cloud Hypervisor: memory.size stays the boot RAM and
-                // hotplugged_size is what virtio-mem is asked to plug.
-                Some(m) => config.memory.hotplugged_size = Some(m.requested_bytes()),
-                None => config.memory.size = vm.ram_size(),
-            }
-            Ok(())
-        }
-        Err(
-            e @ (MemoryResizeError::NotHotpluggable { .. }
-            | MemoryResizeError::TooLarge { .. }
-            | MemoryResizeError::Shrink { .. }
-            | MemoryResizeError::Unaligned { .. }
-            | MemoryResizeError::BelowBoot { .. }
-            | MemoryResizeError::VirtioMem { .. }
-            | MemoryResizeError::NoSlot(..)
-            | MemoryResizeError::NoRoom(_)),
-        ) => Err(ApiResponse::error(400, e.to_string())),
-        Err(e) => {
-            config.memory.size = vm.ram_size();
-            Err(ApiResponse::error(500, format!("cannot resize: {e}")))
-        }
-    }
-}
-
-/// `vm.resize`'s `desired_balloon`: sets the balloon's target (the guest
-/// inflates or deflates to it); `balloon.size` follows, as in Cloud
-/// Hypervisor.
-fn resize_balloon(config: &mut VmConfig, vm: Option<&Vm>, desired: u64) -> Result<(), ApiResponse> {
-    let Some(balloon) = config.balloon.as_mut() else {
-        if desired == 0 {
-            return Ok(());
-        }
-        return Err(ApiResponse::error(
-            400,
-            format!("desired_balloon={desired}: the VM has no balloon device (--balloon)"),
-        ));
-    };
-    if let Some(control) = vm.and_then(|vm| vm.devices.balloon()) {
-        control
-            .set_target(desired, vm.map_or(0, Vm::ram_size))
-            .map_err(|e| ApiResponse::error(400, e.to_string()))?;
-    } else if desired >= config.memory.boot_size() {
-        return Err(ApiResponse::error(
-            400,
-            format!("desired_balloon={desired}: must be below the guest's RAM"),
-        ));
-    }
-    balloon.size = desired;
-    Ok(())
 }
