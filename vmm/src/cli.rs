@@ -6,12 +6,14 @@
 //! line naming the option and the problem, e.g.
 //! `--cpus: boot=0: must be between 1 and 254`.
 
+mod console_options;
 mod cpus_options;
 mod device_options;
 mod memory_options;
 mod options;
 mod platform_options;
 mod rate_limit_options;
+mod restore_options;
 #[cfg(test)]
 mod tests;
 mod vhost_options;
@@ -23,16 +25,16 @@ use clap::error::ErrorKind;
 use clap::{ArgAction, Parser};
 use thiserror::Error;
 
-use crate::config::{
-    ConfigError, ConsoleConfig, ConsoleOutputMode, MemoryConfig, PayloadConfig, VmConfig,
-};
+use crate::config::{ConfigError, ConsoleConfig, MemoryConfig, PayloadConfig, VmConfig};
+use console_options::parse_console;
 use cpus_options::parse_cpus;
 use device_options::{parse_disk, parse_net, parse_rng, parse_vsock};
 use memory_options::{parse_balloon, parse_memory, parse_memory_zone};
+use options::parse_u64;
 pub use options::{parse_size, split_options, OptionError, OptionItem, SizeError};
-use options::{parse_toggle, parse_u64};
 use platform_options::parse_platform;
 use rate_limit_options::parse_rate_limit_group;
+use restore_options::parse_restore;
 use vhost_options::{parse_fs, parse_pmem};
 
 /// What the command line asks chv to do.
@@ -657,67 +659,6 @@ fn non_empty_path(option: &'static str, path: OsString) -> Result<PathBuf, CliEr
     Ok(PathBuf::from(path))
 }
 
-/// What `--serial`/`--console` accept, for error messages.
-const CONSOLE_MODES: &str = "off, null, pty, tty, file=PATH or socket=PATH";
-
-/// Parses `--serial`/`--console`: `off`, `null`, `pty`, `tty`, `file=PATH`
-/// or `socket=PATH` (plus Cloud Hypervisor's `iommu=off`).
-fn parse_console(value: &str) -> Result<ConsoleConfig, OptionError> {
-    let mut chosen: Option<(String, ConsoleOutputMode)> = None;
-    let mut file = None;
-    let mut socket = None;
-    for item in split_options(value)? {
-        let mode = match item.key.as_str() {
-            "off" => ConsoleOutputMode::Off,
-            "null" => ConsoleOutputMode::Null,
-            "tty" => ConsoleOutputMode::Tty,
-            "pty" => ConsoleOutputMode::Pty,
-            "file" => {
-                file = Some(PathBuf::from(item.non_empty_value()?));
-                ConsoleOutputMode::File
-            }
-            "socket" => {
-                socket = Some(PathBuf::from(item.non_empty_value()?));
-                ConsoleOutputMode::Socket
-            }
-            "iommu" => {
-                if parse_toggle(&item.key, item.value()?)? {
-                    return Err(OptionError::Unsupported("iommu=on".into()));
-                }
-                continue;
-            }
-            _ if item.value.is_none() => {
-                return Err(OptionError::UnknownValue {
-                    value: item.key,
-                    expected: CONSOLE_MODES,
-                })
-            }
-            _ => {
-                return Err(OptionError::UnknownKey {
-                    key: item.key,
-                    expected: CONSOLE_MODES,
-                })
-            }
-        };
-        let takes_path = matches!(mode, ConsoleOutputMode::File | ConsoleOutputMode::Socket);
-        if let (Some(value), false) = (&item.value, takes_path) {
-            return Err(OptionError::invalid(&item.key, value, "takes no value"));
-        }
-        if let Some((previous, _)) = chosen {
-            return Err(OptionError::Conflict(previous, item.key));
-        }
-        chosen = Some((item.key, mode));
-    }
-    let (_, mode) = chosen.ok_or(OptionError::Missing(
-        "output mode (off, null, pty, tty, file=PATH or socket=PATH)",
-    ))?;
-    Ok(ConsoleConfig {
-        file,
-        socket,
-        ..ConsoleConfig::with_mode(mode)
-    })
-}
-
 /// Checks `--api-socket`: a bare path, `path=PATH` or `fd=N`.
 fn check_api_socket(value: &str) -> Result<(), OptionError> {
     if value.is_empty() {
@@ -755,107 +696,6 @@ fn check_api_socket(value: &str) -> Result<(), OptionError> {
         seen = Some(item.key);
     }
     Ok(())
-}
-
-/// Parses `--restore source_url=...[,prefault=on|off][,resume=true|false]`
-/// `[,net_fds=[id@[fd,...]]]` and chv's clone overrides
-/// `[,serial="MODE"][,console="MODE"][,vsock_cid=N][,vsock_socket=PATH]`
-/// (MODE in `--serial` syntax, e.g. `serial="socket=/run/c1.sock"`).
-fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfig, OptionError> {
-    let mut source_url = None;
-    let mut prefault = false;
-    let mut resume = false;
-    let mut net_fds = None;
-    let (mut serial, mut console) = (None, None);
-    let mut vsock: Option<crate::snapshot::RestoredVsockConfig> = None;
-    for item in split_options(value)? {
-        match item.key.as_str() {
-            "source_url" => source_url = Some(item.non_empty_value()?.to_owned()),
-            "net_fds" => net_fds = Some(parse_net_fds(item.non_empty_value()?)?),
-            "serial" => serial = Some(parse_console(item.non_empty_value()?)?),
-            "console" => console = Some(parse_console(item.non_empty_value()?)?),
-            "vsock_cid" => {
-                let raw = item.non_empty_value()?;
-                let cid = raw
-                    .parse::<u32>()
-                    .map_err(|_| OptionError::invalid("vsock_cid", raw, "not a number"))?;
-                vsock.get_or_insert_with(Default::default).cid = Some(cid);
-            }
-            "vsock_socket" => {
-                let path = PathBuf::from(item.non_empty_value()?);
-                vsock.get_or_insert_with(Default::default).socket = Some(path);
-            }
-            "prefault" => prefault = parse_toggle("prefault", item.value()?)?,
-            "resume" => resume = parse_toggle("resume", item.value()?)?,
-            _ => {
-                return Err(OptionError::UnknownKey {
-                    key: item.key,
-                    expected: "source_url, prefault, resume, net_fds, serial, console, \
-                               vsock_cid, vsock_socket",
-                })
-            }
-        }
-    }
-    let source_url = source_url.ok_or(OptionError::Missing("source_url"))?;
-    crate::snapshot::dir_from_url(&source_url, "source_url")
-        .map_err(|e| OptionError::invalid("source_url", &source_url, e.to_string()))?;
-    Ok(crate::snapshot::RestoreConfig {
-        source_url,
-        prefault,
-        resume,
-        net_fds,
-        memory_restore_mode: None,
-        vfio_fds: None,
-        iommufd_fd: None,
-        zone_updates: Vec::new(),
-        serial,
-        console,
-        vsock,
-    })
-}
-
-/// Parses `--restore`'s `net_fds=[id@[fd,...],...]`.
-fn parse_net_fds(value: &str) -> Result<Vec<crate::snapshot::RestoredNetConfig>, OptionError> {
-    let bad = |reason: &str| OptionError::invalid("net_fds", value, reason);
-    let inner = value
-        .strip_prefix('[')
-        .and_then(|v| v.strip_suffix(']'))
-        .ok_or_else(|| bad("expected [id@[fd,...],...]"))?;
-    let mut nets = Vec::new();
-    let mut rest = inner;
-    while !rest.is_empty() {
-        let (id, after) = rest
-            .split_once("@[")
-            .ok_or_else(|| bad("expected id@[fd,...]"))?;
-        let (fds, after) = after.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-        let id = id.trim();
-        if id.is_empty() {
-            return Err(bad("empty device id"));
-        }
-        let fds = fds
-            .split(',')
-            .map(|f| {
-                f.trim()
-                    .parse::<i32>()
-                    .ok()
-                    .filter(|fd| *fd >= 0)
-                    .ok_or_else(|| bad("fds are non-negative numbers"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        nets.push(crate::snapshot::RestoredNetConfig {
-            id: id.to_owned(),
-            num_fds: fds.len(),
-            fds: Some(fds),
-        });
-        rest = after.strip_prefix(',').unwrap_or(after);
-        if !after.is_empty() && !after.starts_with(',') {
-            return Err(bad("expected , between devices"));
-        }
-    }
-    if nets.is_empty() {
-        return Err(bad("no device"));
-    }
-    Ok(nets)
 }
 
 /// Parses `--seccomp true|false|log`.
