@@ -48,24 +48,22 @@ fn make(kit: &GuestKit, dir: &Path) {
     // In the temp dir: a socket path must fit in 108 bytes.
     let sock = std::env::temp_dir().join(format!("chv-base-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let mut chv = Chv::spawn(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\""),
-        "--cpus".into(),
-        "boot=1,max=2".into(),
-        "--memory".into(),
-        "size=128M".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--api-socket".into(),
-        sock.display().to_string(),
-    ]);
+    let sock_arg = sock.display().to_string();
+    let mut chv = Chv::spawn(&kit.args(
+        LOOP,
+        &[
+            "--cpus",
+            "boot=1,max=2",
+            "--memory",
+            "size=128M",
+            "--serial",
+            "tty",
+            "--console",
+            "off",
+            "--api-socket",
+            &sock_arg,
+        ],
+    ));
     chv.expect(READY, &["Kernel panic"], Duration::from_secs(300));
     // Let the shell reach its read() before the guest stops.
     std::thread::sleep(Duration::from_millis(500));

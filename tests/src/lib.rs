@@ -148,6 +148,23 @@ pub struct GuestKit {
     pub initramfs: PathBuf,
 }
 
+impl GuestKit {
+    /// `--kernel`, `--initramfs` and a quiet serial `--cmdline` whose
+    /// `/init` runs `guest_cmd`, followed by `extra`.
+    pub fn args(&self, guest_cmd: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "--kernel".to_string(),
+            self.kernel.display().to_string(),
+            "--initramfs".into(),
+            self.initramfs.display().to_string(),
+            "--cmdline".into(),
+            format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{guest_cmd}\""),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+}
+
 /// Looks for the guest kit in `CHV_GUEST_DIR`, `<repo>/../shared/guest` and
 /// `<repo>/target/guest-kit`; returns the first directory holding both files.
 pub fn find_guest_kit() -> Option<GuestKit> {

@@ -290,6 +290,16 @@ fn json_number(body: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Boots the guest kit at its command loop (`base_snapshot::LOOP`) with
+/// `memory` options, the serial console on stdio, no virtio console and an
+/// API socket at `api`.
+fn spawn_loop_guest(kit: &chv_tests::GuestKit, memory: &[&str], api: &Path) -> Chv {
+    let api = api.display().to_string();
+    let mut extra = memory.to_vec();
+    extra.extend(["--serial", "tty", "--console", "off", "--api-socket", &api]);
+    Chv::spawn_with_input(&kit.args(chv_tests::base_snapshot::LOOP, &extra))
+}
+
 /// ACPI memory hotplug (Kata's `clh` path: `memory.hotplug_size`, then
 /// `vm.resize desired_ram`): one boot of the guest kit at its command loop
 /// with 128 MiB and 256 MiB of hotplug room checks that
@@ -303,29 +313,13 @@ fn json_number(body: &str, key: &str) -> Option<u64> {
 #[test]
 fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
     use chv_tests::api_client::http;
-    use chv_tests::base_snapshot::{LOOP, READY};
+    use chv_tests::base_snapshot::READY;
     let Some(kit) = require_guest_kit() else {
         return;
     };
     let scratch = Scratch::new("memory-acpi");
     let api = scratch.path("api.sock");
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\"");
-    let mut chv = Chv::spawn_with_input(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=128M,hotplug_size=384M".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--api-socket".into(),
-        api.display().to_string(),
-    ]);
+    let mut chv = spawn_loop_guest(&kit, &["--memory", "size=128M,hotplug_size=384M"], &api);
     chv.expect(READY, ABORT, BOOT_TIMEOUT);
     chv.send_line(&memtotal_cmd("CHK-MEM0"));
     chv.expect("CHK-MEM0-END", ABORT, Duration::from_secs(30));
@@ -422,31 +416,22 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 #[test]
 fn balloon_reports_free_pages_inflates_and_survives_snapshot_restore() {
     use chv_tests::api_client::http;
-    use chv_tests::base_snapshot::{wait_ready, LOOP, READY};
+    use chv_tests::base_snapshot::{wait_ready, READY};
     let Some(kit) = require_guest_kit() else {
         return;
     };
     let scratch = Scratch::new("memory-balloon");
     let api = scratch.path("api.sock");
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\"");
-    let mut chv = Chv::spawn_with_input(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=256M".into(),
-        "--balloon".into(),
-        "size=0,free_page_reporting=on".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--api-socket".into(),
-        api.display().to_string(),
-    ]);
+    let mut chv = spawn_loop_guest(
+        &kit,
+        &[
+            "--memory",
+            "size=256M",
+            "--balloon",
+            "size=0,free_page_reporting=on",
+        ],
+        &api,
+    );
     chv.expect(READY, ABORT, BOOT_TIMEOUT);
     let pid = chv.pid();
     // Let the boot's own freed pages be reported first.
@@ -613,29 +598,20 @@ fn wait_actual_size(api: &Path, want: u64) -> Option<u64> {
 #[test]
 fn virtio_mem_grows_shrinks_and_survives_snapshot_restore() {
     use chv_tests::api_client::http;
-    use chv_tests::base_snapshot::{LOOP, READY};
+    use chv_tests::base_snapshot::READY;
     let Some(kit) = require_guest_kit() else {
         return;
     };
     let scratch = Scratch::new("memory-virtio-mem");
     let api = scratch.path("api.sock");
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{LOOP}\"");
-    let mut chv = Chv::spawn_with_input(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=256M,hotplug_size=512M,hotplug_method=virtio-mem,hotplugged_size=128M".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--api-socket".into(),
-        api.display().to_string(),
-    ]);
+    let mut chv = spawn_loop_guest(
+        &kit,
+        &[
+            "--memory",
+            "size=256M,hotplug_size=512M,hotplug_method=virtio-mem,hotplugged_size=128M",
+        ],
+        &api,
+    );
     chv.expect(READY, ABORT, BOOT_TIMEOUT);
     let mib = MIB as u64;
     let boot = wait_memtotal_above(&mut chv, 300 << 10, "CHK-VM0");

@@ -167,26 +167,23 @@ fn linux_snapshot_restore_continues_the_guest() {
     let disk = dir.path("disk.raw");
     let snap = dir.path("snap");
     write_disk(&disk, DISK_BEFORE);
-    let cmdline = format!("console=ttyS0 quiet panic=-1 guest_cmd=\"{GUEST_SCRIPT}\"");
-    let mut chv = Chv::spawn(&[
-        "--kernel".to_string(),
-        kit.kernel.display().to_string(),
-        "--initramfs".into(),
-        kit.initramfs.display().to_string(),
-        "--cmdline".into(),
-        cmdline,
-        "--memory".into(),
-        "size=256M".into(),
-        "--serial".into(),
-        "tty".into(),
-        "--console".into(),
-        "off".into(),
-        "--disk".into(),
-        format!("path={}", disk.display()),
-        "--api-socket".into(),
-        sock.display().to_string(),
-        "-v".into(),
-    ]);
+    let disk_arg = format!("path={}", disk.display());
+    let mut chv = Chv::spawn(&kit.args(
+        GUEST_SCRIPT,
+        &[
+            "--memory",
+            "size=256M",
+            "--serial",
+            "tty",
+            "--console",
+            "off",
+            "--disk",
+            &disk_arg,
+            "--api-socket",
+            &sock.display().to_string(),
+            "-v",
+        ],
+    ));
     chv.expect("TICK 3 ", ABORT, BOOT_TIMEOUT);
     let (status, body) = http(&sock, "PUT", "vm.pause", None);
     assert_eq!(status, 204, "vm.pause: {body}");
