@@ -181,6 +181,12 @@ pub fn stop_for_pause<H: QueueHandler>(
     Ok(Some((handler, broken)))
 }
 
+/// Whether a device needs a reset: it marked itself `broken`, or a
+/// handler error stopped one of its worker's queues.
+pub fn worker_broken<H: QueueHandler>(broken: bool, worker: &Option<WorkerHandle<H>>) -> bool {
+    broken || worker.as_ref().is_some_and(|w| w.is_broken())
+}
+
 /// Stops `worker` if one runs (device reset); false if it would not stop.
 pub fn stop_worker<H: QueueHandler>(worker: &mut Option<WorkerHandle<H>>) -> bool {
     match worker.take() {
@@ -551,6 +557,22 @@ pub fn prepare_queues(
         notifies.push((aq.index, aq.notify));
     }
     Ok((slots, notifies))
+}
+
+/// [`prepare_queues`] for a device with a single queue (named `what` in
+/// errors): that queue, and its notify eventfd for [`spawn_worker`].
+pub fn prepare_one_queue(
+    queues: Vec<ActivatedQueue>,
+    mem: &GuestMemory,
+    event_idx: bool,
+    what: &str,
+) -> Result<(Queue, Vec<(u16, EventFd)>), ActivateError> {
+    let (mut slots, notifies) = prepare_queues(queues, 1, mem, event_idx)?;
+    let queue = slots
+        .pop()
+        .flatten()
+        .ok_or_else(|| ActivateError::BadQueues(format!("{what} missing")))?;
+    Ok((queue, notifies))
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use crate::device::{
     VirtioDevice, VirtioInterrupt,
 };
 use crate::worker::{
-    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, worker_broken, ThreadSetup,
+    WorkerHandle,
 };
 
 /// Version of [`BalloonState`] this code writes and reads.
@@ -224,7 +225,7 @@ impl VirtioDevice for VirtioBalloon {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken, &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

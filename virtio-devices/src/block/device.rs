@@ -22,7 +22,8 @@ use crate::device::{
 };
 use crate::rate_limiter::{RateLimitGroup, RateLimiter};
 use crate::worker::{
-    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, worker_broken, ThreadSetup,
+    WorkerHandle,
 };
 
 /// Default size of each request queue.
@@ -311,7 +312,7 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken.load(Ordering::Acquire) || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken.load(Ordering::Acquire), &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

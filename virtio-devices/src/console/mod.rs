@@ -23,7 +23,9 @@ use crate::device::{
     state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory, PausedQueue,
     VirtioDevice, VirtioInterrupt,
 };
-use crate::worker::{prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle};
+use crate::worker::{
+    prepare_queues, spawn_worker, stop_for_pause, worker_broken, ThreadSetup, WorkerHandle,
+};
 
 pub use input::{ConsoleInput, INPUT_BUFFER_BYTES};
 use worker::ConsoleHandler;
@@ -227,7 +229,7 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken, &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

@@ -14,7 +14,9 @@ use crate::device::{
     copy_config, state_from_value, state_to_value, ActivateError, ActivatedQueue, GuestMemory,
     PausedQueue, VirtioDevice, VirtioInterrupt,
 };
-use crate::worker::{pause_one_queue, prepare_queues, spawn_worker, ThreadSetup, WorkerHandle};
+use crate::worker::{
+    pause_one_queue, prepare_one_queue, spawn_worker, worker_broken, ThreadSetup, WorkerHandle,
+};
 
 /// Virtio device ID of virtio-mem.
 pub const VIRTIO_ID_MEM: u32 = 24;
@@ -125,11 +127,7 @@ impl VirtioDevice for VirtioMem {
             return Err(ActivateError::Device("already active".into()));
         }
         let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let (mut slots, notifies) = prepare_queues(queues, 1, &mem, event_idx)?;
-        let queue = slots
-            .pop()
-            .flatten()
-            .ok_or_else(|| ActivateError::BadQueues("request queue missing".into()))?;
+        let (queue, notifies) = prepare_one_queue(queues, &mem, event_idx, "request queue")?;
         let handler = MemHandler {
             mem,
             interrupt: interrupt.clone(),
@@ -158,7 +156,7 @@ impl VirtioDevice for VirtioMem {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken, &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

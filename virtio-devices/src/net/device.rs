@@ -26,7 +26,8 @@ use crate::device::{
 };
 use crate::rate_limiter::{RateLimiter, RateLimits};
 use crate::worker::{
-    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, worker_broken, ThreadSetup,
+    WorkerHandle,
 };
 
 /// Default size of each queue (as Cloud Hypervisor).
@@ -410,8 +411,7 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn needs_reset(&self) -> bool {
-        self.rx_broken.load(Ordering::Acquire)
-            || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.rx_broken.load(Ordering::Acquire), &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

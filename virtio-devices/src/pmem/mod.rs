@@ -28,8 +28,8 @@ use crate::device::{
 };
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{
-    drain_queue, pause_one_queue, prepare_queues, spawn_worker, HandlerError, QueueHandler,
-    ThreadSetup, WorkerHandle,
+    drain_queue, pause_one_queue, prepare_one_queue, spawn_worker, worker_broken, HandlerError,
+    QueueHandler, ThreadSetup, WorkerHandle,
 };
 
 /// Virtio device type of virtio-pmem.
@@ -121,11 +121,7 @@ impl VirtioDevice for VirtioPmem {
             return Err(ActivateError::Device("already active".into()));
         }
         let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let (mut slots, notifies) = prepare_queues(queues, 1, &mem, event_idx)?;
-        let queue = slots
-            .pop()
-            .flatten()
-            .ok_or_else(|| ActivateError::BadQueues("request queue missing".into()))?;
+        let (queue, notifies) = prepare_one_queue(queues, &mem, event_idx, "request queue")?;
         let handler = PmemHandler {
             mem,
             interrupt,
@@ -151,7 +147,7 @@ impl VirtioDevice for VirtioPmem {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken, &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

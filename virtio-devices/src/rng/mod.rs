@@ -22,8 +22,8 @@ use crate::device::{
 };
 use crate::worker::chain::ChainBuffers;
 use crate::worker::{
-    drain_queue, pause_one_queue, prepare_queues, spawn_worker, HandlerError, QueueHandler,
-    ThreadSetup, WorkerHandle,
+    drain_queue, pause_one_queue, prepare_one_queue, spawn_worker, worker_broken, HandlerError,
+    QueueHandler, ThreadSetup, WorkerHandle,
 };
 
 /// Default entropy source.
@@ -123,11 +123,7 @@ impl VirtioDevice for VirtioRng {
             return Err(ActivateError::Device("already active".into()));
         }
         let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
-        let (mut slots, notifies) = prepare_queues(queues, 1, &mem, event_idx)?;
-        let queue = slots
-            .pop()
-            .flatten()
-            .ok_or_else(|| ActivateError::BadQueues("request queue missing".into()))?;
+        let (queue, notifies) = prepare_one_queue(queues, &mem, event_idx, "request queue")?;
         let source = self.source.try_clone().map_err(ActivateError::Worker)?;
         let handler = RngHandler {
             mem,
@@ -153,7 +149,7 @@ impl VirtioDevice for VirtioRng {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken, &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {

@@ -20,7 +20,8 @@ use crate::device::{
     VirtioDevice, VirtioInterrupt,
 };
 use crate::worker::{
-    paused_queues, prepare_queues, spawn_worker, stop_for_pause, ThreadSetup, WorkerHandle,
+    paused_queues, prepare_queues, spawn_worker, stop_for_pause, worker_broken, ThreadSetup,
+    WorkerHandle,
 };
 
 /// virtio device id of vsock.
@@ -240,7 +241,7 @@ impl VirtioDevice for VirtioVsock {
     }
 
     fn needs_reset(&self) -> bool {
-        self.broken.load(Ordering::Acquire) || self.worker.as_ref().is_some_and(|w| w.is_broken())
+        worker_broken(self.broken.load(Ordering::Acquire), &self.worker)
     }
 
     fn pause(&mut self) -> Result<Vec<PausedQueue>, ActivateError> {
