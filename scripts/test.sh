@@ -10,3 +10,7 @@ export CHV_BIN="$repo/target/debug/chv"
 cargo test --workspace --no-fail-fast -- --test-threads="${CHV_TEST_THREADS:-2}"
 # The benchmark scripts' own parsing and bookkeeping (no VM, a second).
 python3 scripts/bench/test_bench.py
+# Density guard rail: ten clones of one snapshot started at once must each
+# answer their first serial line, and no chv may die or panic. No timing
+# asserts (about a minute: one template boot, then the clones).
+python3 scripts/bench/density.py --quick --timeout 180 --json target/density-quick.json
