@@ -193,11 +193,17 @@ def start(g):
 
 
 def qemu_running(path):
+    """True once the clone runs. The template was saved stopped, so a
+    loaded clone stays paused ("inmigrate" while loading) until `cont`,
+    as chv's resume=true resumes it."""
     try:
-        r = qmp(path, {"execute": "query-status"})[0]
+        status = qmp(path, {"execute": "query-status"})[0].get("return", {}).get("status")
+        if status == "paused":
+            qmp(path, {"execute": "cont"})
+            return True
     except (OSError, ValueError):
         return False
-    return r.get("return", {}).get("status") == "running"
+    return status == "running"
 
 
 def ready_to_send(g, now):
