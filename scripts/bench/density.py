@@ -174,9 +174,12 @@ def qemu_template(qemu, kit, work):
 # --- one wave of N VMs ------------------------------------------------------
 
 class Guest:
-    def __init__(self, idx, argv, serial, err_path, marker, send):
+    def __init__(self, idx, argv, serial, err_path, marker, send, qmp_sock=None):
         self.idx, self.argv, self.serial, self.err_path = idx, argv, serial, err_path
         self.marker, self.send = marker, send
+        # QEMU: the line is sent once QMP says the VM runs (QEMU loses what
+        # reaches the UART while its incoming migration is still loading).
+        self.qmp, self.polled = qmp_sock, 0.0
         self.proc = self.conn = None
         self.buf = b""
         self.t_exec = self.t_answer = None
@@ -187,6 +190,29 @@ def start(g):
     g.t_exec = time.monotonic()
     g.proc = subprocess.Popen(g.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=g.err)
+
+
+def qemu_running(path):
+    """True once the clone runs. The template was saved stopped, so a
+    loaded clone stays paused ("inmigrate" while loading) until `cont`,
+    as chv's resume=true resumes it."""
+    try:
+        status = qmp(path, {"execute": "query-status"})[0].get("return", {}).get("status")
+        if status == "paused":
+            qmp(path, {"execute": "cont"})
+            return True
+    except (OSError, ValueError):
+        return False
+    return status == "running"
+
+
+def ready_to_send(g, now):
+    if g.qmp is None:
+        return True
+    if now - g.polled < 0.01:
+        return False
+    g.polled = now
+    return qemu_running(g.qmp)
 
 
 def wave(guests, timeout):
@@ -200,6 +226,7 @@ def wave(guests, timeout):
     end = time.monotonic() + timeout
     pending = set(range(len(guests)))
     while pending and time.monotonic() < end:
+        now = time.monotonic()
         for i in list(pending):
             g = guests[i]
             if g.proc.poll() is not None:
@@ -216,10 +243,11 @@ def wave(guests, timeout):
                 s.setblocking(False)
                 g.conn = s
                 sel.register(s, selectors.EVENT_READ, g)
-                # Sent once: a clone that loses its first line fails the
-                # wave (the guard rail exists to catch that).
-                if g.send:
-                    s.sendall(b"1\n")
+            # Sent once: a clone that loses its first line fails the wave
+            # (the guard rail exists to catch that).
+            if g.conn is not None and g.send and ready_to_send(g, now):
+                g.conn.sendall(b"1\n")
+                g.send = False
         for key, _ in sel.select(timeout=0.002):
             g = key.data
             try:
@@ -304,9 +332,11 @@ def run_wave(kind, vmm, n, exe, kit, snap, work, timeout, n_cpus):
         else:
             argv = qemu_base_argv(exe, kit, f"unix:{ser},server=on,wait=off")
             if kind == "clone":
-                argv += ["-incoming", f"exec:cat {snap}"]
+                argv += ["-incoming", f"exec:cat {snap}",
+                         "-qmp", f"unix:{os.path.join(d, f'{i}.qmp')},server=on,wait=off"]
         clone = kind == "clone"
-        guests.append(Guest(i, argv, ser, err, ANSWER if clone else READY, clone))
+        qmp_sock = os.path.join(d, f"{i}.qmp") if clone and vmm == "qemu" else None
+        guests.append(Guest(i, argv, ser, err, ANSWER if clone else READY, clone, qmp_sock))
     mem_before = mem_available_kib()
     try:
         t_first, failures = wave(guests, timeout)
