@@ -43,10 +43,12 @@ def ensure_chv(chv):
 
 
 def chv_argv(chv, kernel, initrd, cmdline, mem_mib, api=None, disk=None, tap=None, cpus=1,
-             shared=False):
+             shared=False, memory_opts=""):
     """chv command line: serial console on stdout, optional API socket, disk, tap;
-    shared=True backs guest RAM with a shared memfd (vhost-user backends map it)."""
-    memory = f"size={mem_mib}M" + (",shared=on" if shared else "")
+    shared=True backs guest RAM with a shared memfd (vhost-user backends map it);
+    memory_opts is appended to --memory (e.g. "hotplug_method=virtio-mem,...")."""
+    memory = f"size={mem_mib}M" + (",shared=on" if shared else "") + (
+        f",{memory_opts}" if memory_opts else "")
     argv = [chv, "--kernel", kernel, "--initramfs", initrd, "--cmdline", cmdline,
             "--cpus", f"boot={cpus}", "--memory", memory,
             "--serial", "tty", "--console", "off"]
@@ -60,16 +62,17 @@ def chv_argv(chv, kernel, initrd, cmdline, mem_mib, api=None, disk=None, tap=Non
 
 
 def qemu_argv(qemu, kernel, initrd, cmdline, mem_mib, qmp=None, disk=None, tap=None, cpus=1,
-              shared=False):
+              shared=False, machine=None, maxmem_mib=None):
     """QEMU microvm command line as in the kit README; PCIe only when devices are added
-    (or shared=True, which also backs guest RAM with a shared memfd for vhost-user)."""
-    machine = "microvm,acpi=on" + (",pcie=on" if disk or tap or shared else "")
+    (or shared=True, which also backs guest RAM with a shared memfd for vhost-user).
+    machine replaces the -M value (e.g. "q35,acpi=on"); maxmem_mib adds -m ...,maxmem=."""
+    machine = machine or "microvm,acpi=on" + (",pcie=on" if disk or tap or shared else "")
     if shared:
         machine += ",memory-backend=ram0"
     # debug-threads names the vCPU threads "CPU N/KVM" (see cpu_split).
     argv = [qemu, "-M", machine, "-name", "qemu,debug-threads=on", "-enable-kvm", "-cpu", QEMU_CPU,
             "-smp", str(cpus),
-            "-m", f"{mem_mib}M", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-m", f"{mem_mib}M" + (f",maxmem={maxmem_mib}M" if maxmem_mib else ""), "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
             "-serial", "stdio", "-kernel", kernel, "-initrd", initrd, "-append", cmdline]
     if shared:
         argv += ["-object", f"memory-backend-memfd,id=ram0,size={mem_mib}M,share=on"]
@@ -85,18 +88,20 @@ def qemu_argv(qemu, kernel, initrd, cmdline, mem_mib, qmp=None, disk=None, tap=N
 
 
 def run_serial(argv, timeout, on_marker=None, markers=(b"GUEST-READY",), kill_after=None,
-               on_start=None, abort_if=None):
+               on_start=None, abort_if=None, feed_stdin=False):
     """Runs a VMM whose serial console is its stdout.
 
     Returns {"marks": {marker: seconds since exec}, "total_s", "exit", "output"}.
     on_start(start, proc) runs right after the exec (start: its monotonic time).
     on_marker(marker, proc) is called as soon as a marker appears (e.g. to read
     /proc/PID/smaps at GUEST-READY); a dict it returns is merged into the
-    result. kill_after=marker stops the VMM after that marker.
+    result. kill_after=marker stops the VMM after that marker. feed_stdin=True gives
+    the VMM a pipe as stdin (the guest's console input: proc.stdin in on_marker).
     Raises RuntimeError on a timeout or a guest kernel panic.
     """
     start = time.monotonic()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE if feed_stdin else subprocess.DEVNULL,
+                         stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
     if on_start:
         on_start(start, p)
@@ -195,20 +200,32 @@ def guest_ram_rss_kib(maps, vmm, mem_mib):
     sizes = guest_ram_sizes(mem_mib) if vmm == "chv" else [mem_mib * MIB]
     total = 0
     for want in sizes:
-        cands = [rss for size, rss in maps if want <= size <= want + MIB]
-        if len(cands) != 1:
+        rss = mapping_rss_kib(maps, want)
+        if rss is None:
             return None
-        total += cands[0]
+        total += rss
     return total
+
+
+def mapping_rss_kib(maps, want):
+    """Rss in KiB of the one anonymous mapping of `want` bytes (up to 1 MiB more,
+    see guest_ram_rss_kib), or None when there is none or more than one."""
+    cands = [rss for size, rss in maps if want <= size <= want + MIB]
+    return cands[0] if len(cands) == 1 else None
+
+
+def status_value(pid, field):
+    """The number of a /proc/PID/status field (VmRSS is in KiB), or None."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
 
 
 def threads(pid):
     """Thread count of a process (/proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Threads:"):
-                return int(line.split()[1])
-    return None
+    return status_value(pid, "Threads")
 
 
 def cpu_split(pid):
@@ -295,6 +312,25 @@ def ping_ok(sock):
     return http_unix(sock, "GET", "vmm.ping", timeout=2)[0] == 200
 
 
+def qmp(sock, *commands):
+    """Runs QMP commands in one session; returns their replies."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(sock)
+        f = s.makefile("rwb")
+        f.readline()  # greeting
+        replies = []
+        for cmd in ({"execute": "qmp_capabilities"},) + commands:
+            f.write(json.dumps(cmd).encode() + b"\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "event" not in reply:
+                    break
+            replies.append(reply)
+    return replies[1:]
+
+
 def qmp_ok(sock):
     """True when QEMU's QMP greets and answers qmp_capabilities with a return."""
     with socket.socket(socket.AF_UNIX) as s:
@@ -329,11 +365,16 @@ def parse_chvblk(text, where):
 
 # --- bench initramfs --------------------------------------------------------
 
-def build_chvblk(out):
-    """Compiles chvblk.c (static, freestanding, a few KiB) to `out`."""
+def build_tool(source, out):
+    """Compiles a guest tool (chvblk.c, chvmem.c: static, freestanding, a few KiB) to `out`."""
     subprocess.run(["gcc", "-static", "-O2", "-nostdlib", "-ffreestanding", "-fno-stack-protector",
-                    "-fno-builtin", "-s", "-o", out, os.path.join(HERE, "chvblk.c")], check=True)
+                    "-fno-builtin", "-s", "-o", out, os.path.join(HERE, source)], check=True)
     return out
+
+
+def build_chvblk(out):
+    """Compiles chvblk.c to `out`."""
+    return build_tool("chvblk.c", out)
 
 
 def newc_entry(name, mode, data, ino):

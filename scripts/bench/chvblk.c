@@ -14,93 +14,21 @@
  * (the 1 MiB buffer is faulted in before the first phase, untimed).
  * A phase with a count of 0 is skipped. Errors print "CHVBLK-ERROR <where> <errno>".
  *
- * Built freestanding (no libc: gcc -static -O2 -nostdlib) so it adds a few
- * KiB to the initramfs rather than the ~700 KiB of a static glibc binary;
- * each initramfs byte costs guest boot time on this host.
+ * Built freestanding, see chvsys.h.
  */
-typedef unsigned long u64;
-typedef long i64;
+#include "chvsys.h"
 
-#define SYS_read 0
-#define SYS_write 1
-#define SYS_open 2
-#define SYS_lseek 8
-#define SYS_pread64 17
-#define SYS_clock_gettime 228
-#define SYS_exit_group 231
 #define O_RDWR 02
 #define O_DIRECT 040000
-#define CLOCK_MONOTONIC 1
 #define SEEK_SET 0
 #define SEEK_END 2
-#define MIB (1UL << 20)
 #define BLK 4096UL
-
-static i64 sys3(i64 n, i64 a, i64 b, i64 c)
-{
-	i64 ret;
-	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
-	return ret;
-}
-
-static i64 sys4(i64 n, i64 a, i64 b, i64 c, i64 d)
-{
-	i64 ret;
-	register i64 r10 __asm__("r10") = d;
-	__asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
-	return ret;
-}
 
 static char buf[MIB] __attribute__((aligned(4096)));
 
-static u64 slen(const char *s)
-{
-	u64 n = 0;
-	while (s[n])
-		n++;
-	return n;
-}
-
-static void out(const char *s)
-{
-	sys3(SYS_write, 1, (i64)s, (i64)slen(s));
-}
-
-static void out_u64(u64 v)
-{
-	char d[24];
-	int i = 23;
-	d[i] = 0;
-	do {
-		d[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v && i > 0);
-	out(d + i);
-}
-
-static u64 parse(const char *s)
-{
-	u64 v = 0;
-	while (*s >= '0' && *s <= '9')
-		v = v * 10 + (u64)(*s++ - '0');
-	return v;
-}
-
-static u64 now_ns(void)
-{
-	i64 ts[2] = {0, 0};
-	sys3(SYS_clock_gettime, CLOCK_MONOTONIC, (i64)ts, 0);
-	return (u64)ts[0] * 1000000000UL + (u64)ts[1];
-}
-
 static void fail(const char *where, i64 err)
 {
-	out("CHVBLK-ERROR ");
-	out(where);
-	out(" ");
-	out_u64((u64)-err);
-	out("\n");
-	sys3(SYS_exit_group, 1, 0, 0);
+	fail_as("CHVBLK", where, err);
 }
 
 static void report(const char *what, u64 n, u64 ns)
@@ -170,7 +98,7 @@ static int run(int argc, char **argv)
 			x ^= x << 13; /* xorshift64 */
 			x ^= x >> 7;
 			x ^= x << 17;
-			i64 r = sys4(SYS_pread64, fd, (i64)buf, (i64)BLK, (i64)((x % blocks) * BLK));
+			i64 r = sys6(SYS_pread64, fd, (i64)buf, (i64)BLK, (i64)((x % blocks) * BLK), 0, 0);
 			if (r != (i64)BLK)
 				fail("pread", r < 0 ? r : -5);
 		}
@@ -178,13 +106,3 @@ static int run(int argc, char **argv)
 	}
 	return 0;
 }
-
-/* Entry point: the kernel leaves argc at (%rsp), argv right above it. */
-__attribute__((used)) static void cstart(i64 *sp)
-{
-	int argc = (int)sp[0];
-	char **argv = (char **)(sp + 1);
-	sys3(SYS_exit_group, run(argc, argv), 0, 0);
-}
-
-__asm__(".globl _start\n_start:\n\tmov %rsp, %rdi\n\tand $-16, %rsp\n\tcall cstart\n\thlt\n");

@@ -82,26 +82,6 @@ def wait_file(path, pattern, timeout, proc=None):
     return False
 
 
-def qmp(sock, *commands):
-    """Runs QMP commands in one session; returns their replies."""
-    s = socket.socket(socket.AF_UNIX)
-    s.settimeout(60)
-    s.connect(sock)
-    f = s.makefile("rwb")
-    f.readline()  # greeting
-    replies = []
-    for cmd in ({"execute": "qmp_capabilities"},) + commands:
-        f.write(json.dumps(cmd).encode() + b"\n")
-        f.flush()
-        while True:
-            reply = json.loads(f.readline())
-            if "event" not in reply:
-                break
-        replies.append(reply)
-    s.close()
-    return replies[1:]
-
-
 # --- templates --------------------------------------------------------------
 
 def chv_template(chv, kit, work):
@@ -154,10 +134,10 @@ def qemu_template(qemu, kit, work):
         boot_s = time.monotonic() - t0
         time.sleep(0.5)
         state = os.path.join(work, "qemu-state")
-        qmp(q, {"execute": "stop"},
+        B.qmp(q, {"execute": "stop"},
             {"execute": "migrate", "arguments": {"uri": f"exec:cat > {state}"}})
         for _ in range(1200):
-            r = qmp(q, {"execute": "query-migrate"})[0]["return"]
+            r = B.qmp(q, {"execute": "query-migrate"})[0]["return"]
             if r.get("status") == "completed":
                 break
             if r.get("status") == "failed":
