@@ -14,7 +14,7 @@
 //! Serial input (which the 16550 cannot pull itself) is fed by a
 //! `serial-input` thread that waits for room in the receive FIFO.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -345,4 +345,31 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
         ErrorKind::AddrInUse,
         "another process serves this socket",
     ))
+}
+
+/// The host end a console's output goes to when chv opens it itself:
+/// stdout (`tty`), the file (`file=PATH`, appended to), or nothing (`off`,
+/// `null`, and `pty`/`socket`, whose ends [`HostConsole`] opens). `what`
+/// names the option in errors.
+pub fn open_output(
+    cfg: &ConsoleConfig,
+    what: &str,
+) -> Result<Option<Box<dyn Write + Send>>, String> {
+    Ok(match cfg.mode {
+        ConsoleOutputMode::Off | ConsoleOutputMode::Null => None,
+        ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => None,
+        ConsoleOutputMode::Tty => Some(Box::new(std::io::stdout())),
+        ConsoleOutputMode::File => {
+            let path = cfg
+                .file
+                .as_ref()
+                .ok_or_else(|| format!("--{what}: file mode needs a path (file=PATH)"))?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("--{what}: cannot open {}: {e}", path.display()))?;
+            Some(Box::new(f))
+        }
+    })
 }

@@ -1,8 +1,7 @@
 //! One guest: its KVM VM, memory, devices and vCPU threads, from creation to
 //! the moment the guest powers off or resets.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
@@ -18,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use std::path::Path;
 
-use crate::config::{ConsoleConfig, ConsoleOutputMode, VmConfig};
+use crate::config::{ConsoleOutputMode, VmConfig};
 use crate::console_host::HostConsole;
 use crate::control_loop::ThreadFilters;
 use crate::device_manager::DeviceManager;
@@ -99,28 +98,6 @@ pub struct Vm {
     pub pty_paths: [Option<std::path::PathBuf>; 2],
     /// Guest address of the VM generation ID, if the guest has one.
     generation_id: Option<u64>,
-}
-
-fn open_output(cfg: &ConsoleConfig, what: &str) -> Result<Option<Box<dyn Write + Send>>, VmmError> {
-    Ok(match cfg.mode {
-        ConsoleOutputMode::Off | ConsoleOutputMode::Null => None,
-        // Opened by `HostConsole`.
-        ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => None,
-        ConsoleOutputMode::Tty => Some(Box::new(std::io::stdout())),
-        ConsoleOutputMode::File => {
-            let path = cfg.file.as_ref().ok_or_else(|| {
-                VmmError::Config(format!("--{what}: file mode needs a path (file=PATH)"))
-            })?;
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    VmmError::Config(format!("--{what}: cannot open {}: {e}", path.display()))
-                })?;
-            Some(Box::new(f))
-        }
-    })
 }
 
 fn open_payload(path: &std::path::Path, what: &str) -> Result<File, VmmError> {
@@ -320,7 +297,10 @@ impl Vm {
         let serial_out = match (&config.serial.mode, &serial_host) {
             (ConsoleOutputMode::Off, _) => None,
             (_, Some(host)) => Some(Some(host.output().map_err(VmmError::Thread)?)),
-            _ => Some(open_output(&config.serial, "serial")?),
+            _ => Some(
+                crate::console_host::open_output(&config.serial, "serial")
+                    .map_err(VmmError::Config)?,
+            ),
         };
         let ram = arch::ram_regions(boot_ram);
         let legacy = PlatformDevices::new(PlatformContext {

@@ -2,8 +2,6 @@
 //! image, the tap, the vsock socket, the console's host end and the rng
 //! source, and the balloon and virtio-mem devices over guest RAM.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -20,7 +18,7 @@ use super::{lock, DeviceManager};
 use crate::config::{
     ConsoleConfig, ConsoleOutputMode, DiskConfig, NetConfig, RngConfig, VsockConfig,
 };
-use crate::console_host::HostConsole;
+use crate::console_host::{open_output, HostConsole};
 use crate::VmmError;
 
 /// The guest MAC a `--net` entry names, if any.
@@ -156,29 +154,14 @@ impl DeviceManager {
         &mut self,
         console: &ConsoleConfig,
     ) -> Result<Box<dyn VirtioDevice>, VmmError> {
-        let (output, input): (Option<Box<dyn Write + Send>>, _) = match console.mode {
+        let (output, input) = match console.mode {
             ConsoleOutputMode::Tty => {
                 let stdin = std::io::stdin()
                     .as_fd()
                     .try_clone_to_owned()
                     .map_err(|e| VmmError::Config(format!("--console: cannot use stdin: {e}")))?;
-                (
-                    Some(Box::new(std::io::stdout())),
-                    Some(std::fs::File::from(stdin)),
-                )
-            }
-            ConsoleOutputMode::File => {
-                let path = console.file.as_ref().ok_or_else(|| {
-                    VmmError::Config("--console: file mode needs file=PATH".into())
-                })?;
-                let f = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| {
-                        VmmError::Config(format!("--console: cannot open {}: {e}", path.display()))
-                    })?;
-                (Some(Box::new(f)), None)
+                let output = open_output(console, "console").map_err(VmmError::Config)?;
+                (output, Some(std::fs::File::from(stdin)))
             }
             ConsoleOutputMode::Pty | ConsoleOutputMode::Socket => {
                 let host = HostConsole::open(console, "console", self.thread_setup.clone())
@@ -189,7 +172,10 @@ impl DeviceManager {
                 self.console_pty = host.pty_path;
                 (Some(output), Some(input))
             }
-            _ => (None, None),
+            _ => (
+                open_output(console, "console").map_err(VmmError::Config)?,
+                None,
+            ),
         };
         let mut dev = VirtioConsole::new(output, input)
             .map_err(|e| VmmError::Config(format!("--console: {e}")))?;
