@@ -23,6 +23,9 @@ medians and chv/QEMU ratios and writes all runs and medians as JSON.
   vhost      sequential and 4 KiB random reads on virtio-fs (virtiofsd) and
              vhost-user-blk (qemu-storage-daemon) against the in-process
              virtio-blk, chv and QEMU (scripts/bench/vhost.py; own table)
+  memory     the guest touches and frees 64 MiB: host VmRSS/PSS before, at
+             the peak and after, balloon free page reporting and virtio-mem,
+             chv and QEMU (scripts/bench/memory.py; own table)
 
 block and net share one boot per VMM and pair (disk + NIC attached).
 
@@ -46,7 +49,7 @@ import benchlib as B  # noqa: E402
 from block import host_dd  # noqa: E402
 from net import GUEST_IP, HOST_IP  # noqa: E402
 
-BENCHES = ("boot", "footprint", "block", "net", "api", "snapshot", "density", "vhost")
+BENCHES = ("boot", "footprint", "block", "net", "api", "snapshot", "density", "vhost", "memory")
 BOOT_CMDLINE = "console=ttyS0 quiet panic=-1 -- echo hello"
 MEM_MIB = 128
 QTAP, CTAP = "qtap0", "btap0"
@@ -413,20 +416,17 @@ def main():
                 attempt("chv", "api", lambda: api_run(args.chv))
             if snap_ok:
                 attempt("chv", "snapshot", lambda: snapshot_run(args.chv, kit, work))
-        if "density" in only:
-            # Its own waves and table (not paired runs): density.py.
-            extra = ["--quick"] if args.quick else []
-            rc = subprocess.run([sys.executable, os.path.join(HERE, "density.py"), "--chv",
-                                 args.chv, "--json", args.json + ".density.json", *extra]).returncode
+        # These print their own tables (not paired runs of one VM each).
+        own = {"density": ["--quick"] if args.quick else [],
+               "vhost": ["--quick"] if args.quick else ["--pairs", str(args.pairs)],
+               "memory": ["--quick"] if args.quick else ["--pairs", str(args.pairs)]}
+        for bench, extra in own.items():
+            if bench not in only:
+                continue
+            rc = subprocess.run([sys.executable, os.path.join(HERE, f"{bench}.py"), "--chv",
+                                 args.chv, "--json", f"{args.json}.{bench}.json", *extra]).returncode
             if rc:
-                failures.append(f"density: density.py exited with {rc}")
-        if "vhost" in only:
-            # Its own table (three I/O paths per VMM): vhost.py.
-            extra = ["--quick"] if args.quick else ["--pairs", str(args.pairs)]
-            rc = subprocess.run([sys.executable, os.path.join(HERE, "vhost.py"), "--chv", args.chv,
-                                 "--json", args.json + ".vhost.json", *extra]).returncode
-            if rc:
-                failures.append(f"vhost: vhost.py exited with {rc}")
+                failures.append(f"{bench}: {bench}.py exited with {rc}")
     finally:
         if ns:
             subprocess.run(["ip", "netns", "del", ns])
@@ -441,7 +441,7 @@ def main():
         log(f"sizes: read {args.read_mib} MiB, write {args.write_mib} MiB, {args.rand_ops} random "
             f"reads on a {args.image_mib} MiB image; TCP {args.net_kib} KiB each way")
     rows = table(med, ratios, only)
-    if rows.count("\n") > 1:  # more than the header (vhost and density print their own)
+    if rows.count("\n") > 1:  # more than the header (vhost, density and memory print their own)
         log(rows)
     for n in notes:
         log(n)

@@ -9,6 +9,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import all as allbench  # noqa: E402
 import benchlib as B  # noqa: E402
+import memory as memorybench  # noqa: E402
 import vhost as vhostbench  # noqa: E402
 
 MIB = 1 << 20
@@ -74,6 +75,40 @@ class Parsing(unittest.TestCase):
             vhostbench.parse_guest(out[:out.index("DEV fs")], sizes, "t")
         with self.assertRaises(RuntimeError):  # a disk of another size
             vhostbench.parse_guest(out.replace(f"vdb {32 * 2048}", "vdb 8"), sizes, "t")
+
+
+class MemoryBookkeeping(unittest.TestCase):
+    def test_stable_since_finds_the_final_level(self):
+        samples = [(0, 100_000), (1, 60_000), (2, 30_500), (3, 30_000), (4, 30_900)]
+        self.assertEqual(memorybench.stable_since(samples), 2)
+        self.assertIsNone(memorybench.stable_since([]))
+
+    def test_settled_needs_the_quiet_time(self):
+        samples = [(0, 100_000), (5, 30_000), (9, 30_200)]
+        self.assertFalse(memorybench.is_settled(samples, quiet_s=5))
+        self.assertTrue(memorybench.is_settled(samples + [(10, 30_100)], quiet_s=5))
+        # A value still falling by more than the tolerance is not settled.
+        self.assertFalse(memorybench.is_settled([(0, 9000), (10, 7000), (20, 5000)], 5))
+
+    def test_figures_rise_and_drops(self):
+        stages = {"before": {"rss_kib": 20_000, "pss_kib": 19_000},
+                  "peak": {"rss_kib": 85_536, "pss_kib": 84_000},
+                  "free": {"rss_kib": 36_384, "pss_kib": None},
+                  "shrink": {"rss_kib": 20_000}}
+        f = memorybench.figures(stages, 65_536)
+        self.assertAlmostEqual(f["rise_frac"], 1.0)
+        self.assertAlmostEqual(f["drop_free_frac"], 0.75)
+        self.assertAlmostEqual(f["drop_shrink_frac"], 1.0)
+        self.assertEqual(f["pss_before_kib"], 19_000)
+        self.assertNotIn("pss_free_kib", f)
+        # No peak: no fractions.
+        self.assertNotIn("rise_frac", memorybench.figures({"before": {"rss_kib": 1}}, 65_536))
+
+    def test_parse_touched(self):
+        out = "GUEST-READY\r\nCHVMEM-TOUCHED 67108864 2500000000\r\n"
+        self.assertEqual(memorybench.parse_touched(out), (67108864, 2.5))
+        self.assertIsNone(memorybench.parse_touched("CHVMEM-TOUCHED x 1\n"))
+        self.assertIsNone(memorybench.parse_touched("CHVMEM-TOUCHED 12\n"))
 
 
 class Initramfs(unittest.TestCase):
