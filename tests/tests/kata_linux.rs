@@ -12,14 +12,17 @@
 //!    virtio-fs device on PCI segment 1 mounted and read, the NIC's MAC;
 //! 4. `vm.add-disk` hot-plug answered 200 with `bdf` `0000:00:DD.0`, seen by
 //!    the guest; `vm.resize` of the vCPUs (and to the current count) within
-//!    a second, followed by `vm.info`;
+//!    a second, followed by `vm.info`; `vm.resize` `desired_ram` (ACPI
+//!    hotplug): virtiofsd maps the new RAM region, and the guest onlines
+//!    it and still reads the share;
 //! 5. `vm.pause`, `vm.snapshot`; the snapshot holds `config.json` and
 //!    `state.json`; `config.json` is edited as Kata edits it (a new
 //!    virtio-fs socket and vsock socket), `vmm.shutdown` is answered before
 //!    chv exits;
 //! 6. a new chv restores the edited snapshot with the tap fd passed to
 //!    `vm.restore` (`net_fds`), resumes, and the guest reads the share
-//!    again through the new virtiofsd; the new vsock socket exists.
+//!    again through the new virtiofsd, which maps boot and hot-added RAM;
+//!    the new vsock socket exists.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -60,6 +63,18 @@ impl Virtiofsd {
             std::thread::sleep(Duration::from_millis(20));
         }
         Self(child)
+    }
+}
+
+impl Virtiofsd {
+    /// How many of chv's guest RAM memfds (`memfd:chv-guest-ram`) this
+    /// virtiofsd has mapped: one per region of the memory table it got.
+    fn ram_regions(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.0.id()))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("memfd:chv-guest-ram"))
+            .count()
     }
 }
 
@@ -305,7 +320,9 @@ fn kata_driven_lifecycle() {
     );
     chv.check(value(&chv, "CHK-ONLINE") == "0-2", "hot-added vCPU online");
 
-    // Kata grows memory for a container's limit with desired_ram.
+    // Kata grows memory for a container's limit with desired_ram; the
+    // hot-added RAM goes to the running virtiofsd (ADD_MEM_REG).
+    let regions_before = _fsd_a.ram_regions();
     let r = call(
         &chv,
         &mut api,
@@ -320,6 +337,25 @@ fn kata_driven_lifecycle() {
     chv.check(
         v["config"]["memory"]["size"] == 536870912u64 && v["memory_actual_size"] == 536870912u64,
         &format!("vm.info after desired_ram: {}", r.body),
+    );
+    let regions_after = _fsd_a.ram_regions();
+    chv.check(
+        regions_before >= 1 && regions_after == regions_before + 1,
+        &format!("virtiofsd maps the hot-added RAM: {regions_before} -> {regions_after} regions"),
+    );
+    // The guest onlines the new memory and keeps using the share.
+    guest(
+        &mut chv,
+        "i=0; while [ $(awk '/MemTotal/{print $2}' /proc/meminfo) -lt 400000 ] && [ $i -lt 60 ]; \
+         do sleep 1; i=$((i+1)); done; \
+         echo CHK-GROWN:$(awk '/MemTotal/{print $2}' /proc/meminfo):$(cat /mnt/hello)",
+        "CHK-GROWN:",
+    );
+    let grown = value(&chv, "CHK-GROWN");
+    let (kib, text) = grown.split_once(':').unwrap_or(("0", ""));
+    chv.check(
+        kib.parse::<u64>().unwrap_or(0) >= 400_000 && text == "from-the-host",
+        &format!("after desired_ram the guest has the memory and the share: {grown}"),
     );
 
     // 5. Snapshot; edit config.json as Kata does; vmm.shutdown.
@@ -389,6 +425,13 @@ fn kata_driven_lifecycle() {
     chv.check(
         value(&chv, "CHK-AFTER") == "from-the-host:0-2",
         "after restore: the share through the new virtiofsd, 3 vCPUs",
+    );
+    chv.check(
+        _fsd_b.ram_regions() == regions_after,
+        &format!(
+            "the new virtiofsd maps the boot and the hot-added RAM: {} regions, want {regions_after}",
+            _fsd_b.ram_regions()
+        ),
     );
     let r = call(&chv, &mut api, "PUT", "vmm.shutdown", None, &[]);
     expect_status(&chv, &r, &[200, 204], "vmm.shutdown after restore");

@@ -179,6 +179,16 @@ pub trait VirtioDevice: Send {
             self.name()
         )))
     }
+    /// Guest RAM grew (ACPI memory hotplug): `mem`, already in the shared
+    /// [`GuestMemory`], has regions it did not have. Devices whose queues
+    /// are served outside the VMM (vhost-user backends) hand the new
+    /// regions on; the others read the shared map on every request and
+    /// have nothing to do. An error means the device could not: it then
+    /// reports DEVICE_NEEDS_RESET, and the memory stays added.
+    fn memory_added(&mut self, mem: &GuestMemoryMmap) -> Result<(), ActivateError> {
+        let _ = mem;
+        Ok(())
+    }
     /// Called (paused or never activated) right before
     /// [`Self::snapshot_state`]: devices whose state lives outside the VMM
     /// (a vhost-user backend's) fetch it here; an error refuses the

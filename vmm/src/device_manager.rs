@@ -445,11 +445,26 @@ impl DeviceManager {
     }
 
     /// Gives every device the guest memory `memory` (after RAM was
-    /// hot-added): workers read the shared map on each request.
+    /// hot-added): workers read the shared map on each request, and each
+    /// vhost-user device sends the new regions to its backend
+    /// ([`VirtioPciDevice::memory_added`]). A device that cannot is marked
+    /// DEVICE_NEEDS_RESET and logged, and the memory stays added: the
+    /// resize succeeds for the guest and the other devices (the broken
+    /// device's reset sends the whole table to its backend again). Every
+    /// exchange with a backend has a deadline, so this never hangs.
     pub fn update_memory(&self, memory: &vm_memory::GuestMemoryMmap) {
         match self.mem.lock() {
             Ok(guard) => guard.replace(memory.clone()),
             Err(e) => log::error!("cannot hand the devices the new guest memory: {e}"),
+        }
+        let transports: Vec<(String, SharedVirtioPci)> = lock(&self.devices)
+            .iter()
+            .map(|d| (d.id.clone(), d.device.clone()))
+            .collect();
+        for (id, transport) in transports {
+            if let Err(e) = lock(&transport).memory_added(memory) {
+                log::error!("{id}: {e}; the device needs a reset");
+            }
         }
     }
 

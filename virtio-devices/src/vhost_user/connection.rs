@@ -13,7 +13,7 @@ use std::time::Duration;
 use log::info;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
-    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures,
+    VhostUserHeaderFlag, VhostUserInflight, VhostUserProtocolFeatures, MAX_ATTACHED_FD_ENTRIES,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -43,6 +43,7 @@ fn wanted_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::DEVICE_STATE
         | VhostUserProtocolFeatures::STATUS
         | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
 }
 
 /// The backend's shared record of requests in flight
@@ -98,6 +99,11 @@ pub struct VhostUserConnection {
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
     broken: bool,
+    /// The guest regions (start, length) the backend was given, in the
+    /// order it got them; empty until the first memory table.
+    mapped: Vec<(u64, u64)>,
+    /// `GET_MAX_MEM_SLOTS`, asked the first time a region is added.
+    max_mem_slots: Option<u64>,
 }
 
 impl VhostUserConnection {
@@ -137,6 +143,8 @@ impl VhostUserConnection {
             backend_features: 0,
             protocol: VhostUserProtocolFeatures::empty(),
             broken: false,
+            mapped: Vec::new(),
+            max_mem_slots: None,
         };
         conn.negotiate(num_queues)?;
         Ok(conn)
@@ -275,9 +283,73 @@ impl VhostUserConnection {
     ) -> Result<(), VhostUserError> {
         let features = features | (self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES);
         self.call("SET_FEATURES", |f| f.set_features(features))?;
+        self.send_mem_table(mem)
+    }
+
+    /// `SET_MEM_TABLE` with every region of `mem`.
+    fn send_mem_table(&mut self, mem: &GuestMemoryMmap) -> Result<(), VhostUserError> {
         let regions = memory_table(mem)?;
+        if regions.len() > MAX_ATTACHED_FD_ENTRIES {
+            return Err(VhostUserError::MemSlots {
+                regions: regions.len(),
+                max: MAX_ATTACHED_FD_ENTRIES as u64,
+            });
+        }
+        self.mapped.clear();
         self.call("SET_MEM_TABLE", |f| f.set_mem_table(&regions))?;
+        self.mapped = regions
+            .iter()
+            .map(|r| (r.guest_phys_addr, r.memory_size))
+            .collect();
         Ok(())
+    }
+
+    /// Whether hot-added RAM goes to the backend one region at a time
+    /// (`ADD_MEM_REG`) rather than in a whole new `SET_MEM_TABLE`.
+    pub fn supports_mem_slots(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    }
+
+    /// Hands the backend the regions of `mem` it has not mapped yet (RAM
+    /// hot-added since its memory table went out): `ADD_MEM_REG` for each
+    /// with `VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS`, the whole table
+    /// again with `SET_MEM_TABLE` without it. Returns how many regions
+    /// were new; a connection that has sent no table yet sends nothing
+    /// (activation sends the whole table). Regions past the backend's
+    /// `GET_MAX_MEM_SLOTS` are refused before anything is sent.
+    pub fn add_memory(&mut self, mem: &GuestMemoryMmap) -> Result<usize, VhostUserError> {
+        if self.mapped.is_empty() {
+            return Ok(0);
+        }
+        let new: Vec<VhostUserMemoryRegionInfo> = memory_table(mem)?
+            .into_iter()
+            .filter(|r| !self.mapped.contains(&(r.guest_phys_addr, r.memory_size)))
+            .collect();
+        if new.is_empty() {
+            return Ok(0);
+        }
+        if !self.supports_mem_slots() {
+            self.send_mem_table(mem)?;
+            return Ok(new.len());
+        }
+        let max = match self.max_mem_slots {
+            Some(max) => max,
+            None => {
+                let max = self.call("GET_MAX_MEM_SLOTS", |f| f.get_max_mem_slots())?;
+                self.max_mem_slots = Some(max);
+                max
+            }
+        };
+        let regions = self.mapped.len() + new.len();
+        if regions as u64 > max {
+            return Err(VhostUserError::MemSlots { regions, max });
+        }
+        for r in &new {
+            self.call("ADD_MEM_REG", |f| f.add_mem_region(r))?;
+            self.mapped.push((r.guest_phys_addr, r.memory_size));
+        }
+        Ok(new.len())
     }
 
     /// Hands vring `v` to the backend and enables it.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use log::{error, info, warn};
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestAddressSpace};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::connection::{Inflight, VhostUserConnection};
@@ -91,6 +91,9 @@ pub struct VhostUserDevice {
     /// A connection the relay made to a restarted backend, adopted here
     /// when the relay stops.
     replacement: Arc<Mutex<Option<VhostUserConnection>>>,
+    /// Held while the device talks to a running backend, so the relay
+    /// does not take the reply for unsolicited data.
+    exchange: Arc<Mutex<()>>,
 }
 
 impl VhostUserDevice {
@@ -111,6 +114,7 @@ impl VhostUserDevice {
             saved_backend_state: None,
             inflight: None,
             replacement: Arc::new(Mutex::new(None)),
+            exchange: Arc::new(Mutex::new(())),
         }
     }
 
@@ -234,6 +238,7 @@ impl VhostUserDevice {
             interrupt,
             &self.conn,
             self.broken.clone(),
+            self.exchange.clone(),
             rejoin,
         )?;
         let name = format!("vu-{}", self.spec.name);
@@ -289,6 +294,44 @@ impl VhostUserDevice {
             Some(e) => Err(e),
             None => Ok(paused),
         }
+    }
+
+    /// Hands a running backend the RAM hot-added to `mem` (see
+    /// [`VhostUserConnection::add_memory`]). An inactive or paused device
+    /// has nothing to do: its next activation sends the whole table of the
+    /// shared map. Neither has a connection the relay is replacing (a
+    /// restarted backend): the relay sends the new regions before it hands
+    /// that connection over. A backend that refuses or does not answer
+    /// breaks the device (DEVICE_NEEDS_RESET; the reset and the next
+    /// activation send the whole table to a new connection).
+    pub fn add_memory(&mut self, mem: &GuestMemoryMmap) -> Result<usize, VhostUserError> {
+        self.adopt_replacement();
+        if !self.is_active() || self.conn.is_broken() {
+            return Ok(0);
+        }
+        let _exchange = match self.exchange.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let added = self.conn.add_memory(mem).inspect_err(|e| {
+            error!(
+                "{}: hot-added memory: {e}; device marked broken",
+                self.spec.name
+            );
+            self.broken.store(true, Ordering::Release);
+        })?;
+        if added > 0 {
+            let how = if self.conn.supports_mem_slots() {
+                "ADD_MEM_REG"
+            } else {
+                "SET_MEM_TABLE"
+            };
+            info!(
+                "{}: {added} hot-added memory region(s) sent to the backend ({how})",
+                self.spec.name
+            );
+        }
+        Ok(added)
     }
 
     /// Saves the stopped backend's state (`SET_DEVICE_STATE_FD`, SAVE):
@@ -378,6 +421,12 @@ impl VirtioDevice for VhostUserDevice {
             return Ok(Vec::new());
         }
         self.stop()
+            .map_err(|e| ActivateError::Device(format!("{}: {e}", self.spec.name)))
+    }
+
+    fn memory_added(&mut self, mem: &GuestMemoryMmap) -> Result<(), ActivateError> {
+        self.add_memory(mem)
+            .map(drop)
             .map_err(|e| ActivateError::Device(format!("{}: {e}", self.spec.name)))
     }
 

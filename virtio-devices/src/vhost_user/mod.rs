@@ -84,6 +84,15 @@ pub enum VhostUserError {
     /// A guest RAM region is not file-backed, so the backend cannot map it.
     #[error("guest memory at {0:#x} is not shared: vhost-user devices need memory.shared=on")]
     NotShared(u64),
+    /// Hot-added RAM would need more memory regions than the backend maps.
+    #[error("guest memory needs {regions} regions, the vhost-user backend maps at most {max}")]
+    MemSlots {
+        /// Regions the guest memory has.
+        regions: usize,
+        /// The backend's limit (`GET_MAX_MEM_SLOTS`, or the 32 fds one
+        /// `SET_MEM_TABLE` carries).
+        max: u64,
+    },
     /// A ring the driver set up is not inside one guest RAM region.
     #[error("vring at {0:#x} is not inside guest memory")]
     BadRing(u64),

@@ -77,6 +77,9 @@ pub(crate) struct Relay {
     frontend: Frontend,
     socket_fd: RawFd,
     broken: Arc<AtomicBool>,
+    /// Held by the device while it talks to the running backend (hot-added
+    /// memory): the reply it waits for is not unsolicited data.
+    exchange: Arc<Mutex<()>>,
     /// Set for devices that reconnect, with the retry timer.
     rejoin: Option<(Rejoin, TimerFd)>,
     connected: bool,
@@ -90,6 +93,7 @@ impl Relay {
         interrupt: Arc<dyn VirtioInterrupt>,
         conn: &VhostUserConnection,
         broken: Arc<AtomicBool>,
+        exchange: Arc<Mutex<()>>,
         rejoin: Option<Rejoin>,
     ) -> Result<Self, VhostUserError> {
         let rejoin = match rejoin {
@@ -107,6 +111,7 @@ impl Relay {
             frontend: conn.frontend_handle(),
             socket_fd: conn.socket_fd(),
             broken,
+            exchange,
             rejoin,
             connected: true,
             retries: 0,
@@ -145,7 +150,23 @@ impl Relay {
         };
         let _ = timer.wait();
         match rejoin.try_once() {
-            Ok(conn) => {
+            Ok(mut conn) => {
+                // RAM hot-added while this backend was being set up found
+                // no live connection to go to: send it now, under the slot
+                // lock, so the device's `memory_added` either sees this
+                // connection or ran before this looks at the memory.
+                let mut slot = match rejoin.replacement.lock() {
+                    Ok(slot) => slot,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                if let Err(e) = conn.add_memory(&rejoin.mem.memory()) {
+                    warn!(
+                        "{}: restarted backend refused the guest memory: {e}",
+                        self.name
+                    );
+                    self.retries = self.retries.saturating_add(1);
+                    return;
+                }
                 let _ = timer.clear();
                 self.frontend = conn.frontend_handle();
                 self.socket_fd = conn.socket_fd();
@@ -154,10 +175,8 @@ impl Relay {
                     self.name,
                     conn.socket().display()
                 );
-                match rejoin.replacement.lock() {
-                    Ok(mut slot) => *slot = Some(conn),
-                    Err(poisoned) => *poisoned.into_inner() = Some(conn),
-                }
+                *slot = Some(conn);
+                drop(slot);
                 self.connected = true;
                 self.broken.store(false, Ordering::Release);
                 self.new_fds = Some(self.extra_fds());
@@ -204,6 +223,13 @@ impl QueueHandler for Relay {
             self.retry();
             return Ok(());
         }
+        // An exchange the device runs consumes its own reply: wait for it
+        // to end, then look again.
+        let exchange = self.exchange.clone();
+        let held = match exchange.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
         let mut byte = 0u8;
         // SAFETY: peeks one byte into a local; the fd is the frontend's
         // socket, kept open by `self.frontend`.
@@ -228,6 +254,7 @@ impl QueueHandler for Relay {
                 format!("backend socket error: {e}")
             }
         };
+        drop(held);
         self.lost(why)
     }
 

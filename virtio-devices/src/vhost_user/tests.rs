@@ -14,7 +14,7 @@ use vm_memory::GuestAddressSpace;
 use super::*;
 use crate::device::{VirtioDevice, VirtioInterruptType};
 use crate::fs::{new_virtio_fs, FsOptions};
-use crate::worker::testutil::{TestQueue, TestVm, DATA};
+use crate::worker::testutil::{TestQueue, TestVm, DATA, MEM_SIZE};
 
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_GETATTR: u32 = 3;
@@ -42,6 +42,14 @@ impl Virtiofsd {
             .expect("virtiofsd must be installed (cargo install virtiofsd; .ci/run does it)");
         wait_until("virtiofsd did not start", 10, || socket.exists());
         Virtiofsd { child }
+    }
+
+    /// How many mappings of the test VM's memfds the backend has.
+    fn ram_mappings(&self) -> usize {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.child.id())).unwrap();
+        maps.lines()
+            .filter(|l| l.contains("memfd:chv-test-ram"))
+            .count()
     }
 
     fn kill(&mut self) {
@@ -78,6 +86,8 @@ struct FuseDriver {
     queues: Vec<TestQueue>,
     unique: u64,
     used: u16,
+    /// Where replies go (the request stays at `DATA`).
+    reply_at: u64,
 }
 
 impl FuseDriver {
@@ -91,7 +101,7 @@ impl FuseDriver {
         req.extend_from_slice(&nodeid.to_le_bytes());
         req.extend_from_slice(&[0u8; 16]); // uid, gid, pid, extlen, padding
         req.extend_from_slice(args);
-        let (inp, out) = (DATA, DATA + 0x10000);
+        let (inp, out) = (DATA, self.reply_at);
         self.vm.write(inp, &req);
         self.vm.write(out, &vec![0u8; 16 + out_len as usize]);
         let q = &mut self.queues[1];
@@ -193,6 +203,7 @@ fn activate(dev: &mut VhostUserDevice) -> FuseDriver {
         queues,
         unique: 0,
         used: 0,
+        reply_at: DATA + 0x10000,
     }
 }
 
@@ -228,6 +239,31 @@ fn virtiofsd_serves_fuse_requests_through_the_vrings() {
     dev.activate(drv.vm.atomic.clone(), drv.vm.interrupt.clone(), aq)
         .unwrap();
     assert_eq!(drv.getattr_size(node), Ok(19));
+    assert!(!dev.needs_reset());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn hot_added_memory_reaches_a_running_virtiofsd() {
+    let d = scratch("hotadd");
+    std::fs::write(d.join("share/hello"), b"hello from the host").unwrap();
+    let fsd = Virtiofsd::start(&d.join("share"), &d.join("fs.sock"));
+    let mut dev = fs_device(&d.join("fs.sock"));
+    let mut drv = activate(&mut dev);
+    drv.init();
+    let (node, _) = drv.lookup("hello").unwrap();
+    let before = fsd.ram_mappings();
+    let grown = drv.vm.hot_add(MEM_SIZE, 0x20_0000);
+    assert_eq!(dev.add_memory(&grown).unwrap(), 1);
+    assert_eq!(dev.add_memory(&grown).unwrap(), 0, "each region goes once");
+    assert_eq!(
+        fsd.ram_mappings(),
+        before + 1,
+        "virtiofsd maps the new memfd"
+    );
+    // Replies land in the hot-added RAM: virtiofsd must translate them.
+    drv.reply_at = MEM_SIZE + 0x1000;
+    assert_eq!(drv.read_file(node, 64), b"hello from the host");
     assert!(!dev.needs_reset());
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -532,6 +568,9 @@ const NEED_REPLY: u32 = 0x8;
 const SET_VRING_KICK: u32 = 12;
 const GET_INFLIGHT_FD: u32 = 31;
 const SET_INFLIGHT_FD: u32 = 32;
+const SET_MEM_TABLE: u32 = 5;
+const GET_MAX_MEM_SLOTS: u32 = 36;
+const ADD_MEM_REG: u32 = 37;
 
 /// Sends `bytes` with `fd` attached (SCM_RIGHTS).
 fn send_with_fd(s: &UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) {
@@ -560,15 +599,17 @@ fn send_with_fd(s: &UnixStream, bytes: &[u8], fd: std::os::fd::RawFd) {
     }
 }
 
-/// A backend that offers protocol features `STATUS | REPLY_ACK |
-/// INFLIGHT_SHMFD`, answers every request (GET_INFLIGHT_FD with a 4 KiB
-/// memfd), acks `SET_STATUS` with `status_ack` and reports (request,
-/// first 8 body bytes) of SET_STATUS, GET/SET_INFLIGHT_FD, SET_VRING_KICK.
-fn status_backend(
+/// A backend that offers `protocol` (`REPLY_ACK` among them), answers
+/// every request (GET_INFLIGHT_FD with a 4 KiB memfd, GET_MAX_MEM_SLOTS
+/// with `max_slots`), acks `SET_STATUS` with `status_ack` and reports
+/// (request, first 8 body bytes) of every request after negotiation.
+fn recording_backend(
+    protocol: vhost::vhost_user::message::VhostUserProtocolFeatures,
     status_ack: u64,
+    max_slots: u64,
     seen: std::sync::mpsc::Sender<(u32, u64)>,
 ) -> impl FnOnce(UnixStream) + Send + 'static {
-    use vhost::vhost_user::message::{VhostUserInflight, VhostUserProtocolFeatures as P};
+    use vhost::vhost_user::message::VhostUserInflight;
     use vm_memory::ByteValued;
     move |mut s| {
         while let Some(m) = read_msg(&mut s) {
@@ -576,19 +617,14 @@ fn status_backend(
                 .body
                 .get(..8)
                 .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
-            if [SET_STATUS, GET_INFLIGHT_FD, SET_INFLIGHT_FD, SET_VRING_KICK].contains(&m.code) {
-                let _ = seen.send((m.code, first));
-            }
+            let _ = seen.send((m.code, first));
             match m.code {
                 GET_FEATURES => reply_u64(&mut s, m.code, VERSION_1 | (1 << 30)),
-                GET_PROTOCOL_FEATURES => reply_u64(
-                    &mut s,
-                    m.code,
-                    (P::STATUS | P::REPLY_ACK | P::INFLIGHT_SHMFD).bits(),
-                ),
+                GET_PROTOCOL_FEATURES => reply_u64(&mut s, m.code, protocol.bits()),
                 // VhostUserVringState: the index asked for, ring position 0.
                 GET_VRING_BASE => reply_u64(&mut s, m.code, u64::from(m.body[0])),
                 SET_STATUS => reply_u64(&mut s, m.code, status_ack),
+                GET_MAX_MEM_SLOTS => reply_u64(&mut s, m.code, max_slots),
                 GET_INFLIGHT_FD => {
                     let area = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
                     area.set_len(4096).unwrap();
@@ -604,6 +640,29 @@ fn status_backend(
             }
         }
     }
+}
+
+/// [`recording_backend`] offering `STATUS | REPLY_ACK | INFLIGHT_SHMFD`,
+/// reporting SET_STATUS, GET/SET_INFLIGHT_FD and SET_VRING_KICK only.
+fn status_backend(
+    status_ack: u64,
+    seen: std::sync::mpsc::Sender<(u32, u64)>,
+) -> impl FnOnce(UnixStream) + Send + 'static {
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+    let (tx, rx) = std::sync::mpsc::channel::<(u32, u64)>();
+    std::thread::spawn(move || {
+        for m in rx {
+            if [SET_STATUS, GET_INFLIGHT_FD, SET_INFLIGHT_FD, SET_VRING_KICK].contains(&m.0) {
+                let _ = seen.send(m);
+            }
+        }
+    });
+    recording_backend(
+        P::STATUS | P::REPLY_ACK | P::INFLIGHT_SHMFD,
+        status_ack,
+        0,
+        tx,
+    )
 }
 
 #[test]
@@ -641,4 +700,42 @@ fn set_status_follows_the_device_where_the_backend_supports_it() {
         .activate(vm.atomic.clone(), vm.interrupt.clone(), aq)
         .unwrap_err();
     assert!(err.to_string().contains("SET_STATUS"), "{err}");
+}
+
+#[test]
+fn hot_added_memory_goes_as_add_mem_reg_or_a_whole_new_table() {
+    use vhost::vhost_user::message::VhostUserProtocolFeatures as P;
+    let slots = P::REPLY_ACK | P::CONFIGURE_MEM_SLOTS;
+    // (protocol features, GET_MAX_MEM_SLOTS, requests expected, accepted)
+    let cases = [
+        (slots, 8, vec![GET_MAX_MEM_SLOTS, ADD_MEM_REG], true),
+        (P::REPLY_ACK, 0, vec![SET_MEM_TABLE], true),
+        // One slot, taken by the boot RAM: refused before sending it.
+        (slots, 1, vec![GET_MAX_MEM_SLOTS], false),
+    ];
+    for (protocol, max, want, accepted) in cases {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (mut dev, drv) = fake_fs_device(recording_backend(protocol, 0, max, tx));
+        let setup: Vec<u32> = rx.try_iter().map(|m| m.0).collect();
+        assert_eq!(setup.iter().filter(|c| **c == SET_MEM_TABLE).count(), 1);
+        let grown = drv.vm.hot_add(MEM_SIZE, 0x10_0000);
+        let r = dev.add_memory(&grown);
+        // The reply is the frontend's; the relay, polling the same
+        // socket, must not take it for unsolicited data.
+        std::thread::sleep(Duration::from_millis(100));
+        let got: Vec<u32> = rx.try_iter().map(|m| m.0).collect();
+        assert_eq!(got, want, "{protocol:?}");
+        assert_eq!(r.is_ok(), accepted, "{r:?}");
+        assert_eq!(dev.needs_reset(), !accepted);
+        if let Err(e) = r {
+            assert!(
+                matches!(e, VhostUserError::MemSlots { regions: 2, max: 1 }),
+                "{e}"
+            );
+        } else {
+            // Nothing new: nothing sent.
+            assert_eq!(dev.add_memory(&grown).unwrap(), 0);
+            assert_eq!(rx.try_iter().count(), 0);
+        }
+    }
 }

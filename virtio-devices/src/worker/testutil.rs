@@ -8,7 +8,7 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{ActivatedQueue, GuestMemory, VirtioInterrupt, VirtioInterruptType};
@@ -17,6 +17,23 @@ use crate::device::{ActivatedQueue, GuestMemory, VirtioInterrupt, VirtioInterrup
 pub const MEM_SIZE: u64 = 0x100_0000;
 /// First address free for data buffers.
 pub const DATA: u64 = 0x10_0000;
+
+/// `len` bytes of guest RAM at `base` backed by a fresh memfd.
+fn memfd_region(base: u64, len: u64) -> vm_memory::GuestRegionMmap {
+    use std::os::fd::FromRawFd;
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is new.
+    let fd = unsafe { libc::memfd_create(c"chv-test-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: the fd was just created and nothing else owns it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(len).unwrap();
+    vm_memory::GuestRegionMmap::from_range(
+        GuestAddress(base),
+        len as usize,
+        Some(vm_memory::FileOffset::new(file, 0)),
+    )
+    .unwrap()
+}
 
 /// Records every interrupt raised.
 #[derive(Default)]
@@ -173,26 +190,26 @@ impl TestVm {
     /// New guest memory backed by a memfd (as `memory.shared=on` makes
     /// it), so a vhost-user backend can map it.
     pub fn shared() -> Self {
-        use std::os::fd::FromRawFd;
-        // SAFETY: memfd_create with a NUL-terminated name; the fd is new.
-        let fd = unsafe { libc::memfd_create(c"chv-test-ram".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0, "memfd_create failed");
-        // SAFETY: the fd was just created and nothing else owns it.
-        let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        file.set_len(MEM_SIZE).unwrap();
-        let region = vm_memory::GuestRegionMmap::from_range(
-            GuestAddress(0),
-            MEM_SIZE as usize,
-            Some(vm_memory::FileOffset::new(file, 0)),
-        )
-        .unwrap();
-        let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+        let mem = GuestMemoryMmap::from_regions(vec![memfd_region(0, MEM_SIZE)]).unwrap();
         let atomic = GuestMemoryAtomic::new(mem.clone());
         TestVm {
             mem: Box::leak(Box::new(mem)),
             atomic,
             interrupt: Arc::new(TestInterrupt::default()),
         }
+    }
+
+    /// Hot-adds `len` bytes of memfd-backed RAM at `base` to the shared
+    /// map (as ACPI memory hotplug does); returns the new map. `mem` keeps
+    /// the boot RAM only: [`Self::read`] and [`Self::write`] see both.
+    pub fn hot_add(&self, base: u64, len: u64) -> GuestMemoryMmap {
+        let grown = self
+            .atomic
+            .memory()
+            .insert_region(Arc::new(memfd_region(base, len)))
+            .unwrap();
+        self.atomic.lock().unwrap().replace(grown.clone());
+        grown
     }
 
     /// Fresh driver queues (rings zeroed) for `n` queues of `size`.
@@ -225,12 +242,18 @@ impl TestVm {
     /// Reads `len` bytes of guest memory at `addr`.
     pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut v = vec![0u8; len];
-        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        self.atomic
+            .memory()
+            .read_slice(&mut v, GuestAddress(addr))
+            .unwrap();
         v
     }
 
     /// Writes `data` at `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) {
-        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+        self.atomic
+            .memory()
+            .write_slice(data, GuestAddress(addr))
+            .unwrap();
     }
 }

@@ -33,6 +33,7 @@ use devices::pci::{
     PciConfiguration, PciDevice, PciHeaderIds,
 };
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use common_config::{
@@ -42,7 +43,7 @@ pub use common_config::{
 pub use interrupt::{VirtioPciInterrupt, ISR_CONFIG, ISR_QUEUE};
 pub use state::{VirtioPciState, VirtioQueueState, VIRTIO_PCI_STATE_VERSION};
 
-use crate::device::{GuestMemory, VirtioDevice};
+use crate::device::{GuestMemory, VirtioDevice, VirtioInterrupt, VirtioInterruptType};
 
 /// PCI vendor ID of virtio devices.
 pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
@@ -126,6 +127,9 @@ pub enum VirtioPciError {
     /// The device could not be (re)started after a resume or restore.
     #[error("activating the device: {0}")]
     Activate(String),
+    /// The device could not take hot-added guest memory.
+    #[error("hot-added memory: {0}")]
+    Memory(String),
     /// [`VirtioPciDevice::state`] on a running device: pause it first.
     #[error("the device is running; pause it before saving its state")]
     NotPaused,
@@ -317,6 +321,19 @@ impl VirtioPciDevice {
     /// Whether the device is running (DRIVER_OK accepted and activated).
     pub fn is_activated(&self) -> bool {
         self.activated
+    }
+
+    /// Hands the device guest RAM that was hot-added (`mem`, already in the
+    /// shared map; see [`VirtioDevice::memory_added`]). On failure the
+    /// device reports DEVICE_NEEDS_RESET and the driver gets a
+    /// configuration interrupt to notice.
+    pub fn memory_added(&mut self, mem: &GuestMemoryMmap) -> Result<(), VirtioPciError> {
+        self.device.memory_added(mem).map_err(|e| {
+            if self.activated {
+                let _ = self.interrupt.trigger(VirtioInterruptType::Config);
+            }
+            VirtioPciError::Memory(e.to_string())
+        })
     }
 
     /// Guest read of BAR0.
