@@ -177,9 +177,9 @@ def qemu_running(path):
     loaded clone stays paused ("inmigrate" while loading) until `cont`,
     as chv's resume=true resumes it."""
     try:
-        status = qmp(path, {"execute": "query-status"})[0].get("return", {}).get("status")
+        status = B.qmp(path, {"execute": "query-status"})[0].get("return", {}).get("status")
         if status == "paused":
-            qmp(path, {"execute": "cont"})
+            B.qmp(path, {"execute": "cont"})
             return True
     except (OSError, ValueError):
         return False

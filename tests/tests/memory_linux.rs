@@ -596,9 +596,11 @@ fn wait_actual_size(api: &Path, want: u64) -> Option<u64> {
 ///   grows) and shrinking to 384 MiB unplugs again (MemTotal falls,
 ///   `plugged_size` in `vm.counters` follows);
 /// - a snapshot restores with the same plug state and MemTotal, and the
-///   restored VM grows again.
+///   restored VM grows again;
+/// - a live migration of the restored VM keeps MemTotal and the plugged
+///   256 MiB (`plugged_size`), and the receiver unplugs on request.
 #[test]
-fn virtio_mem_grows_shrinks_and_survives_snapshot_restore() {
+fn virtio_mem_grows_shrinks_and_survives_snapshot_restore_and_migration() {
     use chv_tests::api_client::http;
     use chv_tests::base_snapshot::READY;
     let Some(kit) = require_guest_kit() else {
@@ -706,6 +708,78 @@ fn virtio_mem_grows_shrinks_and_survives_snapshot_restore() {
         last >= restored + (120 << 10),
         &format!("MemTotal grows again after the restore: {restored} KiB -> {last} KiB"),
     );
-    chv.kill();
+    wait_actual_size(&api, 512 * mib);
+
+    // Live migration carries the plug state and the plugged memory.
+    let dst_api = scratch.path("dst.sock");
+    let mut dst = migrate(chv, &api, &dst_api, &scratch);
+    let migrated = wait_memtotal_stable(&mut dst, "CHK-VM5");
+    dst.check(
+        migrated == last,
+        &format!("MemTotal after the migration: {migrated} KiB, before {last} KiB"),
+    );
+    let (_, counters) = http(&dst_api, "GET", "vm.counters", None);
+    dst.check(
+        json_number(&counters, "plugged_size") == Some(256 * mib),
+        &format!("the receiver's virtio-mem plug state: {counters}"),
+    );
+    let (status, body) = http(
+        &dst_api,
+        "PUT",
+        "vm.resize",
+        Some(&format!(r#"{{"desired_ram":{}}}"#, 384 * mib)),
+    );
+    dst.check(
+        status == 204,
+        &format!("vm.resize on the receiver: {status} {body}"),
+    );
+    let actual = wait_actual_size(&dst_api, 384 * mib);
+    dst.check(
+        actual == Some(384 * mib),
+        &format!("the receiver unplugs again: memory_actual_size {actual:?}"),
+    );
+    dst.kill();
+    dst.assert_no_panic();
+}
+
+/// Live-migrates the VM `chv` serves on `api` to a new chv listening on
+/// `dst_api` (`vm.receive-migration` over a Unix socket in `scratch`) and
+/// returns the receiver once the source has exited; the guest's serial
+/// console is then the receiver's stdin/stdout.
+fn migrate(mut chv: Chv, api: &Path, dst_api: &Path, scratch: &Scratch) -> Chv {
+    use chv_tests::api_client::http;
+    let dst = Chv::spawn_with_input(&["--api-socket", &dst_api.display().to_string()]);
+    let (status, _) = http(dst_api, "GET", "vmm.ping", None);
+    dst.check(status == 200, "receiver vmm.ping");
+    let mig = scratch.path("mig.sock");
+    let receiver = {
+        let (sock, url) = (
+            dst_api.to_path_buf(),
+            format!(r#"{{"receiver_url":"unix:{}"}}"#, mig.display()),
+        );
+        std::thread::spawn(move || http(&sock, "PUT", "vm.receive-migration", Some(&url)))
+    };
+    for _ in 0..250 {
+        if mig.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let send = format!(r#"{{"destination_url":"unix:{}"}}"#, mig.display());
+    let (status, body) = http(api, "PUT", "vm.send-migration", Some(&send));
+    chv.check(
+        status == 204,
+        &format!("vm.send-migration: {status} {body}"),
+    );
+    let (status, body) = receiver
+        .join()
+        .unwrap_or_else(|_| dst.fail("the receiving thread panicked"));
+    dst.check(
+        status == 204,
+        &format!("vm.receive-migration: {status} {body}"),
+    );
+    let exit = chv.expect_exit(Duration::from_secs(30));
+    chv.check(exit.success(), &format!("the source exited with {exit}"));
     chv.assert_no_panic();
+    dst
 }
