@@ -31,8 +31,11 @@ use crate::worker::ThreadSetup;
 /// (a vhost-user bit, never offered to the guest).
 pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
-/// How long one exchange with the backend may take.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one exchange with the backend may take before it is taken
+/// for hung and disconnected. Generous: a backend maps the whole memory
+/// table on `SET_MEM_TABLE`, and a niced or busy-polling backend (DPDK) on
+/// a loaded host has been seen to need more than 5 s for it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Protocol features the frontend can use.
 fn wanted_protocol_features() -> VhostUserProtocolFeatures {
