@@ -15,6 +15,8 @@
    (N / (time until all answered x online CPUs)), PSS per clone and in
    total once all idle, host MemAvailable before and after, and the CPU
    time per clone (all threads; the vCPU threads' part separately).
+   N = 1 runs --single-runs times in a row (default 5) and its row pools
+   the answers, as one sample is too noisy for a p50.
 3. The same N (up to --cold-max) as cold boots, answer = DENSITY-READY.
 
 Usage: scripts/bench/density.py [--clones 1,10,50,100] [--no-qemu] [--cold-max 10]
@@ -279,6 +281,33 @@ def measure(guests, t_first, vmm, n_cpus):
     return r
 
 
+def merge_runs(rs):
+    """One row from runs of the same wave in a row: the answers pooled for
+    p50/p99, the per-wave figures (time until all answered, clones per
+    core-second) their median, memory and CPU their mean."""
+    if len(rs) == 1:
+        return rs[0]
+    times = [t for r in rs for t in r["answer_ms"]]
+
+    def median(key):
+        v = [r[key] for r in rs if r[key] is not None]
+        return statistics.median(v) if v else None
+
+    def mean(key):
+        v = [r[key] for r in rs if r[key] is not None]
+        return statistics.mean(v) if v else None
+
+    m = dict(rs[0])
+    m.update(runs=len(rs), answered=sum(r["answered"] for r in rs), answer_ms=times,
+             answer_ms_p50=percentile(times, 50), answer_ms_p99=percentile(times, 99),
+             answer_ms_all=median("answer_ms_all"), clones_per_core_s=median("clones_per_core_s"),
+             mem_available_mib_after=rs[-1]["mem_available_mib_after"],
+             failures=[f for r in rs for f in r["failures"]])
+    for key in ("pss_mib_per_vm", "pss_mib_total", "cpu_ms_per_vm", "vcpu_ms_per_vm"):
+        m[key] = mean(key)
+    return m
+
+
 def stop_all(guests):
     crashed = []
     for g in guests:
@@ -336,13 +365,19 @@ def fmt(v, d=1):
     return "-" if v is None else f"{v:,.{d}f}"
 
 
+def n_label(r):
+    """N, with the number of runs a row pools (`1 ×5`)."""
+    runs = r.get("runs", 1)
+    return f"{r['n']} ×{runs}" if runs > 1 else f"{r['n']}"
+
+
 def table(results):
     lines = ["| VMM | start | N | answered | p50 ms | p99 ms | all ms | clones/core-s | "
              "PSS/VM MiB | PSS total MiB | MemAvail before→after MiB | CPU/VM ms (vCPU) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
-            f"| {r['vmm']} | {r['kind']} | {r['n']} | {r['answered']} | {fmt(r['answer_ms_p50'])} | "
+            f"| {r['vmm']} | {r['kind']} | {n_label(r)} | {r['answered']} | {fmt(r['answer_ms_p50'])} | "
             f"{fmt(r['answer_ms_p99'])} | {fmt(r['answer_ms_all'])} | {fmt(r['clones_per_core_s'], 2)} | "
             f"{fmt(r['pss_mib_per_vm'], 2)} | {fmt(r['pss_mib_total'])} | "
             f"{fmt(r['mem_available_mib_before'], 0)}→{fmt(r['mem_available_mib_after'], 0)} | "
@@ -395,6 +430,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="CI guard rail: chv clones, N=10")
     ap.add_argument("--chv", default=os.environ.get("CHV_BIN") or os.path.join(B.REPO, "target/release/chv"),
                     help="chv binary (default: $CHV_BIN, else target/release/chv)")
+    ap.add_argument("--single-runs", type=int, default=5,
+                    help="N=1 clone waves run this many times in a row, pooled in one row")
     ap.add_argument("--timeout", type=int, default=600, help="per wave, seconds")
     ap.add_argument("--json", default="density-results.json")
     ap.add_argument("--plot", help="write a PNG plot here (needs matplotlib)")
@@ -438,10 +475,12 @@ def main(argv=None):
             notes.append(f"cold boots only up to N={args.cold_max} (--cold-max): each costs ~20 s of "
                          "guest CPU on this host")
         for kind, vmm, n, exe, src in plan:
-            r = run_wave(kind, vmm, n, exe, kit, src, work, args.timeout, n_cpus)
+            runs = max(1, args.single_runs) if (kind, n) == ("clone", 1) else 1
+            r = merge_runs([run_wave(kind, vmm, n, exe, kit, src, work, args.timeout, n_cpus)
+                            for _ in range(runs)])
             results.append(r)
             failures += [f"{vmm} {kind} N={n}: {f}" for f in r["failures"]]
-            log(f"{vmm:4} {kind:5} N={n:<3} answered {r['answered']}/{n} p50 {fmt(r['answer_ms_p50'])} ms "
+            log(f"{vmm:4} {kind:5} N={n_label(r):<3} answered {r['answered']}/{n * runs} p50 {fmt(r['answer_ms_p50'])} ms "
                 f"p99 {fmt(r['answer_ms_p99'])} ms all {fmt(r['answer_ms_all'])} ms; "
                 f"{fmt(r['clones_per_core_s'], 2)} per core-s; PSS {fmt(r['pss_mib_per_vm'], 2)} MiB/VM "
                 f"({fmt(r['pss_mib_total'])} total); CPU {fmt(r['cpu_ms_per_vm'], 0)} ms/VM")

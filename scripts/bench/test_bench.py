@@ -9,6 +9,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import all as allbench  # noqa: E402
 import benchlib as B  # noqa: E402
+import density as densitybench  # noqa: E402
 import memory as memorybench  # noqa: E402
 import vhost as vhostbench  # noqa: E402
 
@@ -109,6 +110,36 @@ class MemoryBookkeeping(unittest.TestCase):
         self.assertEqual(memorybench.parse_touched(out), (67108864, 2.5))
         self.assertIsNone(memorybench.parse_touched("CHVMEM-TOUCHED x 1\n"))
         self.assertIsNone(memorybench.parse_touched("CHVMEM-TOUCHED 12\n"))
+
+
+class DensityBookkeeping(unittest.TestCase):
+    @staticmethod
+    def row(ms, pss, cpu, failures=()):
+        return {"vmm": "chv", "kind": "clone", "n": 1, "answered": 1 if ms else 0,
+                "answer_ms": [ms] if ms else [], "answer_ms_p50": ms, "answer_ms_p99": ms,
+                "answer_ms_all": ms, "clones_per_core_s": 1000 / ms / 2 if ms else None,
+                "pss_mib_per_vm": pss, "pss_mib_total": pss, "cpu_ms_per_vm": cpu,
+                "vcpu_ms_per_vm": cpu, "mem_available_mib_before": 100,
+                "mem_available_mib_after": 90, "failures": list(failures)}
+
+    def test_single_runs_pool_their_answers(self):
+        rows = [self.row(100, 18, 140), self.row(300, 20, 160), self.row(120, 19, 150),
+                self.row(None, None, None, ["vm 0: no answer within 60 s"])]
+        m = densitybench.merge_runs(rows)
+        self.assertEqual((m["runs"], m["answered"], m["n"]), (4, 3, 1))
+        self.assertEqual(m["answer_ms"], [100, 300, 120])
+        self.assertEqual(m["answer_ms_p50"], 120)
+        self.assertEqual(m["answer_ms_all"], 120)
+        self.assertAlmostEqual(m["pss_mib_per_vm"], 19)
+        self.assertAlmostEqual(m["cpu_ms_per_vm"], 150)
+        self.assertEqual(m["failures"], ["vm 0: no answer within 60 s"])
+        self.assertEqual(densitybench.n_label(m), "1 ×4")
+        self.assertIn("| chv | clone | 1 ×4 | 3 | 120.0 |", densitybench.table([m]))
+
+    def test_one_run_is_its_own_row(self):
+        r = self.row(100, 18, 140)
+        self.assertIs(densitybench.merge_runs([r]), r)
+        self.assertEqual(densitybench.n_label(r), "1")
 
 
 class Initramfs(unittest.TestCase):
