@@ -262,13 +262,29 @@ def segments_used(cfg):
     return max(used)
 
 
+def fix_topology(cpus):
+    """Drops a cpus.topology whose product is not max_vcpus."""
+    if not isinstance(cpus, dict) or not isinstance(cpus.get("topology"), dict):
+        return
+    t = cpus["topology"]
+    product = 1
+    for key in ("threads_per_core", "cores_per_die", "dies_per_package", "packages"):
+        v = t.get(key)
+        product *= v if isinstance(v, int) else 0
+    if product != cpus.get("max_vcpus", cpus.get("boot_vcpus", 1)):
+        del cpus["topology"]
+
+
 def fix_vm_config(cfg):
     """Host resources, and the cross-field rules OpenAPI 3.0 cannot state:
     a virtio-fs share needs memory.shared=true (its backend maps guest
-    RAM), and a device on PCI segment N needs platform.num_pci_segments
-    above N."""
+    RAM), a device on PCI segment N needs platform.num_pci_segments
+    above N, and a cpus.topology multiplies out to max_vcpus (the schema's
+    `anyOf` branches let a generator pair one branch's topology with
+    another's max_vcpus; such a topology is dropped)."""
     payload = cfg.setdefault("payload", {})
     payload["kernel"] = KERNEL
+    fix_topology(cfg.get("cpus"))
     if "initramfs" in payload:
         payload["initramfs"] = os.path.join(DIR, "initrd")
     if isinstance(cfg.get("rng"), dict):
