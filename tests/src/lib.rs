@@ -19,7 +19,9 @@
 pub mod api_client;
 pub mod base_snapshot;
 pub mod go_client;
+pub mod migration;
 pub mod netns;
+pub mod ticker;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;

@@ -19,6 +19,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use chv_tests::api_client::http;
+use chv_tests::migration::migrate_over_unix;
+use chv_tests::ticker::{first_tick, last_tick};
 use chv_tests::{testguest, Chv, Scratch};
 
 const HUGEPAGE_KIB: u64 = 2048;
@@ -75,14 +77,6 @@ fn hugetlb_kib(pid: u32) -> u64 {
     total
 }
 
-/// The last `TICK <n>` the ticker printed.
-fn last_tick(console: &str) -> Option<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("TICK ")?.parse().ok())
-        .next_back()
-}
-
 fn put(chv: &Chv, sock: &Path, endpoint: &str, body: Option<&str>) {
     let (status, text) = http(sock, "PUT", endpoint, body);
     chv.check(status == 204, &format!("{endpoint}: {status} {text}"));
@@ -96,10 +90,7 @@ fn ticks_on_in_hugepages(chv: &Chv, last: u64, slack: bool, what: &str) {
         last_tick(&c.stdout_text()).filter(|n| *n > last + 2)
     })
     .unwrap_or_else(|e| chv.fail(&format!("{what}: the ticker did not go on: {e}")));
-    let first = chv
-        .stdout()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("TICK ")?.parse::<u64>().ok());
+    let first = first_tick(&chv.stdout());
     chv.check(
         first == Some(last + 1) || (slack && first == Some(last + 2)),
         &format!("{what}: the ticker went on at {first:?}, not {}", last + 1),
@@ -177,34 +168,8 @@ fn hugepage_ram_survives_snapshot_restore_and_migration() {
     })
     .unwrap_or_else(|e| src.fail(&format!("the resumed source: {e}")));
     let dst_sock = dir.path("dst.sock");
-    let mig = dir.path("mig.sock");
     let mut dst = Chv::spawn(&["--api-socket", &dst_sock.display().to_string()]);
-    let (status, _) = http(&dst_sock, "GET", "vmm.ping", None);
-    dst.check(status == 200, "receiver vmm.ping");
-    let receiver = {
-        let (sock, url) = (
-            dst_sock.clone(),
-            format!(r#"{{"receiver_url":"unix:{}"}}"#, mig.display()),
-        );
-        std::thread::spawn(move || http(&sock, "PUT", "vm.receive-migration", Some(&url)))
-    };
-    for _ in 0..250 {
-        if mig.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let send = format!(r#"{{"destination_url":"unix:{}"}}"#, mig.display());
-    put(&src, &sock, "vm.send-migration", Some(&send));
-    let (status, body) = receiver
-        .join()
-        .unwrap_or_else(|_| dst.fail("the receiving thread panicked"));
-    dst.check(
-        status == 204,
-        &format!("vm.receive-migration: {status} {body}"),
-    );
-    let exit = src.expect_exit(Duration::from_secs(30));
-    src.check(exit.success(), &format!("the source exited with {exit}"));
+    migrate_over_unix(&mut src, &sock, &dst, &dst_sock, &dir.path("mig.sock"));
     let moved = last_tick(&src.stdout()).unwrap_or(last);
     ticks_on_in_hugepages(&dst, moved, true, "migrated");
     let (_, info) = http(&dst_sock, "GET", "vm.info", None);

@@ -748,39 +748,14 @@ fn virtio_mem_grows_shrinks_and_survives_snapshot_restore_and_migration() {
 /// returns the receiver once the source has exited; the guest's serial
 /// console is then the receiver's stdin/stdout.
 fn migrate(mut chv: Chv, api: &Path, dst_api: &Path, scratch: &Scratch) -> Chv {
-    use chv_tests::api_client::http;
     let dst = Chv::spawn_with_input(&["--api-socket", &dst_api.display().to_string()]);
-    let (status, _) = http(dst_api, "GET", "vmm.ping", None);
-    dst.check(status == 200, "receiver vmm.ping");
-    let mig = scratch.path("mig.sock");
-    let receiver = {
-        let (sock, url) = (
-            dst_api.to_path_buf(),
-            format!(r#"{{"receiver_url":"unix:{}"}}"#, mig.display()),
-        );
-        std::thread::spawn(move || http(&sock, "PUT", "vm.receive-migration", Some(&url)))
-    };
-    for _ in 0..250 {
-        if mig.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let send = format!(r#"{{"destination_url":"unix:{}"}}"#, mig.display());
-    let (status, body) = http(api, "PUT", "vm.send-migration", Some(&send));
-    chv.check(
-        status == 204,
-        &format!("vm.send-migration: {status} {body}"),
+    chv_tests::migration::migrate_over_unix(
+        &mut chv,
+        api,
+        &dst,
+        dst_api,
+        &scratch.path("mig.sock"),
     );
-    let (status, body) = receiver
-        .join()
-        .unwrap_or_else(|_| dst.fail("the receiving thread panicked"));
-    dst.check(
-        status == 204,
-        &format!("vm.receive-migration: {status} {body}"),
-    );
-    let exit = chv.expect_exit(Duration::from_secs(30));
-    chv.check(exit.success(), &format!("the source exited with {exit}"));
     chv.assert_no_panic();
     dst
 }

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use chv_tests::api_client::http;
+use chv_tests::migration::migrate_over_unix;
 use chv_tests::{testguest, Chv, Scratch};
 
 const MIB: u64 = 1 << 20;
@@ -112,25 +113,7 @@ fn hot_added_memory_migrates_where_the_guest_knows_it() {
         .expect("write into hot-added memory");
 
     let mut dst = Chv::spawn(&["--api-socket", &dst_sock.display().to_string()]);
-    let (st, _) = http(&dst_sock, "GET", "vmm.ping", None);
-    dst.check(st == 200, "receiver ping");
-    let url = format!(r#"{{"receiver_url":"unix:{}"}}"#, mig_sock.display());
-    let receiver = {
-        let sock = dst_sock.clone();
-        std::thread::spawn(move || http(&sock, "PUT", "vm.receive-migration", Some(&url)))
-    };
-    for _ in 0..100 {
-        if mig_sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let send = format!(r#"{{"destination_url":"unix:{}"}}"#, mig_sock.display());
-    put(&src, &src_sock, "vm.send-migration", &send, 204);
-    let (st, text) = receiver.join().expect("receiver thread");
-    dst.check(st == 204, &format!("vm.receive-migration: {st} {text}"));
-    let exit = src.expect_exit(Duration::from_secs(30));
-    src.check(exit.success(), &format!("the source exited with {exit}"));
+    migrate_over_unix(&mut src, &src_sock, &dst, &dst_sock, &mig_sock);
 
     // The hot-added bytes sit at the hot-added region's place.
     let fds = ram_memfds(dst.pid());

@@ -26,6 +26,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
+use chv_tests::ticker::{first_tick, last_tick};
 use chv_tests::{open_tap, require_guest_kit, run_to_exit, Chv, Scratch};
 
 /// Time to the guest's first tick: Linux boots take 20-60 s here.
@@ -335,14 +336,6 @@ fn pause_snapshot_and_kill(chv: &mut Chv, sock: &Path, snap: &Path) -> u64 {
     last
 }
 
-/// The last `TICK <n>` of the test guest's ticker.
-fn last_tick(console: &str) -> Option<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("TICK ")?.parse().ok())
-        .next_back()
-}
-
 /// The tiny test guest (milliseconds per run): snapshot it, restore it in
 /// a new process, and the ticker goes on from where it stopped; then the
 /// snapshot is broken in several ways and each restore fails cleanly.
@@ -378,10 +371,7 @@ fn test_guest_snapshot_restore_and_broken_snapshots() {
             last_tick(&c.stdout_text()).filter(|n| *n > last + 3)
         })
         .unwrap_or_else(|e| restored.fail(&format!("the restored ticker did not go on: {e}")));
-    let first = restored
-        .stdout()
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("TICK ")?.parse::<u64>().ok());
+    let first = first_tick(&restored.stdout());
     restored.check(
         first == Some(last + 1),
         &format!("restored ticker started at {first:?}, not {}", last + 1),
