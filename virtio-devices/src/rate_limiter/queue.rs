@@ -41,8 +41,7 @@ where
     let mut budget = crate::worker::drain_budget(queue);
     loop {
         queue.disable_notification(mem)?;
-        let mut popped = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while let Some(chain) = crate::worker::pop_available(queue, mem, index)? {
             let head = chain.head_index();
             let parsed = ChainBuffers::parse(chain);
             if let Ok(bufs) = &parsed {
@@ -58,7 +57,6 @@ where
             let len = process(parsed);
             queue.add_used(mem, head, len)?;
             added = true;
-            popped = true;
             budget -= 1;
             if budget == 0 {
                 notify_queue(queue, mem, interrupt, index)?;
@@ -67,14 +65,6 @@ where
         }
         if !queue.enable_notification(mem)? {
             break;
-        }
-        if !popped {
-            // As drain_queue: an avail index that cannot be consumed would
-            // make this loop spin.
-            return Err(HandlerError::Other(format!(
-                "queue {index}: available ring cannot be consumed (next {})",
-                queue.next_avail()
-            )));
         }
     }
     if added {

@@ -8,7 +8,9 @@ use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRI
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::{ActivatedQueue, GuestMemory, VirtioInterrupt, VirtioInterruptType};
@@ -64,10 +66,23 @@ impl VirtioInterrupt for TestInterrupt {
     }
 }
 
+/// Where the used ring of a split queue whose available ring starts at
+/// `avail` begins: after the flags, index, `size` entries and used_event,
+/// aligned to 4 (virtio 1.2 §2.7). virtio-queue's mock puts it `size`
+/// *bytes* after the available ring's entries start, so from entry 8 on
+/// the two rings overlap; [`TestQueue`] uses this address instead.
+fn used_ring_after(avail: GuestAddress, size: u16) -> GuestAddress {
+    let end = avail.0 + 4 + 2 * u64::from(size) + 2;
+    GuestAddress(end.next_multiple_of(4))
+}
+
 /// One queue seen from the driver side.
 pub struct TestQueue {
+    /// Descriptor table and available ring (its used ring is not used).
     pub mock: MockSplitQueue<'static, GuestMemoryMmap>,
     pub kick: EventFd,
+    mem: &'static GuestMemoryMmap,
+    used_ring: GuestAddress,
     next_desc: u16,
     size: u16,
 }
@@ -77,12 +92,30 @@ impl TestQueue {
     pub fn at(mem: &'static GuestMemoryMmap, base: u64, size: u16, kick: EventFd) -> Self {
         mem.write_slice(&[0u8; 0x1_0000], GuestAddress(base))
             .unwrap();
+        let mock = MockSplitQueue::create(mem, GuestAddress(base), size);
         TestQueue {
-            mock: MockSplitQueue::create(mem, GuestAddress(base), size),
+            used_ring: used_ring_after(mock.avail_addr(), size),
+            mock,
             kick,
+            mem,
             next_desc: 0,
             size,
         }
+    }
+
+    /// Guest address of the used ring.
+    pub fn used_addr(&self) -> u64 {
+        self.used_ring.0
+    }
+
+    /// The device-side queue over these rings, ready as a driver leaves it.
+    fn device_queue(&self) -> Queue {
+        use virtio_queue::QueueT;
+        let mut queue: Queue = self.mock.create_queue().unwrap();
+        let used = self.used_ring.0;
+        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
+        assert!(queue.is_valid(self.mem));
+        queue
     }
 
     /// Adds a chain of `(addr, len, device_writable)` buffers; returns its head.
@@ -136,19 +169,19 @@ impl TestQueue {
 
     /// Used ring index.
     pub fn used_idx(&self) -> u16 {
-        self.mock.used().idx().load()
+        self.mem
+            .read_obj::<u16>(self.used_ring.unchecked_add(2))
+            .unwrap()
     }
 
     /// Used element `i`: (descriptor head, written length).
     pub fn used(&self, i: u16) -> (u32, u32) {
-        let e = self
-            .mock
-            .used()
-            .ring()
-            .ref_at(usize::from(i % self.size))
-            .unwrap()
-            .load();
-        (e.id(), e.len())
+        let at = self
+            .used_ring
+            .unchecked_add(4 + 8 * u64::from(i % self.size));
+        let id = self.mem.read_obj::<u32>(at).unwrap();
+        let len = self.mem.read_obj::<u32>(at.unchecked_add(4)).unwrap();
+        (u32::from_le(id), u32::from_le(len))
     }
 
     /// Waits until the used index reaches `n`: polls, so a passing test
@@ -218,18 +251,10 @@ impl TestVm {
         let mut aq = Vec::new();
         for i in 0..n {
             let base = 0x1000 + u64::from(i) * 0x1_0000;
-            self.mem
-                .write_slice(&[0u8; 0x1_0000], GuestAddress(base))
-                .unwrap();
-            let mock = MockSplitQueue::create(self.mem, GuestAddress(base), size);
-            let queue: Queue = mock.create_queue().unwrap();
             let notify = EventFd::new(EFD_NONBLOCK).unwrap();
-            tq.push(TestQueue {
-                mock,
-                kick: notify.try_clone().unwrap(),
-                next_desc: 0,
-                size,
-            });
+            let driver = TestQueue::at(self.mem, base, size, notify.try_clone().unwrap());
+            let queue = driver.device_queue();
+            tq.push(driver);
             aq.push(ActivatedQueue {
                 index: i,
                 queue,

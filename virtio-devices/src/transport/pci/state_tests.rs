@@ -131,7 +131,7 @@ impl Rig {
         w(&mut dev, 0x1a, 2, 1);
         w(&mut dev, 0x20, 8, q.mock.desc_table_addr().0);
         w(&mut dev, 0x28, 8, q.mock.avail_addr().0);
-        w(&mut dev, 0x30, 8, q.mock.used_addr().0);
+        w(&mut dev, 0x30, 8, q.used_addr());
         w(&mut dev, 0x1c, 2, 1);
         w(&mut dev, 0x14, 1, 15);
         assert!(dev.is_activated());
