@@ -492,6 +492,21 @@ impl Chv {
             c.stderr_text()
         )
     }
+    /// Connects to a Unix socket chv listens on (a serial or console in
+    /// `socket=` mode), retrying until `timeout`: chv answers `vmm.ping`
+    /// before the VM, and so its sockets, are built.
+    pub fn connect_unix(&self, path: &Path, timeout: Duration) -> std::os::unix::net::UnixStream {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => return s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => self.fail(&format!("cannot connect to {}: {e}", path.display())),
+            }
+        }
+    }
 
     /// Panics with `msg` and the whole captured output.
     pub fn fail(&self, msg: &str) -> ! {

@@ -3,7 +3,6 @@
 //! back from the guest (`test=echo` reads COM1 and answers `ECHO <line>`).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use chv_tests::api_client::http;
@@ -53,23 +52,12 @@ fn read_until(chv: &Chv, r: &mut impl BufRead, needle: &str) -> String {
     text
 }
 
-fn connect(chv: &Chv, path: &std::path::Path) -> UnixStream {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match UnixStream::connect(path) {
-            Ok(s) => return s,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => chv.fail(&format!("cannot connect to {}: {e}", path.display())),
-        }
-    }
-}
-
 #[test]
 fn serial_socket_mode_carries_output_and_input() {
     let dir = Scratch::new("console-socket");
     let sock = dir.path("serial.sock");
     let mut chv = Chv::spawn(&args(&format!("socket={}", sock.display()), None));
-    let stream = connect(&chv, &sock);
+    let stream = chv.connect_unix(&sock, TIMEOUT);
     stream
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();

@@ -58,7 +58,7 @@ fn stop_and_continue_keeps_every_thread_running() {
     ]);
     let (st, _) = http(&sock, "GET", "vmm.ping", None);
     chv.check(st == 200, "vmm.ping");
-    let mut console = UnixStream::connect(&serial).expect("serial socket");
+    let mut console = chv.connect_unix(&serial, Duration::from_secs(30));
     chv.check(
         read_for(&mut console, Duration::from_secs(2)).contains("TICK"),
         "no ticks on the serial socket",

@@ -477,6 +477,15 @@ impl VirtioDevice for VhostUserDevice {
             ),
             None => None,
         };
+        if backend.is_some() && !self.conn.supports_device_state() {
+            // Refused now, at restore, not later when the device restarts.
+            return Err(ActivateError::State(format!(
+                "{}: cannot restore the saved backend state: the backend ({}) lacks \
+                 VHOST_USER_PROTOCOL_F_DEVICE_STATE",
+                self.spec.name,
+                self.conn.socket().display()
+            )));
+        }
         self.acked = s.acked_features;
         self.pending_backend_state = backend;
         Ok(())

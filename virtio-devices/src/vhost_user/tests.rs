@@ -547,6 +547,25 @@ fn pause_against_a_stalled_backend_fails_in_bounded_time() {
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
+/// A snapshot that carries backend state cannot go to a backend without
+/// the device-state protocol feature: the restore is refused naming it.
+#[test]
+fn restore_with_backend_state_needs_the_device_state_feature() {
+    let (r, _) = against(minimal_backend(|mut s| while read_msg(&mut s).is_some() {}));
+    let mut dev = VhostUserDevice::new(fake_fs_spec(1), r.unwrap());
+    let saved = serde_json::json!({
+        "version": device::VHOST_USER_STATE_VERSION,
+        "acked_features": VERSION_1,
+        "backend_state": "00ff",
+    });
+    let err = dev.restore_state(&saved).unwrap_err().to_string();
+    assert!(err.contains("VHOST_USER_PROTOCOL_F_DEVICE_STATE"), "{err}");
+    // Without backend state (a device never activated) the restore is fine.
+    let mut fresh = saved.clone();
+    fresh["backend_state"] = serde_json::Value::Null;
+    dev.restore_state(&fresh).unwrap();
+}
+
 #[test]
 fn vring_outside_guest_memory_is_refused() {
     let (r, _) = against(minimal_backend(|mut s| while read_msg(&mut s).is_some() {}));
