@@ -96,11 +96,10 @@ impl ConsoleConfig {
             ));
         }
         if device == "serial" {
-            refuse_if(
-                self.id.is_some() || self.pci_segment != 0 || self.pci_device_id.is_some(),
-                "serial.id/pci_segment/pci_device_id",
-                "the serial port is a legacy device, not on PCI",
-            )?;
+            let legacy = "the serial port is a legacy device, not on PCI";
+            refuse_if(self.id.is_some(), "serial.id", legacy)?;
+            refuse_if(self.pci_segment != 0, "serial.pci_segment", legacy)?;
+            refuse_if(self.pci_device_id.is_some(), "serial.pci_device_id", legacy)?;
         }
         if self.mode == ConsoleOutputMode::File {
             match &self.file {
