@@ -314,3 +314,90 @@ fn ch_remote_syntax_with_chv_remote() {
     chv.assert_no_panic();
     chv.check(st.code() == Some(0), &format!("sender exit {st}"));
 }
+
+/// ch-remote's `restore source_url=…,net_fds=[id@[fd,…]]` through
+/// chv-remote: a ticker VM with a NIC on a tap is snapshotted, deleted and
+/// restored onto a new tap whose fd the test opens and chv-remote inherits
+/// and passes as SCM_RIGHTS (the body carries `{id, num_fds}` only); bad
+/// `net_fds` syntax and an fd that is not open are refused naming
+/// `net_fds`, before anything reaches chv.
+#[test]
+fn restore_with_net_fds_through_chv_remote() {
+    use std::os::fd::AsRawFd;
+    let dir = Scratch::new("remote-netfds");
+    let serial = dir.join("serial.log");
+    let config_file = dir.join("vm.json");
+    std::fs::write(&config_file, ticker_config(&serial)).expect("write config");
+    let (chv, sock) = start_vmm(&dir);
+    let tap_name = |n: u32| format!("chvn{}{n}", std::process::id() % 10_000);
+
+    remote_ok(&chv, &sock, &["create", &config_file.display().to_string()]);
+    let tap = chv_tests::open_tap(&tap_name(1));
+    remote_ok(
+        &chv,
+        &sock,
+        &[
+            "add-net",
+            &format!("fd=[{}],id=net0,mac=12:34:56:78:9a:bd", tap.as_raw_fd()),
+        ],
+    );
+    remote_ok(&chv, &sock, &["boot"]);
+    wait_file(&chv, &serial, "ticks", GUEST_TIMEOUT, |t| {
+        has_run_of_ticks(t, 3)
+    });
+    remote_ok(&chv, &sock, &["pause"]);
+    let snap = dir.join("snap");
+    std::fs::create_dir_all(&snap).expect("snap dir");
+    let snap_url = format!("file://{}", snap.display());
+    remote_ok(&chv, &sock, &["snapshot", &snap_url]);
+    remote_ok(&chv, &sock, &["delete"]);
+    drop(tap);
+
+    // Refused by chv-remote itself, naming net_fds.
+    let not_open = 1000;
+    for bad in [
+        "net_fds=[net0@[x]]".to_string(),
+        "net_fds=[@[3]]".to_string(),
+        "net_fds=net0".to_string(),
+        "net_fds=[net0@[3]".to_string(),
+        format!("net_fds=[net0@[{not_open}]]"),
+    ] {
+        remote_err(
+            &chv,
+            &sock,
+            &["restore", &format!("source_url={snap_url},{bad}")],
+            "net_fds",
+        );
+    }
+    remote_err(&chv, &sock, &["info"], "404");
+
+    let tap = chv_tests::open_tap(&tap_name(2));
+    let out = remote_ok(
+        &chv,
+        &sock,
+        &[
+            "restore",
+            &format!(
+                "source_url={snap_url},resume=false,net_fds=[net0@[{}]]",
+                tap.as_raw_fd()
+            ),
+        ],
+    );
+    chv.check(out.is_empty(), &format!("restore printed {out:?}"));
+    let info = remote_ok(&chv, &sock, &["info"]);
+    chv.check(
+        info.contains(r#""state":"Paused""#)
+            && info.contains(r#""id":"net0""#)
+            && info.contains("12:34:56:78:9a:bd"),
+        &format!("vm.info after the restore with net_fds: {info}"),
+    );
+    chv.check(
+        !info.contains(&tap_name(1)),
+        &format!("vm.info still names the old tap: {info}"),
+    );
+    remote_ok(&chv, &sock, &["resume"]);
+    expect_growing(&chv, &serial, 20, "ticks after the restore with net_fds");
+    remote_ok(&chv, &sock, &["shutdown-vmm"]);
+    drop(tap);
+    expect_clean_exit(chv);
+}

@@ -105,7 +105,9 @@ enum Command {
     Coredump { destination_url: String },
     /// Inject an NMI.
     Nmi,
-    /// Restore a snapshot: `source_url=file:///path[,prefault=on][,resume=true]`.
+    /// Restore a snapshot: `source_url=file:///path[,prefault=on][,resume=true]
+    /// [,memory_restore_mode=copy|ondemand][,net_fds=[id@[fd,…],…]]` (the
+    /// `net_fds` fds are this process's, sent as SCM_RIGHTS).
     Restore { restore: String },
     /// Migrate the VM: `destination_url=unix:/path[,downtime_ms=N,timeout_s=N,
     /// timeout_strategy=Cancel|Ignore,local=on]` (a bare URL works too).
@@ -116,31 +118,107 @@ enum Command {
     ShutdownVmm,
 }
 
-/// `vm.restore`'s body from the `--restore` option syntax.
-fn restore_body(option: &str) -> Result<String, String> {
+/// `vm.restore`'s body from ch-remote's `restore` syntax
+/// (`source_url=…[,prefault=on][,resume=true][,memory_restore_mode=…]`
+/// `[,net_fds=[id@[fd,…],…]]`), and the fds of this process that
+/// `net_fds` names, in order: they travel as SCM_RIGHTS with the request
+/// and the body says only how many each device takes (`{id, num_fds}`), as
+/// Cloud Hypervisor's ch-remote does.
+fn restore_request(option: &str) -> Result<(String, Vec<RawFd>), String> {
+    let items = vmm::cli::split_options(option).map_err(|e| format!("restore: {e}"))?;
     let mut body = serde_json::Map::new();
-    for item in option.split(',') {
-        let (key, value) = item.split_once('=').unwrap_or((item, ""));
-        let value = match key {
+    let mut fds = Vec::new();
+    for item in items {
+        let value = item.value.clone().unwrap_or_default();
+        let json = match item.key.as_str() {
             "source_url" => serde_json::Value::from(value),
-            "prefault" | "resume" => serde_json::Value::from(matches!(value, "on" | "true")),
-            "memory_restore_mode" => serde_json::Value::from(match value {
+            "prefault" | "resume" => {
+                serde_json::Value::from(matches!(value.as_str(), "on" | "true"))
+            }
+            "memory_restore_mode" => serde_json::Value::from(match value.as_str() {
                 "copy" | "Copy" => "Copy",
                 "ondemand" | "OnDemand" => "OnDemand",
                 other => other,
             }),
+            "net_fds" => {
+                let nets = parse_net_fds(&value)?;
+                let mut entries = Vec::new();
+                for (id, net) in nets {
+                    entries.push(serde_json::json!({
+                        "id": id,
+                        "num_fds": net.len(),
+                        "fds": null,
+                    }));
+                    fds.extend(net);
+                }
+                serde_json::Value::from(entries)
+            }
             _ => {
                 return Err(format!(
-                    "restore: unknown option {key:?} (expected source_url, prefault, resume, memory_restore_mode)"
+                    "restore: unknown option {:?} (expected source_url, prefault, resume, \
+                     memory_restore_mode, net_fds)",
+                    item.key
                 ))
             }
         };
-        body.insert(key.to_string(), value);
+        body.insert(item.key, json);
     }
     if !body.contains_key("source_url") {
         return Err("restore: missing source_url=".into());
     }
-    Ok(serde_json::Value::Object(body).to_string())
+    Ok((serde_json::Value::Object(body).to_string(), fds))
+}
+
+/// ch-remote's `net_fds=[id@[fd,…],…]`: each device id with the fds of
+/// this process it takes, each fd checked to be open.
+fn parse_net_fds(value: &str) -> Result<Vec<(String, Vec<RawFd>)>, String> {
+    let bad = |why: &str| format!("restore: net_fds={value:?}: {why}");
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or_else(|| bad("expected [id@[fd,...],...]"))?;
+    let mut nets = Vec::new();
+    let mut rest = inner;
+    while !rest.is_empty() {
+        let (id, after) = rest
+            .split_once("@[")
+            .ok_or_else(|| bad("expected id@[fd,...]"))?;
+        let (list, after) = after.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        let id = id.trim();
+        if id.is_empty() || id.contains([',', '[', ']', '@']) {
+            return Err(bad("expected id@[fd,...] with a non-empty device id"));
+        }
+        let mut fds = Vec::new();
+        for text in list.split(',') {
+            let fd: RawFd = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|fd| *fd >= 0)
+                .ok_or_else(|| bad(&format!("{text:?} is not an fd number")))?;
+            // SAFETY: F_GETFD only queries the descriptor table.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(bad(&format!(
+                    "fd {fd} is not open in chv-remote: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            fds.push(fd);
+        }
+        if nets.iter().any(|(seen, _)| seen == id) {
+            return Err(bad(&format!("device {id:?} named twice")));
+        }
+        nets.push((id.to_owned(), fds));
+        rest = match after.strip_prefix(',') {
+            Some(next) if !next.is_empty() => next,
+            None if after.is_empty() => after,
+            _ => return Err(bad("expected , between devices")),
+        };
+    }
+    if nets.is_empty() {
+        return Err(bad("no device"));
+    }
+    Ok(nets)
 }
 
 /// How one `key=value` of a ch-remote option string goes into JSON.
@@ -345,7 +423,10 @@ fn run(args: Args) -> Result<String, String> {
             "vm.snapshot",
             Some(serde_json::json!({ "destination_url": destination_url }).to_string()),
         )?,
-        Command::Restore { restore } => put("vm.restore", Some(restore_body(&restore)?))?,
+        Command::Restore { restore } => {
+            let (body, fds) = restore_request(&restore)?;
+            request(s, "PUT", "vm.restore", Some(&body), &fds)?
+        }
         Command::SendMigration { destination_url } => put(
             "vm.send-migration",
             Some(send_migration_body(&destination_url)?),
