@@ -21,6 +21,7 @@ pub mod base_snapshot;
 pub mod go_client;
 pub mod migration;
 pub mod netns;
+pub mod threads;
 pub mod ticker;
 
 use std::io::Read;

@@ -75,12 +75,18 @@ fn wait_socket(child: Child, socket: &Path, what: &str) -> Backend {
 }
 
 fn virtiofsd(dir: &Path, socket: &Path) -> Backend {
+    virtiofsd_with(dir, socket, &[])
+}
+
+/// virtiofsd with `extra` arguments (e.g. its `--migration-mode`).
+fn virtiofsd_with(dir: &Path, socket: &Path, extra: &[&str]) -> Backend {
     let child = Command::new("virtiofsd")
         .arg("--socket-path")
         .arg(socket)
         .arg("--shared-dir")
         .arg(dir)
         .args(["--sandbox", "none", "--log-level", "warn"])
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .expect("virtiofsd must be on PATH (cargo install virtiofsd; .ci/run does it)");
@@ -265,6 +271,16 @@ fn virtiofs_shares_hotplug_read_write_and_survive_backend_loss() {
         chv.stdout().contains("CHK-READ2:second-share"),
         "guest read the second, hot-added share",
     );
+    // Both backends' relay threads and the vhost-user watchdog run, each
+    // under its seccomp filter like every other chv thread.
+    let threads = chv_tests::threads::seccomp_modes(chv.pid());
+    let relays = threads.iter().filter(|t| t.1.starts_with("vu-")).count();
+    chv.check(
+        relays >= 2 && threads.iter().any(|t| t.1 == "vhost-user-wd"),
+        &format!("want two vu-* relay threads and vhost-user-wd: {threads:?}"),
+    );
+    let unfiltered = chv_tests::threads::unfiltered(&threads);
+    chv.check(unfiltered.is_empty(), &unfiltered.join("; "));
     remove_device(
         &chv,
         &api,
@@ -494,7 +510,10 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
     std::fs::create_dir_all(&share).unwrap();
     std::fs::write(share.join("kept"), "line-before-snapshot\n").unwrap();
     let sock_a = scratch.path("a.sock");
-    let mut fsd_a = virtiofsd(&share, &sock_a);
+    // virtiofsd's two ways to describe its inodes: paths for the snapshot
+    // (A saves), file handles for the live migration (B sends to C; same
+    // directory, root with CAP_DAC_READ_SEARCH).
+    let mut fsd_a = virtiofsd_with(&share, &sock_a, &["--migration-mode", "find-paths"]);
     let api = scratch.path("api.sock");
     let Some(mut chv) = restore_shared(&scratch, &api) else {
         return;
@@ -523,7 +542,15 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
     // A new virtiofsd on a new socket, named in the snapshot's edited
     // config.json; the restored VM loads the first one's state into it.
     let sock_b = scratch.path("b.sock");
-    let _fsd_b = virtiofsd(&share, &sock_b);
+    let _fsd_b = virtiofsd_with(
+        &share,
+        &sock_b,
+        &[
+            "--migration-mode",
+            "file-handles",
+            "--modcaps=+dac_read_search",
+        ],
+    );
     let edited = scratch.path("snap-b");
     let (a, b) = (sock_a.display().to_string(), sock_b.display().to_string());
     edited_snapshot(&snap, &edited, |c| c.replace(&a, &b));
@@ -563,7 +590,15 @@ fn snapshot_and_restore_keep_the_virtiofs_mount_and_open_files_through_a_new_vir
     // config names b.sock, so virtiofsd C's socket takes that name (B keeps
     // its accepted connection); the receiver loads B's state into C.
     let sock_c = scratch.path("c.sock");
-    let _fsd_c = virtiofsd(&share, &sock_c);
+    let _fsd_c = virtiofsd_with(
+        &share,
+        &sock_c,
+        &[
+            "--migration-mode",
+            "file-handles",
+            "--modcaps=+dac_read_search",
+        ],
+    );
     std::fs::rename(&sock_c, &sock_b).unwrap();
     let api2 = scratch.path("api2.sock");
     let mut chv2 = Chv::spawn_with_input(&["--api-socket".to_string(), api2.display().to_string()]);

@@ -299,31 +299,6 @@ fn want_failure(chv: &Chv, key: &str) {
     );
 }
 
-/// Each thread of `pid` as `(tid, name, Seccomp: value)`.
-fn seccomp_modes(pid: u32) -> Vec<(String, String, String)> {
-    let dir = format!("/proc/{pid}/task");
-    let mut out = Vec::new();
-    for entry in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir}: {e}")) {
-        let Ok(entry) = entry else { continue };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
-            continue; // the thread exited meanwhile
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-                .unwrap_or_else(|| "<missing>".into())
-        };
-        out.push((
-            entry.file_name().to_string_lossy().into_owned(),
-            field("Name:"),
-            field("Seccomp:"),
-        ));
-    }
-    out
-}
-
 /// Waits for power-off and a clean exit 0, and for `GUEST-CMD-EXIT=0`.
 fn expect_poweroff(chv: &mut Chv, what: &str) {
     chv.expect("GUEST-POWEROFF", ABORT, Duration::from_secs(90));
@@ -451,7 +426,7 @@ fn boot_one(kit: &GuestKit, dir: &Scratch) -> Vec<String> {
     chv.expect("GUEST-READY", ABORT, BOOT_TIMEOUT);
     eprintln!("boot 1: GUEST-READY after {:.1?}", chv.elapsed());
     chv.expect("CHK-SECCOMP-WINDOW:now", ABORT, CMD_TIMEOUT);
-    let threads = seccomp_modes(chv.pid());
+    let threads = chv_tests::threads::seccomp_modes(chv.pid());
     let still_running = chv.wait_exit(Duration::ZERO).is_none();
     chv.check(
         still_running && !chv.stdout().contains("GUEST-POWEROFF"),
@@ -462,11 +437,7 @@ fn boot_one(kit: &GuestKit, dir: &Scratch) -> Vec<String> {
         threads.len() >= 2,
         "seccomp check: want at least 2 chv threads",
     );
-    let seccomp_failures: Vec<String> = threads
-        .iter()
-        .filter(|(_, _, mode)| mode != "2")
-        .map(|(tid, name, mode)| format!("thread {tid} ({name}) has Seccomp: {mode}"))
-        .collect();
+    let seccomp_failures = chv_tests::threads::unfiltered(&threads);
     expect_poweroff(&mut chv, "boot 1");
 
     // Guest-side results.
