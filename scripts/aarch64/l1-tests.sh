@@ -91,6 +91,18 @@ case_api() {
     [ -z "$why" ] && { wait_for $o HOTPLUG-WRITE-OK 120 || why="hot-added disk not written"; }
     [ -z "$why" ] && { head -c 14 $W/hot.raw | grep -q chv-arm-hot-ok || why="hot disk content"; }
     [ -z "$why" ] && { $R counters | grep -q hot0 || why=counters; }
+    # Every chv thread (main, API, vCPU, device workers) runs under its
+    # seccomp filter, as on x86_64.
+    if [ -z "$why" ]; then
+        n=0
+        for st in /proc/$pid/task/*/status; do
+            n=$((n + 1))
+            grep -q "^Seccomp:[[:space:]]*2" $st || why="$why $(grep ^Name: $st | cut -f2):$(grep ^Seccomp: $st | cut -f2)"
+        done
+        [ -n "$why" ] && why="threads without a seccomp filter:$why"
+        [ -z "$why" ] && [ $n -lt 4 ] && why="only $n chv threads"
+        [ -z "$why" ] && echo "ARM-SECCOMP-THREADS=$n"
+    fi
     [ -z "$why" ] && { $R remove-device hot0 > $W/rm.out 2>&1; grep -q "not supported on aarch64" $W/rm.out || why="remove-device: $(cat $W/rm.out)"; }
     $R shutdown-vmm >/dev/null 2>&1
     i=0; while kill -0 $pid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
@@ -98,6 +110,11 @@ case_api() {
     wait $pid; rc=$?
     cat $o
     [ -z "$why" ] && [ $rc != 0 ] && why="chv exit $rc"
+    # vCPU hotplug (max above boot) is refused by name: no ACPI here.
+    if [ -z "$why" ]; then
+        $H/chv $KERNEL --cpus boot=1,max=2 --memory size=256M > $W/max.out 2>&1 && why="--cpus max=2 was accepted"
+        [ -z "$why" ] && { grep -q "not supported on aarch64" $W/max.out || why="--cpus max=2: $(cat $W/max.out)"; }
+    fi
     [ -z "$why" ] && pass api || fail api "$why"
 }
 
