@@ -694,6 +694,17 @@ fn disk_qcow2_in_use_by_another_chv_is_a_lock_error() {
         &["--disk".into(), format!("{disk},readonly=on")],
         &["--disk", &path, "locked"],
     );
+    // chv's lock is an OFD lock as Cloud Hypervisor's, which QEMU sees:
+    // qemu-img cannot open the image chv writes.
+    let out = run(&dir.0, "qemu-img", &["info", "shared.qcow2"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    first.check(
+        !out.status.success() && text.contains("lock"),
+        &format!(
+            "qemu-img info opened the image chv holds ({}): {text}",
+            out.status
+        ),
+    );
     let still_running = first.wait_exit(Duration::ZERO).is_none();
     first.check(
         still_running,
@@ -705,5 +716,81 @@ fn disk_qcow2_in_use_by_another_chv_is_a_lock_error() {
     first.check(
         st.code() == Some(0),
         &format!("first chv: exit status {st}, want 0"),
+    );
+}
+
+/// Whether another open file description holds an OFD lock that a write
+/// lock on `path`'s bytes `[start, start + len)` would conflict with.
+fn ofd_locked(path: &Path, start: i64, len: i64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut fl = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    };
+    // SAFETY: `f` stays open for the call; `fl` is a valid flock on this
+    // stack frame that the call reads and writes.
+    let ret = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    assert_eq!(ret, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    i32::from(fl.l_type) != libc::F_UNLCK
+}
+
+/// chv locks images as Cloud Hypervisor does (OFD `fcntl` locks, not
+/// `flock`), so it sees QEMU's locks: an image `qemu-io` holds open for
+/// writing (QEMU's OFD locks on bytes 100 and up, 200 and up) is refused
+/// with the lock error, and once QEMU lets go chv takes it.
+#[test]
+fn disk_in_use_by_qemu_is_a_lock_error() {
+    let dir = Scratch::new("qemu-lock");
+    run_ok(
+        &dir.0,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "held.raw", "64M"],
+    );
+    let path = dir.arg("held.raw");
+    let mut qemu = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "sleep 120000", &path])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run qemu-io (is qemu-utils installed?): {e}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ofd_locked(&dir.path("held.raw"), 100, 200) {
+        if std::time::Instant::now() > deadline || qemu.try_wait().ok().flatten().is_some() {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!("qemu-io never locked {path}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = std::panic::catch_unwind(|| {
+        expect_option_error(
+            &["--disk".into(), format!("path={path}")],
+            &["--disk", &path, "locked"],
+        );
+    });
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    if let Err(e) = refused {
+        std::panic::resume_unwind(e);
+    }
+    // QEMU gone, the lock went with it: chv boots on the image.
+    let mut args = halted_guest_args();
+    args.extend(["--disk".to_string(), format!("path={path}")]);
+    let mut chv = Chv::spawn(&args);
+    chv.expect("HLT-NOW", &["TESTGUEST-FAIL"], Duration::from_secs(30));
+    chv.check(
+        ofd_locked(&dir.path("held.raw"), 0, 0),
+        "chv runs on the image but holds no OFD lock on it",
+    );
+    chv.signal(libc::SIGTERM);
+    let st = chv.expect_exit(Duration::from_secs(10));
+    chv.assert_no_panic();
+    chv.check(
+        st.code() == Some(0),
+        &format!("chv: exit status {st}, want 0"),
     );
 }

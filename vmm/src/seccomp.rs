@@ -303,6 +303,11 @@ pub fn vmm_thread_rules() -> ThreadRules {
                 libc::F_GETFL as u64,
                 libc::F_SETFL as u64,
                 libc::F_DUPFD_CLOEXEC as u64,
+                // Disk image locks (OFD locks, as Cloud Hypervisor takes
+                // them): taken when a disk is opened (boot, hotplug,
+                // restore, receiving a migration), dropped and taken back
+                // around a live migration's hand-over (`set_host_locks`).
+                libc::F_OFD_SETLK as u64,
             ],
         )
         // vCPU threads inherit this filter and place themselves

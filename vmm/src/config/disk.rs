@@ -135,13 +135,16 @@ impl ImageType {
     }
 }
 
-/// Image locking (Cloud Hypervisor's `LockGranularity`).
+/// Image locking (Cloud Hypervisor's `LockGranularity`), honoured as CH
+/// does: an OFD `fcntl` lock, write for a writable disk, read for a
+/// read-only one, covering these bytes of the image file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockGranularity {
-    /// Lock byte ranges (OFD locks on the image's extent).
+    /// Bytes `[0, size)`: the larger of the file length and the virtual
+    /// disk size.
     #[default]
     ByteRange,
-    /// Lock the whole file.
+    /// The whole file (`l_start` 0, `l_len` 0).
     Full,
 }
 

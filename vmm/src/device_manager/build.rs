@@ -74,6 +74,15 @@ impl DeviceManager {
         let opts = DiskOptions {
             readonly: disk.readonly,
             direct: disk.direct,
+            // Locked as Cloud Hypervisor locks it (OFD locks).
+            lock_granularity: match disk.lock_granularity {
+                crate::config::LockGranularity::ByteRange => {
+                    virtio_devices::block::disk::LockGranularity::ByteRange
+                }
+                crate::config::LockGranularity::Full => {
+                    virtio_devices::block::disk::LockGranularity::Full
+                }
+            },
         };
         let rate_limit = match (&disk.rate_limiter_config, &disk.rate_limit_group) {
             (Some(c), _) => Some(

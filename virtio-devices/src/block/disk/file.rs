@@ -11,6 +11,8 @@ use std::os::unix::fs::FileExt;
 
 use vmm_sys_util::fallocate::{fallocate, FallocateMode};
 
+use super::ImageLock;
+
 /// Buffer, offset and length alignment used for `O_DIRECT` I/O.
 pub const ALIGNMENT: u64 = 4096;
 
@@ -57,16 +59,32 @@ fn errno_to_io(e: vmm_sys_util::errno::Error) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
 
-/// An open image file plus whether it was opened with `O_DIRECT`.
+/// An open image file plus whether it was opened with `O_DIRECT` and the
+/// lock it holds.
 pub(crate) struct HostFile {
     file: File,
     direct: bool,
+    lock: Option<ImageLock>,
 }
 
 impl HostFile {
-    /// Wraps an open file.
+    /// Wraps an open file (not locked yet).
     pub(crate) fn new(file: File, direct: bool) -> Self {
-        HostFile { file, direct }
+        HostFile {
+            file,
+            direct,
+            lock: None,
+        }
+    }
+
+    /// Records the lock taken on the file, for [`super::relock_file`].
+    pub(crate) fn set_lock(&mut self, lock: ImageLock) {
+        self.lock = Some(lock);
+    }
+
+    /// The lock the file holds (when locked), if any was taken.
+    pub(crate) fn lock(&self) -> Option<&ImageLock> {
+        self.lock.as_ref()
     }
 
     /// The underlying file.

@@ -1,7 +1,8 @@
 //! Disk image formats behind virtio-blk: raw files and qcow2.
 //!
-//! `open_disk` detects the format, takes an advisory `flock` so two VMMs
-//! cannot write one image, and hands back a [`DiskImage`] that the block
+//! `open_disk` detects the format, takes an advisory OFD lock as Cloud
+//! Hypervisor does (so neither a second chv, a CH nor a QEMU can write the
+//! image while chv does), and hands back a [`DiskImage`] that the block
 //! device drives with byte offsets. Everything here treats guest offsets and
 //! image metadata as hostile: errors, never panics.
 
@@ -131,6 +132,83 @@ pub struct DiskOptions {
     pub readonly: bool,
     /// Bypass the host page cache with `O_DIRECT`.
     pub direct: bool,
+    /// Which bytes of the image file the lock covers.
+    pub lock_granularity: LockGranularity,
+}
+
+/// Which bytes of an image file its advisory lock covers (Cloud
+/// Hypervisor's `disks[].lock_granularity`). Either way the lock is an
+/// open file description (OFD) `fcntl` lock: a write lock for a writable
+/// disk, a read lock for a read-only one, as CH takes it, so chv, CH and
+/// QEMU (which holds OFD read locks on bytes 100 and up, 200 and up) see
+/// each other's locks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LockGranularity {
+    /// Bytes `[0, size)`, where size is the larger of the file's length
+    /// and the virtual disk size (the whole file when that is 0): the
+    /// image's bytes without a whole-file lock, which some NFS servers
+    /// enforce as a mandatory lock.
+    #[default]
+    ByteRange,
+    /// The whole file (`l_start` 0, `l_len` 0: up to any end).
+    Full,
+}
+
+/// The OFD lock an open image takes and gives back: its byte range and
+/// whether it is shared (read) or exclusive (write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ImageLock {
+    start: libc::off_t,
+    len: libc::off_t,
+    shared: bool,
+}
+
+impl ImageLock {
+    /// The lock for an image of `size` bytes (see [`LockGranularity`]).
+    fn new(granularity: LockGranularity, size: u64, shared: bool) -> Self {
+        let len = match granularity {
+            LockGranularity::Full => 0,
+            // 0 (to any end) when the size does not fit, as for Full.
+            LockGranularity::ByteRange => libc::off_t::try_from(size).unwrap_or(0),
+        };
+        ImageLock {
+            start: 0,
+            len,
+            shared,
+        }
+    }
+
+    /// Sets (`locked`) or clears the lock on `file` without waiting.
+    /// `Ok(false)` when another open file description holds a conflicting
+    /// lock.
+    fn set(&self, file: &File, locked: bool) -> std::io::Result<bool> {
+        let l_type = match (locked, self.shared) {
+            (false, _) => libc::F_UNLCK,
+            (true, true) => libc::F_RDLCK,
+            (true, false) => libc::F_WRLCK,
+        };
+        let fl = libc::flock {
+            l_type: l_type as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: self.start,
+            l_len: self.len,
+            // Must be 0 for OFD locks.
+            l_pid: 0,
+        };
+        // SAFETY: fcntl(F_OFD_SETLK) takes a file descriptor, which `file`
+        // owns and keeps open for the duration of the call, and reads the
+        // `flock` it points at, which lives on this stack frame for the
+        // duration of the call; it writes no memory.
+        let ret = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+        if ret == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+            _ => Err(err),
+        }
+    }
 }
 
 /// Checks that `[offset, offset + len)` lies inside a disk of `size` bytes.
@@ -183,11 +261,20 @@ pub(crate) fn open_with_depth(
     }
     let named = format.map(parse_format).transpose()?;
     let file = open_file(path, opts)?;
-    lock_file(&file, path, opts.readonly)?;
-    let file = file::HostFile::new(file, opts.direct);
+    let mut file = file::HostFile::new(file, opts.direct);
+    // Reading the head before the lock is harmless: nothing is written
+    // (nor trusted beyond sizing the lock) until the lock is held.
+    let head = read_head(&file).map_err(|e| wrap(path, e))?;
+    let lock = ImageLock::new(
+        opts.lock_granularity,
+        lock_size(&file, &head).map_err(|e| wrap(path, e))?,
+        opts.readonly,
+    );
+    lock_file(file.file(), path, &lock)?;
+    file.set_lock(lock);
     let format = match named {
         Some(f) => f,
-        None => probe(&file).map_err(|e| wrap(path, e))?,
+        None => probe(&head),
     };
     let image: Box<dyn DiskImage> = match format {
         Format::Raw => Box::new(raw::RawDisk::new(file, opts).map_err(|e| wrap(path, e))?),
@@ -238,56 +325,69 @@ fn open_file(path: &Path, opts: &DiskOptions) -> Result<File, DiskError> {
     })
 }
 
-/// Takes a non-blocking advisory lock: exclusive for writers, shared for
-/// readers. The lock lives as long as the file stays open.
-fn lock_file(file: &File, path: &Path, shared: bool) -> Result<(), DiskError> {
-    let op = if shared { libc::LOCK_SH } else { libc::LOCK_EX } | libc::LOCK_NB;
-    // SAFETY: flock only takes a file descriptor, which `file` owns and
-    // keeps open for the duration of the call; no memory is passed.
-    let ret = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if ret == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Err(DiskError::Locked(path.to_path_buf()))
-    } else {
-        Err(DiskError::Open {
+/// Takes `lock` on a freshly opened image without waiting; a conflicting
+/// lock held elsewhere is [`DiskError::Locked`]. The lock lives as long as
+/// the file stays open (or until [`relock_file`] drops it).
+fn lock_file(file: &File, path: &Path, lock: &ImageLock) -> Result<(), DiskError> {
+    match lock.set(file, true) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DiskError::Locked(path.to_path_buf())),
+        Err(source) => Err(DiskError::Open {
             path: path.to_path_buf(),
-            source: err,
-        })
+            source,
+        }),
     }
 }
 
-/// Takes (`Some(shared)`) or drops (`None`) the advisory lock on an image
-/// file that is already open, for [`DiskImage::set_locked`].
-pub(crate) fn relock_file(file: &File, shared: Option<bool>) -> Result<(), DiskError> {
-    let op = match shared {
-        Some(true) => libc::LOCK_SH | libc::LOCK_NB,
-        Some(false) => libc::LOCK_EX | libc::LOCK_NB,
-        None => libc::LOCK_UN,
+/// Takes (`locked`) or drops the image's lock on a file that is already
+/// open, for [`DiskImage::set_locked`]; dropping clears the same range
+/// (`F_UNLCK`). Files opened without a lock do nothing.
+pub(crate) fn relock_file(file: &file::HostFile, locked: bool) -> Result<(), DiskError> {
+    let Some(lock) = file.lock() else {
+        return Ok(());
     };
-    // SAFETY: flock only takes a file descriptor, which `file` owns and
-    // keeps open for the duration of the call; no memory is passed.
-    let ret = unsafe { libc::flock(file.as_raw_fd(), op) };
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(DiskError::Io(std::io::Error::last_os_error()))
+    match lock.set(file.file(), locked) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(DiskError::Io(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the image is locked by another process",
+        ))),
+        Err(e) => Err(DiskError::Io(e)),
     }
 }
 
-/// Reads the first bytes to recognise qcow2; anything else is raw.
-fn probe(file: &file::HostFile) -> Result<Format, DiskError> {
-    // A full aligned block so this also works under O_DIRECT; bytes past
-    // the end of a short file read as zeros.
+/// The image's first aligned block (a full block so this also works
+/// under `O_DIRECT`; bytes past the end of a short file read as zeros).
+fn read_head(file: &file::HostFile) -> Result<file::AlignedBuf, DiskError> {
     let mut block = file::AlignedBuf::new(ALIGNMENT as usize);
     file.read_at(block.as_mut_slice(), 0)?;
-    if block.as_slice()[..4] == qcow2::MAGIC.to_be_bytes() {
-        Ok(Format::Qcow2)
+    Ok(block)
+}
+
+/// Recognises qcow2 by its magic in the image's first block; anything
+/// else is raw.
+fn probe(head: &file::AlignedBuf) -> Format {
+    if head.as_slice()[..4] == qcow2::MAGIC.to_be_bytes() {
+        Format::Qcow2
     } else {
-        Ok(Format::Raw)
+        Format::Raw
     }
+}
+
+/// The size a [`LockGranularity::ByteRange`] lock covers, as Cloud
+/// Hypervisor sizes it: the larger of the file's length and the virtual
+/// disk size (a qcow2 header's `size`, at byte 24).
+fn lock_size(file: &file::HostFile, head: &file::AlignedBuf) -> Result<u64, DiskError> {
+    let len = file.len()?;
+    let virtual_size = match probe(head) {
+        Format::Qcow2 => {
+            let mut size = [0u8; 8];
+            size.copy_from_slice(&head.as_slice()[24..32]);
+            u64::from_be_bytes(size)
+        }
+        Format::Raw => len,
+    };
+    Ok(len.max(virtual_size))
 }
 
 /// A stable identifier for a host file: its device and inode numbers.
@@ -300,3 +400,6 @@ pub(crate) fn id_of(file: &File) -> String {
 
 #[cfg(test)]
 pub(crate) mod test_util;
+
+#[cfg(test)]
+mod lock_tests;

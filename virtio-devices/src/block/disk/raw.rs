@@ -61,7 +61,7 @@ impl DiskImage for RawDisk {
     }
 
     fn set_locked(&mut self, locked: bool) -> Result<(), DiskError> {
-        super::relock_file(self.file.file(), locked.then_some(self.readonly))
+        super::relock_file(&self.file, locked)
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
@@ -125,12 +125,13 @@ impl DiskImage for RawDisk {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::TestDir;
-    use super::super::{open_disk, open_disk_with_format, DiskError, DiskOptions};
+    use super::super::{open_disk, open_disk_with_format, DiskError, DiskOptions, LockGranularity};
     use std::os::unix::fs::MetadataExt;
 
     const RW: DiskOptions = DiskOptions {
         readonly: false,
         direct: false,
+        lock_granularity: LockGranularity::ByteRange,
     };
 
     fn make_raw(dir: &TestDir, name: &str, size: u64) -> std::path::PathBuf {
@@ -184,6 +185,7 @@ mod tests {
         let ro = DiskOptions {
             readonly: true,
             direct: false,
+            lock_granularity: LockGranularity::ByteRange,
         };
         let mut d = open_disk_with_format(&p, Some("raw"), &ro).unwrap();
         assert!(matches!(d.write_at(&[1], 0), Err(DiskError::ReadOnly)));
@@ -236,6 +238,7 @@ mod tests {
         let ro = DiskOptions {
             readonly: true,
             direct: false,
+            lock_granularity: LockGranularity::ByteRange,
         };
         assert!(matches!(open_disk(&p, &ro), Err(DiskError::Locked(_))));
     }
@@ -260,6 +263,7 @@ mod tests {
         let opts = DiskOptions {
             readonly: false,
             direct: true,
+            lock_granularity: LockGranularity::ByteRange,
         };
         let mut d = match open_disk(&p, &opts) {
             Ok(d) => d,

@@ -87,6 +87,7 @@ impl Qcow2Disk {
                 let bopts = DiskOptions {
                     readonly: true,
                     direct: opts.direct,
+                    lock_granularity: opts.lock_granularity,
                 };
                 let fmt = header.backing_format.as_deref();
                 Some(open_with_depth(&bpath, fmt, &bopts, depth + 1)?)
@@ -375,7 +376,7 @@ impl DiskImage for Qcow2Disk {
     /// Only the top image: backing files are locked shared, which a
     /// second VMM's shared lock does not conflict with.
     fn set_locked(&mut self, locked: bool) -> Result<(), DiskError> {
-        super::relock_file(self.file.file(), locked.then_some(self.readonly))
+        super::relock_file(&self.file, locked)
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {

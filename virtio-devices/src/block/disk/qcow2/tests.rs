@@ -4,15 +4,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::super::test_util::{have_qemu_img, qemu_img, qemu_img_ok, TestDir};
-use super::super::{open_disk, open_disk_with_format, DiskError, DiskImage, DiskOptions};
+use super::super::{
+    open_disk, open_disk_with_format, DiskError, DiskImage, DiskOptions, LockGranularity,
+};
 
 const RW: DiskOptions = DiskOptions {
     readonly: false,
     direct: false,
+    lock_granularity: LockGranularity::ByteRange,
 };
 const RO: DiskOptions = DiskOptions {
     readonly: true,
     direct: false,
+    lock_granularity: LockGranularity::ByteRange,
 };
 
 fn create(dir: &TestDir, name: &str, opts: &[&str], size: &str) -> PathBuf {
@@ -166,6 +170,7 @@ fn direct_io_small_clusters() {
     let opts = DiskOptions {
         readonly: false,
         direct: true,
+        lock_granularity: LockGranularity::ByteRange,
     };
     let mut model = vec![0u8; 2 << 20];
     {
