@@ -13,6 +13,11 @@
 //! - `cold_plug_net_and_vsock_before_boot` (fast, no Linux): on a created
 //!   but not booted VM both endpoints answer 204 and only record the
 //!   device; `vm.boot` then plugs them (tap and socket appear).
+//! - `add_net_takes_scm_rights_fds_over_body_fds` (fast, no Linux): tap
+//!   fds sent as SCM_RIGHTS win over the numbers in the body's `fds`
+//!   (cold plug and hotplug; chv's fd is checked to be the tap through
+//!   `/proc/<pid>/fdinfo`); body `fds` alone and a count that does not
+//!   match `num_queues` are refused by field.
 //! - `linux_disk_hotplug_and_power_button` (the guest kit restored from the
 //!   shared base snapshot, `chv_tests::base_snapshot`, the script sent over
 //!   the serial console): with a first hot-added disk (`/dev/vda`), the guest polls for
@@ -387,4 +392,179 @@ fn linux_disk_hotplug_and_power_button() {
         added - booted,
         removed - added
     );
+}
+
+/// The interface name of the tun/tap file `fd` of process `pid` (the
+/// `iff:` line of `/proc/<pid>/fdinfo/<fd>`), if it is one.
+fn tap_of_fd(pid: u32, fd: i64) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("iff:"))
+        .map(|s| s.trim().to_string())
+}
+
+/// The `fds` chv recorded for net device `id` in `vm.info`.
+fn recorded_fds(info: &str, id: &str) -> Vec<i64> {
+    let v: serde_json::Value = serde_json::from_str(info).expect("vm.info is JSON");
+    let net = v["config"]["net"]
+        .as_array()
+        .and_then(|nets| nets.iter().find(|n| n["id"] == id))
+        .unwrap_or_else(|| panic!("no net {id} in vm.info: {info}"));
+    assert!(net["tap"].is_null(), "net {id} names a tap: {info}");
+    net["fds"]
+        .as_array()
+        .unwrap_or_else(|| panic!("net {id} has no fds: {info}"))
+        .iter()
+        .map(|f| f.as_i64().expect("fd number"))
+        .collect()
+}
+
+/// `vm.add-net` with tap fds as SCM_RIGHTS and numbers in the body's `fds`
+/// (Kata sends both; Cloud Hypervisor's `attach_fds_to_cfg` drops the body's
+/// numbers and takes the received fds): chv must use the received fds, on a
+/// created VM (204, used at boot) and on a running one (200 + bdf). The
+/// body's number is one no fd of chv has (999) the first time and chv's own
+/// stdin (0) the second, so using it would fail or take the wrong file.
+/// Our copy of each tap is closed right after sending, so the tap (not
+/// persistent) lives on only through chv's fd. Body `fds` without any
+/// SCM_RIGHTS fd are refused naming the field (Cloud Hypervisor drops them
+/// with a warning and adds the NIC on a fresh auto-named tap; chv's refusal
+/// keeps a body number from ever naming one of its own fds); a count that
+/// does not match `num_queues` is refused naming both.
+#[test]
+fn add_net_takes_scm_rights_fds_over_body_fds() {
+    use chv_tests::go_client::GoClient;
+    use chv_tests::open_tap;
+    use std::os::fd::AsRawFd;
+
+    let dir = Scratch::new("hotplug-fds");
+    let sock = dir.path("api.sock");
+    let ns = NetNs::new("fds");
+    // chv first: it must not inherit the taps (open_tap clears CLOEXEC).
+    let mut chv = ns.spawn_chv(&["--api-socket".to_string(), sock.display().to_string()]);
+    let create = format!(
+        r#"{{"cpus":{{"boot_vcpus":1,"max_vcpus":1}},"memory":{{"size":67108864}},"payload":{{"kernel":"{}","cmdline":"test=ticker"}},"serial":{{"mode":"Tty"}},"console":{{"mode":"Off"}}}}"#,
+        testguest().display()
+    );
+    let (status, body) = http(&sock, "PUT", "vm.create", Some(&create));
+    assert_eq!(status, 204, "vm.create: {body}");
+    let mut api = GoClient::connect(&sock).unwrap_or_else(|e| chv.fail(&format!("connect: {e}")));
+    let pid = chv.pid();
+
+    // Numbers in the body, no descriptors: refused, naming `fds`.
+    let r = api
+        .request(
+            "PUT",
+            "vm.add-net",
+            Some(r#"{"id":"nbad","fds":[999]}"#),
+            &[],
+        )
+        .unwrap();
+    chv.check(
+        r.status == 400 && r.body.contains("fds") && r.body.contains("SCM_RIGHTS"),
+        &format!("body fds without SCM_RIGHTS: {} {}", r.status, r.body),
+    );
+
+    // Two taps for num_queues=2 (one queue pair): refused, naming both.
+    let (t1, t2) = ns.run(|| (open_tap("chvfdx0"), open_tap("chvfdx1")));
+    let r = api
+        .request(
+            "PUT",
+            "vm.add-net",
+            Some(r#"{"id":"nbad"}"#),
+            &[t1.as_raw_fd(), t2.as_raw_fd()],
+        )
+        .unwrap();
+    chv.check(
+        r.status == 400 && r.body.contains("num_queues") && r.body.contains("2 tap fds"),
+        &format!("two fds for one queue pair: {} {}", r.status, r.body),
+    );
+    drop((t1, t2));
+
+    // Cold plug: one tap as SCM_RIGHTS, 999 in the body.
+    let tap = ns.run(|| open_tap("chvfd0"));
+    let r = api
+        .request(
+            "PUT",
+            "vm.add-net",
+            Some(r#"{"id":"nfd0","fds":[999],"mac":"52:54:00:12:34:01"}"#),
+            &[tap.as_raw_fd()],
+        )
+        .unwrap();
+    chv.check(
+        r.status == 204,
+        &format!("cold add-net with fds: {} {}", r.status, r.body),
+    );
+    drop(tap);
+    chv.check(ns.has_link("chvfd0"), "chv does not hold the passed tap");
+    let (_, info) = http(&sock, "GET", "vm.info", None);
+    chv.check(
+        !info.contains("nbad"),
+        &format!("refused nets recorded: {info}"),
+    );
+    let fds = recorded_fds(&info, "nfd0");
+    chv.check(
+        fds.len() == 1 && fds[0] != 999,
+        &format!("recorded fds {fds:?}: {info}"),
+    );
+    chv.check(
+        tap_of_fd(pid, fds[0]).as_deref() == Some("chvfd0"),
+        &format!("chv's fd {} is not tap chvfd0", fds[0]),
+    );
+
+    let (status, body) = http(&sock, "PUT", "vm.boot", None);
+    chv.check(status == 204, &format!("vm.boot: {status} {body}"));
+    chv.expect("TICK 3", &[], Duration::from_secs(30));
+    chv.check(ns.has_link("chvfd0"), "the passed tap is gone after boot");
+    chv.check(
+        tap_of_fd(pid, fds[0]).as_deref() == Some("chvfd0"),
+        "the booted NIC's fd is not tap chvfd0",
+    );
+
+    // Hot plug: the body names chv's own stdin (a pipe).
+    let tap = ns.run(|| open_tap("chvfd1"));
+    let r = api
+        .request(
+            "PUT",
+            "vm.add-net",
+            Some(r#"{"id":"nfd1","fds":[0]}"#),
+            &[tap.as_raw_fd()],
+        )
+        .unwrap();
+    chv.check(
+        r.status == 200 && json_str(&r.body, "id").as_deref() == Some("nfd1"),
+        &format!("hot add-net with fds: {} {}", r.status, r.body),
+    );
+    chv.check(
+        json_str(&r.body, "bdf").is_some_and(|b| b.starts_with("0000:00:")),
+        &format!("no bdf: {}", r.body),
+    );
+    drop(tap);
+    chv.check(ns.has_link("chvfd1"), "chv does not hold the hot-added tap");
+    let (_, info) = http(&sock, "GET", "vm.info", None);
+    let fds = recorded_fds(&info, "nfd1");
+    chv.check(
+        fds.len() == 1 && fds[0] != 0,
+        &format!("recorded fds {fds:?}: {info}"),
+    );
+    chv.check(
+        tap_of_fd(pid, fds[0]).as_deref() == Some("chvfd1"),
+        &format!("chv's fd {} is not tap chvfd1", fds[0]),
+    );
+    // Body fds without descriptors on the running VM: refused as well.
+    let r = api
+        .request("PUT", "vm.add-net", Some(r#"{"fds":[0]}"#), &[])
+        .unwrap();
+    chv.check(
+        r.status == 400 && r.body.contains("fds"),
+        &format!("hot body fds without SCM_RIGHTS: {} {}", r.status, r.body),
+    );
+    let ticks = chv.stdout().matches("TICK").count();
+    chv.expect_count("TICK", ticks + 5, &[], Duration::from_secs(30));
+
+    let (status, _) = http(&sock, "PUT", "vmm.shutdown", None);
+    assert_eq!(status, 204);
+    let st = chv.expect_exit(Duration::from_secs(30));
+    chv.assert_no_panic();
+    chv.check(st.success(), &format!("chv exited with {st}"));
 }
