@@ -118,6 +118,7 @@ fn run(data: &[u8]) {
     let opts = DiskOptions {
         readonly: flags & F_READONLY != 0,
         direct: false,
+        ..Default::default()
     };
     let Ok(mut disk) = open_disk_with_format(&path, Some("qcow2"), &opts) else {
         return;

@@ -118,6 +118,7 @@ fn open_backend(flags: u8, size: u32) -> Option<Box<dyn DiskImage>> {
     let opts = DiskOptions {
         readonly: flags & F_READONLY != 0,
         direct: false,
+        ..Default::default()
     };
     open_disk_with_format(&path, Some("raw"), &opts).ok()
 }

@@ -348,7 +348,6 @@ pub fn vmm_thread_rules() -> ThreadRules {
         ])
         .allow_ioctls(&snapshot_ioctls())
         .allow(&[
-            libc::SYS_flock,
             libc::SYS_fadvise64,
             libc::SYS_socket,
             libc::SYS_bind,
