@@ -309,19 +309,27 @@ def merge_runs(rs):
 
 
 def stop_all(guests):
+    """Stops every VMM; lists those that panicked, or that died by
+    themselves after their guest answered (e.g. killed by a seccomp
+    filter): a VM that answered must still run when the wave ends. One that
+    died before answering is already a failure of the wave."""
     crashed = []
     for g in guests:
         if g.conn is not None:
             g.conn.close()
-        if g.proc is not None and g.proc.poll() is None:
+        died = g.proc.poll() if g.proc is not None else None
+        if g.proc is not None and died is None:
             g.proc.kill()
         if g.proc is not None:
             g.proc.wait()
         g.err.close()
         with open(g.err_path, "rb") as f:
             err = f.read()
+        tail = err.decode(errors="replace")[-500:]
         if b"panicked" in err:
-            crashed.append(f"vm {g.idx}: {err.decode(errors='replace')[-500:]}")
+            crashed.append(f"vm {g.idx}: {tail}")
+        elif died is not None and g.t_answer is not None:
+            crashed.append(f"vm {g.idx}: exited with status {died} after answering: {tail}")
     return crashed
 
 

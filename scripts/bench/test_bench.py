@@ -142,6 +142,39 @@ class DensityBookkeeping(unittest.TestCase):
         self.assertEqual(densitybench.n_label(r), "1")
 
 
+class DensityStop(unittest.TestCase):
+    """stop_all: a VMM that died by itself after its guest answered is a
+    failure; one still running when stopped is not."""
+
+    def guest(self, d, argv, answered):
+        g = densitybench.Guest(0, argv, "", os.path.join(d, "0.err"), b"", False)
+        g.err = open(g.err_path, "wb")
+        g.proc = subprocess.Popen(argv, stderr=g.err)
+        g.t_answer = 1.0 if answered else None
+        return g
+
+    def test_a_vmm_that_died_after_answering_is_reported(self):
+        with tempfile.TemporaryDirectory() as d:
+            g = self.guest(d, ["sh", "-c", "echo bad syscall >&2; kill -SYS $$"], True)
+            g.proc.wait()
+            crashed = densitybench.stop_all([g])
+            self.assertEqual(len(crashed), 1)
+            self.assertIn("exited with status -31 after answering", crashed[0])
+            self.assertIn("bad syscall", crashed[0])
+
+    def test_a_running_vmm_is_stopped_quietly(self):
+        with tempfile.TemporaryDirectory() as d:
+            g = self.guest(d, ["sleep", "60"], True)
+            self.assertEqual(densitybench.stop_all([g]), [])
+            self.assertEqual(g.proc.returncode, -9)
+
+    def test_a_vmm_that_never_answered_is_left_to_the_wave(self):
+        with tempfile.TemporaryDirectory() as d:
+            g = self.guest(d, ["true"], False)
+            g.proc.wait()
+            self.assertEqual(densitybench.stop_all([g]), [])
+
+
 class Initramfs(unittest.TestCase):
     def test_appended_archive_lists_the_tool(self):
         with tempfile.TemporaryDirectory() as d:
