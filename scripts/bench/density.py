@@ -315,9 +315,9 @@ def stop_all(guests):
     died before answering is already a failure of the wave."""
     crashed = []
     for g in guests:
+        died = g.proc.poll() if g.proc is not None else None
         if g.conn is not None:
             g.conn.close()
-        died = g.proc.poll() if g.proc is not None else None
         if g.proc is not None and died is None:
             g.proc.kill()
         if g.proc is not None:

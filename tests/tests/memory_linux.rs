@@ -300,18 +300,34 @@ fn spawn_loop_guest(kit: &chv_tests::GuestKit, memory: &[&str], api: &Path) -> C
     Chv::spawn_with_input(&kit.args(chv_tests::base_snapshot::LOOP, &extra))
 }
 
+/// `"key":<number>` inside the JSON object that follows `"section":` in
+/// `body` (the first such key after it), if there.
+fn json_section_number(body: &str, section: &str, key: &str) -> Option<u64> {
+    let at = body.find(&format!("\"{section}\":"))?;
+    json_number(&body[at..], key)
+}
+
 /// ACPI memory hotplug (Kata's `clh` path: `memory.hotplug_size`, then
-/// `vm.resize desired_ram`): one boot of the guest kit at its command loop
-/// with 128 MiB and 256 MiB of hotplug room checks that
+/// `vm.resize desired_ram`) together with a balloon, in one VM (issue #13):
+/// one boot of the guest kit at its command loop with 128 MiB, 384 MiB of
+/// hotplug room and `--balloon size=0` checks that
 /// - bad `desired_ram` values are refused naming the field (above
 ///   size + hotplug_size, below the current size, not 128 MiB granular);
 /// - `desired_ram` = 384 MiB answers 204, `vm.info` reports the new
 ///   `config.memory.size` and `memory_actual_size`, and the guest's
 ///   `MemTotal` grows by about 256 MiB (Linux onlines the new range);
-/// - a snapshot of the grown VM restores in a new chv with the same
-///   `MemTotal`, and a further resize after the restore still works.
+/// - inflating the balloon by 32 MiB (`desired_balloon`) on top of the
+///   hot-added memory lowers `MemTotal` by 32 MiB, and `vm.info`'s
+///   `memory_actual_size` (RAM less the balloon) becomes 352 MiB while
+///   `config.memory.size` stays 384 MiB; `vm.counters` reports the
+///   balloon's 32 MiB;
+/// - a snapshot of the grown, ballooned VM restores in a new chv with the
+///   same `MemTotal`, `config.memory.size` 384 MiB, `balloon.size` 32 MiB
+///   and `memory_actual_size` 352 MiB;
+/// - deflating after the restore gives `MemTotal` back its grown value,
+///   and a further resize (one more 128 MiB range) still works.
 #[test]
-fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
+fn acpi_hotplug_and_balloon_survive_snapshot_restore() {
     use chv_tests::api_client::http;
     use chv_tests::base_snapshot::READY;
     let Some(kit) = require_guest_kit() else {
@@ -319,7 +335,16 @@ fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
     };
     let scratch = Scratch::new("memory-acpi");
     let api = scratch.path("api.sock");
-    let mut chv = spawn_loop_guest(&kit, &["--memory", "size=128M,hotplug_size=384M"], &api);
+    let mut chv = spawn_loop_guest(
+        &kit,
+        &[
+            "--memory",
+            "size=128M,hotplug_size=384M",
+            "--balloon",
+            "size=0",
+        ],
+        &api,
+    );
     chv.expect(READY, ABORT, BOOT_TIMEOUT);
     chv.send_line(&memtotal_cmd("CHK-MEM0"));
     chv.expect("CHK-MEM0-END", ABORT, Duration::from_secs(30));
@@ -331,6 +356,14 @@ fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
             "PUT",
             "vm.resize",
             Some(&format!(r#"{{"desired_ram":{ram}}}"#)),
+        )
+    };
+    let balloon = |bytes: u64| {
+        http(
+            &api,
+            "PUT",
+            "vm.resize",
+            Some(&format!(r#"{{"desired_balloon":{bytes}}}"#)),
         )
     };
     for (ram, what) in [
@@ -348,7 +381,7 @@ fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
     chv.check(status == 204, &format!("vm.resize: {status} {body}"));
     let (_, info) = http(&api, "GET", "vm.info", None);
     chv.check(
-        json_number(&info, "size") == Some(384 * MIB as u64)
+        json_section_number(&info, "memory", "size") == Some(384 * MIB as u64)
             && json_number(&info, "memory_actual_size") == Some(384 * MIB as u64),
         &format!("vm.info after the resize: {info}"),
     );
@@ -359,30 +392,81 @@ fn acpi_hotplug_grows_memtotal_and_survives_snapshot_restore() {
         after >= before + (250 << 10),
         &format!("MemTotal grows by ~256 MiB: {before} KiB -> {after} KiB"),
     );
-    // Snapshot and restore the grown VM.
+
+    // Inflate the balloon by 32 MiB on top of the hot-added memory; the
+    // guest inflates 1 MiB at a time: wait for all of it.
+    let (status, body) = balloon(32 * MIB as u64);
+    chv.check(status == 204, &format!("desired_balloon: {status} {body}"));
+    let inflated = wait_memtotal_below(&mut chv, after - (32 << 10) + 1, "CHK-MEM1B");
+    chv.check(
+        after - inflated >= 32 << 10,
+        &format!("MemTotal drops by 32 MiB: {after} -> {inflated} KiB"),
+    );
+    // The guest writes the balloon's `actual` after each 1 MiB it
+    // inflates, so the API may lag a moment.
+    let actual = wait_actual_size(&api, 352 * MIB as u64);
+    chv.check(
+        actual == Some(352 * MIB as u64),
+        &format!("vm.info memory_actual_size after inflating: {actual:?}"),
+    );
+    let (_, info) = http(&api, "GET", "vm.info", None);
+    chv.check(
+        json_section_number(&info, "memory", "size") == Some(384 * MIB as u64)
+            && json_section_number(&info, "balloon", "size") == Some(32 * MIB as u64),
+        &format!("vm.info config after inflating: {info}"),
+    );
+    let (_, counters) = http(&api, "GET", "vm.counters", None);
+    chv.check(
+        json_number(&counters, "actual_bytes") == Some(32 * MIB as u64),
+        &format!("vm.counters balloon size after inflating: {counters}"),
+    );
+
+    // Snapshot and restore the grown, ballooned VM.
     let mut chv = snapshot_and_restore(chv, &api, &scratch);
     chv.send_line(&memtotal_cmd("CHK-MEM2"));
     chv.expect("CHK-MEM2-END", ABORT, Duration::from_secs(30));
     let restored = printed_kib(&chv, "CHK-MEM2");
     chv.check(
-        restored == after,
-        &format!("MemTotal after the restore: {restored} KiB, before {after} KiB"),
+        restored == inflated,
+        &format!("MemTotal after the restore: {restored} KiB, before {inflated} KiB"),
     );
     let (_, info) = http(&api, "GET", "vm.info", None);
     chv.check(
-        json_number(&info, "memory_actual_size") == Some(384 * MIB as u64),
+        json_section_number(&info, "memory", "size") == Some(384 * MIB as u64)
+            && json_section_number(&info, "balloon", "size") == Some(32 * MIB as u64)
+            && json_number(&info, "memory_actual_size") == Some(352 * MIB as u64),
         &format!("vm.info after the restore: {info}"),
     );
+    let (_, counters) = http(&api, "GET", "vm.counters", None);
+    chv.check(
+        json_number(&counters, "actual_bytes") == Some(32 * MIB as u64),
+        &format!("vm.counters balloon size after the restore: {counters}"),
+    );
+
+    // Deflate: the guest gets the grown size back.
+    let (status, body) = balloon(0);
+    chv.check(status == 204, &format!("deflate: {status} {body}"));
+    let deflated = wait_memtotal_above(&mut chv, after - 1, "CHK-MEM2D");
+    chv.check(
+        deflated == after,
+        &format!("deflating gives the memory back: {restored} -> {deflated} KiB (was {after})"),
+    );
+    let actual = wait_actual_size(&api, 384 * MIB as u64);
+    chv.check(
+        actual == Some(384 * MIB as u64),
+        &format!("vm.info memory_actual_size after deflating: {actual:?}"),
+    );
+
     // The restored VM keeps its slots: one more 128 MiB range.
     let (status, body) = resize(512 * MIB as u64);
     chv.check(
         status == 204,
         &format!("vm.resize after restore: {status} {body}"),
     );
-    let last = wait_memtotal_above(&mut chv, restored + (120 << 10) - 1, "CHK-MEM3");
+    let last = wait_memtotal_above(&mut chv, deflated + (120 << 10) - 1, "CHK-MEM3");
     chv.check(
-        last >= restored + (120 << 10),
-        &format!("MemTotal grows again after the restore: {restored} KiB -> {last} KiB"),
+        last >= deflated + (120 << 10),
+        &format!("MemTotal grows again after the restore: {deflated} KiB -> {last} KiB"),
     );
     chv.kill();
     chv.assert_no_panic();
