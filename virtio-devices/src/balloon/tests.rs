@@ -352,6 +352,8 @@ fn features_follow_the_options_and_restore_checks_them() {
     assert_eq!(plain.features() & (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM), 0);
     assert_eq!(plain.features() & (1 << VIRTIO_BALLOON_F_PAGE_REPORTING), 0);
     let mut full = VirtioBalloon::new(options(true)).unwrap();
+    assert_ne!(full.features() & (1 << VIRTIO_BALLOON_F_DEFLATE_ON_OOM), 0);
+    assert_ne!(full.features() & (1 << VIRTIO_BALLOON_F_PAGE_REPORTING), 0);
     assert_eq!(full.queue_max_sizes().len(), 4);
     full.ack_features(u64::MAX);
     assert_eq!(full.snapshot_state()["acked_features"], full.features());
