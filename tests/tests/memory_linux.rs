@@ -468,6 +468,10 @@ fn acpi_hotplug_and_balloon_survive_snapshot_restore() {
         last >= deflated + (120 << 10),
         &format!("MemTotal grows again after the restore: {deflated} KiB -> {last} KiB"),
     );
+    eprintln!(
+        "MemTotal KiB: boot {before}, grown {after}, ballooned {inflated}, restored {restored}, \
+         deflated {deflated}, grown again {last}"
+    );
     chv.kill();
     chv.assert_no_panic();
 }
