@@ -14,6 +14,7 @@ mod options;
 mod platform_options;
 mod rate_limit_options;
 mod restore_options;
+pub use restore_options::parse_net_fds;
 #[cfg(test)]
 mod tests;
 mod vhost_options;

@@ -169,33 +169,19 @@ fn restore_request(option: &str) -> Result<(String, Vec<RawFd>), String> {
     Ok((serde_json::Value::Object(body).to_string(), fds))
 }
 
-/// ch-remote's `net_fds=[id@[fd,…],…]`: each device id with the fds of
-/// this process it takes, each fd checked to be open.
+/// ch-remote's `net_fds=[id@[fd,…],…]` (parsed as `--restore` parses it):
+/// each device id with the fds of this process it takes, each fd checked
+/// to be open and each id named once.
 fn parse_net_fds(value: &str) -> Result<Vec<(String, Vec<RawFd>)>, String> {
     let bad = |why: &str| format!("restore: net_fds={value:?}: {why}");
-    let inner = value
-        .strip_prefix('[')
-        .and_then(|v| v.strip_suffix(']'))
-        .ok_or_else(|| bad("expected [id@[fd,...],...]"))?;
-    let mut nets = Vec::new();
-    let mut rest = inner;
-    while !rest.is_empty() {
-        let (id, after) = rest
-            .split_once("@[")
-            .ok_or_else(|| bad("expected id@[fd,...]"))?;
-        let (list, after) = after.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-        let id = id.trim();
-        if id.is_empty() || id.contains([',', '[', ']', '@']) {
-            return Err(bad("expected id@[fd,...] with a non-empty device id"));
+    let parsed = vmm::cli::parse_net_fds(value).map_err(|e| format!("restore: {e}"))?;
+    let mut nets: Vec<(String, Vec<RawFd>)> = Vec::new();
+    for net in parsed {
+        if nets.iter().any(|(seen, _)| *seen == net.id) {
+            return Err(bad(&format!("device {:?} named twice", net.id)));
         }
-        let mut fds = Vec::new();
-        for text in list.split(',') {
-            let fd: RawFd = text
-                .trim()
-                .parse()
-                .ok()
-                .filter(|fd| *fd >= 0)
-                .ok_or_else(|| bad(&format!("{text:?} is not an fd number")))?;
+        let fds = net.fds.unwrap_or_default();
+        for &fd in &fds {
             // SAFETY: F_GETFD only queries the descriptor table.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
                 return Err(bad(&format!(
@@ -203,20 +189,8 @@ fn parse_net_fds(value: &str) -> Result<Vec<(String, Vec<RawFd>)>, String> {
                     std::io::Error::last_os_error()
                 )));
             }
-            fds.push(fd);
         }
-        if nets.iter().any(|(seen, _)| seen == id) {
-            return Err(bad(&format!("device {id:?} named twice")));
-        }
-        nets.push((id.to_owned(), fds));
-        rest = match after.strip_prefix(',') {
-            Some(next) if !next.is_empty() => next,
-            None if after.is_empty() => after,
-            _ => return Err(bad("expected , between devices")),
-        };
-    }
-    if nets.is_empty() {
-        return Err(bad("no device"));
+        nets.push((net.id, fds));
     }
     Ok(nets)
 }

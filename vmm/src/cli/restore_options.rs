@@ -63,8 +63,9 @@ pub(super) fn parse_restore(value: &str) -> Result<crate::snapshot::RestoreConfi
     })
 }
 
-/// Parses `--restore`'s `net_fds=[id@[fd,...],...]`.
-fn parse_net_fds(value: &str) -> Result<Vec<crate::snapshot::RestoredNetConfig>, OptionError> {
+/// Parses `net_fds=[id@[fd,...],...]` (`--restore`, and chv-remote's
+/// `restore` as ch-remote's).
+pub fn parse_net_fds(value: &str) -> Result<Vec<crate::snapshot::RestoredNetConfig>, OptionError> {
     let bad = |reason: &str| OptionError::invalid("net_fds", value, reason);
     let inner = value
         .strip_prefix('[')
