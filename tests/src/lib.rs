@@ -19,6 +19,7 @@
 pub mod api_client;
 pub mod base_snapshot;
 pub mod go_client;
+pub mod host_tools;
 pub mod migration;
 pub mod netns;
 pub mod threads;

@@ -32,7 +32,6 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -53,43 +52,9 @@ const GUEST_PORT: u32 = 1234;
 /// The clone's new guest CID.
 const NEW_CID: u32 = 7;
 
-/// Runs a host tool; panics with its output unless it exits 0.
-fn run_ok(prog: &str, args: &[&str]) {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog} (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "`{prog} {}` failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// `tools.ext4` in `dir`, holding the static `vsock` tool.
 fn tools_disk(dir: &Scratch) -> PathBuf {
-    let tree = dir.path("tools");
-    std::fs::create_dir_all(&tree).expect("mkdir tools");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-linux/vsock.c");
-    let bin = tree.join("vsock").display().to_string();
-    let src = src.display().to_string();
-    run_ok(
-        "gcc",
-        &["-static", "-O2", "-pthread", "-Wall", "-o", &bin, &src],
-    );
-    let img = dir.path("tools.ext4");
-    std::fs::File::create(&img)
-        .and_then(|f| f.set_len(8 << 20))
-        .expect("create tools.ext4");
-    let (tree, img_s) = (tree.display().to_string(), img.display().to_string());
-    run_ok(
-        "mkfs.ext4",
-        &["-q", "-F", "-E", "root_owner=0:0", "-d", &tree, &img_s],
-    );
-    img
+    chv_tests::host_tools::vsock_tools_disk(&dir.0, &[], 8 << 20)
 }
 
 /// Accepts one connection on `listener` (until `deadline`), reads one

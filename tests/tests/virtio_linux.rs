@@ -29,10 +29,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chv_tests::host_tools::{run, run_ok};
 use chv_tests::{expect_option_error, halted_guest_args, require_guest_kit, Chv, GuestKit};
 
 /// Time to `GUEST-READY`; boots take 40-60 s here, more with a busy host.
@@ -104,29 +105,6 @@ impl Drop for Scratch {
             let _ = fs::remove_dir_all(&self.0);
         }
     }
-}
-
-/// Runs a host tool in `dir` and returns its output, whatever the status.
-fn run(dir: &Path, prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog} (is it installed?): {e}"))
-}
-
-/// Runs a host tool in `dir`; panics with its stderr unless it exits 0.
-fn run_ok(dir: &Path, prog: &str, args: &[&str]) -> Output {
-    let out = run(dir, prog, args);
-    assert!(
-        out.status.success(),
-        "`{prog} {}` failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn sha256(path: &Path) -> String {

@@ -39,7 +39,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -114,23 +113,6 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs a host tool in `dir`; panics with its output unless it exits 0.
-fn run_ok(dir: &Path, prog: &str, args: &[&str]) {
-    let out = Command::new(prog)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog} (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "`{prog} {}` failed ({}):\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Deterministic pseudo-random bytes (xorshift), distinct per `seed`.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -157,41 +139,8 @@ fn first_difference(got: &[u8], want: &[u8]) -> Option<String> {
 
 /// Builds `tools.ext4`: the static `vsock` tool and the guest→host payload.
 fn build_tools_disk(dir: &Scratch) {
-    let tree = dir.path("tools");
-    fs::create_dir_all(&tree).expect("mkdir tools");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest-linux/vsock.c");
-    let bin = tree.join("vsock");
-    run_ok(
-        &dir.0,
-        "gcc",
-        &[
-            "-static",
-            "-O2",
-            "-pthread",
-            "-Wall",
-            "-o",
-            &bin.display().to_string(),
-            &src.display().to_string(),
-        ],
-    );
-    fs::write(tree.join("payload.bin"), pattern(5000, G2H_LEN)).expect("write payload");
-    let img = dir.path("tools.ext4");
-    fs::File::create(&img)
-        .and_then(|f| f.set_len(16 * MIB as u64))
-        .expect("create tools.ext4");
-    run_ok(
-        &dir.0,
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-            "tools",
-            "tools.ext4",
-        ],
-    );
+    let payload = pattern(5000, G2H_LEN);
+    chv_tests::host_tools::vsock_tools_disk(&dir.0, &[("payload.bin", &payload)], 16 * MIB as u64);
 }
 
 /// Creates a sparse raw image of [`DISK_LEN`] bytes.
